@@ -1,0 +1,2418 @@
+#!/usr/bin/env python3
+"""catop: `top` for LLM prompt-cache economics.
+
+Reads LLM request logs (LiteLLM, OpenAI, Anthropic, Gemini, Bedrock, DeepSeek,
+OpenTelemetry shapes) and the local logs of coding agents (Claude Code, Codex,
+Gemini CLI, OpenCode, OpenClaw) and shows how much input was served from the
+provider's prompt cache, what it cost, and what the cache saved.
+
+    python3 catop.py --demo                 # simulated traffic
+    python3 catop.py                        # the agents found on this machine
+    python3 catop.py --file requests.jsonl --group-by model,project
+    python3 catop.py --agent claude-code --once --format json
+    python3 catop.py --file logs/ --min-hit-rate 0.6     # CI gate, exit 3
+
+One file, standard library only, Python 3.8+.  MIT licence.
+"""
+
+import argparse
+import calendar
+import csv
+import io
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+
+# ---------------------------------------------------------------- constants
+
+__version__ = "0.3.0"
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+PRICES_URL = ("https://raw.githubusercontent.com/BerriAI/litellm/main/"
+              "model_prices_and_context_window.json")
+PRICE_FETCH_TIMEOUT_S = 3.0
+PRICE_CACHE_MAX_AGE_S = 24 * 3600
+PRICE_FAILURE_MEMORY_S = 3600
+USER_AGENT = "catop/%s (+https://github.com/catop/catop)" % __version__
+
+TIER_THRESHOLD_TOKENS = 200000
+MAX_TOKENS_PER_FIELD = 10 ** 9      # more than any context window: a corrupt count
+MAX_LINE_BYTES = 64 * 1024 * 1024   # a longer line is skipped, not held in memory
+READ_BLOCK_BYTES = 1 << 20
+PARALLEL_MIN_BYTES = 24 * 1024 * 1024
+
+GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day")
+WINDOWS = ("all", "today", "week", "month", "1h", "24h", "7d", "30d")
+FORMATS = ("table", "json", "csv")
+AGENTS = ("claude-code", "codex", "gemini", "opencode", "openclaw")
+SKIP_KINDS = ("malformed", "no_usage", "duplicate")
+
+
+class CatopError(Exception):
+    """A runtime failure shown to the user as one line, exit status 1."""
+
+
+class SourceError(CatopError):
+    """Raised when a named source cannot be opened (missing file, unreadable folder)."""
+
+
+class PriceError(CatopError):
+    """Raised when a price map given with --prices cannot be read."""
+
+
+class UsageError(CatopError):
+    """Raised for a bad combination of options found after parsing (exit 2)."""
+
+
+# -------------------------------------------------------------------- model
+
+class Request(object):
+    """One normalized LLM request (formats.md section 1)."""
+
+    __slots__ = ("ts", "agent", "provider", "model", "project", "session",
+                 "miss", "cache_read", "cache_write_5m", "cache_write_1h",
+                 "output", "reasoning", "observed_cost", "sidechain")
+
+    def __init__(self, ts=None, agent="", provider="", model="", project="",
+                 session="", miss=0, cache_read=0, cache_write_5m=0,
+                 cache_write_1h=0, output=0, reasoning=0, observed_cost=None,
+                 sidechain=False):
+        self.ts = ts
+        self.agent = agent
+        self.provider = provider
+        self.model = model
+        self.project = project
+        self.session = session
+        self.miss = miss
+        self.cache_read = cache_read
+        self.cache_write_5m = cache_write_5m
+        self.cache_write_1h = cache_write_1h
+        self.output = output
+        self.reasoning = reasoning
+        self.observed_cost = observed_cost
+        self.sidechain = sidechain
+
+    @property
+    def input(self):
+        return self.miss + self.cache_read + self.cache_write_5m + self.cache_write_1h
+
+    def __repr__(self):
+        return "Request(%s)" % ", ".join(
+            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
+
+    def __eq__(self, other):
+        return isinstance(other, Request) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+
+class Tally(object):
+    """Summed tokens and dollars of a set of requests; mergeable."""
+
+    __slots__ = ("requests", "miss", "cache_read", "cache_write_5m", "cache_write_1h",
+                 "output", "reasoning", "cost", "no_cache_cost", "observed_cost",
+                 "observed_requests", "unpriced_requests", "first_ts", "last_ts")
+
+    def __init__(self):
+        self.requests = self.miss = self.cache_read = 0
+        self.cache_write_5m = self.cache_write_1h = self.output = self.reasoning = 0
+        self.cost = self.no_cache_cost = self.observed_cost = 0.0
+        self.observed_requests = self.unpriced_requests = 0
+        self.first_ts = self.last_ts = None
+
+    def add(self, req, cost, no_cache_cost, priced):
+        self.requests += 1
+        self.miss += req.miss
+        self.cache_read += req.cache_read
+        self.cache_write_5m += req.cache_write_5m
+        self.cache_write_1h += req.cache_write_1h
+        self.output += req.output
+        self.reasoning += req.reasoning
+        self.cost += cost
+        self.no_cache_cost += no_cache_cost
+        if not priced:
+            self.unpriced_requests += 1
+        if req.observed_cost is not None:
+            self.observed_cost += req.observed_cost
+            self.observed_requests += 1
+        ts = req.ts
+        if ts is not None:
+            if self.first_ts is None or ts < self.first_ts:
+                self.first_ts = ts
+            if self.last_ts is None or ts > self.last_ts:
+                self.last_ts = ts
+
+    def merge(self, other):
+        for name in ("requests", "miss", "cache_read", "cache_write_5m", "cache_write_1h",
+                     "output", "reasoning", "cost", "no_cache_cost", "observed_cost",
+                     "observed_requests", "unpriced_requests"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for ts in (other.first_ts, other.last_ts):
+            if ts is not None:
+                self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+                self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+
+    @property
+    def cache_write(self):
+        return self.cache_write_5m + self.cache_write_1h
+
+    @property
+    def input(self):
+        return self.miss + self.cache_read + self.cache_write
+
+    @property
+    def hit_rate(self):
+        total = self.input
+        return self.cache_read / total if total else None
+
+    @property
+    def saved(self):
+        return self.no_cache_cost - self.cost
+
+    def as_dict(self):
+        """The JSON fields of design.md, in its order."""
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input,
+            "miss_tokens": self.miss,
+            "cache_read_tokens": self.cache_read,
+            "cache_write_tokens": self.cache_write,
+            "cache_write_1h_tokens": self.cache_write_1h,
+            "output_tokens": self.output,
+            "reasoning_tokens": self.reasoning,
+            "hit_rate": None if self.hit_rate is None else round(self.hit_rate, 6),
+            "cost_usd": round(self.cost, 6),
+            "no_cache_cost_usd": round(self.no_cache_cost, 6),
+            "saved_usd": round(self.saved, 6),
+            "observed_cost_usd": round(self.observed_cost, 6) if self.observed_requests else None,
+            "unpriced_requests": self.unpriced_requests,
+        }
+
+
+class SourceStats(object):
+    """What one source read and what it skipped, by reason."""
+
+    __slots__ = ("name", "records", "skipped", "compactions", "error")
+
+    def __init__(self, name):
+        self.name = name
+        self.records = 0
+        self.skipped = dict.fromkeys(SKIP_KINDS, 0)
+        self.compactions = 0
+        self.error = None
+
+    def skip(self, kind, count=1):
+        self.skipped[kind] += count
+
+    def merge(self, other):
+        self.records += other.records
+        self.compactions += other.compactions
+        for kind, count in other.skipped.items():
+            self.skipped[kind] += count
+
+    def as_dict(self):
+        return {"name": self.name, "records": self.records, "skipped": dict(self.skipped)}
+
+
+# ------------------------------------------------------------ small helpers
+
+_CONTROL_CHARS = dict.fromkeys(
+    list(range(0, 32)) + list(range(127, 160))
+    + [0x200E, 0x200F, 0x2028, 0x2029] + list(range(0x202A, 0x202F))
+    + list(range(0x2066, 0x206A)) + [0xFEFF])
+
+
+def clean(text):
+    """Text from a log made safe for a terminal: control and bidi characters removed."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        text = str(text)
+    return text.translate(_CONTROL_CHARS)
+
+
+def as_count(value):
+    """A token count from JSON: int, integral float or numeric string; else ValueError.
+
+    Booleans, NaN, infinities, negatives and absurd sizes are refused: they mean
+    the record is damaged, and guessing would put wrong numbers on screen.
+    """
+    kind = type(value)
+    if kind is int:
+        number = value
+    elif kind is float:
+        if value != value or value in (math.inf, -math.inf) or value != int(value):
+            raise ValueError("bad count")
+        number = int(value)
+    elif kind is str:
+        text = value.strip()
+        number = int(text) if text.isdigit() else as_count(float(text))
+    else:
+        raise ValueError("bad count")
+    if number < 0 or number > MAX_TOKENS_PER_FIELD:
+        raise ValueError("count out of range")
+    return number
+
+
+def as_money(value):
+    """A reported cost in USD, or None when absent or unusable."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if number != number or number in (math.inf, -math.inf) or abs(number) > 1e9:
+        return None
+    return number
+
+
+_MINUTE_CACHE = {}
+_ISO_RE = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d)(?::(\d\d)(?:[.,](\d+))?)?)?"
+    r"\s*(Z|z|[+-]\d\d:?\d\d|UTC)?$")
+
+
+def parse_timestamp(value):
+    """Epoch seconds (UTC) from ISO text, epoch s, ms or us; None when unusable."""
+    kind = type(value)
+    if kind is str:
+        text = value.strip()
+        if not text:
+            return None
+        if text[0].isdigit() and text.replace(".", "", 1).isdigit():
+            return parse_timestamp(float(text))
+        return _parse_iso(text)
+    if kind is int or kind is float:
+        if value != value or value in (math.inf, -math.inf) or value <= 0:
+            return None
+        if value > 1e17:
+            value = value / 1e9
+        elif value > 1e14:
+            value = value / 1e6
+        elif value > 1e11:
+            value = value / 1e3
+        return float(value)
+    return None
+
+
+def _parse_iso(text):
+    # Logs repeat the same minute thousands of times: cache the minute's epoch.
+    if len(text) >= 20 and text[4] == "-" and text[10] == "T" and text[-1] == "Z":
+        base = _MINUTE_CACHE.get(text[:16])
+        if base is not None:
+            try:
+                return base + float(text[17:-1])
+            except ValueError:
+                pass
+    match = _ISO_RE.match(text)
+    if not match:
+        return None
+    year, month, day, hour, minute, second, frac, zone = match.groups()
+    try:
+        base = calendar.timegm((int(year), int(month), int(day), int(hour or 0),
+                                int(minute or 0), 0, 0, 0, 0))
+        datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0))
+    except (ValueError, OverflowError):
+        return None
+    if zone not in (None, "Z", "z", "UTC"):
+        sign = -1 if zone[0] == "+" else 1
+        digits = zone[1:].replace(":", "")
+        base += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    elif zone in ("Z", "z") and len(_MINUTE_CACHE) < 100000:
+        _MINUTE_CACHE[text[:16]] = base
+    seconds = int(second or 0) + (float("0." + frac) if frac else 0.0)
+    return base + seconds
+
+
+def infer_provider(model):
+    """The provider a model name implies, for records that do not say."""
+    name = model.lower()
+    if "/" in name:
+        head = name.split("/", 1)[0]
+        if head in ("openai", "anthropic", "gemini", "vertex_ai", "deepseek", "xai",
+                    "mistral", "openrouter", "bedrock", "azure", "groq", "moonshot"):
+            return head
+    for marker, provider in _PROVIDER_MARKERS:
+        if marker in name:
+            return provider
+    return "unknown"
+
+
+_PROVIDER_MARKERS = (
+    ("claude", "anthropic"), ("gpt", "openai"), ("codex", "openai"), ("o1", "openai"),
+    ("o3", "openai"), ("o4", "openai"), ("gemini", "google"), ("deepseek", "deepseek"),
+    ("grok", "xai"), ("mistral", "mistral"), ("codestral", "mistral"),
+    ("kimi", "moonshot"), ("llama", "meta"), ("qwen", "alibaba"),
+)
+
+
+# ------------------------------------------------------------------ parsers
+# Usage shapes (formats.md section 2).  Each record is a dict; decode_usage
+# answers the two questions separately: which input figure and whether it
+# includes the cache, and which cache figures.
+
+_INCLUSIVE_INPUT_KEYS = ("prompt_tokens", "promptTokenCount", "gen_ai.usage.input_tokens")
+_CACHE_READ_PATHS = (
+    ("prompt_tokens_details", "cached_tokens"), ("input_tokens_details", "cached_tokens"),
+    ("cache_read_input_tokens",), ("cacheReadInputTokens",), ("cachedContentTokenCount",),
+    ("prompt_cache_hit_tokens",), ("gen_ai.usage.cache_read.input_tokens",), ("cacheRead",),
+    ("cached_input_tokens",), ("cache", "read"),
+)
+_CACHE_WRITE_PATHS = (
+    ("prompt_tokens_details", "cache_write_tokens"), ("cache_creation_input_tokens",),
+    ("cacheWriteInputTokens",), ("gen_ai.usage.cache_creation.input_tokens",),
+    ("cacheWrite",), ("cache", "write"),
+)
+_REASONING_PATHS = (
+    ("completion_tokens_details", "reasoning_tokens"), ("output_tokens_details", "reasoning_tokens"),
+    ("gen_ai.usage.reasoning.output_tokens",), ("reasoning_output_tokens",), ("reasoning",),
+)
+_USAGE_KEYS = frozenset((
+    "prompt_tokens", "promptTokenCount", "gen_ai.usage.input_tokens", "input_tokens",
+    "inputTokens", "input", "prompt_cache_hit_tokens", "completion_tokens", "output_tokens",
+    "candidatesTokenCount", "outputTokens", "output", "gen_ai.usage.output_tokens",
+))
+
+
+def _first_count(usage, paths):
+    """The first present field of paths, as a count; None when none is present."""
+    for path in paths:
+        value = usage.get(path[0])
+        if value is None:
+            continue
+        if len(path) == 2:
+            if type(value) is not dict:
+                continue
+            value = value.get(path[1])
+            if value is None:
+                continue
+        return as_count(value)
+    return None
+
+
+def _input_figure(usage):
+    """(input tokens, inclusive of cache?) or (None, False)."""
+    for key in _INCLUSIVE_INPUT_KEYS:
+        value = usage.get(key)
+        if value is not None:
+            return as_count(value), True
+    value = usage.get("input_tokens")
+    if value is not None:
+        inclusive = "input_tokens_details" in usage or "cached_input_tokens" in usage
+        return as_count(value), inclusive
+    for key in ("inputTokens", "input"):
+        value = usage.get(key)
+        if value is not None and type(value) is not dict:
+            return as_count(value), False
+    hit, miss = usage.get("prompt_cache_hit_tokens"), usage.get("prompt_cache_miss_tokens")
+    if hit is not None or miss is not None:
+        return as_count(hit or 0) + as_count(miss or 0), True
+    return None, False
+
+
+def _output_figure(usage):
+    """(output tokens including reasoning, reasoning tokens)."""
+    if "candidatesTokenCount" in usage or "thoughtsTokenCount" in usage:
+        # Gemini counts thoughts outside candidates: both are billed as output.
+        thoughts = as_count(usage.get("thoughtsTokenCount") or 0)
+        return as_count(usage.get("candidatesTokenCount") or 0) + thoughts, thoughts
+    output = None
+    for key in ("completion_tokens", "output_tokens", "outputTokens", "output",
+                "gen_ai.usage.output_tokens"):
+        value = usage.get(key)
+        if value is not None and type(value) is not dict:
+            output = as_count(value)
+            break
+    reasoning = _first_count(usage, _REASONING_PATHS) or 0
+    if output is None:
+        output = 0
+    return output, min(reasoning, output)
+
+
+def _cache_writes(usage):
+    """(5-minute writes, 1-hour writes); the TTL split wins over the flat figure."""
+    split = usage.get("cache_creation")
+    if type(split) is dict and ("ephemeral_5m_input_tokens" in split
+                                or "ephemeral_1h_input_tokens" in split):
+        return (as_count(split.get("ephemeral_5m_input_tokens") or 0),
+                as_count(split.get("ephemeral_1h_input_tokens") or 0))
+    return _first_count(usage, _CACHE_WRITE_PATHS) or 0, 0
+
+
+def decode_usage(usage):
+    """(miss, cache_read, write_5m, write_1h, output, reasoning) or None without tokens.
+
+    Raises ValueError when a token field is present but unusable.
+    """
+    if not _USAGE_KEYS.intersection(usage):
+        return None
+    input_tokens, inclusive = _input_figure(usage)
+    output, reasoning = _output_figure(usage)
+    cache_read = _first_count(usage, _CACHE_READ_PATHS) or 0
+    write_5m, write_1h = _cache_writes(usage)
+    if input_tokens is None:
+        input_tokens, inclusive = 0, False
+    if inclusive:
+        miss = max(0, input_tokens - cache_read - write_5m - write_1h)
+    else:
+        miss = input_tokens
+    return miss, cache_read, write_5m, write_1h, output, reasoning
+
+
+def flatten_attributes(attributes):
+    """OTel attributes as a flat dict, from a dict or an OTLP list of {key, value}."""
+    if type(attributes) is dict:
+        return attributes
+    flat = {}
+    if type(attributes) is list:
+        for item in attributes:
+            if type(item) is dict and isinstance(item.get("key"), str):
+                flat[item["key"]] = otlp_value(item.get("value"))
+    return flat
+
+
+def otlp_value(value):
+    """The Python value inside an OTLP AnyValue ({"intValue": "12"} -> "12")."""
+    if type(value) is not dict:
+        return value
+    for kind in ("stringValue", "intValue", "doubleValue", "boolValue"):
+        if kind in value:
+            return value[kind]
+    return None
+
+
+def _dig(record, *path):
+    for key in path:
+        if type(record) is not dict:
+            return None
+        record = record.get(key)
+    return record
+
+
+def find_usage(record):
+    """(usage dict, attributes dict or None) wherever the record keeps its usage."""
+    for path in (("usage",), ("response", "usage"), ("message", "usage"), ("usageMetadata",),
+                 ("response", "usageMetadata"), ("metadata", "usage_object"),
+                 ("standard_logging_object", "metadata", "usage_object")):
+        usage = _dig(record, *path)
+        if type(usage) is dict and usage:
+            return usage, None
+    slo = record.get("standard_logging_object")
+    if type(slo) is dict and "prompt_tokens" in slo:
+        return slo, None
+    attributes = record.get("attributes")
+    if attributes:
+        flat = flatten_attributes(attributes)
+        if "gen_ai.usage.input_tokens" in flat or "gen_ai.usage.output_tokens" in flat:
+            return flat, flat
+    if "prompt_tokens" in record or "promptTokenCount" in record:
+        return record, None
+    return None, None
+
+
+def _first_value(places, keys):
+    """The first present scalar among keys, looked up in each place in turn."""
+    for place in places:
+        if type(place) is not dict:
+            continue
+        for key in keys:
+            value = place.get(key)
+            if value is not None and value != "" and type(value) not in (dict, list):
+                return value
+    return None
+
+
+def _observed_cost(record, slo, usage):
+    """A cost the log itself reports (LiteLLM, OpenCode, OpenClaw, legacy Claude Code)."""
+    nested = usage.get("cost")
+    places = (record, slo, nested if type(nested) is dict else None)
+    return as_money(_first_value(places, _COST_KEYS + ("total",)))
+
+
+def _first_text(places, keys):
+    value = _first_value(places, keys)
+    if value is None:
+        return ""
+    return value if type(value) is str else str(value)
+
+
+_MODEL_KEYS = ("model", "model_name", "modelId", "gen_ai.response.model",
+               "gen_ai.request.model")
+_PROVIDER_KEYS = ("provider", "litellm_provider", "custom_llm_provider",
+                  "gen_ai.provider.name", "gen_ai.system")
+_PROJECT_KEYS = ("project", "user_api_key_team_alias", "user_api_key_alias", "team_id")
+_SESSION_KEYS = ("session_id", "trace_id", "thread_id", "conversation_id")
+_TIME_KEYS = ("timestamp", "startTime", "created_at", "created", "time")
+_COST_KEYS = ("response_cost", "cost", "spend", "costUSD")
+
+
+def normalize_record(record):
+    """A Request from one generic log record; None when it carries no token usage.
+
+    Raises ValueError when a token field is damaged.
+    """
+    usage, attributes = find_usage(record)
+    if usage is None:
+        return None
+    tokens = decode_usage(usage)
+    if tokens is None:
+        return None
+    metadata = record.get("metadata")
+    slo = record.get("standard_logging_object")
+    slo_meta = slo.get("metadata") if type(slo) is dict else None
+    response = record.get("response")
+    message = record.get("message")
+    places = (record, attributes, response, message, slo)
+    model = _first_text(places, _MODEL_KEYS)
+    provider = _first_text(places, _PROVIDER_KEYS) or (infer_provider(model) if model else "")
+    project = _first_text((record, metadata, slo_meta), _PROJECT_KEYS)
+    session = _first_text((record, metadata, slo_meta, attributes, slo), _SESSION_KEYS)
+    agent = _first_text((record, metadata), ("agent",))
+    ts = parse_timestamp(_first_value((record, slo, message), _TIME_KEYS))
+    observed = _observed_cost(record, slo, usage)
+    miss, read, write_5m, write_1h, output, reasoning = tokens
+    return Request(ts, agent, provider, model, project, session, miss, read, write_5m,
+                   write_1h, output, reasoning, observed)
+
+
+# ------------------------------------------------------------ agent parsers
+# Coding-agent logs (formats.md section 3).  Each parser takes one decoded
+# record plus the state of its file, and returns a Request or None; the
+# de-duplication that needs more than one file lives in the agent sources.
+
+class FileContext(object):
+    """What a parser remembers between the lines of one file (kept for tailing)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.session = ""
+        self.project = ""
+        self.model = ""
+        self.start_ts = None
+        self.fork = False
+        self.parent_session = ""
+        self.previous_total = None
+        self.sidechain = "%ssubagents%s" % (os.sep, os.sep) in path
+
+
+def _sum_usage(usage, keys):
+    return sum(as_count(usage.get(k) or 0) for k in keys)
+
+
+_CLAUDE_SIZE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+                     "cache_read_input_tokens")
+
+
+def parse_claude_code(record, ctx):
+    """(dedup key, size, Request) of an assistant line; 'compact' for a compaction."""
+    kind = record.get("type")
+    if kind == "system" and record.get("subtype") == "compact_boundary":
+        return "compact"
+    if kind != "assistant":
+        return None
+    message = record.get("message")
+    if type(message) is not dict or type(message.get("usage")) is not dict:
+        return None
+    model = message.get("model") or ""
+    if model == "<synthetic>" or record.get("isApiErrorMessage"):
+        return None
+    usage = message["usage"]
+    miss, read, write_5m, write_1h, output, reasoning = decode_usage(usage)
+    if not (miss or read or write_5m or write_1h or output):
+        return None
+    sidechain = bool(record.get("isSidechain")) or ctx.sidechain
+    req = Request(parse_timestamp(record.get("timestamp")), "claude-code", "anthropic",
+                  clean(model) if not isinstance(model, str) else model,
+                  str(record.get("cwd") or ctx.project), str(record.get("sessionId") or ""),
+                  miss, read, write_5m, write_1h, output, reasoning,
+                  as_money(record.get("costUSD")), sidechain)
+    message_id = message.get("id")
+    request_id = record.get("requestId")
+    key = (str(message_id), str(request_id or "")) if message_id else None
+    return key, _sum_usage(usage, _CLAUDE_SIZE_KEYS), req
+
+
+_CODEX_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens",
+                 "reasoning_output_tokens")
+CODEX_REPLAY_WINDOW_S = 2.0
+
+
+def _codex_counts(usage):
+    return tuple(as_count(usage.get(k) or 0) for k in _CODEX_FIELDS)
+
+
+def parse_codex(record, ctx):
+    """A Request from a token_count event; session facts are kept in ctx.
+    Returns 'compact' for a compaction and 'duplicate' for a re-emit or a replay."""
+    kind = record.get("type")
+    payload = record.get("payload")
+    if type(payload) is not dict:
+        return None
+    if kind == "session_meta":
+        ctx.session = str(payload.get("id") or ctx.session)
+        ctx.project = str(payload.get("cwd") or ctx.project)
+        ctx.start_ts = parse_timestamp(payload.get("timestamp") or record.get("timestamp"))
+        source = payload.get("source")
+        subagent = type(source) is dict and "subagent" in source
+        ctx.parent_session = str(payload.get("forked_from_id") or "")
+        ctx.fork = bool(ctx.parent_session) or subagent
+        ctx.sidechain = ctx.sidechain or subagent
+        if payload.get("model"):
+            ctx.model = str(payload["model"])
+        return None
+    if kind == "turn_context":
+        ctx.model = str(payload.get("model") or ctx.model)
+        ctx.project = ctx.project or str(payload.get("cwd") or "")
+        return None
+    if kind == "compacted":
+        return "compact"
+    if kind != "event_msg" or payload.get("type") != "token_count":
+        return None
+    info = payload.get("info")
+    if type(info) is not dict:
+        return None
+    return _codex_token_count(info, parse_timestamp(record.get("timestamp")), ctx)
+
+
+def _codex_token_count(info, ts, ctx):
+    total = info.get("total_token_usage")
+    total = _codex_counts(total) if type(total) is dict else None
+    last = info.get("last_token_usage")
+    previous = ctx.previous_total
+    if total is not None:
+        if total == previous:
+            return "duplicate"
+        ctx.previous_total = total
+    replay = ctx.fork and ts is not None and ctx.start_ts is not None \
+        and ts - ctx.start_ts <= CODEX_REPLAY_WINDOW_S
+    if replay:
+        return "duplicate"  # a fork replays its parent's history: counted there
+    if type(last) is dict:
+        fresh, cached, output, reasoning = _codex_counts(last)
+    elif total is not None:
+        before = previous or (0, 0, 0, 0)
+        fresh, cached, output, reasoning = (max(0, a - b) for a, b in zip(total, before))
+    else:
+        return None
+    if not (fresh or cached or output):
+        return None
+    cached = min(cached, fresh)
+    return Request(ts, "codex", "openai", ctx.model or "unknown", ctx.project,
+                   ctx.parent_session if ctx.sidechain and ctx.parent_session else ctx.session,
+                   fresh - cached, cached, 0, 0, output, min(reasoning, output),
+                   None, ctx.sidechain)
+
+
+def parse_gemini(record, ctx):
+    """(message id, Request) of a Gemini CLI reply; the latest write of an id wins."""
+    if "sessionId" in record and "type" not in record:
+        ctx.session = str(record.get("sessionId") or ctx.session)
+        return None
+    if record.get("type") != "gemini" or type(record.get("tokens")) is not dict:
+        return None
+    tokens = record["tokens"]
+    prompt = as_count(tokens.get("input") or 0)
+    cached = min(as_count(tokens.get("cached") or 0), prompt)
+    thoughts = as_count(tokens.get("thoughts") or 0)
+    output = as_count(tokens.get("output") or 0) + thoughts
+    if not (prompt or output):
+        return None
+    req = Request(parse_timestamp(record.get("timestamp")), "gemini", "google",
+                  str(record.get("model") or "unknown"), ctx.project, ctx.session,
+                  prompt - cached, cached, 0, 0, output, thoughts)
+    return str(record.get("id") or id(record)), req
+
+
+def parse_opencode(message, project=""):
+    """(message id, Request) of an OpenCode assistant message."""
+    if type(message) is not dict or message.get("role") != "assistant":
+        return None
+    tokens = message.get("tokens")
+    if type(tokens) is not dict:
+        return None
+    cache = tokens.get("cache") if type(tokens.get("cache")) is dict else {}
+    reasoning = as_count(tokens.get("reasoning") or 0)
+    # OpenCode keeps reasoning beside output, not inside it: bill both as output
+    output = as_count(tokens.get("output") or 0) + reasoning
+    miss = as_count(tokens.get("input") or 0)
+    read, write = as_count(cache.get("read") or 0), as_count(cache.get("write") or 0)
+    if not (miss or read or write or output):
+        return None
+    times = message.get("time") if type(message.get("time")) is dict else {}
+    path = message.get("path") if type(message.get("path")) is dict else {}
+    model = str(message.get("modelID") or "unknown")
+    req = Request(parse_timestamp(times.get("created")), "opencode",
+                  str(message.get("providerID") or infer_provider(model)), model,
+                  str(path.get("cwd") or project), str(message.get("sessionID") or ""),
+                  miss, read, write, 0, output, reasoning, as_money(message.get("cost")))
+    return str(message.get("id") or ""), req
+
+
+def parse_openclaw(record, ctx):
+    """A Request of an OpenClaw assistant message; session facts kept in ctx."""
+    kind = record.get("type")
+    if kind == "session":
+        ctx.session = str(record.get("id") or ctx.session)
+        ctx.project = str(record.get("cwd") or ctx.project)
+        return None
+    if kind == "compaction":
+        return "compact"
+    message = record.get("message")
+    if kind != "message" or type(message) is not dict or message.get("role") != "assistant":
+        return None
+    usage = message.get("usage")
+    if type(usage) is not dict:
+        return None
+    tokens = decode_usage(usage)
+    if tokens is None or not any(tokens[:5]):
+        return None
+    miss, read, write_5m, write_1h, output, reasoning = tokens
+    cost = usage.get("cost")
+    model = str(message.get("model") or "unknown")
+    return Request(parse_timestamp(record.get("timestamp") or message.get("timestamp")),
+                   "openclaw", str(message.get("provider") or infer_provider(model)), model,
+                   ctx.project, ctx.session, miss, read, write_5m, write_1h, output,
+                   reasoning, as_money(cost.get("total")) if type(cost) is dict else None)
+
+
+# ------------------------------------------------------------------ pricing
+# LiteLLM price-map format, USD per token (formats.md section 4).
+
+# The most used models, so a lone `curl -O catop.py` still prices them.  A test
+# checks every figure here against prices.json.
+EMBEDDED_PRICES_DATE = "2026-11-01"
+EMBEDDED_PRICES = {
+    "claude-opus-4-5": (5e-06, 5e-07, 6.25e-06, 1e-05, 2.5e-05),
+    "claude-sonnet-4-5": (3e-06, 3e-07, 3.75e-06, 6e-06, 1.5e-05),
+    "claude-haiku-4-5": (1e-06, 1e-07, 1.25e-06, 2e-06, 5e-06),
+    "claude-opus-4-6": (5e-06, 5e-07, 6.25e-06, 1e-05, 2.5e-05),
+    "claude-sonnet-4-6": (3e-06, 3e-07, 3.75e-06, 6e-06, 1.5e-05),
+    "gpt-5": (1.25e-06, 1.25e-07, None, None, 1e-05),
+    "gpt-5-mini": (2.5e-07, 2.5e-08, None, None, 2e-06),
+    "gpt-5-codex": (1.25e-06, 1.25e-07, None, None, 1e-05),
+    "gpt-5.1": (1.25e-06, 1.25e-07, None, None, 1e-05),
+    "gpt-4o": (2.5e-06, 1.25e-06, None, None, 1e-05),
+    "gpt-4o-mini": (1.5e-07, 7.5e-08, None, None, 6e-07),
+    "gpt-4.1": (2e-06, 5e-07, None, None, 8e-06),
+    "gpt-4.1-mini": (4e-07, 1e-07, None, None, 1.6e-06),
+    "o3": (2e-06, 5e-07, None, None, 8e-06),
+    "o4-mini": (1.1e-06, 2.75e-07, None, None, 4.4e-06),
+    "gemini-2.5-pro": (1.25e-06, 1.25e-07, None, None, 1e-05),
+    "gemini-2.5-flash": (3e-07, 3e-08, None, None, 2.5e-06),
+    "deepseek-chat": (2.8e-07, 2.8e-08, None, None, 4.2e-07),
+    "deepseek-reasoner": (2.8e-07, 2.8e-08, None, None, 4.2e-07),
+}
+_EMBEDDED_TIERS = {  # above 200k input tokens: (input, cache read, output)
+    "gemini-2.5-pro": (2.5e-06, 2.5e-07, 1.5e-05),
+}
+
+
+def embedded_price_map():
+    """EMBEDDED_PRICES in LiteLLM's format."""
+    table = {}
+    for model, (p_in, p_read, p_w5, p_w1, p_out) in EMBEDDED_PRICES.items():
+        entry = {"input_cost_per_token": p_in, "cache_read_input_token_cost": p_read,
+                 "output_cost_per_token": p_out}
+        if p_w5 is not None:
+            entry["cache_creation_input_token_cost"] = p_w5
+            entry["cache_creation_input_token_cost_above_1hr"] = p_w1
+        tier = _EMBEDDED_TIERS.get(model)
+        if tier:
+            entry["input_cost_per_token_above_200k_tokens"] = tier[0]
+            entry["cache_read_input_token_cost_above_200k_tokens"] = tier[1]
+            entry["output_cost_per_token_above_200k_tokens"] = tier[2]
+        table[model] = entry
+    return table
+
+
+def _rate(entry, key, fallback):
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+            or value < 0 or value in (math.inf,):
+        return fallback
+    return float(value)
+
+
+def rates_from_entry(entry):
+    """(base rates, rates above 200k or None); each rate tuple is
+    (input, cache read, 5m write, 1h write, output, reasoning)."""
+    p_in = _rate(entry, "input_cost_per_token", 0.0)
+    p_out = _rate(entry, "output_cost_per_token", 0.0)
+    p_read = _rate(entry, "cache_read_input_token_cost", p_in)
+    p_w5 = _rate(entry, "cache_creation_input_token_cost", p_in)
+    p_w1 = _rate(entry, "cache_creation_input_token_cost_above_1hr", p_w5)
+    p_rsn = _rate(entry, "output_cost_per_reasoning_token", p_out)
+    base = (p_in, p_read, p_w5, p_w1, p_out, p_rsn)
+    if not any(key.endswith("_above_200k_tokens") for key in entry):
+        return base, None
+    t_out = _rate(entry, "output_cost_per_token_above_200k_tokens", p_out)
+    explicit_rsn = "output_cost_per_reasoning_token" in entry
+    tier = (_rate(entry, "input_cost_per_token_above_200k_tokens", p_in),
+            _rate(entry, "cache_read_input_token_cost_above_200k_tokens", p_read),
+            _rate(entry, "cache_creation_input_token_cost_above_200k_tokens", p_w5),
+            _rate(entry, "cache_creation_input_token_cost_above_1hr_above_200k_tokens", p_w1),
+            t_out,
+            # without a reasoning rate of its own, reasoning is output at the tier rate
+            _rate(entry, "output_cost_per_reasoning_token_above_200k_tokens",
+                  p_rsn if explicit_rsn else t_out))
+    return base, tier
+
+
+def is_price_entry(name, entry):
+    return (name != "sample_spec" and type(entry) is dict
+            and ("input_cost_per_token" in entry or "output_cost_per_token" in entry))
+
+
+_DATE_SUFFIX = re.compile(r"[-@](?:20\d{6}|20\d\d-\d\d-\d\d)(?=$|-v\d+(?::\d+)?$)")
+_REGION_PREFIX = re.compile(r"^(?:us|eu|apac|global|us-gov|jp|au|ca)\.")
+
+
+def candidate_model_names(model, provider=""):
+    """The names to look a model up under, in the order of formats.md section 4."""
+    lower = model.lower()
+    names = [model, lower]
+    parts = lower.split("/")
+    for i in range(1, len(parts)):
+        names.append("/".join(parts[i:]))
+    if provider:
+        names.append("%s/%s" % (provider.lower(), parts[-1]))
+    for name in list(names):
+        undated = _DATE_SUFFIX.sub("", name)
+        names.append(undated)
+        regionless = _REGION_PREFIX.sub("", name)
+        names.append(regionless)
+        names.append(_DATE_SUFFIX.sub("", regionless))
+    seen = set()
+    return [n for n in names if n and not (n in seen or seen.add(n))]
+
+
+class PriceBook(object):
+    """A price map with cached model-name resolution."""
+
+    def __init__(self, table, origin, age_s=0.0):
+        self.table = {k: v for k, v in table.items() if is_price_entry(k, v)}
+        self.lower = {}
+        for name in self.table:
+            self.lower.setdefault(name.lower(), name)
+        self.origin = origin
+        self.age_s = age_s
+        self._resolved = {}
+
+    def __len__(self):
+        return len(self.table)
+
+    def resolve(self, model, provider=""):
+        """The price-map name a model is priced under, or None."""
+        for name in candidate_model_names(model, provider):
+            if name in self.table:
+                return name
+            if name in self.lower:
+                return self.lower[name]
+        return None
+
+    def rates(self, model, provider=""):
+        key = (model, provider)
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        name = self.resolve(model, provider) if model else None
+        rates = rates_from_entry(self.table[name]) if name else None
+        self._resolved[key] = rates
+        return rates
+
+
+def request_cost(req, rates):
+    """(cost, no-cache cost) of one request in USD; (0, 0) when unpriced."""
+    if rates is None:
+        return 0.0, 0.0
+    base, tier = rates
+    miss, read, w5, w1 = req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h
+    total_input = miss + read + w5 + w1
+    p_in, p_read, p_w5, p_w1, p_out, p_rsn = \
+        tier if (tier is not None and total_input > TIER_THRESHOLD_TOKENS) else base
+    reasoning = req.reasoning
+    output_cost = (req.output - reasoning) * p_out + reasoning * p_rsn
+    cost = miss * p_in + read * p_read + w5 * p_w5 + w1 * p_w1 + output_cost
+    return cost, total_input * p_in + output_cost
+
+
+# -------------------------------------------------------------- aggregation
+
+def local_day(ts):
+    return time.strftime("%Y-%m-%d", time.localtime(ts)) if ts is not None else "(no time)"
+
+
+def group_key(req, group_by):
+    key = []
+    for field in group_by:
+        if field == "day":
+            key.append(local_day(req.ts))
+        else:
+            key.append(getattr(req, field))
+    return tuple(key)
+
+
+class Aggregate(object):
+    """Totals, groups and (optionally) one session's timeline of a stream of requests.
+
+    Holds no request beyond what the view needs: a Tally per group, and the
+    requests of the session asked for with --session.
+    """
+
+    def __init__(self, prices, group_by=(), since=None, until=None, session=None):
+        self.prices = prices
+        self.group_by = tuple(group_by)
+        self.since = since
+        self.until = until
+        self.session = session
+        self.totals = Tally()
+        self.groups = {}
+        self.unpriced_models = {}
+        self.timeline = []
+        self.outside_window = 0
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["prices"] = None  # workers send results back; the book stays home
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def in_window(self, ts):
+        if self.since is None and self.until is None:
+            return True
+        if ts is None:
+            return False
+        return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
+
+    def add(self, req):
+        if not self.in_window(req.ts):
+            self.outside_window += 1
+            return
+        rates = self.prices.rates(req.model, req.provider)
+        cost, no_cache_cost = request_cost(req, rates)
+        priced = rates is not None
+        if not priced:
+            name = req.model or "(unknown model)"
+            self.unpriced_models[name] = self.unpriced_models.get(name, 0) + 1
+        self.totals.add(req, cost, no_cache_cost, priced)
+        if self.group_by:
+            key = group_key(req, self.group_by)
+            tally = self.groups.get(key)
+            if tally is None:
+                tally = self.groups[key] = Tally()
+            tally.add(req, cost, no_cache_cost, priced)
+        if self.session is not None and req.session.startswith(self.session):
+            self.timeline.append((req, cost))
+
+    def merge(self, other):
+        self.totals.merge(other.totals)
+        for key, tally in other.groups.items():
+            mine = self.groups.get(key)
+            if mine is None:
+                self.groups[key] = tally
+            else:
+                mine.merge(tally)
+        for name, count in other.unpriced_models.items():
+            self.unpriced_models[name] = self.unpriced_models.get(name, 0) + count
+        self.timeline.extend(other.timeline)
+        self.outside_window += other.outside_window
+
+
+SORT_COLUMNS = {
+    "requests": lambda t: t.requests, "input": lambda t: t.input,
+    "read": lambda t: t.cache_read, "write": lambda t: t.cache_write,
+    "miss": lambda t: t.miss, "output": lambda t: t.output,
+    "hit": lambda t: -1.0 if t.hit_rate is None else t.hit_rate,
+    "cost": lambda t: t.cost, "saved": lambda t: t.saved,
+    "observed": lambda t: t.observed_cost, "last": lambda t: t.last_ts or 0.0,
+}
+
+
+def sorted_groups(groups, sort="cost", descending=True, top=None):
+    """[(key, tally)] ordered by a column (ties by key), cut to top N."""
+    if sort == "name":
+        rows = sorted(groups.items(), key=lambda item: item[0], reverse=not descending)
+    else:
+        column = SORT_COLUMNS[sort]
+        rows = sorted(groups.items(), key=lambda item: item[0])
+        rows.sort(key=lambda item: column(item[1]), reverse=descending)
+    return rows[:top] if top else rows
+
+
+_SPAN_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.I)
+_SPAN_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time_bound(text, now):
+    """Epoch seconds from an ISO date/time (naive = local time) or a span back from now."""
+    match = _SPAN_RE.match(text)
+    if match:
+        return now - float(match.group(1)) * _SPAN_SECONDS[match.group(2).lower()]
+    text = text.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError("not an ISO date/time or a span like 90m, 2h, 7d: %r" % text)
+    if moment.tzinfo is None:
+        return time.mktime(moment.timetuple()) + moment.microsecond / 1e6
+    return moment.timestamp()
+
+
+def window_start(window, now):
+    """The start of a named window in epoch seconds (calendar windows in local time)."""
+    if window == "all":
+        return None
+    spans = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+    if window in spans:
+        return now - spans[window]
+    local = datetime.fromtimestamp(now)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if window == "week":
+        midnight -= timedelta(days=midnight.weekday())
+    elif window == "month":
+        midnight = midnight.replace(day=1)
+    return time.mktime(midnight.timetuple())
+
+
+def resolve_window(window, since_text, until_text, now):
+    """(since, until) in epoch seconds, either None; raises ValueError on bad text."""
+    since = window_start(window, now)
+    if since_text:
+        bound = parse_time_bound(since_text, now)
+        since = bound if since is None else max(since, bound)
+    until = parse_time_bound(until_text, now) if until_text else None
+    return since, until
+
+
+# ----------------------------------------------------------------------- io
+
+class LineSplitter(object):
+    """Cuts a byte stream into lines; a partial last line waits for its newline.
+
+    A line longer than MAX_LINE_BYTES is dropped (and counted) as it streams by,
+    so one runaway line never has to fit in memory.
+    """
+
+    def __init__(self, max_line_bytes=MAX_LINE_BYTES):
+        self.partial = b""
+        self.max_line_bytes = max_line_bytes
+        self.skipping = False
+        self.oversized = 0
+
+    def feed(self, block):
+        lines = (self.partial + block).split(b"\n") if self.partial else block.split(b"\n")
+        self.partial = lines.pop()
+        if self.skipping and lines:
+            lines[0] = b""
+            self.skipping = False
+        if len(self.partial) > self.max_line_bytes:
+            if not self.skipping:
+                self.oversized += 1
+            self.partial = b""
+            self.skipping = True
+        return lines
+
+    def finish(self):
+        """The last line of a finished stream, which had no newline."""
+        last, self.partial = self.partial, b""
+        if self.skipping:
+            self.skipping = False
+            return b""
+        return last
+
+
+def iter_blocks(handle, start=0, end=None, block_bytes=READ_BLOCK_BYTES):
+    """Blocks of a binary file from start up to end (None: to EOF)."""
+    if start:
+        handle.seek(start)
+    position = start
+    while end is None or position < end:
+        size = block_bytes if end is None else min(block_bytes, end - position)
+        block = handle.read(size)
+        if not block:
+            return
+        position += len(block)
+        yield block
+
+
+def scan_request_lines(lines, stats, sink):
+    """Parses generic request-log lines, counting what is skipped and why."""
+    loads = json.loads
+    for line in lines:
+        if not line or line.isspace():
+            continue
+        try:
+            record = loads(line)
+        except (ValueError, RecursionError):
+            stats.skipped["malformed"] += 1
+            continue
+        if type(record) is not dict:
+            stats.skipped["malformed"] += 1
+            continue
+        try:
+            req = normalize_record(record)
+        except (ValueError, TypeError, RecursionError, OverflowError):
+            stats.skipped["malformed"] += 1
+            continue
+        if req is None:
+            stats.skipped["no_usage"] += 1
+            continue
+        stats.records += 1
+        sink(req)
+
+
+def scan_request_stream(handle, stats, sink, start=0, end=None):
+    """Reads a binary stream of JSON lines between two offsets into sink."""
+    splitter = LineSplitter()
+    for block in iter_blocks(handle, start, end):
+        scan_request_lines(splitter.feed(block), stats, sink)
+    scan_request_lines([splitter.finish()], stats, sink)
+    stats.skipped["malformed"] += splitter.oversized
+
+
+def split_points(path, size, parts):
+    """Offsets that cut a file into `parts` ranges, each starting at a line start."""
+    points = [0]
+    with open(path, "rb") as handle:
+        for i in range(1, parts):
+            handle.seek(size * i // parts)
+            handle.readline()
+            position = handle.tell()
+            if points[-1] < position < size:
+                points.append(position)
+    points.append(size)
+    return points
+
+
+_WORKER_CONTEXT = {}
+
+
+def _scan_range_worker(job):
+    path, start, end = job
+    template = _WORKER_CONTEXT["aggregate"]
+    aggregate = Aggregate(_WORKER_CONTEXT["prices"], template.group_by, template.since,
+                          template.until, template.session)
+    stats = SourceStats("")
+    with open(path, "rb") as handle:
+        scan_request_stream(handle, stats, aggregate.add, start, end)
+    return aggregate, stats
+
+
+def worker_count():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def fork_pool(processes):
+    """A process pool that inherits this process's memory, or None where there is none."""
+    import multiprocessing
+    try:
+        context = multiprocessing.get_context("fork")
+        return context.Pool(processes)
+    except (ValueError, OSError, ImportError):
+        return None
+
+
+def scan_request_file(path, aggregate, stats):
+    """One request-log file into aggregate; large files are split across the cores."""
+    size = os.path.getsize(path)
+    workers = worker_count()
+    if size >= PARALLEL_MIN_BYTES and workers > 1:
+        points = split_points(path, size, workers)
+        jobs = [(path, points[i], points[i + 1]) for i in range(len(points) - 1)]
+        _WORKER_CONTEXT.update(prices=aggregate.prices, aggregate=aggregate)
+        pool = fork_pool(len(jobs))
+        if pool is not None:
+            try:
+                for part, part_stats in pool.map(_scan_range_worker, jobs):
+                    aggregate.merge(part)
+                    stats.merge(part_stats)
+            finally:
+                pool.terminate()
+                _WORKER_CONTEXT.clear()
+            return
+    with open(path, "rb") as handle:
+        scan_request_stream(handle, stats, aggregate.add)
+
+
+def expand_file_args(paths):
+    """Files named on the command line; a folder means its *.jsonl (sorted)."""
+    files, seen = [], set()
+    for path in paths:
+        if path == "-":
+            candidates = ["-"]
+        elif os.path.isdir(path):
+            candidates = sorted(os.path.join(path, name) for name in os.listdir(path)
+                                if name.endswith(".jsonl"))
+        elif os.path.exists(path):
+            candidates = [path]
+        else:
+            raise SourceError("no such file or folder: %s" % clean(path))
+        for candidate in candidates:
+            identity = candidate if candidate == "-" else os.path.realpath(candidate)
+            if identity not in seen:
+                seen.add(identity)
+                files.append(candidate)
+    return files
+
+
+# agent sources: where each agent keeps its logs, and how they are read
+
+def _home(*parts):
+    return os.path.join(os.path.expanduser("~"), *parts)
+
+
+def agent_roots(name):
+    """The folders an agent's logs live in, from its environment variable or default."""
+    env = os.environ.get
+    if name == "claude-code":
+        configured = [p.strip() for p in (env("CLAUDE_CONFIG_DIR") or "").split(",") if p.strip()]
+        return configured or [_home(".config", "claude"), _home(".claude")]
+    if name == "codex":
+        return [env("CODEX_HOME") or _home(".codex")]
+    if name == "gemini":
+        return [env("GEMINI_DATA_DIR") or _home(".gemini", "tmp")]
+    if name == "opencode":
+        return [env("OPENCODE_DATA_DIR") or _home(".local", "share", "opencode")]
+    return [env("OPENCLAW_DIR") or _home(".openclaw")]
+
+
+def _walk_files(root, suffixes, depth=8):
+    """Files under root ending in one of suffixes, sorted; links to folders not followed."""
+    found = []
+    if not os.path.isdir(root):
+        return found
+    base_depth = root.rstrip(os.sep).count(os.sep)
+    for folder, dirs, files in os.walk(root):
+        if folder.count(os.sep) - base_depth >= depth:
+            dirs[:] = []
+        found.extend(os.path.join(folder, f) for f in files if f.endswith(suffixes))
+    return sorted(found)
+
+
+def agent_files(name):
+    """Every log file of an agent, in a stable order (OpenCode: its database first)."""
+    files = []
+    for root in agent_roots(name):
+        if name == "claude-code":
+            files += _walk_files(os.path.join(root, "projects"), (".jsonl",))
+        elif name == "codex":
+            files += _codex_files(root)
+        elif name == "gemini":
+            chats = [p for p in _walk_files(root, (".json", ".jsonl"), 3)
+                     if os.path.basename(os.path.dirname(p)) == "chats"]
+            # a resumed legacy session is copied to .jsonl: read the copy last so it wins
+            files += sorted(chats, key=lambda p: (p.endswith(".jsonl"), p))
+        elif name == "opencode":
+            database = os.path.join(root, "opencode.db")
+            files += [database] if os.path.isfile(database) else []
+            files += _walk_files(os.path.join(root, "storage", "message"), (".json",), 2)
+        else:
+            files += [p for p in _walk_files(os.path.join(root, "agents"), (".jsonl",), 3)
+                      if os.path.basename(os.path.dirname(p)) == "sessions"]
+    return files
+
+
+def _codex_files(root):
+    """Rollout files; one name in both sessions/ and archived_sessions/ counts once."""
+    by_name = {}
+    for folder in ("sessions", "archived_sessions"):
+        for path in _walk_files(os.path.join(root, folder), (".jsonl",), 4):
+            name = os.path.basename(path)
+            if not name.startswith("rollout-"):
+                continue
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            if name not in by_name or size > by_name[name][0]:
+                by_name[name] = (size, path)
+    return sorted(path for _, path in by_name.values())
+
+
+def agent_present(name):
+    return bool(agent_files(name))
+
+
+def no_data_message():
+    places = []
+    for name in AGENTS:
+        places.append("%s: %s" % (name, ", ".join(agent_roots(name))))
+    return ("no data found. Looked for agent logs in\n  " + "\n  ".join(places) +
+            "\nTry: python3 catop.py --demo, or --file requests.jsonl, or --agent NAME "
+            "with its folder set (CLAUDE_CONFIG_DIR, CODEX_HOME, GEMINI_DATA_DIR, "
+            "OPENCODE_DATA_DIR, OPENCLAW_DIR).")
+
+
+# Lines that can matter to each JSONL agent parser; the rest (prompts, tool
+# output: most of the bytes) are never decoded.
+AGENT_LINE_NEEDLES = {
+    "claude-code": (b'"type":"assistant"', b'compact_boundary'),
+    "codex": (b'"token_count"', b'"session_meta"', b'"turn_context"', b'"compacted"'),
+    "gemini": (b'"gemini"', b'"sessionId"'),
+    "openclaw": (b'"assistant"', b'"type":"session"', b'"compaction"'),
+}
+AGENT_PARSERS = {
+    "claude-code": parse_claude_code, "codex": parse_codex, "gemini": parse_gemini,
+    "openclaw": parse_openclaw,
+}
+
+
+def candidate_lines(block, needles):
+    """The lines of block (whole lines only) that contain one of needles, in order."""
+    starts = set()
+    find, rfind = block.find, block.rfind
+    for needle in needles:
+        position = find(needle)
+        while position >= 0:
+            start = rfind(b"\n", 0, position) + 1
+            starts.add(start)
+            end = find(b"\n", position)
+            if end < 0:
+                break
+            position = find(needle, end)
+    lines = []
+    for start in sorted(starts):
+        end = find(b"\n", start)
+        lines.append(block[start:] if end < 0 else block[start:end])
+    return lines
+
+
+class FileState(object):
+    """Where reading one file stopped, so a rescan reads only appended bytes."""
+
+    __slots__ = ("path", "device", "inode", "size", "offset", "partial", "context")
+
+    def __init__(self, path):
+        self.path = path
+        self.device = self.inode = None
+        self.size = self.offset = 0
+        self.partial = b""
+        self.context = FileContext(path)
+
+    def reset(self):
+        self.offset = 0
+        self.partial = b""
+        self.context = FileContext(self.path)
+
+
+def read_new_blocks(state, final=True, block_bytes=4 * READ_BLOCK_BYTES):
+    """Blocks of whole lines appended since the last call; a replaced or truncated
+    file is read again from the start.  With final, an unterminated last line
+    is returned too (the file is taken as complete)."""
+    info = os.stat(state.path)
+    if (info.st_dev, info.st_ino) != (state.device, state.inode) or info.st_size < state.offset:
+        state.reset()
+        state.device, state.inode = info.st_dev, info.st_ino
+    state.size = info.st_size
+    if state.offset >= info.st_size and not (final and state.partial):
+        return
+    with open(state.path, "rb") as handle:
+        handle.seek(state.offset)
+        while True:
+            data = handle.read(block_bytes)
+            if not data:
+                break
+            state.offset += len(data)
+            data = state.partial + data if state.partial else data
+            cut = data.rfind(b"\n") + 1
+            state.partial = data[cut:]
+            if len(state.partial) > MAX_LINE_BYTES:
+                state.partial = b""
+            if cut:
+                yield data[:cut]
+    if final and state.partial:
+        tail, state.partial = state.partial, b""
+        yield tail
+
+
+def scan_agent_jsonl(agent, state, final=True):
+    """(results, stats) of the new lines of one JSONL agent file.  A result is a
+    parser's answer: a Request, a keyed tuple, 'compact' or 'duplicate'."""
+    parser, needles = AGENT_PARSERS[agent], AGENT_LINE_NEEDLES[agent]
+    stats = SourceStats("")
+    results = []
+    ctx = state.context
+    for block in read_new_blocks(state, final):
+        for line in candidate_lines(block, needles):
+            try:
+                record = json.loads(line)
+                if type(record) is not dict:
+                    raise ValueError("not an object")
+                if agent == "claude-code" and record.get("sessionId"):
+                    ctx.session = str(record["sessionId"])
+                result = parser(record, ctx)
+            except (ValueError, TypeError, RecursionError, OverflowError):
+                stats.skip("malformed")
+                continue
+            if result is not None:
+                results.append((ctx.session, result))
+    return results, stats
+
+
+def _scan_files_worker(job):
+    agent, paths = job
+    out = []
+    for path in paths:
+        state = FileState(path)
+        try:
+            results, stats = scan_agent_jsonl(agent, state)
+        except OSError as error:
+            out.append((path, None, None, str(error)))
+            continue
+        out.append((path, results, stats, state))
+    return out
+
+
+def _balanced_jobs(agent, paths, parts):
+    """Files dealt to parts by size, largest first, so the workers finish together."""
+    sized = []
+    for path in paths:
+        try:
+            sized.append((os.path.getsize(path), path))
+        except OSError:
+            sized.append((0, path))
+    loads = [[0, []] for _ in range(parts)]
+    for size, path in sorted(sized, reverse=True):
+        lightest = min(loads, key=lambda load: load[0])
+        lightest[0] += size
+        lightest[1].append(path)
+    return [(agent, sorted(load[1])) for load in loads if load[1]], sum(s for s, _ in sized)
+
+
+class AgentSource(object):
+    """One agent's logs: per-file read state and the de-duplicated requests so far."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.stats = SourceStats("agent:%s" % agent)
+        self.states = {}
+        self.keyed = {}          # dedup key -> (size, Request)
+        self.main_ids = set()    # Claude Code message ids seen outside a sidechain
+        self.loose = []          # requests that need no cross-file de-duplication
+        self.compactions = {}    # session -> count
+
+    def scan(self, final=True, parallel=True):
+        """Reads what is new in every file of the agent."""
+        paths = agent_files(self.agent)
+        if self.agent == "opencode":
+            self._scan_opencode(paths)
+            return
+        fresh = [p for p in paths if p not in self.states]
+        jobs, total = _balanced_jobs(self.agent, fresh, worker_count())
+        pool = fork_pool(len(jobs)) if parallel and len(jobs) > 1 and \
+            total >= PARALLEL_MIN_BYTES else None
+        if pool is not None:
+            try:
+                parts = pool.map(_scan_files_worker, jobs)
+            finally:
+                pool.terminate()
+            done = {entry[0]: entry for part in parts for entry in part}
+        else:
+            done = {}
+        for path in paths:
+            if path in done:
+                _, results, stats, state = done[path]
+            else:
+                state = self.states.get(path) or FileState(path)
+                try:
+                    results, stats = self._scan_one(state, final)
+                except OSError as error:
+                    results, stats, state = None, None, str(error)
+            if results is None:
+                self.stats.error = "cannot read %s: %s" % (path, state)
+                continue
+            self.states[path] = state
+            self.stats.merge(stats)
+            self._take(results)
+
+    def _scan_one(self, state, final):
+        if self.agent == "gemini" and state.path.endswith(".json"):
+            return self._scan_gemini_document(state)
+        return scan_agent_jsonl(self.agent, state, final)
+
+    def _scan_gemini_document(self, state):
+        """A legacy Gemini CLI session: one JSON document with messages[]."""
+        stats = SourceStats("")
+        info = os.stat(state.path)
+        if (info.st_size, info.st_mtime) == (state.size, state.offset):
+            return [], stats
+        state.size, state.offset = info.st_size, info.st_mtime
+        with open(state.path, "rb") as handle:
+            try:
+                document = json.loads(handle.read())
+            except (ValueError, RecursionError):
+                stats.skip("malformed")
+                return [], stats
+        results = []
+        if type(document) is dict and type(document.get("messages")) is list:
+            state.context.session = str(document.get("sessionId") or "")
+            for message in document["messages"]:
+                try:
+                    result = parse_gemini(message, state.context) \
+                        if type(message) is dict else None
+                except (ValueError, TypeError):
+                    stats.skip("malformed")
+                    continue
+                if result is not None:
+                    results.append((state.context.session, result))
+        return results, stats
+
+    def _take(self, results):
+        for session, result in results:
+            if result == "compact":
+                self.compactions[session] = self.compactions.get(session, 0) + 1
+                self.stats.compactions += 1
+            elif result == "duplicate":
+                self.stats.skip("duplicate")
+            elif isinstance(result, Request):
+                self.loose.append(result)
+            elif len(result) == 3:
+                self._keep_largest(*result)
+            else:
+                self._keep_latest(session, *result)
+
+    def _keep_largest(self, key, size, req):
+        """Claude Code: one response on several lines; the largest line wins."""
+        if key is None:
+            self.loose.append(req)
+            return
+        if not req.sidechain:
+            self.main_ids.add(key[0])
+        held = self.keyed.get(key)
+        if held is None:
+            self.keyed[key] = (size, req)
+            return
+        self.stats.skip("duplicate")
+        if size > held[0]:
+            self.keyed[key] = (size, req)
+
+    def _keep_latest(self, session, message_id, req):
+        """Gemini CLI and OpenCode: the same message written again; the last wins."""
+        key = (session, message_id)
+        if key in self.keyed:
+            self.stats.skip("duplicate")
+        self.keyed[key] = (0, req)
+
+    def _scan_opencode(self, paths):
+        self.keyed = {}
+        self.stats = SourceStats(self.stats.name)
+        for path in paths:
+            try:
+                messages = (read_opencode_database(path) if path.endswith(".db")
+                            else [read_json_file(path)])
+            except (OSError, sqlite3.Error, ValueError) as error:
+                self.stats.error = "cannot read %s: %s" % (path, error)
+                continue
+            for message in messages:
+                try:
+                    result = parse_opencode(message)
+                except (ValueError, TypeError):
+                    self.stats.skip("malformed")
+                    continue
+                if result is None:
+                    continue
+                message_id, req = result
+                if message_id in self.keyed:
+                    self.stats.skip("duplicate")  # the database and a legacy file
+                    continue
+                self.keyed[message_id] = (0, req)
+
+    def requests(self):
+        """The de-duplicated requests read so far."""
+        for req in self.loose:
+            yield req
+        for key, (_, req) in self.keyed.items():
+            if not self._is_sidechain_replay(key, req):
+                yield req
+
+    def _is_sidechain_replay(self, key, req):
+        """A Claude Code subagent file replaying a response its parent counted."""
+        return self.agent == "claude-code" and req.sidechain and key[0] in self.main_ids
+
+    def sidechain_replays(self):
+        return sum(1 for key, (_, req) in self.keyed.items()
+                   if self._is_sidechain_replay(key, req))
+
+
+def read_json_file(path):
+    with open(path, "rb") as handle:
+        return json.loads(handle.read())
+
+
+def read_opencode_database(path):
+    """Messages of OpenCode's SQLite database, opened read-only so a running
+    OpenCode is never blocked."""
+    uri = "file:%s?mode=ro" % urllib.request.pathname2url(os.path.abspath(path))
+    connection = sqlite3.connect(uri, uri=True, timeout=2.0)
+    try:
+        rows = connection.execute("SELECT data FROM message").fetchall()
+    finally:
+        connection.close()
+    messages = []
+    for (data,) in rows:
+        try:
+            messages.append(json.loads(data))
+        except (ValueError, TypeError, RecursionError):
+            messages.append(None)
+    return messages
+
+
+def scan_agent(name, aggregate):
+    """Reads one agent's logs into aggregate; returns its SourceStats."""
+    source = AgentSource(name)
+    source.scan()
+    replays = source.sidechain_replays()
+    source.stats.skip("duplicate", replays)
+    for req in source.requests():
+        source.stats.records += 1
+        aggregate.add(req)
+    return source.stats
+
+
+# prices: the only code that touches the network
+
+def xdg_dir(variable, default_parts):
+    base = os.environ.get(variable) or os.path.join(os.path.expanduser("~"), *default_parts)
+    return os.path.join(base, "catop")
+
+
+def price_cache_path():
+    return os.path.join(xdg_dir("XDG_CACHE_HOME", (".cache",)), "prices.json")
+
+
+def write_atomic(path, data):
+    """Writes bytes to path through a temporary file and os.replace."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def parse_price_map(data, origin):
+    """A LiteLLM price map from bytes; raises PriceError when it is not one."""
+    try:
+        table = json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise PriceError("%s is not valid JSON (%s)" % (origin, error))
+    if type(table) is not dict or not any(is_price_entry(k, v) for k, v in table.items()):
+        raise PriceError("%s is not a LiteLLM price map (an object of models)" % origin)
+    return table
+
+
+def fetch_prices(url=PRICES_URL, timeout_s=PRICE_FETCH_TIMEOUT_S):
+    """Downloads LiteLLM's public price map; raises CatopError on any failure."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            data = response.read(64 * 1024 * 1024)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise CatopError("could not fetch prices from %s: %s" % (url, error))
+    return data
+
+
+def _read_cached_prices(path, warn):
+    """(table, mtime) from the user's price cache, or None (a bad cache is a miss)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        mtime = os.path.getmtime(path)
+    except OSError:
+        return None
+    try:
+        return parse_price_map(data, "price cache %s" % path), mtime
+    except PriceError as error:
+        warn("ignoring the price cache: %s" % error)
+        return None
+
+
+def _fetch_and_cache(cache, now, fetch, warn):
+    """A fresh price table, written to the cache; None after a failure (remembered)."""
+    marker = cache + ".failed"
+    try:
+        data = fetch()
+        table = parse_price_map(data, "the fetched price map")
+    except CatopError as error:
+        warn("%s; using the next price source" % error)
+        try:
+            write_atomic(marker, str(now).encode())
+        except OSError:
+            pass
+        return None
+    try:
+        write_atomic(cache, data)
+        if os.path.exists(marker):
+            os.unlink(marker)
+    except OSError as error:
+        warn("could not write the price cache %s: %s" % (cache, error))
+    return table
+
+
+def _recent_failure(cache, now):
+    try:
+        return now - os.path.getmtime(cache + ".failed") < PRICE_FAILURE_MEMORY_S
+    except OSError:
+        return False
+
+
+def bundled_prices_path():
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "prices.json")
+
+
+def load_prices(prices_path=None, offline=False, refresh=False, now=None,
+                fetch=fetch_prices, warn=None, cache=None):
+    """The price book, from the first origin that answers (see --prices help)."""
+    now = time.time() if now is None else now
+    warn = warn or (lambda message: None)
+    if prices_path:
+        try:
+            with open(prices_path, "rb") as handle:
+                data = handle.read()
+            mtime = os.path.getmtime(prices_path)
+        except OSError as error:
+            raise PriceError("cannot read --prices %s: %s" % (prices_path, error.strerror))
+        return PriceBook(parse_price_map(data, prices_path), "file:%s" % prices_path,
+                         max(0.0, now - mtime))
+    cache = cache or price_cache_path()
+    cached = _read_cached_prices(cache, warn)
+    if cached and not refresh and now - cached[1] < PRICE_CACHE_MAX_AGE_S:
+        return PriceBook(cached[0], "cache:%s" % cache, max(0.0, now - cached[1]))
+    if not offline and (refresh or not _recent_failure(cache, now)):
+        table = _fetch_and_cache(cache, now, fetch, warn)
+        if table is not None:
+            return PriceBook(table, "url:%s" % PRICES_URL, 0.0)
+    if cached:
+        return PriceBook(cached[0], "cache:%s (stale)" % cache, max(0.0, now - cached[1]))
+    bundled = bundled_prices_path()
+    try:
+        with open(bundled, "rb") as handle:
+            table = parse_price_map(handle.read(), bundled)
+        return PriceBook(table, "file:prices.json", max(0.0, now - os.path.getmtime(bundled)))
+    except (OSError, PriceError):
+        pass
+    built = calendar.timegm(time.strptime(EMBEDDED_PRICES_DATE, "%Y-%m-%d"))
+    return PriceBook(embedded_price_map(), "embedded", max(0.0, now - built))
+
+
+# demo: simulated traffic, deterministic for a seed
+
+_DEMO_PROFILES = (
+    # agent, provider, models, project, sessions, system-prompt tokens, gap seconds
+    ("claude-code", "anthropic", ("claude-sonnet-4-5", "claude-opus-4-5"),
+     "/home/dev/acme-api", 4, 18000, 40),
+    ("claude-code", "anthropic", ("claude-haiku-4-5",), "/home/dev/infra", 2, 9000, 25),
+    ("codex", "openai", ("gpt-5-codex", "gpt-5"), "/home/dev/acme-api", 3, 12000, 35),
+    ("rag-api", "openai", ("gpt-4o-mini",), "rag-api", 3, 3000, 8),
+    ("eval-runner", "google", ("gemini-2.5-pro",), "eval-runner", 2, 40000, 20),
+    ("support-bot", "deepseek", ("deepseek-chat",), "support-bot", 2, 2500, 15),
+)
+
+
+def demo_requests(seed=1, now=None, hours=6.0):
+    """Realistic mixed traffic: growing conversations whose cache sometimes breaks
+    (idle gaps past the TTL, model switches, compactions, prompt changes)."""
+    now = time.time() if now is None else now
+    rng = random.Random(seed)
+    requests = []
+    for agent, provider, models, project, sessions, system, gap in _DEMO_PROFILES:
+        for number in range(sessions):
+            session = "%s-%04x" % (agent, rng.randrange(0x10000))
+            ts = now - hours * 3600 * rng.uniform(0.3, 1.0)
+            requests.extend(_demo_session(rng, ts, now, agent, provider, models, project,
+                                          session, system, gap))
+    requests.sort(key=lambda r: r.ts)
+    return requests
+
+
+def _demo_session(rng, ts, now, agent, provider, models, project, session, system, gap):
+    anthropic = provider == "anthropic"
+    model, cached, context = models[0], 0, system
+    out = []
+    while ts < now and len(out) < 90:
+        event = rng.random()
+        if event < 0.04:
+            ts += rng.uniform(400, 1500)          # idle past the 5-minute TTL
+            cached = 0 if provider in ("anthropic", "openai") else cached
+        elif event < 0.07 and len(models) > 1:
+            model = rng.choice(models)            # a model switch: a new cache
+            cached = 0
+        elif event < 0.09:
+            context = system + rng.randint(2000, 6000)  # compaction
+            cached = 0
+        elif event < 0.11:
+            cached = min(cached, rng.randint(0, system // 2))  # prompt changed
+        if ts >= now:
+            break
+        context += rng.randint(300, 4000)
+        read = min(cached, context)
+        fresh = context - read
+        write = fresh if anthropic else 0
+        miss = rng.randint(1, 12) if anthropic else fresh
+        one_hour = anthropic and agent == "claude-code" and rng.random() < 0.3
+        output = rng.randint(80, 2500)
+        reasoning = rng.randint(0, output // 2) if "gpt-5" in model or "gemini" in model else 0
+        out.append(Request(ts, agent, provider, model, project, session, miss, read,
+                           0 if one_hour else write, write if one_hour else 0,
+                           output, reasoning))
+        cached = context if (anthropic or context >= 1024) else 0
+        ts += rng.expovariate(1.0 / gap)
+    return out
+
+
+# ------------------------------------------------------------------- render
+# model -> lines of text, already cut to width; nothing here prints.
+
+def fmt_int(number):
+    return "{:,}".format(number)
+
+
+def fmt_tokens(number, compact=False):
+    if not compact or number < 10000:
+        return fmt_int(number)
+    for limit, suffix in ((1e6, "k"), (1e9, "M"), (1e12, "G")):
+        if number < limit:
+            value = number / (limit / 1000)
+            return ("%.1f%s" if value < 100 else "%.0f%s") % (value, suffix)
+    return "%.0fT" % (number / 1e12)
+
+
+def fmt_usd(amount):
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    if amount >= 100:
+        return "%s$%s" % (sign, "{:,.0f}".format(amount))
+    if amount >= 1 or amount == 0:
+        return "%s$%.2f" % (sign, amount)
+    return "%s$%.4f" % (sign, amount)
+
+
+def fmt_pct(ratio):
+    return "-" if ratio is None else "%.1f%%" % (ratio * 100)
+
+
+def fmt_time(ts, with_date=True):
+    if ts is None:
+        return "(no time)"
+    return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S", time.localtime(ts))
+
+
+def fmt_age(seconds):
+    if seconds < 90:
+        return "fresh"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return "%d%s old" % (seconds // size, unit)
+    return "fresh"
+
+
+def fit(text, width, ellipsis="~"):
+    """Text cut to width columns (no wrapping, ever)."""
+    if width <= 0:
+        return ""
+    if len(text) <= width:
+        return text
+    return text[:width - 1] + ellipsis if width > 1 else text[:width]
+
+
+def short_project(path):
+    """A project shown by its last two path parts; the key keeps the full path."""
+    if "/" not in path and "\\" not in path:
+        return path
+    parts = [p for p in re.split(r"[\\/]+", path) if p]
+    return "/".join(parts[-2:]) if parts else path
+
+
+def display_key(field, value):
+    value = clean(value)
+    if field == "project":
+        return short_project(value) or "(none)"
+    return value or "(none)"
+
+
+# A column: (header, getter, compact formatter, full formatter, drop priority)
+_TABLE_COLUMNS = (
+    ("REQ", lambda t: t.requests, fmt_int, fmt_int, 9),
+    ("INPUT", lambda t: t.input, lambda n: fmt_tokens(n, True), fmt_tokens, 1),
+    ("READ", lambda t: t.cache_read, lambda n: fmt_tokens(n, True), fmt_tokens, 6),
+    ("WRITE", lambda t: t.cache_write, lambda n: fmt_tokens(n, True), fmt_tokens, 4),
+    ("MISS", lambda t: t.miss, lambda n: fmt_tokens(n, True), fmt_tokens, 5),
+    ("OUT", lambda t: t.output, lambda n: fmt_tokens(n, True), fmt_tokens, 2),
+    ("HIT%", lambda t: t.hit_rate, fmt_pct, fmt_pct, 8),
+    ("COST", lambda t: t.cost, fmt_usd, fmt_usd, 10),
+    ("SAVED", lambda t: t.saved, fmt_usd, fmt_usd, 7),
+)
+
+
+def table_columns(rows, group_by, width):
+    """Fits the group table to width, giving up the least first: full numbers, then
+    compact ones, then INPUT (it is read + write + miss), then key width down to 16,
+    then columns by priority, then keys down to 6.  Returns (key widths, columns, compact)."""
+    keys = [[display_key(f, v) for f, v in zip(group_by, key)] for key, _ in rows]
+    key_widths = [max([len(f)] + [len(k[i]) for k in keys]) for i, f in enumerate(group_by)]
+    columns = list(_TABLE_COLUMNS)
+
+    def overflow(compact):
+        widths = _number_widths(rows, columns, compact)
+        return sum(key_widths) + 2 * max(0, len(key_widths) - 1) + sum(w + 2 for w in widths) \
+            - (0 if key_widths else 2) - width
+
+    if overflow(False) <= 0:
+        return key_widths, columns, False
+    for step in ("drop-input", "keys-16", "drop", "keys-6"):
+        if overflow(True) <= 0:
+            break
+        if step == "drop-input":
+            columns = [c for c in columns if c[0] != "INPUT"]
+        elif step == "drop":
+            while overflow(True) > 0 and len(columns) > 1:
+                columns.remove(min(columns, key=lambda c: c[4]))
+        else:
+            floor = 16 if step == "keys-16" else 6
+            for i in range(len(key_widths)):
+                cut = min(max(0, overflow(True)), max(0, key_widths[i] - floor))
+                key_widths[i] -= cut
+    return key_widths, columns, True
+
+
+def _number_widths(rows, columns, compact):
+    widths = []
+    for header, getter, short, full, _ in columns:
+        formatter = short if compact else full
+        widths.append(max([len(header)] + [len(formatter(getter(t))) for _, t in rows]))
+    return widths
+
+
+def render_group_table(rows, group_by, width, totals=None, ellipsis="~"):
+    """The grouped table as lines: header, one row a group, and a totals row."""
+    all_rows = list(rows) + ([(("TOTAL",) + ("",) * (len(group_by) - 1), totals)]
+                             if totals is not None and group_by else [])
+    key_widths, columns, compact = table_columns(all_rows, group_by, width)
+    widths = _number_widths(all_rows, columns, compact)
+    header = "  ".join(f.upper().ljust(w) for f, w in zip(group_by, key_widths))
+    header += "".join("  " + h.rjust(w) for (h, _, _, _, _), w in zip(columns, widths))
+    lines = [fit(header.rstrip(), width, ellipsis)]
+    for index, (key, tally) in enumerate(all_rows):
+        if totals is not None and index == len(rows):
+            cells = ["TOTAL".ljust(key_widths[0])] + ["".ljust(w) for w in key_widths[1:]]
+        else:
+            cells = [fit(display_key(f, v), w, ellipsis).ljust(w)
+                     for f, v, w in zip(group_by, key, key_widths)]
+        text = "  ".join(cells)
+        for (header_text, getter, short, full, _), w in zip(columns, widths):
+            text += "  " + (short if compact else full)(getter(tally)).rjust(w)
+        lines.append(fit(text.rstrip(), width, ellipsis))
+    return lines
+
+
+def render_summary(totals, width, ellipsis="~"):
+    """The summary block: requests, hit rate, token split, cost and savings."""
+    t = totals
+    saved_share = (" (%.0f%%)" % (100 * t.saved / t.no_cache_cost)
+                   if t.no_cache_cost > 0 else "")
+    lines = [
+        "requests  %s    hit rate %s (cache read / input)" % (fmt_int(t.requests),
+                                                               fmt_pct(t.hit_rate)),
+        "input     %s = read %s + write %s (1h %s) + miss %s" % (
+            fmt_int(t.input), fmt_int(t.cache_read), fmt_int(t.cache_write),
+            fmt_int(t.cache_write_1h), fmt_int(t.miss)),
+        "output    %s (reasoning %s)" % (fmt_int(t.output), fmt_int(t.reasoning)),
+        "cost      %s    without cache %s    saved %s%s" % (
+            fmt_usd(t.cost), fmt_usd(t.no_cache_cost), fmt_usd(t.saved), saved_share),
+    ]
+    if t.observed_requests:
+        lines.append("observed  %s reported by the logs for %s requests (not mixed in)" % (
+            fmt_usd(t.observed_cost), fmt_int(t.observed_requests)))
+    return [fit(line, width, ellipsis) for line in lines]
+
+
+def describe_window(since, until):
+    if since is None and until is None:
+        return "all"
+    return "%s .. %s" % (fmt_time(since) if since is not None else "start",
+                         fmt_time(until) if until is not None else "now")
+
+
+def describe_source(stats):
+    skipped = ", ".join("%s %s" % (fmt_int(n), k.replace("_", " "))
+                        for k, n in stats.skipped.items() if n)
+    text = "%s: %s records" % (clean(stats.name), fmt_int(stats.records))
+    if stats.compactions:
+        text += ", %s compactions" % fmt_int(stats.compactions)
+    if skipped:
+        text += " (skipped %s)" % skipped
+    if stats.error:
+        text += " [%s]" % clean(stats.error)
+    return text
+
+
+def render_report(report, width=80, ellipsis="~"):
+    """The --once table output as lines."""
+    agg = report.aggregate
+    prices = report.prices
+    lines = ["catop %s  %s  window %s" % (__version__, fmt_time(report.now),
+                                         describe_window(agg.since, agg.until)),
+             "prices  %s, %s models, %s" % (clean(prices.origin), fmt_int(len(prices)),
+                                            fmt_age(prices.age_s))]
+    for stats in report.sources:
+        lines.append("source  " + describe_source(stats))
+    lines = [fit(line, width, ellipsis) for line in lines]
+    lines.append("")
+    lines.extend(render_summary(agg.totals, width, ellipsis))
+    if agg.group_by and report.rows:
+        lines.append("")
+        lines.extend(render_group_table(report.rows, agg.group_by, width,
+                                        agg.totals if len(agg.groups) > 1 else None, ellipsis))
+        if report.hidden_groups:
+            lines.append("(%s more groups; --top to show more)" % fmt_int(report.hidden_groups))
+    if agg.unpriced_models:
+        names = ", ".join("%s (%s)" % (clean(m), fmt_int(n))
+                          for m, n in sorted(agg.unpriced_models.items()))
+        lines.append("")
+        lines.append(fit("unpriced: %s - tokens counted, cost shown as $0; "
+                         "give --prices or drop --offline" % names, width, ellipsis))
+    if agg.totals.requests == 0:
+        lines.append("")
+        lines.append("no requests in this window")
+    return lines
+
+
+def render_timeline(report, width=80, ellipsis="~"):
+    """--session: one session's requests in time order."""
+    entries = sorted(report.aggregate.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0))
+    sessions = sorted({e[0].session for e in entries})
+    lines = [fit("session %s  (%s requests)" % (clean(", ".join(sessions)), len(entries)),
+                 width, ellipsis)]
+    header = "%-19s  %-24s %9s %10s %9s %8s %6s %9s" % (
+        "TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST")
+    lines.append(fit(header, width, ellipsis))
+    for req, cost in entries:
+        total = req.input
+        hit = req.cache_read / total if total else None
+        write = req.cache_write_5m + req.cache_write_1h
+        row = "%-19s  %-24s %9s %10s %9s %8s %6s %9s" % (
+            fmt_time(req.ts), fit(clean(req.model), 24, ellipsis), fmt_int(req.miss),
+            fmt_int(req.cache_read), fmt_int(write), fmt_int(req.output), fmt_pct(hit),
+            fmt_usd(cost))
+        if req.sidechain:
+            row += "  subagent"
+        lines.append(fit(row, width, ellipsis))
+    return lines
+
+
+# ------------------------------------------------------------------- output
+
+class Report(object):
+    """Everything one snapshot shows: the aggregate, its sources, prices and rows."""
+
+    def __init__(self, aggregate, sources, prices, now, sort="cost", descending=True,
+                 top=None):
+        self.aggregate = aggregate
+        self.sources = sources
+        self.prices = prices
+        self.now = now
+        every = sorted_groups(aggregate.groups, sort, descending)
+        self.rows = every[:top] if top else every
+        self.hidden_groups = len(every) - len(self.rows)
+
+
+def iso_utc(ts):
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def report_dict(report):
+    """The JSON document of design.md (field names are a contract)."""
+    agg = report.aggregate
+    doc = {
+        "catop_version": __version__,
+        "generated_at": iso_utc(report.now),
+        "window": {"since": iso_utc(agg.since), "until": iso_utc(agg.until)},
+        "sources": [s.as_dict() for s in report.sources],
+        "prices": {"origin": report.prices.origin, "models": len(report.prices),
+                   "age_s": int(report.prices.age_s)},
+        "totals": agg.totals.as_dict(),
+        "groups": [dict([("key", dict(zip(agg.group_by, key)))] + list(t.as_dict().items()))
+                   for key, t in report.rows],
+        "unpriced_models": sorted(agg.unpriced_models),
+    }
+    if agg.session is not None:
+        doc["timeline"] = [timeline_entry(req, cost) for req, cost in
+                           sorted(agg.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0))]
+    return doc
+
+
+def timeline_entry(req, cost):
+    return {"ts": iso_utc(req.ts), "session": req.session, "model": req.model,
+            "miss_tokens": req.miss, "cache_read_tokens": req.cache_read,
+            "cache_write_tokens": req.cache_write_5m + req.cache_write_1h,
+            "cache_write_1h_tokens": req.cache_write_1h, "output_tokens": req.output,
+            "reasoning_tokens": req.reasoning, "cost_usd": round(cost, 6),
+            "subagent": req.sidechain}
+
+
+def format_json(report):
+    return json.dumps(report_dict(report), indent=2) + "\n"
+
+
+def format_csv(report):
+    """Header and one row a group (or the totals row without --group-by)."""
+    agg = report.aggregate
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    fields = list(Tally().as_dict())
+    writer.writerow(list(agg.group_by) + fields)
+    rows = report.rows if agg.group_by else [((), agg.totals)]
+    for key, tally in rows:
+        values = tally.as_dict()
+        writer.writerow([clean(k) for k in key] +
+                        ["" if values[f] is None else values[f] for f in fields])
+    return out.getvalue()
+
+
+def format_table(report, width=80, ellipsis="~"):
+    lines = render_report(report, width, ellipsis)
+    if report.aggregate.session is not None:
+        lines += [""] + render_timeline(report, width, ellipsis)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- cli
+
+def parse_group_by(text):
+    if text.strip().lower() in ("", "none"):
+        return ()
+    fields = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    bad = [f for f in fields if f not in GROUP_FIELDS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            "unknown group %s (choose from %s, or none)" % (", ".join(bad), ",".join(GROUP_FIELDS)))
+    return fields
+
+
+def parse_ratio(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("a ratio from 0 to 1, like 0.6")
+    return value
+
+
+def parse_positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if not value > 0 or value != value or value == math.inf:
+            raise argparse.ArgumentTypeError("a positive number")
+        return value
+    return parse
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="catop.py",
+        description="top for LLM prompt-cache economics: cache hits, cost and savings "
+                    "from request logs and coding-agent logs.",
+        epilog="Exit status: 0 ok, 1 runtime error, 2 usage error, 3 gate breached, "
+               "130 interrupted.")
+    src = parser.add_argument_group("sources (several may be given; they are merged)")
+    src.add_argument("--file", action="append", default=[], metavar="PATH",
+                     help="a JSONL request log, any usage shape; a folder means its *.jsonl; "
+                          "- is standard input (repeatable)")
+    src.add_argument("--stdin", action="store_true", help="read a request log from standard input")
+    src.add_argument("--agent", action="append", default=[], choices=AGENTS, metavar="NAME",
+                     help="local coding-agent logs: %s (repeatable)" % ", ".join(AGENTS))
+    src.add_argument("--scan-agents", action="store_true",
+                     help="every agent whose logs are found (the default with no source)")
+    src.add_argument("--demo", action="store_true", help="simulated mixed traffic")
+    src.add_argument("--seed", type=int, default=1, help="demo seed (default 1)")
+    view = parser.add_argument_group("view")
+    view.add_argument("--once", action="store_true",
+                      help="print one snapshot and exit (the default today)")
+    view.add_argument("--format", choices=FORMATS, default="table",
+                      help="snapshot format (default table)")
+    view.add_argument("--group-by", type=parse_group_by, default=("model",), metavar="FIELDS",
+                      help="comma list of %s, or none (default model)" % ",".join(GROUP_FIELDS))
+    view.add_argument("--sort", choices=sorted(SORT_COLUMNS) + ["name"], default="cost",
+                      help="sort groups by this column, largest first (default cost)")
+    view.add_argument("--ascending", action="store_true", help="sort smallest first")
+    view.add_argument("--top", type=parse_positive(int), metavar="N",
+                      help="show the first N groups only")
+    view.add_argument("--session", metavar="ID",
+                      help="one session's requests in time order (a unique prefix will do)")
+    view.add_argument("--window", choices=WINDOWS, default="all",
+                      help="time window; today/week/month are local calendar (default all)")
+    view.add_argument("--since", metavar="WHEN",
+                      help="from this ISO date/time (local unless it has a zone) or span ago "
+                           "like 90m, 2h, 7d (inclusive)")
+    view.add_argument("--until", metavar="WHEN", help="up to this time (exclusive)")
+    view.add_argument("--width", type=parse_positive(int), metavar="COLUMNS",
+                      help="table width (default: the terminal's, else 80)")
+    prices = parser.add_argument_group("prices")
+    prices.add_argument("--prices", metavar="PATH",
+                        help="a LiteLLM-format price map; otherwise the user cache (<24 h), "
+                             "LiteLLM's public map (3 s timeout), bundled prices.json, "
+                             "embedded table")
+    prices.add_argument("--offline", action="store_true", help="never touch the network")
+    prices.add_argument("--refresh-prices", action="store_true",
+                        help="fetch LiteLLM's price map now")
+    gates = parser.add_argument_group("CI gates (exit status 3 when breached)")
+    gates.add_argument("--min-hit-rate", type=parse_ratio, metavar="RATIO",
+                       help="fail when the hit rate is below RATIO (0..1)")
+    gates.add_argument("--max-cost", type=parse_positive(float), metavar="USD",
+                       help="fail when the estimated cost exceeds USD")
+    parser.add_argument("--version", action="version", version="catop " + __version__)
+    return parser
+
+
+def warn(message):
+    sys.stderr.write("catop: warning: %s\n" % clean(message))
+
+
+def collect_sources(args, aggregate, now):
+    """Feeds every requested source into aggregate; returns their SourceStats."""
+    sources = []
+    if args.stdin:
+        args.file.append("-")
+    for path in expand_file_args(args.file):
+        stats = SourceStats("stdin" if path == "-" else "file:%s" % path)
+        try:
+            if path == "-":
+                scan_request_stream(sys.stdin.buffer, stats, aggregate.add)
+            else:
+                scan_request_file(path, aggregate, stats)
+        except OSError as error:
+            raise SourceError("cannot read %s: %s" % (clean(path), error.strerror or error))
+        sources.append(stats)
+    if args.demo:
+        stats = SourceStats("demo (seed %d)" % args.seed)
+        for req in demo_requests(args.seed, now):
+            stats.records += 1
+            aggregate.add(req)
+        sources.append(stats)
+    agents = list(dict.fromkeys(args.agent))
+    no_source = not (args.file or args.demo or agents or args.scan_agents)
+    if args.scan_agents or no_source:
+        agents = [name for name in AGENTS if agent_present(name)] or agents
+        if no_source and not agents:
+            raise CatopError(no_data_message())
+    for name in agents:
+        sources.append(scan_agent(name, aggregate))
+    return sources
+
+
+def check_gates(args, totals):
+    """One-line reasons for every breached gate."""
+    reasons = []
+    if args.min_hit_rate is not None and totals.hit_rate is not None \
+            and totals.hit_rate < args.min_hit_rate:
+        reasons.append("hit rate %s is below --min-hit-rate %s" % (
+            fmt_pct(totals.hit_rate), fmt_pct(args.min_hit_rate)))
+    if args.max_cost is not None and totals.cost > args.max_cost:
+        reasons.append("cost %s exceeds --max-cost %s" % (fmt_usd(totals.cost),
+                                                          fmt_usd(args.max_cost)))
+    return reasons
+
+
+def output_width(args):
+    if args.width:
+        return args.width
+    return max(20, shutil.get_terminal_size((80, 24)).columns)
+
+
+def run(args):
+    now = time.time()
+    try:
+        since, until = resolve_window(args.window, args.since, args.until, now)
+    except ValueError as error:
+        raise UsageError(str(error))
+    prices = load_prices(args.prices, args.offline, args.refresh_prices, now, warn=warn)
+    aggregate = Aggregate(prices, args.group_by, since, until, args.session)
+    sources = collect_sources(args, aggregate, now)
+    if args.session is not None:
+        ambiguous = sorted({req.session for req, _ in aggregate.timeline})
+        if len(ambiguous) > 1 and args.session not in ambiguous:
+            raise UsageError("session prefix %r matches %d sessions: %s" % (
+                args.session, len(ambiguous), ", ".join(clean(s) for s in ambiguous[:5])))
+        aggregate.timeline = [e for e in aggregate.timeline
+                              if args.session not in ambiguous or e[0].session == args.session]
+        if not aggregate.timeline:
+            raise CatopError("no requests of session %s in this window" % clean(args.session))
+    report = Report(aggregate, sources, prices, now, args.sort, not args.ascending, args.top)
+    ellipsis = "\u2026" if (sys.stdout.encoding or "").lower().replace("-", "") == "utf8" else "~"
+    if args.format == "json":
+        text = format_json(report)
+    elif args.format == "csv":
+        text = format_csv(report)
+    else:
+        text = format_table(report, output_width(args), ellipsis)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    reasons = check_gates(args, aggregate.totals)
+    for reason in reasons:
+        sys.stderr.write("catop: gate: %s\n" % reason)
+    return EXIT_GATE if reasons else EXIT_OK
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.refresh_prices and args.offline:
+        parser.error("--refresh-prices and --offline contradict each other")
+    if args.refresh_prices and args.prices:
+        parser.error("--refresh-prices fetches LiteLLM's map; --prices names a file: pick one")
+    try:
+        sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):
+        pass
+    try:
+        return run(args)
+    except UsageError as error:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write("catop: error: %s\n" % error)
+        return EXIT_USAGE
+    except CatopError as error:
+        sys.stderr.write("catop: %s\n" % error)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (| head): leave quietly, with no flush error at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
