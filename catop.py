@@ -192,10 +192,10 @@ class Tally(object):
             "output_tokens": self.output,
             "reasoning_tokens": self.reasoning,
             "hit_rate": None if self.hit_rate is None else round(self.hit_rate, 6),
-            "cost_usd": round(self.cost, 6),
-            "no_cache_cost_usd": round(self.no_cache_cost, 6),
-            "saved_usd": round(self.saved, 6),
-            "observed_cost_usd": round(self.observed_cost, 6) if self.observed_requests else None,
+            "cost_usd": round(self.cost, 9),
+            "no_cache_cost_usd": round(self.no_cache_cost, 9),
+            "saved_usd": round(self.saved, 9),
+            "observed_cost_usd": round(self.observed_cost, 9) if self.observed_requests else None,
             "unpriced_requests": self.unpriced_requests,
         }
 
@@ -553,8 +553,10 @@ _MODEL_KEYS = ("model", "model_name", "modelId", "gen_ai.response.model",
 _PROVIDER_KEYS = ("provider", "litellm_provider", "custom_llm_provider",
                   "gen_ai.provider.name", "gen_ai.system")
 _PROJECT_KEYS = ("project", "user_api_key_team_alias", "user_api_key_alias", "team_id")
-_SESSION_KEYS = ("session_id", "trace_id", "thread_id", "conversation_id")
-_TIME_KEYS = ("timestamp", "startTime", "created_at", "created", "time")
+_SESSION_KEYS = ("session_id", "trace_id", "thread_id", "conversation_id",
+                 "gen_ai.conversation.id", "session.id")
+_TIME_KEYS = ("timestamp", "startTime", "created_at", "created", "time", "timeUnixNano",
+              "startTimeUnixNano")
 _COST_KEYS = ("response_cost", "cost", "spend", "costUSD")
 
 
@@ -580,7 +582,7 @@ def normalize_record(record):
     project = _first_text((record, metadata, slo_meta), _PROJECT_KEYS)
     session = _first_text((record, metadata, slo_meta, attributes, slo), _SESSION_KEYS)
     agent = _first_text((record, metadata), ("agent",))
-    ts = parse_timestamp(_first_value((record, slo, message), _TIME_KEYS))
+    ts = parse_timestamp(_first_value((record, slo, message, response), _TIME_KEYS))
     observed = _observed_cost(record, slo, usage)
     miss, read, write_5m, write_1h, output, reasoning = tokens
     return Request(ts, agent, provider, model, project, session, miss, read, write_5m,
@@ -719,6 +721,7 @@ def parse_gemini(record, ctx):
     """(message id, Request) of a Gemini CLI reply; the latest write of an id wins."""
     if "sessionId" in record and "type" not in record:
         ctx.session = str(record.get("sessionId") or ctx.session)
+        ctx.project = str(record.get("projectHash") or ctx.project)
         return None
     if record.get("type") != "gemini" or type(record.get("tokens")) is not dict:
         return None
@@ -814,8 +817,8 @@ EMBEDDED_PRICES = {
     "deepseek-chat": (2.8e-07, 2.8e-08, None, None, 4.2e-07),
     "deepseek-reasoner": (2.8e-07, 2.8e-08, None, None, 4.2e-07),
 }
-_EMBEDDED_TIERS = {  # above 200k input tokens: (input, cache read, output)
-    "gemini-2.5-pro": (2.5e-06, 2.5e-07, 1.5e-05),
+_EMBEDDED_TIERS = {  # above 200k input tokens: (input, cache read, cache write, output)
+    "gemini-2.5-pro": (2.5e-06, 2.5e-07, 2.5e-07, 1.5e-05),
 }
 
 
@@ -832,7 +835,8 @@ def embedded_price_map():
         if tier:
             entry["input_cost_per_token_above_200k_tokens"] = tier[0]
             entry["cache_read_input_token_cost_above_200k_tokens"] = tier[1]
-            entry["output_cost_per_token_above_200k_tokens"] = tier[2]
+            entry["cache_creation_input_token_cost_above_200k_tokens"] = tier[2]
+            entry["output_cost_per_token_above_200k_tokens"] = tier[3]
         table[model] = entry
     return table
 
@@ -1364,10 +1368,10 @@ def no_data_message():
 # Lines that can matter to each JSONL agent parser; the rest (prompts, tool
 # output: most of the bytes) are never decoded.
 AGENT_LINE_NEEDLES = {
-    "claude-code": (b'"type":"assistant"', b'compact_boundary'),
+    "claude-code": (b'"assistant"', b'compact_boundary'),
     "codex": (b'"token_count"', b'"session_meta"', b'"turn_context"', b'"compacted"'),
     "gemini": (b'"gemini"', b'"sessionId"'),
-    "openclaw": (b'"assistant"', b'"type":"session"', b'"compaction"'),
+    "openclaw": (b'"assistant"', b'"session"', b'"compaction"'),
 }
 AGENT_PARSERS = {
     "claude-code": parse_claude_code, "codex": parse_codex, "gemini": parse_gemini,
@@ -1564,6 +1568,7 @@ class AgentSource(object):
         results = []
         if type(document) is dict and type(document.get("messages")) is list:
             state.context.session = str(document.get("sessionId") or "")
+            state.context.project = str(document.get("projectHash") or "")
             for message in document["messages"]:
                 try:
                     result = parse_gemini(message, state.context) \
@@ -1786,9 +1791,10 @@ def bundled_prices_path():
 
 
 def load_prices(prices_path=None, offline=False, refresh=False, now=None,
-                fetch=fetch_prices, warn=None, cache=None):
+                fetch=None, warn=None, cache=None):
     """The price book, from the first origin that answers (see --prices help)."""
     now = time.time() if now is None else now
+    fetch = fetch or fetch_prices
     warn = warn or (lambda message: None)
     if prices_path:
         try:
@@ -2103,26 +2109,41 @@ def render_report(report, width=80, ellipsis="~"):
 
 
 def render_timeline(report, width=80, ellipsis="~"):
-    """--session: one session's requests in time order."""
+    """--session: one session's requests in time order, columns fitted to width."""
     entries = sorted(report.aggregate.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0))
     sessions = sorted({e[0].session for e in entries})
+    days = {local_day(req.ts) for req, _ in entries}
+    header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST"]
+    rows = []
+    for compact in (False, True):
+        rows = [_timeline_cells(req, cost, len(days) > 1, compact) for req, cost in entries]
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+        overflow = sum(widths) + 2 * (len(widths) - 1) - width
+        if overflow <= 0:
+            break
+    if overflow > 0:
+        widths[1] = max(8, widths[1] - overflow)
     lines = [fit("session %s  (%s requests)" % (clean(", ".join(sessions)), len(entries)),
                  width, ellipsis)]
-    header = "%-19s  %-24s %9s %10s %9s %8s %6s %9s" % (
-        "TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST")
-    lines.append(fit(header, width, ellipsis))
-    for req, cost in entries:
-        total = req.input
-        hit = req.cache_read / total if total else None
-        write = req.cache_write_5m + req.cache_write_1h
-        row = "%-19s  %-24s %9s %10s %9s %8s %6s %9s" % (
-            fmt_time(req.ts), fit(clean(req.model), 24, ellipsis), fmt_int(req.miss),
-            fmt_int(req.cache_read), fmt_int(write), fmt_int(req.output), fmt_pct(hit),
-            fmt_usd(cost))
-        if req.sidechain:
-            row += "  subagent"
-        lines.append(fit(row, width, ellipsis))
+    for cells, (req, _) in zip([header] + rows, [(None, None)] + entries):
+        text = "  ".join(
+            fit(cell, w, ellipsis).ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths)))
+        if req is not None and req.sidechain:
+            text += "  subagent"
+        lines.append(fit(text.rstrip(), width, ellipsis))
     return lines
+
+
+def _timeline_cells(req, cost, with_date, compact):
+    total = req.input
+    when = (time.strftime("%m-%d %H:%M:%S" if with_date else "%H:%M:%S", time.localtime(req.ts))
+            if req.ts is not None else "-")
+    return [when, clean(req.model), fmt_tokens(req.miss, compact),
+            fmt_tokens(req.cache_read, compact),
+            fmt_tokens(req.cache_write_5m + req.cache_write_1h, compact),
+            fmt_tokens(req.output, compact),
+            fmt_pct(req.cache_read / total if total else None), fmt_usd(cost)]
 
 
 # ------------------------------------------------------------------- output
@@ -2173,7 +2194,7 @@ def timeline_entry(req, cost):
             "miss_tokens": req.miss, "cache_read_tokens": req.cache_read,
             "cache_write_tokens": req.cache_write_5m + req.cache_write_1h,
             "cache_write_1h_tokens": req.cache_write_1h, "output_tokens": req.output,
-            "reasoning_tokens": req.reasoning, "cost_usd": round(cost, 6),
+            "reasoning_tokens": req.reasoning, "cost_usd": round(cost, 9),
             "subagent": req.sidechain}
 
 
@@ -2302,9 +2323,7 @@ def warn(message):
 def collect_sources(args, aggregate, now):
     """Feeds every requested source into aggregate; returns their SourceStats."""
     sources = []
-    if args.stdin:
-        args.file.append("-")
-    for path in expand_file_args(args.file):
+    for path in args.file:
         stats = SourceStats("stdin" if path == "-" else "file:%s" % path)
         try:
             if path == "-":
@@ -2356,6 +2375,9 @@ def run(args):
         since, until = resolve_window(args.window, args.since, args.until, now)
     except ValueError as error:
         raise UsageError(str(error))
+    if args.stdin:
+        args.file.append("-")
+    args.file = expand_file_args(args.file)
     prices = load_prices(args.prices, args.offline, args.refresh_prices, now, warn=warn)
     aggregate = Aggregate(prices, args.group_by, since, until, args.session)
     sources = collect_sources(args, aggregate, now)

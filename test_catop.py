@@ -1,0 +1,944 @@
+"""Tests for catop: python3 -m unittest -v test_catop
+
+Every expected number here was computed by hand from the rates in prices.json
+(USD per token); none is read back from catop itself.  No test touches the
+network or the real home folder.
+"""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from unittest import mock
+
+import catop
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(HERE, "examples")
+AGENT_EXAMPLES = os.path.join(EXAMPLES, "agents")
+
+
+def example(name):
+    return os.path.join(EXAMPLES, name)
+
+
+def bundled_prices():
+    with open(os.path.join(HERE, "prices.json"), "rb") as handle:
+        return catop.PriceBook(json.loads(handle.read()), "test")
+
+
+PRICES = bundled_prices()
+
+
+def read_examples(name):
+    with open(example(name), "rb") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def cost_of(req, prices=PRICES):
+    return catop.request_cost(req, prices.rates(req.model, req.provider))
+
+
+def usage_tuple(req):
+    return (req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h,
+            req.output, req.reasoning)
+
+
+class IsolatedEnv(unittest.TestCase):
+    """Each test gets its own HOME and XDG folders; no agent variables leak in."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="catop-test-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("CLAUDE_CONFIG_DIR", "CODEX_HOME", "GEMINI_DATA_DIR",
+                            "OPENCODE_DATA_DIR", "OPENCLAW_DIR", "COLUMNS")}
+        env.update(HOME=self.tmp, XDG_CACHE_HOME=os.path.join(self.tmp, "cache"),
+                   XDG_STATE_HOME=os.path.join(self.tmp, "state"),
+                   XDG_CONFIG_HOME=os.path.join(self.tmp, "config"))
+        patcher = mock.patch.dict(os.environ, env, clear=True)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        network = mock.patch.object(catop, "fetch_prices", side_effect=AssertionError(
+            "a test tried to fetch prices from the network"))
+        network.start()
+        self.addCleanup(network.stop)
+
+    def run_main(self, *argv, stdin=None):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = catop.main(list(argv))
+            except SystemExit as exit_:
+                code = exit_.code
+        return code, out.getvalue(), err.getvalue()
+
+    def run_json(self, *argv):
+        code, out, err = self.run_main(*(argv + ("--format", "json", "--offline")))
+        self.assertEqual(code, 0, err)
+        return json.loads(out)
+
+    def point_agents_at_examples(self):
+        os.environ.update(
+            CLAUDE_CONFIG_DIR=os.path.join(AGENT_EXAMPLES, "claude"),
+            CODEX_HOME=os.path.join(AGENT_EXAMPLES, "codex"),
+            GEMINI_DATA_DIR=os.path.join(AGENT_EXAMPLES, "gemini", "tmp"),
+            OPENCODE_DATA_DIR=os.path.join(AGENT_EXAMPLES, "opencode"),
+            OPENCLAW_DIR=os.path.join(AGENT_EXAMPLES, "openclaw"))
+
+
+# ------------------------------------------------------------------ parsers
+
+class UsageShapeTests(unittest.TestCase):
+    """Every usage shape of formats.md section 2, decoded by hand."""
+
+    CASES = [
+        # file, line, (miss, read, 5m write, 1h write, output, reasoning), model, provider
+        ("openai-chat.jsonl", 0, (500, 1500, 0, 0, 300, 0), "gpt-4o", "openai"),
+        ("openai-chat.jsonl", 1, (2000, 8000, 0, 0, 2000, 1500), "o3", "openai"),
+        ("openai-responses.jsonl", 0, (904, 4096, 0, 0, 800, 512), "gpt-5", "openai"),
+        ("anthropic-messages.jsonl", 0, (50, 20000, 1000, 2000, 400, 0),
+         "claude-sonnet-4-5-20250929", "anthropic"),
+        ("anthropic-messages.jsonl", 1, (10, 0, 5000, 0, 100, 0), "claude-haiku-4-5",
+         "anthropic"),
+        ("litellm.jsonl", 0, (500, 9000, 2500, 0, 250, 0), "anthropic/claude-sonnet-4-5",
+         "anthropic"),
+        ("litellm.jsonl", 1, (952, 2048, 0, 0, 100, 0), "gpt-4o-mini", "openai"),
+        ("bedrock-converse.jsonl", 0, (100, 8000, 1000, 0, 200, 0),
+         "eu.anthropic.claude-sonnet-4-5-20250929-v1:0", "anthropic"),
+        ("gemini.jsonl", 0, (50000, 200000, 0, 0, 4000, 3000), "gemini-2.5-pro", "google"),
+        ("gemini.jsonl", 1, (1000, 0, 0, 0, 50, 0), "gemini-2.5-pro", "google"),
+        ("deepseek.jsonl", 0, (500, 2500, 0, 0, 200, 0), "deepseek-chat", "deepseek"),
+        ("deepseek.jsonl", 1, (50, 100, 0, 0, 10, 0), "deepseek-chat", "deepseek"),
+        ("otel.jsonl", 0, (1000, 3000, 0, 0, 100, 0), "gpt-4o-2024-08-06", "openai"),
+        ("otel.jsonl", 1, (500, 4000, 1500, 0, 300, 100), "claude-haiku-4-5", "anthropic"),
+        ("camelcase.jsonl", 0, (5, 10000, 500, 0, 100, 0), "claude-sonnet-4-5", "anthropic"),
+    ]
+
+    def test_every_shape(self):
+        for name, index, tokens, model, provider in self.CASES:
+            with self.subTest(file=name, line=index):
+                req = catop.normalize_record(read_examples(name)[index])
+                self.assertEqual(usage_tuple(req), tokens)
+                self.assertEqual(req.model, model)
+                self.assertEqual(req.provider, provider)
+
+    def test_peer_tool_example_anthropic_names_are_exclusive(self):
+        # The earlier tool's log: Anthropic-named input_tokens beside cache fields,
+        # with no input_tokens_details, is uncached input only.
+        record = {"agent": "claude-code", "model": "claude-sonnet-4-5",
+                  "litellm_provider": "anthropic",
+                  "metadata": {"project": "eval-runner", "session_id": "eval-2026-05-14"},
+                  "usage": {"input_tokens": 8200, "completion_tokens": 900,
+                            "cache_read_input_tokens": 6100,
+                            "cache_creation_input_tokens": 450},
+                  "response_cost": 0.028}
+        req = catop.normalize_record(record)
+        self.assertEqual(usage_tuple(req), (8200, 6100, 450, 0, 900, 0))
+        self.assertEqual((req.agent, req.project, req.session),
+                         ("claude-code", "eval-runner", "eval-2026-05-14"))
+        self.assertEqual(req.observed_cost, 0.028)
+        spend = catop.normalize_record({"model": "deepseek-chat", "spend": 0.001, "usage": {
+            "input_tokens": 2400, "output_tokens": 300, "cache_read_input_tokens": 1500,
+            "cache_creation_input_tokens": 120}})
+        self.assertEqual(usage_tuple(spend), (2400, 1500, 120, 0, 300, 0))
+        self.assertEqual(spend.observed_cost, 0.001)
+
+    def test_attribution_and_time(self):
+        chat = catop.normalize_record(read_examples("openai-chat.jsonl")[0])
+        self.assertEqual((chat.project, chat.session), ("rag-api", "rag-1"))
+        self.assertEqual(chat.ts, 1773129600.0)  # 2026-03-10T08:00:00Z
+        litellm = read_examples("litellm.jsonl")
+        first = catop.normalize_record(litellm[0])
+        self.assertEqual((first.project, first.session), ("search-team", "t-1"))
+        self.assertAlmostEqual(first.ts, 1773133200.123, places=3)
+        self.assertEqual(first.observed_cost, 0.0158)
+        slo = catop.normalize_record(litellm[1])
+        self.assertEqual((slo.project, slo.session, slo.ts), ("ci-key", "trace-9", 1773133200.5))
+        self.assertEqual(slo.observed_cost, 0.0004)
+        responses = catop.normalize_record(read_examples("openai-responses.jsonl")[0])
+        self.assertEqual((responses.ts, responses.project), (1773129600.0, "agent-loop"))
+        bedrock = catop.normalize_record(read_examples("bedrock-converse.jsonl")[0])
+        self.assertEqual(bedrock.ts, 1773136800.0)  # epoch milliseconds
+        otel = read_examples("otel.jsonl")
+        self.assertEqual(catop.normalize_record(otel[0]).session, "conv-1")
+        self.assertEqual(catop.normalize_record(otel[0]).ts, 1773140400.0)
+        self.assertEqual(catop.normalize_record(otel[1]).ts, 1773140460.0)
+        camel = catop.normalize_record(read_examples("camelcase.jsonl")[0])
+        self.assertEqual(camel.observed_cost, 0.006)
+
+    def test_a_per_request_id_is_never_a_session(self):
+        req = catop.normalize_record({"id": "chatcmpl-1", "request_id": "r-1", "model": "gpt-4o",
+                                      "usage": {"prompt_tokens": 10, "completion_tokens": 1}})
+        self.assertEqual(req.session, "")
+
+    def test_no_timestamp_stays_none(self):
+        req = catop.normalize_record({"model": "gpt-4o", "usage": {"prompt_tokens": 10}})
+        self.assertIsNone(req.ts)
+
+    def test_absent_cache_field_does_not_override_present_one(self):
+        req = catop.normalize_record({"usage": {
+            "prompt_tokens": 1000, "completion_tokens": 1,
+            "prompt_tokens_details": {"audio_tokens": 0}, "cache_read_input_tokens": 600}})
+        self.assertEqual(usage_tuple(req), (400, 600, 0, 0, 1, 0))
+
+    def test_inclusive_miss_is_clamped_at_zero(self):
+        req = catop.normalize_record({"usage": {"prompt_tokens": 100, "completion_tokens": 1,
+                                                "prompt_tokens_details": {"cached_tokens": 150}}})
+        self.assertEqual(req.miss, 0)
+        self.assertEqual(req.cache_read, 150)
+
+    def test_damaged_counts_raise(self):
+        for bad in (float("nan"), float("inf"), -1, True, "12a", 10 ** 12, 1.5, [1], {"a": 1}):
+            with self.subTest(value=bad):
+                with self.assertRaises((ValueError, TypeError)):
+                    catop.normalize_record({"usage": {"prompt_tokens": bad}})
+        self.assertEqual(catop.as_count("42"), 42)
+        self.assertEqual(catop.as_count(" 42 "), 42)
+        self.assertEqual(catop.as_count(42.0), 42)
+        self.assertEqual(catop.as_count("4.2e1"), 42)
+
+    def test_timestamps(self):
+        cases = [("2026-03-10T08:00:00Z", 1773129600.0), ("2026-03-10T08:00:00.250Z", 1773129600.25),
+                 ("2026-03-10T09:00:00+01:00", 1773129600.0), ("2026-03-10 08:00:00", 1773129600.0),
+                 (1773129600, 1773129600.0), (1773129600000, 1773129600.0),
+                 (1773129600000000, 1773129600.0), ("1773129600", 1773129600.0),
+                 ("1773129600000000000", 1773129600.0), ("garbage", None), ("", None),
+                 (-5, None), (float("nan"), None), ("2026-13-40T00:00:00Z", None), (None, None)]
+        for value, expected in cases:
+            with self.subTest(value=value):
+                self.assertEqual(catop.parse_timestamp(value), expected)
+
+    def test_clean_removes_control_and_bidi_characters(self):
+        self.assertEqual(catop.clean("a\x1b]0;x\x07b\x1b[2Jc\u202ed\x9be\r\n"), "a]0;xb[2Jcde")
+        self.assertEqual(catop.clean(None), "")
+        self.assertEqual(catop.clean(12), "12")
+
+
+# ------------------------------------------------------------------ pricing
+
+class PricingTests(unittest.TestCase):
+
+    EXPECTED = [
+        # file, line, cost, no-cache cost (both by hand from prices.json rates)
+        ("openai-chat.jsonl", 0, 0.006125, 0.008),
+        ("openai-chat.jsonl", 1, 0.024, 0.036),
+        ("openai-responses.jsonl", 0, 0.009642, 0.01425),
+        ("anthropic-messages.jsonl", 0, 0.0279, 0.07515),      # 1-hour writes at 6e-6
+        ("anthropic-messages.jsonl", 1, 0.00676, 0.00551),     # writes never read: saved < 0
+        ("litellm.jsonl", 0, 0.017325, 0.03975),
+        ("litellm.jsonl", 1, 0.0003564, 0.00051),
+        ("bedrock-converse.jsonl", 0, 0.010395, 0.03333),       # eu. entry, 10 % premium
+        ("gemini.jsonl", 0, 0.235, 0.685),                     # whole request above 200k
+        ("gemini.jsonl", 1, 0.00175, 0.00175),
+        ("deepseek.jsonl", 0, 0.000294, 0.000924),
+        ("otel.jsonl", 0, 0.00725, 0.011),
+        ("otel.jsonl", 1, 0.004275, 0.0075),
+        ("camelcase.jsonl", 0, 0.00639, 0.033015),
+    ]
+
+    def test_costs_to_the_micro_dollar(self):
+        for name, index, cost, no_cache in self.EXPECTED:
+            with self.subTest(file=name, line=index):
+                req = catop.normalize_record(read_examples(name)[index])
+                got_cost, got_no_cache = cost_of(req)
+                self.assertAlmostEqual(got_cost, cost, places=10)
+                self.assertAlmostEqual(got_no_cache, no_cache, places=10)
+
+    def test_one_hour_write_is_not_priced_at_the_five_minute_rate(self):
+        req = catop.Request(model="claude-sonnet-4-5", cache_write_1h=1000000)
+        self.assertAlmostEqual(cost_of(req)[0], 6.0)
+        req = catop.Request(model="claude-sonnet-4-5", cache_write_5m=1000000)
+        self.assertAlmostEqual(cost_of(req)[0], 3.75)
+
+    def test_tier_applies_above_200k_only(self):
+        at = catop.Request(model="gemini-2.5-pro", miss=200000)
+        above = catop.Request(model="gemini-2.5-pro", miss=200001)
+        self.assertAlmostEqual(cost_of(at)[0], 0.25)
+        self.assertAlmostEqual(cost_of(above)[0], 200001 * 2.5e-06)
+
+    def test_reasoning_rate_and_tier_fallbacks(self):
+        table = {"thinker": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06,
+                             "output_cost_per_reasoning_token": 5e-06,
+                             "input_cost_per_token_above_200k_tokens": 3e-06},
+                 "sample_spec": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0}}
+        book = catop.PriceBook(table, "test")
+        self.assertEqual(len(book), 1)
+        req = catop.Request(model="thinker", miss=1000, output=300, reasoning=100)
+        # 1000 x 1e-6 + 200 x 2e-6 + 100 x 5e-6
+        self.assertAlmostEqual(cost_of(req, book)[0], 0.0019)
+        big = catop.Request(model="thinker", miss=300000, cache_read=1000, output=300,
+                            reasoning=100)
+        # tier input 3e-6; read falls back to the base read rate (= base input 1e-6)
+        self.assertAlmostEqual(cost_of(big, book)[0], 0.9 + 0.001 + 0.0004 + 0.0005)
+        self.assertIsNone(book.rates("sample_spec"))
+
+    def test_unpriced_model_costs_zero_and_is_counted(self):
+        agg = catop.Aggregate(PRICES, ("model",))
+        agg.add(catop.Request(model="my-finetune-7b", miss=1000, output=10))
+        agg.add(catop.Request(model="gpt-4o", miss=1000, output=10))
+        self.assertEqual(agg.totals.unpriced_requests, 1)
+        self.assertEqual(agg.unpriced_models, {"my-finetune-7b": 1})
+        self.assertAlmostEqual(agg.totals.cost, 0.0026)
+        self.assertEqual(agg.totals.input, 2000)
+
+    def test_model_name_resolution(self):
+        table = {"gpt-4o": {"input_cost_per_token": 1e-06},
+                 "claude-sonnet-4-5": {"input_cost_per_token": 2e-06},
+                 "anthropic.claude-haiku-4-5-20251001-v1:0": {"input_cost_per_token": 3e-06},
+                 "gemini/gemini-2.5-pro": {"input_cost_per_token": 4e-06},
+                 "MixedCase-Model": {"input_cost_per_token": 5e-06}}
+        book = catop.PriceBook(table, "test")
+        cases = [("gpt-4o", "", "gpt-4o"), ("GPT-4o", "", "gpt-4o"),
+                 ("openai/gpt-4o", "", "gpt-4o"), ("openrouter/openai/gpt-4o", "", "gpt-4o"),
+                 ("gpt-4o-2024-08-06", "", "gpt-4o"),
+                 ("claude-sonnet-4-5-20250929", "", "claude-sonnet-4-5"),
+                 ("anthropic/claude-sonnet-4-5-20250929", "", "claude-sonnet-4-5"),
+                 ("us.anthropic.claude-haiku-4-5-20251001-v1:0", "",
+                  "anthropic.claude-haiku-4-5-20251001-v1:0"),
+                 ("gemini-2.5-pro", "gemini", "gemini/gemini-2.5-pro"),
+                 ("mixedcase-model", "", "MixedCase-Model"),
+                 ("claude-opus-4-1-20250805", "", None), ("", "", None)]
+        for model, provider, expected in cases:
+            with self.subTest(model=model):
+                self.assertEqual(book.resolve(model, provider) if model else None, expected)
+
+    def test_embedded_table_agrees_with_prices_json(self):
+        embedded = catop.embedded_price_map()
+        for model, entry in embedded.items():
+            with self.subTest(model=model):
+                self.assertIn(model, PRICES.table)
+                self.assertEqual(catop.rates_from_entry(entry),
+                                 catop.rates_from_entry(PRICES.table[model]))
+
+    def test_prices_json_is_a_chat_price_map_with_cache_keys(self):
+        self.assertGreater(len(PRICES), 500)
+        for model in ("claude-sonnet-4-5", "claude-opus-4-5", "gpt-5", "gpt-4o",
+                      "gemini-2.5-pro", "deepseek-chat"):
+            self.assertIn("cache_read_input_token_cost", PRICES.table[model])
+        self.assertIn("cache_creation_input_token_cost_above_1hr",
+                      PRICES.table["claude-sonnet-4-5"])
+
+
+class PriceOriginTests(IsolatedEnv):
+    """The price origin chain with a fake fetch: no test touches the network."""
+
+    def setUp(self):
+        super().setUp()
+        self.cache = os.path.join(self.tmp, "cache", "catop", "prices.json")
+        self.fetches = 0
+        self.warnings = []
+
+    def fake_fetch(self, data=b'{"fetched-model": {"input_cost_per_token": 1e-06}}'):
+        def fetch():
+            self.fetches += 1
+            if data is None:
+                raise catop.CatopError("network unreachable")
+            return data
+        return fetch
+
+    def load(self, fetch=None, **kwargs):
+        kwargs.setdefault("now", time.time())
+        return catop.load_prices(fetch=fetch or self.fake_fetch(), warn=self.warnings.append,
+                                 cache=self.cache, **kwargs)
+
+    def test_fetch_then_fresh_cache(self):
+        book = self.load()
+        self.assertEqual(book.origin, "url:" + catop.PRICES_URL)
+        self.assertIn("fetched-model", book.table)
+        self.assertTrue(os.path.exists(self.cache))
+        again = self.load()
+        self.assertTrue(again.origin.startswith("cache:"))
+        self.assertEqual(self.fetches, 1)
+
+    def test_offline_never_fetches_and_falls_back_to_bundled(self):
+        book = self.load(offline=True)
+        self.assertEqual(self.fetches, 0)
+        self.assertEqual(book.origin, "file:prices.json")
+
+    def test_failure_is_remembered_for_an_hour(self):
+        now = time.time()
+        first = self.load(fetch=self.fake_fetch(None), now=now)
+        self.assertEqual(first.origin, "file:prices.json")
+        self.load(fetch=self.fake_fetch(None), now=now + 60)
+        self.assertEqual(self.fetches, 1)
+        self.load(fetch=self.fake_fetch(None), now=now + 3700)
+        self.assertEqual(self.fetches, 2)
+        self.assertTrue(any("network unreachable" in w for w in self.warnings))
+
+    def test_stale_cache_refetched_and_used_when_fetch_fails(self):
+        self.load()
+        old = time.time() - 2 * 86400
+        os.utime(self.cache, (old, old))
+        book = self.load(fetch=self.fake_fetch(None))
+        self.assertEqual(self.fetches, 2)
+        self.assertTrue(book.origin.endswith("(stale)"))
+        self.assertGreater(book.age_s, 86400)
+
+    def test_corrupt_or_non_object_cache_is_ignored_with_a_warning(self):
+        os.makedirs(os.path.dirname(self.cache))
+        for content in (b"{not json", b"[1, 2, 3]"):
+            with open(self.cache, "wb") as handle:
+                handle.write(content)
+            book = self.load(offline=True)
+            self.assertEqual(book.origin, "file:prices.json")
+        self.assertEqual(len(self.warnings), 2)
+
+    def test_refresh_fetches_despite_fresh_cache(self):
+        self.load()
+        self.load(refresh=True)
+        self.assertEqual(self.fetches, 2)
+
+    def test_prices_flag_and_embedded_fallback(self):
+        path = os.path.join(self.tmp, "mine.json")
+        with open(path, "w") as handle:
+            json.dump({"m": {"input_cost_per_token": 1e-06}}, handle)
+        self.assertEqual(self.load(prices_path=path).origin, "file:" + path)
+        with self.assertRaises(catop.PriceError):
+            self.load(prices_path=os.path.join(self.tmp, "missing.json"))
+        with mock.patch.object(catop, "bundled_prices_path",
+                               return_value=os.path.join(self.tmp, "none.json")):
+            book = self.load(offline=True)
+        self.assertEqual(book.origin, "embedded")
+        self.assertIn("claude-sonnet-4-5", book.table)
+
+    def test_atomic_write_leaves_no_temporary_file(self):
+        target = os.path.join(self.tmp, "d", "f.json")
+        catop.write_atomic(target, b"{}")
+        catop.write_atomic(target, b'{"a": 1}')
+        self.assertEqual(os.listdir(os.path.dirname(target)), ["f.json"])
+
+
+# -------------------------------------------------------------- aggregation
+
+class AggregationTests(unittest.TestCase):
+
+    def requests(self):
+        return [catop.Request(ts=1000.0, model="gpt-4o", project="a", session="s1", miss=100,
+                              cache_read=300, output=10),
+                catop.Request(ts=2000.0, model="gpt-4o", project="b", session="s2", miss=50,
+                              output=5, observed_cost=0.01),
+                catop.Request(ts=None, model="claude-sonnet-4-5", project="a", session="s1",
+                              miss=10, cache_write_1h=90, output=1)]
+
+    def test_window_bounds_inclusive_exclusive_and_untimed(self):
+        agg = catop.Aggregate(PRICES, (), since=1000.0, until=2000.0)
+        for req in self.requests():
+            agg.add(req)
+        self.assertEqual(agg.totals.requests, 1)
+        self.assertEqual(agg.outside_window, 2)
+        everything = catop.Aggregate(PRICES, ())
+        for req in self.requests():
+            everything.add(req)
+        self.assertEqual(everything.totals.requests, 3)
+
+    def test_totals_and_groups(self):
+        agg = catop.Aggregate(PRICES, ("project",))
+        for req in self.requests():
+            agg.add(req)
+        t = agg.totals
+        self.assertEqual((t.requests, t.input, t.miss, t.cache_read, t.cache_write,
+                          t.cache_write_1h, t.output), (3, 550, 160, 300, 90, 90, 16))
+        self.assertAlmostEqual(t.hit_rate, 300 / 550)
+        self.assertEqual(t.observed_cost, 0.01)
+        self.assertEqual(t.observed_requests, 1)
+        self.assertEqual(sorted(agg.groups), [("a",), ("b",)])
+        self.assertEqual(agg.groups[("a",)].requests, 2)
+        # a: gpt-4o 100*2.5e-6 + 300*1.25e-6 + 10*1e-5 ; sonnet 10*3e-6 + 90*6e-6 + 1*1.5e-5
+        self.assertAlmostEqual(agg.groups[("a",)].cost, 0.000725 + 0.000585)
+
+    def test_group_by_day_is_local_date(self):
+        agg = catop.Aggregate(PRICES, ("day",))
+        agg.add(catop.Request(ts=1773129600.0, model="gpt-4o", miss=1))
+        agg.add(catop.Request(ts=None, model="gpt-4o", miss=1))
+        expected = time.strftime("%Y-%m-%d", time.localtime(1773129600.0))
+        self.assertEqual(sorted(agg.groups), [("(no time)",), (expected,)])
+
+    def test_merge_equals_sequential(self):
+        whole = catop.Aggregate(PRICES, ("model", "project"))
+        left = catop.Aggregate(PRICES, ("model", "project"))
+        right = catop.Aggregate(PRICES, ("model", "project"))
+        for index, req in enumerate(self.requests() * 3):
+            whole.add(req)
+            (left if index % 2 else right).add(req)
+        left.merge(right)
+        self.assertEqual(left.totals.as_dict(), whole.totals.as_dict())
+        self.assertEqual({k: v.as_dict() for k, v in left.groups.items()},
+                         {k: v.as_dict() for k, v in whole.groups.items()})
+
+    def test_sort_and_top(self):
+        agg = catop.Aggregate(PRICES, ("project",))
+        for req in self.requests():
+            agg.add(req)
+        by_requests = catop.sorted_groups(agg.groups, "requests")
+        self.assertEqual([k for k, _ in by_requests], [("a",), ("b",)])
+        ascending = catop.sorted_groups(agg.groups, "requests", descending=False)
+        self.assertEqual([k for k, _ in ascending], [("b",), ("a",)])
+        self.assertEqual(len(catop.sorted_groups(agg.groups, "cost", top=1)), 1)
+
+    def test_windows_and_bounds(self):
+        now = time.mktime((2026, 3, 11, 15, 30, 0, 0, 0, -1))  # a Wednesday, local time
+        self.assertEqual(catop.window_start("1h", now), now - 3600)
+        self.assertEqual(catop.window_start("today", now),
+                         time.mktime((2026, 3, 11, 0, 0, 0, 0, 0, -1)))
+        self.assertEqual(catop.window_start("week", now),
+                         time.mktime((2026, 3, 9, 0, 0, 0, 0, 0, -1)))
+        self.assertEqual(catop.window_start("month", now),
+                         time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1)))
+        self.assertIsNone(catop.window_start("all", now))
+        self.assertEqual(catop.parse_time_bound("90m", now), now - 5400)
+        self.assertEqual(catop.parse_time_bound("7d", now), now - 7 * 86400)
+        self.assertEqual(catop.parse_time_bound("2026-03-10T08:00:00Z", now), 1773129600.0)
+        self.assertEqual(catop.parse_time_bound("2026-03-10", now),
+                         time.mktime((2026, 3, 10, 0, 0, 0, 0, 0, -1)))
+        with self.assertRaises(ValueError):
+            catop.parse_time_bound("yesterday-ish", now)
+        since, until = catop.resolve_window("24h", "2h", "1h", now)
+        self.assertEqual((since, until), (now - 7200, now - 3600))
+
+
+# ----------------------------------------------------------------------- io
+
+class LineReadingTests(unittest.TestCase):
+
+    def test_partial_lines_wait_for_their_newline(self):
+        splitter = catop.LineSplitter()
+        self.assertEqual(splitter.feed(b'{"a"'), [])
+        self.assertEqual(splitter.feed(b': 1}\n{"b": '), [b'{"a": 1}'])
+        self.assertEqual(splitter.feed(b"2}\n"), [b'{"b": 2}'])
+        self.assertEqual(splitter.finish(), b"")
+
+    def test_oversized_line_is_dropped_and_counted(self):
+        splitter = catop.LineSplitter(max_line_bytes=10)
+        lines = splitter.feed(b"ok\n" + b"x" * 25)
+        lines += splitter.feed(b"y" * 25)
+        lines += splitter.feed(b"zz\nfine\n")
+        self.assertEqual(lines, [b"ok", b"", b"fine"])
+        self.assertEqual(splitter.oversized, 1)
+
+    def test_read_new_blocks_appends_truncation_and_rotation(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "log.jsonl")
+        state = catop.FileState(path)
+        with open(path, "wb") as handle:
+            handle.write(b"one\ntw")
+        self.assertEqual(list(catop.read_new_blocks(state, final=False)), [b"one\n"])
+        with open(path, "ab") as handle:
+            handle.write(b"o\nthree\n")
+        self.assertEqual(b"".join(catop.read_new_blocks(state, final=False)), b"two\nthree\n")
+        self.assertEqual(list(catop.read_new_blocks(state, final=False)), [])
+        with open(path, "wb") as handle:        # truncated and rewritten
+            handle.write(b"new\n")
+        self.assertEqual(b"".join(catop.read_new_blocks(state, final=False)), b"new\n")
+        os.rename(path, path + ".1")            # rotated: a new file, same name
+        with open(path, "wb") as handle:
+            handle.write(b"fresh file with more bytes\n")
+        self.assertEqual(b"".join(catop.read_new_blocks(state, final=False)),
+                         b"fresh file with more bytes\n")
+
+    def test_candidate_lines_keep_order_and_skip_the_rest(self):
+        block = b'a "x"\nb\nc "y" "x"\nd "y"\n'
+        self.assertEqual(catop.candidate_lines(block, (b'"x"', b'"y"')),
+                         [b'a "x"', b'c "y" "x"', b'd "y"'])
+
+    def test_parallel_scan_equals_serial(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "big.jsonl")
+        lines = []
+        for name in sorted(os.listdir(EXAMPLES)):
+            if name.endswith(".jsonl"):
+                with open(example(name), "rb") as handle:
+                    lines.append(handle.read())
+        with open(path, "wb") as handle:
+            handle.write(b"".join(lines) * 40)
+        results = []
+        for threshold in (10 ** 12, 1):
+            with mock.patch.object(catop, "PARALLEL_MIN_BYTES", threshold), \
+                    mock.patch.object(catop, "worker_count", return_value=2):
+                agg = catop.Aggregate(PRICES, ("model",))
+                stats = catop.SourceStats("x")
+                catop.scan_request_file(path, agg, stats)
+                results.append((agg.totals.as_dict(), stats.as_dict()["skipped"], stats.records,
+                                {k: v.as_dict() for k, v in agg.groups.items()}))
+        self.assertEqual(results[0], results[1])
+        self.assertEqual(results[0][2], 40 * 18)
+
+
+# ------------------------------------------------------------------- agents
+
+class AgentTests(IsolatedEnv):
+    """The example agent logs, with every trap of formats.md section 3."""
+
+    def agent_totals(self, name, *extra):
+        self.point_agents_at_examples()
+        return self.run_json("--agent", name, *extra)
+
+    def test_claude_code(self):
+        doc = self.agent_totals("claude-code", "--group-by", "model")
+        t = doc["totals"]
+        self.assertEqual((t["requests"], t["miss_tokens"], t["cache_read_tokens"],
+                          t["cache_write_tokens"], t["cache_write_1h_tokens"],
+                          t["output_tokens"]), (6, 44, 37000, 19600, 2000, 1760))
+        # A 0.018015 + B 0.023856 (1-hour write at 6e-6) + C 0.007509 + legacy 0.010185
+        # + opus D 0.06004 + haiku subagent E 0.006681
+        self.assertAlmostEqual(t["cost_usd"], 0.126286, places=6)
+        self.assertEqual(t["observed_cost_usd"], 0.0123)
+        self.assertEqual(doc["sources"], [{"name": "agent:claude-code", "records": 6,
+                                           "skipped": {"malformed": 1, "no_usage": 0,
+                                                       "duplicate": 3}}])
+        models = {g["key"]["model"]: g["requests"] for g in doc["groups"]}
+        self.assertEqual(models, {"claude-sonnet-4-5-20250929": 4, "claude-opus-4-5": 1,
+                                  "claude-haiku-4-5-20251001": 1})
+
+    def test_claude_code_subagent_rolls_into_parent_session(self):
+        doc = self.agent_totals("claude-code", "--group-by", "session,project")
+        sessions = {(g["key"]["session"], g["key"]["project"]): g["requests"]
+                    for g in doc["groups"]}
+        self.assertEqual(sessions, {
+            ("1111aaaa-2222-4bbb-8ccc-333333333333", "/home/dev/shop"): 5,
+            ("2222bbbb-0000-4000-8000-000000000002", "/home/dev/legacy"): 1})
+        code, out, _ = self.run_main("--agent", "claude-code", "--offline", "--session",
+                                     "1111", "--width", "120")
+        self.assertEqual(code, 0)
+        self.assertEqual(out.count("subagent"), 1)
+        self.assertIn("(5 requests)", out)
+
+    def test_claude_code_dedup_is_global_across_files(self):
+        self.point_agents_at_examples()
+        copy = os.path.join(self.tmp, "claude")
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, "claude"), copy)
+        shutil.copy(os.path.join(copy, "projects", "-home-dev-legacy",
+                                 "2222bbbb-0000-4000-8000-000000000002.jsonl"),
+                    os.path.join(copy, "projects", "-home-dev-legacy", "copy.jsonl"))
+        os.environ["CLAUDE_CONFIG_DIR"] = "%s,%s" % (copy, os.path.join(self.tmp, "absent"))
+        doc = self.run_json("--agent", "claude-code")
+        self.assertEqual(doc["totals"]["requests"], 6)
+        self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 4)
+
+    def test_codex(self):
+        doc = self.agent_totals("codex", "--group-by", "model,session")
+        t = doc["totals"]
+        self.assertEqual((t["requests"], t["miss_tokens"], t["cache_read_tokens"],
+                          t["cache_write_tokens"], t["output_tokens"], t["reasoning_tokens"]),
+                         (6, 10836, 12864, 0, 1650, 586))
+        self.assertAlmostEqual(t["cost_usd"], 0.015625, places=9)
+        self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 2)  # re-emit + fork replay
+        groups = {(g["key"]["model"], g["key"]["session"]): g["requests"] for g in doc["groups"]}
+        self.assertEqual(groups, {("gpt-5-codex", "codex-s1"): 2, ("gpt-5", "codex-s1"): 1,
+                                  ("gpt-5", "codex-s2"): 1, ("unknown", "codex-old"): 2})
+        self.assertEqual(doc["unpriced_models"], ["unknown"])
+
+    def test_gemini(self):
+        doc = self.agent_totals("gemini", "--group-by", "model")
+        t = doc["totals"]
+        self.assertEqual((t["requests"], t["miss_tokens"], t["cache_read_tokens"],
+                          t["output_tokens"], t["reasoning_tokens"]), (3, 14000, 9000, 1020, 700))
+        # g1 0.0183 + g2 0.00765 + flash g0 0.000705 (thoughts billed as output)
+        self.assertAlmostEqual(t["cost_usd"], 0.026655, places=9)
+        self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 2)
+
+    def test_openclaw(self):
+        doc = self.agent_totals("openclaw")
+        t = doc["totals"]
+        self.assertEqual((t["requests"], t["miss_tokens"], t["cache_read_tokens"],
+                          t["cache_write_tokens"], t["output_tokens"]), (2, 4, 9120, 10460, 508))
+        self.assertAlmostEqual(t["cost_usd"], 0.035649 + 0.013944, places=9)
+        self.assertAlmostEqual(t["observed_cost_usd"], 0.049593, places=9)
+
+    def test_opencode_database_and_legacy_files_counted_once(self):
+        self.point_agents_at_examples()
+        data = os.path.join(self.tmp, "opencode")
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, "opencode"), data)
+        with open(os.path.join(data, "storage", "message", "ses_oc", "msg_oc1.json")) as handle:
+            legacy = handle.read()
+        reasoning = {"id": "msg_oc2", "sessionID": "ses_oc", "role": "assistant",
+                     "time": {"created": 1773136900000}, "modelID": "gpt-5",
+                     "providerID": "openai", "path": {"cwd": "/home/dev/shop"},
+                     "tokens": {"input": 100, "output": 50, "reasoning": 20,
+                                "cache": {"read": 0, "write": 0}}}
+        database = sqlite3.connect(os.path.join(data, "opencode.db"))
+        database.execute("CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT, data TEXT)")
+        database.executemany("INSERT INTO message VALUES (?, ?, ?)", [
+            ("msg_oc1", "ses_oc", legacy), ("msg_oc2", "ses_oc", json.dumps(reasoning)),
+            ("msg_bad", "ses_oc", "{not json")])
+        database.commit()
+        database.close()
+        os.environ["OPENCODE_DATA_DIR"] = data
+        doc = self.run_json("--agent", "opencode")
+        t = doc["totals"]
+        self.assertEqual((t["requests"], t["miss_tokens"], t["cache_read_tokens"],
+                          t["cache_write_tokens"], t["output_tokens"], t["reasoning_tokens"]),
+                         (2, 106, 21840, 1536, 458, 20))
+        # msg_oc1 0.01815 + msg_oc2 100 x 1.25e-6 + 70 x 1e-5
+        self.assertAlmostEqual(t["cost_usd"], 0.01815 + 0.000825, places=9)
+        self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 1)
+
+    def test_scan_with_no_source_finds_every_agent(self):
+        self.point_agents_at_examples()
+        doc = self.run_json()
+        names = [s["name"] for s in doc["sources"]]
+        self.assertEqual(names, ["agent:" + a for a in catop.AGENTS])
+        self.assertEqual(doc["totals"]["requests"], 6 + 6 + 3 + 1 + 2)
+
+    def test_nothing_found_says_where_it_looked(self):
+        code, out, err = self.run_main("--offline")
+        self.assertEqual(code, 1)
+        self.assertIn("no data found", err)
+        self.assertIn(os.path.join(self.tmp, ".claude"), err)
+        self.assertIn("--demo", err)
+
+    def test_parallel_agent_scan_equals_serial(self):
+        self.point_agents_at_examples()
+        serial = self.run_json("--agent", "claude-code", "--agent", "codex")
+        with mock.patch.object(catop, "PARALLEL_MIN_BYTES", 1), \
+                mock.patch.object(catop, "worker_count", return_value=2):
+            parallel = self.run_json("--agent", "claude-code", "--agent", "codex")
+        for doc in (serial, parallel):
+            doc.pop("generated_at")
+            doc["prices"].pop("age_s")
+        self.assertEqual(serial, parallel)
+
+    def test_appended_lines_are_read_on_rescan(self):
+        self.point_agents_at_examples()
+        root = os.path.join(self.tmp, "claude")
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, "claude"), root)
+        os.environ["CLAUDE_CONFIG_DIR"] = root
+        source = catop.AgentSource("claude-code")
+        source.scan(final=False)
+        self.assertEqual(len(list(source.requests())), 6)
+        path = os.path.join(root, "projects", "-home-dev-legacy",
+                            "2222bbbb-0000-4000-8000-000000000002.jsonl")
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"type": "assistant", "sessionId": "x", "requestId": "r9",
+                                     "message": {"id": "m9", "model": "claude-haiku-4-5",
+                                                 "usage": {"input_tokens": 5,
+                                                           "output_tokens": 7}}}) + "\n")
+        source.scan(final=False)
+        self.assertEqual(len(list(source.requests())), 7)
+
+
+# ------------------------------------------------------------------- render
+
+class RenderTests(IsolatedEnv):
+
+    def report(self, group_by=("model",)):
+        agg = catop.Aggregate(PRICES, group_by)
+        for name in ("openai-chat.jsonl", "anthropic-messages.jsonl", "gemini.jsonl"):
+            for record in read_examples(name):
+                agg.add(catop.normalize_record(record))
+        stats = catop.SourceStats("file:examples")
+        stats.records = agg.totals.requests
+        return catop.Report(agg, [stats], catop.PriceBook(PRICES.table, "file:prices.json", 0),
+                            now=1773158400.0)
+
+    GOLDEN_80 = """\
+MODEL                  REQ   READ  WRITE   MISS    OUT   HIT%     COST     SAVED
+gemini-2.5-pro           2   200k      0  51.0k  4,050  79.7%  $0.2367   $0.4500
+claude-sonnet-4-5-20~    1  20.0k  3,000     50    400  86.8%  $0.0279   $0.0473
+o3                       1  8,000      0  2,000  2,000  80.0%  $0.0240   $0.0120
+claude-haiku-4-5         1      0  5,000     10    100   0.0%  $0.0068  -$0.0013
+gpt-4o                   1  1,500      0    500    300  75.0%  $0.0061   $0.0019
+TOTAL                    6   230k  8,000  53.6k  6,850  78.8%  $0.3015   $0.5099
+"""
+
+    def test_golden_table_at_80_columns(self):
+        report = self.report()
+        lines = catop.render_group_table(report.rows, ("model",), 80, report.aggregate.totals)
+        self.assertEqual("\n".join(lines) + "\n", self.GOLDEN_80)
+
+    def test_full_numbers_when_wide(self):
+        report = self.report()
+        lines = catop.render_group_table(report.rows, ("model",), 200, report.aggregate.totals)
+        self.assertEqual(lines[0].split(), ["MODEL", "REQ", "INPUT", "READ", "WRITE", "MISS",
+                                            "OUT", "HIT%", "COST", "SAVED"])
+        self.assertIn("251,000", lines[1])
+        self.assertEqual(lines[-1].split(), ["TOTAL", "6", "291,060", "229,500", "8,000",
+                                             "53,560", "6,850", "78.8%", "$0.3015", "$0.5099"])
+
+    def test_no_line_exceeds_the_width(self):
+        report = self.report(("model", "project"))
+        for width in (1, 20, 40, 80, 200):
+            with self.subTest(width=width):
+                text = catop.format_table(report, width)
+                for line in text.splitlines():
+                    self.assertLessEqual(len(line), width)
+
+    def test_narrow_table_keeps_cost(self):
+        report = self.report()
+        lines = catop.render_group_table(report.rows, ("model",), 30, report.aggregate.totals)
+        self.assertIn("COST", lines[0])
+        self.assertTrue(all(len(line) <= 30 for line in lines))
+
+    def test_summary_and_unpriced_lines(self):
+        agg = catop.Aggregate(PRICES, ("model",))
+        agg.add(catop.Request(model="mystery\x1b[31m", miss=10, observed_cost=0.5))
+        report = catop.Report(agg, [catop.SourceStats("s")], PRICES, now=0.0)
+        text = catop.format_table(report, 120)
+        self.assertIn("unpriced: mystery[31m (1)", text)
+        self.assertIn("observed  $0.5000 reported by the logs for 1 requests", text)
+        self.assertNotIn("\x1b", text)
+
+    def test_formatters(self):
+        self.assertEqual(catop.fmt_tokens(1234567), "1,234,567")
+        self.assertEqual(catop.fmt_tokens(1234567, True), "1.2M")
+        self.assertEqual(catop.fmt_tokens(9999, True), "9,999")
+        self.assertEqual(catop.fmt_tokens(123456, True), "123k")
+        self.assertEqual(catop.fmt_usd(1234.5), "$1,234")
+        self.assertEqual(catop.fmt_usd(12.345), "$12.35")
+        self.assertEqual(catop.fmt_usd(0.01234), "$0.0123")
+        self.assertEqual(catop.fmt_usd(-0.5), "-$0.5000")
+        self.assertEqual(catop.fmt_pct(None), "-")
+        self.assertEqual(catop.short_project("/home/dev/acme-api"), "dev/acme-api")
+
+
+# ---------------------------------------------------------------------- cli
+
+class CliTests(IsolatedEnv):
+
+    TOTAL_FIELDS = ["requests", "input_tokens", "miss_tokens", "cache_read_tokens",
+                    "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
+                    "reasoning_tokens", "hit_rate", "cost_usd", "no_cache_cost_usd", "saved_usd",
+                    "observed_cost_usd", "unpriced_requests"]
+
+    def test_json_schema_is_exact(self):
+        doc = self.run_json("--file", example("litellm.jsonl"), "--file", example("hostile.jsonl"))
+        self.assertEqual(list(doc), ["catop_version", "generated_at", "window", "sources",
+                                     "prices", "totals", "groups", "unpriced_models"])
+        self.assertEqual(list(doc["window"]), ["since", "until"])
+        self.assertEqual(list(doc["prices"]), ["origin", "models", "age_s"])
+        self.assertEqual(doc["prices"]["origin"], "file:prices.json")
+        self.assertEqual(list(doc["totals"]), self.TOTAL_FIELDS)
+        self.assertEqual(list(doc["groups"][0]), ["key"] + self.TOTAL_FIELDS)
+        self.assertEqual(doc["sources"][1], {
+            "name": "file:" + example("hostile.jsonl"), "records": 3,
+            "skipped": {"malformed": 9, "no_usage": 1, "duplicate": 0}})
+        self.assertEqual(doc["unpriced_models"], ["evil\x1b]0;pwned\x07\x1b[2J", "my-finetune-7b"])
+        self.assertRegex(doc["generated_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        t = doc["totals"]
+        self.assertEqual(t["requests"], 5)
+        # litellm 0.017325 + 0.0003564 ; hostile: gpt-4o 120 x 2.5e-6 + 7 x 1e-5
+        self.assertAlmostEqual(t["cost_usd"], 0.017325 + 0.0003564 + 0.00037, places=9)
+        self.assertAlmostEqual(t["observed_cost_usd"], 0.0162, places=9)
+
+    def test_csv_rows_and_totals_row(self):
+        code, out, _ = self.run_main("--file", example("openai-chat.jsonl"), "--format", "csv",
+                                     "--offline", "--sort", "name")
+        self.assertEqual(code, 0)
+        rows = out.splitlines()
+        self.assertEqual(rows[0], "model," + ",".join(self.TOTAL_FIELDS))
+        self.assertEqual(rows[1], "gpt-4o,1,2000,500,1500,0,0,300,0,0.75,0.006125,0.008,0.001875,,0")
+        self.assertEqual(rows[2], "o3,1,10000,2000,8000,0,0,2000,1500,0.8,0.024,0.036,0.012,,0")
+        code, out, _ = self.run_main("--file", example("openai-chat.jsonl"), "--format", "csv",
+                                     "--offline", "--group-by", "none")
+        self.assertEqual(out.splitlines()[1],
+                         "2,12000,2500,9500,0,0,2300,1500,0.791667,0.030125,0.044,0.013875,,0")
+
+    def test_gates(self):
+        path = example("openai-chat.jsonl")
+        code, _, err = self.run_main("--file", path, "--offline", "--min-hit-rate", "0.8")
+        self.assertEqual(code, 3)
+        self.assertEqual(err, "catop: gate: hit rate 79.2% is below --min-hit-rate 80.0%\n")
+        code, _, _ = self.run_main("--file", path, "--offline", "--min-hit-rate", "0.79")
+        self.assertEqual(code, 0)
+        code, _, err = self.run_main("--file", path, "--offline", "--max-cost", "0.03")
+        self.assertEqual(code, 3)
+        self.assertIn("cost $0.0301 exceeds --max-cost $0.0300", err)
+        code, _, _ = self.run_main("--file", path, "--offline", "--max-cost", "0.031")
+        self.assertEqual(code, 0)
+
+    def test_usage_and_runtime_errors(self):
+        for argv in (["--min-hit-rate", "2"], ["--group-by", "color"], ["--top", "0"],
+                     ["--refresh-prices", "--offline"], ["--demo", "--since", "whenever"]):
+            with self.subTest(argv=argv):
+                code, _, err = self.run_main(*argv)
+                self.assertEqual(code, 2)
+                self.assertNotIn("Traceback", err)
+        code, out, err = self.run_main("--file", os.path.join(self.tmp, "missing.jsonl"),
+                                       "--offline")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err.count("\n"), 1)
+        self.assertIn("no such file or folder", err)
+
+    def test_folder_means_its_jsonl_and_repeats_count_once(self):
+        doc = self.run_json("--file", EXAMPLES, "--file", example("gemini.jsonl"))
+        self.assertEqual(len(doc["sources"]), 10)
+        self.assertEqual(doc["totals"]["requests"], 18)
+
+    def test_session_timeline(self):
+        code, out, _ = self.run_main("--file", example("openai-chat.jsonl"), "--offline",
+                                     "--session", "rag", "--width", "100")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        start = lines.index("session rag-1  (2 requests)")
+        self.assertEqual(lines[start + 1].split(), ["TIME", "MODEL", "MISS", "READ", "WRITE",
+                                                    "OUT", "HIT%", "COST"])
+        self.assertIn("gpt-4o", lines[start + 2])
+        self.assertIn("$0.0061", lines[start + 2])
+        self.assertIn("o3", lines[start + 3])
+        code, _, err = self.run_main("--file", example("openai-chat.jsonl"), "--offline",
+                                     "--session", "nope")
+        self.assertEqual(code, 1)
+        self.assertIn("no requests of session nope", err)
+
+    def test_ambiguous_session_prefix_is_a_usage_error(self):
+        self.point_agents_at_examples()
+        code, _, err = self.run_main("--agent", "codex", "--offline", "--session", "codex-s")
+        self.assertEqual(code, 2)
+        self.assertIn("matches 2 sessions", err)
+
+    def test_window_flags_on_dated_examples(self):
+        doc = self.run_json("--file", example("openai-chat.jsonl"), "--since",
+                            "2026-03-10T08:01:00Z", "--until", "2026-03-10T09:00:00Z")
+        self.assertEqual(doc["totals"]["requests"], 1)
+        self.assertEqual(doc["window"], {"since": "2026-03-10T08:01:00Z",
+                                         "until": "2026-03-10T09:00:00Z"})
+        doc = self.run_json("--file", example("otel.jsonl"), "--window", "24h")
+        self.assertEqual(doc["totals"]["requests"], 0)
+
+    def test_demo_is_deterministic_and_has_every_shape_of_traffic(self):
+        now = 1773158400.0
+        first = catop.demo_requests(7, now)
+        self.assertEqual(first, catop.demo_requests(7, now))
+        self.assertNotEqual(first, catop.demo_requests(8, now))
+        self.assertEqual({r.provider for r in first},
+                         {"anthropic", "openai", "google", "deepseek"})
+        self.assertGreater(len({r.session for r in first}), 10)
+        self.assertTrue(any(r.cache_write_1h for r in first))
+        self.assertTrue(all(r.ts < now for r in first))
+        code, out, _ = self.run_main("--demo", "--offline", "--width", "100")
+        self.assertEqual(code, 0)
+        self.assertIn("claude-sonnet-4-5", out)
+
+    def test_piped_subprocess_with_hostile_input(self):
+        env = dict(os.environ, NO_COLOR="1")
+        result = subprocess.run(
+            [sys.executable, os.path.join(HERE, "catop.py"), "--stdin", "--offline"],
+            input=open(example("hostile.jsonl"), "rb").read(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn(b"\x1b", result.stdout)
+        self.assertNotIn(b"Traceback", result.stderr)
+        self.assertIn(b"stdin: 3 records (skipped 9 malformed, 1 no usage)", result.stdout)
+
+    def test_closed_pipe_is_quiet(self):
+        script = ("import subprocess, sys; p = subprocess.Popen([sys.executable, %r, '--demo', "
+                  "'--offline', '--group-by', 'session', '--width', '200'], "
+                  "stdout=subprocess.PIPE, stderr=subprocess.PIPE); p.stdout.read(10); "
+                  "p.stdout.close(); err = p.stderr.read(); print(p.wait()); "
+                  "sys.stdout.write(err.decode())") % os.path.join(HERE, "catop.py")
+        result = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, timeout=60)
+        self.assertNotIn(b"Traceback", result.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
