@@ -25,13 +25,9 @@ import os
 import random
 import re
 import shutil
-import signal
-import sqlite3
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 
 # ---------------------------------------------------------------- constants
@@ -107,6 +103,10 @@ class Request(object):
     @property
     def input(self):
         return self.miss + self.cache_read + self.cache_write_5m + self.cache_write_1h
+
+    def __reduce__(self):
+        # a plain tuple pickles several times faster than the slots protocol
+        return (Request, tuple(getattr(self, k) for k in self.__slots__))
 
     def __repr__(self):
         return "Request(%s)" % ", ".join(
@@ -248,6 +248,8 @@ def as_count(value):
     Booleans, NaN, infinities, negatives and absurd sizes are refused: they mean
     the record is damaged, and guessing would put wrong numbers on screen.
     """
+    if type(value) is int and 0 <= value <= MAX_TOKENS_PER_FIELD:
+        return value
     kind = type(value)
     if kind is int:
         number = value
@@ -609,12 +611,25 @@ class FileContext(object):
         self.sidechain = "%ssubagents%s" % (os.sep, os.sep) in path
 
 
-def _sum_usage(usage, keys):
-    return sum(as_count(usage.get(k) or 0) for k in keys)
+def _count_or_zero(value):
+    if type(value) is int and 0 <= value <= MAX_TOKENS_PER_FIELD:
+        return value
+    return 0 if value is None else as_count(value)
 
 
-_CLAUDE_SIZE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
-                     "cache_read_input_tokens")
+def decode_anthropic_usage(usage):
+    """(miss, read, 5m write, 1h write, output) of an Anthropic usage object: the
+    hot path of Claude Code logs, so it skips the shape detection of decode_usage."""
+    count = _count_or_zero
+    split = usage.get("cache_creation")
+    if type(split) is dict and ("ephemeral_5m_input_tokens" in split
+                                or "ephemeral_1h_input_tokens" in split):
+        write_5m = count(split.get("ephemeral_5m_input_tokens"))
+        write_1h = count(split.get("ephemeral_1h_input_tokens"))
+    else:
+        write_5m, write_1h = count(usage.get("cache_creation_input_tokens")), 0
+    return (count(usage.get("input_tokens")), count(usage.get("cache_read_input_tokens")),
+            write_5m, write_1h, count(usage.get("output_tokens")))
 
 
 def parse_claude_code(record, ctx):
@@ -630,20 +645,36 @@ def parse_claude_code(record, ctx):
     model = message.get("model") or ""
     if model == "<synthetic>" or record.get("isApiErrorMessage"):
         return None
-    usage = message["usage"]
-    miss, read, write_5m, write_1h, output, reasoning = decode_usage(usage)
+    miss, read, write_5m, write_1h, output = decode_anthropic_usage(message["usage"])
     if not (miss or read or write_5m or write_1h or output):
         return None
     sidechain = bool(record.get("isSidechain")) or ctx.sidechain
+    intern = sys.intern
     req = Request(parse_timestamp(record.get("timestamp")), "claude-code", "anthropic",
-                  clean(model) if not isinstance(model, str) else model,
-                  str(record.get("cwd") or ctx.project), str(record.get("sessionId") or ""),
-                  miss, read, write_5m, write_1h, output, reasoning,
+                  intern(model if isinstance(model, str) else str(model)),
+                  intern(str(record.get("cwd") or ctx.project)),
+                  intern(str(record.get("sessionId") or "")),
+                  miss, read, write_5m, write_1h, output, 0,
                   as_money(record.get("costUSD")), sidechain)
     message_id = message.get("id")
-    request_id = record.get("requestId")
-    key = (str(message_id), str(request_id or "")) if message_id else None
-    return key, _sum_usage(usage, _CLAUDE_SIZE_KEYS), req
+    key = dedup_key(message_id, record.get("requestId") or "") if message_id else None
+    return key, miss + read + write_5m + write_1h + output, req
+
+
+_HASH_MASK = (1 << 64) - 1
+
+
+def dedup_key(message_id, request_id):
+    """(message id, request id) as one int, its message part in the high 64 bits.
+
+    Far smaller than the two strings; a 64-bit collision is about 1 in 10^7
+    for a million responses.  Python's string hash is fixed per process and
+    shared with forked workers, which is all this key has to outlive."""
+    return ((hash(str(message_id)) & _HASH_MASK) << 64) | (hash(str(request_id)) & _HASH_MASK)
+
+
+def key_message_part(key):
+    return key >> 64
 
 
 _CODEX_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens",
@@ -1417,7 +1448,7 @@ class FileState(object):
         self.context = FileContext(self.path)
 
 
-def read_new_blocks(state, final=True, block_bytes=4 * READ_BLOCK_BYTES):
+def read_new_blocks(state, final=True, block_bytes=READ_BLOCK_BYTES):
     """Blocks of whole lines appended since the last call; a replaced or truncated
     file is read again from the start.  With final, an unterminated last line
     is returned too (the file is taken as complete)."""
@@ -1447,6 +1478,9 @@ def read_new_blocks(state, final=True, block_bytes=4 * READ_BLOCK_BYTES):
         yield tail
 
 
+_JSON_DECODE = json.JSONDecoder().decode
+
+
 def scan_agent_jsonl(agent, state, final=True):
     """(results, stats) of the new lines of one JSONL agent file.  A result is a
     parser's answer: a Request, a keyed tuple, 'compact' or 'duplicate'."""
@@ -1454,10 +1488,11 @@ def scan_agent_jsonl(agent, state, final=True):
     stats = SourceStats("")
     results = []
     ctx = state.context
+    decode = _JSON_DECODE
     for block in read_new_blocks(state, final):
         for line in candidate_lines(block, needles):
             try:
-                record = json.loads(line)
+                record = decode(line.decode("utf-8"))
                 if type(record) is not dict:
                     raise ValueError("not an object")
                 if agent == "claude-code" and record.get("sessionId"):
@@ -1471,34 +1506,22 @@ def scan_agent_jsonl(agent, state, final=True):
     return results, stats
 
 
-def _scan_files_worker(job):
-    agent, paths = job
-    out = []
-    for path in paths:
-        state = FileState(path)
-        try:
-            results, stats = scan_agent_jsonl(agent, state)
-        except OSError as error:
-            out.append((path, None, None, str(error)))
-            continue
-        out.append((path, results, stats, state))
-    return out
+def _scan_file_worker(job):
+    """One file read in a worker process, de-duplicated within itself."""
+    agent, path = job
+    source = AgentSource(agent)
+    source.scan(paths=[path], parallel=False)
+    return source
 
 
-def _balanced_jobs(agent, paths, parts):
-    """Files dealt to parts by size, largest first, so the workers finish together."""
-    sized = []
+def _total_size(paths):
+    total = 0
     for path in paths:
         try:
-            sized.append((os.path.getsize(path), path))
+            total += os.path.getsize(path)
         except OSError:
-            sized.append((0, path))
-    loads = [[0, []] for _ in range(parts)]
-    for size, path in sorted(sized, reverse=True):
-        lightest = min(loads, key=lambda load: load[0])
-        lightest[0] += size
-        lightest[1].append(path)
-    return [(agent, sorted(load[1])) for load in loads if load[1]], sum(s for s, _ in sized)
+            pass
+    return total
 
 
 class AgentSource(object):
@@ -1513,39 +1536,59 @@ class AgentSource(object):
         self.loose = []          # requests that need no cross-file de-duplication
         self.compactions = {}    # session -> count
 
-    def scan(self, final=True, parallel=True):
-        """Reads what is new in every file of the agent."""
-        paths = agent_files(self.agent)
+    def scan(self, final=True, parallel=True, paths=None):
+        """Reads what is new in every file of the agent (or in paths)."""
+        paths = agent_files(self.agent) if paths is None else paths
         if self.agent == "opencode":
             self._scan_opencode(paths)
             return
         fresh = [p for p in paths if p not in self.states]
-        jobs, total = _balanced_jobs(self.agent, fresh, worker_count())
-        pool = fork_pool(len(jobs)) if parallel and len(jobs) > 1 and \
-            total >= PARALLEL_MIN_BYTES else None
-        if pool is not None:
-            try:
-                parts = pool.map(_scan_files_worker, jobs)
-            finally:
-                pool.terminate()
-            done = {entry[0]: entry for part in parts for entry in part}
-        else:
-            done = {}
+        workers = worker_count()
+        if parallel and workers > 1 and len(fresh) > 1 and \
+                _total_size(fresh) >= PARALLEL_MIN_BYTES:
+            self._scan_in_workers(fresh, workers)
+            paths = [p for p in paths if p not in self.states]
         for path in paths:
-            if path in done:
-                _, results, stats, state = done[path]
-            else:
-                state = self.states.get(path) or FileState(path)
-                try:
-                    results, stats = self._scan_one(state, final)
-                except OSError as error:
-                    results, stats, state = None, None, str(error)
-            if results is None:
-                self.stats.error = "cannot read %s: %s" % (path, state)
+            state = self.states.get(path) or FileState(path)
+            try:
+                results, stats = self._scan_one(state, final)
+            except OSError as error:
+                self.stats.error = "cannot read %s: %s" % (path, error.strerror or error)
                 continue
             self.states[path] = state
             self.stats.merge(stats)
             self._take(results)
+
+    def _scan_in_workers(self, paths, workers):
+        """New files read by worker processes one at a time and merged here as they
+        come back, so no worker ever holds more than one file's requests."""
+        pool = fork_pool(workers)
+        if pool is None:
+            return
+        try:
+            jobs = [(self.agent, path) for path in paths]
+            for part in pool.imap(_scan_file_worker, jobs, chunksize=4):
+                self.merge(part)
+        finally:
+            pool.terminate()
+
+    def merge(self, other):
+        """Takes in what a worker read from other files of the same agent."""
+        self.states.update(other.states)
+        self.stats.merge(other.stats)
+        self.stats.error = self.stats.error or other.stats.error
+        self.loose.extend(other.loose)
+        self.main_ids.update(other.main_ids)
+        for session, count in other.compactions.items():
+            self.compactions[session] = self.compactions.get(session, 0) + count
+        for key, (size, req) in other.keyed.items():
+            held = self.keyed.get(key)
+            if held is None:
+                self.keyed[key] = (size, req)
+                continue
+            self.stats.skip("duplicate")
+            if size > held[0]:
+                self.keyed[key] = (size, req)
 
     def _scan_one(self, state, final):
         if self.agent == "gemini" and state.path.endswith(".json"):
@@ -1600,7 +1643,7 @@ class AgentSource(object):
             self.loose.append(req)
             return
         if not req.sidechain:
-            self.main_ids.add(key[0])
+            self.main_ids.add(key_message_part(key))
         held = self.keyed.get(key)
         if held is None:
             self.keyed[key] = (size, req)
@@ -1623,7 +1666,7 @@ class AgentSource(object):
             try:
                 messages = (read_opencode_database(path) if path.endswith(".db")
                             else [read_json_file(path)])
-            except (OSError, sqlite3.Error, ValueError) as error:
+            except (OSError, ValueError, RecursionError) as error:
                 self.stats.error = "cannot read %s: %s" % (path, error)
                 continue
             for message in messages:
@@ -1650,7 +1693,8 @@ class AgentSource(object):
 
     def _is_sidechain_replay(self, key, req):
         """A Claude Code subagent file replaying a response its parent counted."""
-        return self.agent == "claude-code" and req.sidechain and key[0] in self.main_ids
+        return (self.agent == "claude-code" and req.sidechain
+                and key_message_part(key) in self.main_ids)
 
     def sidechain_replays(self):
         return sum(1 for key, (_, req) in self.keyed.items()
@@ -1664,13 +1708,21 @@ def read_json_file(path):
 
 def read_opencode_database(path):
     """Messages of OpenCode's SQLite database, opened read-only so a running
-    OpenCode is never blocked."""
-    uri = "file:%s?mode=ro" % urllib.request.pathname2url(os.path.abspath(path))
-    connection = sqlite3.connect(uri, uri=True, timeout=2.0)
+    OpenCode is never blocked.  Raises OSError when it cannot be read."""
     try:
-        rows = connection.execute("SELECT data FROM message").fetchall()
-    finally:
-        connection.close()
+        import sqlite3
+    except ImportError:
+        raise OSError("this Python has no sqlite3 module")
+    from urllib.parse import quote
+    uri = "file:%s?mode=ro" % quote(os.path.abspath(path))
+    try:
+        connection = sqlite3.connect(uri, uri=True, timeout=2.0)
+        try:
+            rows = connection.execute("SELECT data FROM message").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise OSError(str(error))
     messages = []
     for (data,) in rows:
         try:
@@ -1733,6 +1785,8 @@ def parse_price_map(data, origin):
 
 def fetch_prices(url=PRICES_URL, timeout_s=PRICE_FETCH_TIMEOUT_S):
     """Downloads LiteLLM's public price map; raises CatopError on any failure."""
+    import urllib.error    # imported here: 7 MB that a run without a fetch never needs
+    import urllib.request
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

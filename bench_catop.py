@@ -1,0 +1,463 @@
+#!/usr/bin/env python3
+"""Benchmark for catop: generates corpora, times catop, prints MB/s and peak memory.
+
+    python3 bench_catop.py                 # both corpora (about 500 MB in a temp folder)
+    python3 bench_catop.py --only requests --mb 50
+    python3 bench_catop.py --keep /tmp/catop-bench   # reuse the corpora next time
+
+Figures:
+  requests  a ~200 MB mixed-shape request log: catop --file ... --once --format json
+            against a bare loop that only json.loads every line (same interpreter);
+            targets: ratio <= 1.3, peak memory <= 60 MB.
+  claude    a ~300 MB, ~550-file Claude Code folder: catop --agent claude-code --once
+            --format json, cold (no state); targets: >= 300 MB/s, peak memory <= 60 MB;
+            ccusage (if on PATH) runs on the same folder for comparison.
+
+Peak memory is the largest sum over catop and its worker processes of their
+proportional set size (PSS: shared pages split between the processes that share
+them), sampled every 5 ms; the largest single RSS is printed too.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CATOP = os.path.join(HERE, "catop.py")
+MB = 1024 * 1024
+
+BARE_LOOP = """
+import json, sys
+n = 0
+with open(sys.argv[1], "rb") as handle:
+    for line in handle:
+        try:
+            json.loads(line)
+            n += 1
+        except ValueError:
+            pass
+print(n)
+"""
+
+
+# ---------------------------------------------------------------- corpora
+
+def _request_line(rng, index):
+    """One request-log line in one of the shapes catop reads (LiteLLM-heavy, as in life)."""
+    ts = 1773100000 + index * 0.37
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % (index % 1000)
+    prompt = rng.randint(2000, 120000)
+    cached = int(prompt * rng.random() * 0.9)
+    out = rng.randint(50, 4000)
+    shape = index % 10
+    team = rng.choice(("search", "agents", "evals", "support", "platform"))
+    session = "sess-%05d" % rng.randint(0, 20000)
+    if shape < 4:
+        model = rng.choice(("gpt-4o", "gpt-5", "gpt-4.1-mini", "o3"))
+        return {"id": "chatcmpl-%d" % index, "timestamp": iso, "model": model,
+                "litellm_provider": "openai", "response_cost": round(out * 1e-5, 6),
+                "metadata": {"user_api_key_team_alias": team, "session_id": session,
+                             "user_api_key_alias": "key-%s" % team, "requester_ip": "10.0.0.1",
+                             "tags": ["prod", "batch"]},
+                "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens":
+                          prompt + out, "prompt_tokens_details": {"cached_tokens": cached,
+                                                                  "audio_tokens": 0},
+                          "completion_tokens_details": {"reasoning_tokens": out // 3,
+                                                        "audio_tokens": 0}},
+                "request_tags": ["team:%s" % team], "api_base": "https://api.openai.com/v1",
+                "status": "success", "response_time_ms": rng.randint(300, 9000)}
+    if shape < 7:
+        write = rng.randint(0, 4000)
+        return {"timestamp": iso, "model": "claude-sonnet-4-5-20250929", "provider": "anthropic",
+                "session_id": session, "project": team, "agent": "claude-code",
+                "usage": {"input_tokens": rng.randint(1, 50), "cache_read_input_tokens": cached,
+                          "cache_creation_input_tokens": write, "output_tokens": out,
+                          "cache_creation": {"ephemeral_5m_input_tokens": write // 2,
+                                             "ephemeral_1h_input_tokens": write - write // 2},
+                          "service_tier": "standard"},
+                "stop_reason": "end_turn", "latency_ms": rng.randint(500, 20000)}
+    if shape < 8:
+        return {"timestamp": iso, "model": "gemini-2.5-pro", "project": team,
+                "usageMetadata": {"promptTokenCount": prompt, "cachedContentTokenCount": cached,
+                                  "candidatesTokenCount": out, "thoughtsTokenCount": out // 2,
+                                  "totalTokenCount": prompt + out + out // 2},
+                "finishReason": "STOP", "modelVersion": "gemini-2.5-pro"}
+    if shape < 9:
+        return {"timeUnixNano": str(int(ts * 1e9)), "name": "chat deepseek-chat",
+                "attributes": [{"key": "gen_ai.request.model", "value": {"stringValue": "deepseek-chat"}},
+                               {"key": "gen_ai.usage.input_tokens", "value": {"intValue": str(prompt)}},
+                               {"key": "gen_ai.usage.output_tokens", "value": {"intValue": str(out)}},
+                               {"key": "gen_ai.usage.cache_read.input_tokens",
+                                "value": {"intValue": str(cached)}},
+                               {"key": "gen_ai.conversation.id", "value": {"stringValue": session}}]}
+    return {"standard_logging_object": {
+        "id": "call-%d" % index, "trace_id": session, "model": "gpt-4o-mini",
+        "custom_llm_provider": "openai", "startTime": ts, "endTime": ts + 1.2,
+        "prompt_tokens": prompt, "completion_tokens": out, "response_cost": 0.0001,
+        "metadata": {"user_api_key_team_alias": team, "usage_object": {
+            "prompt_tokens": prompt, "completion_tokens": out,
+            "prompt_tokens_details": {"cached_tokens": cached}}}}}
+
+
+def make_request_log(path, target_mb, seed=1):
+    rng = random.Random(seed)
+    written, index = 0, 0
+    with open(path, "wb") as out:
+        while written < target_mb * MB:
+            lines = []
+            for _ in range(2000):
+                lines.append(json.dumps(_request_line(rng, index), separators=(",", ":")))
+                index += 1
+                if index % 5000 == 0:
+                    lines.append("{not json")
+            data = ("\n".join(lines) + "\n").encode()
+            out.write(data)
+            written += len(data)
+    return index
+
+
+_WORDS = ("the retry helper reads Date.now so fake timers never advance it and the test "
+          "flakes when the event loop is slow; inject a clock and update every caller "
+          "then run the payment suite fifty times to be sure nothing else depends on it").split()
+
+
+def _text(rng, size):
+    words = []
+    total = 0
+    while total < size:
+        word = rng.choice(_WORDS)
+        words.append(word)
+        total += len(word) + 1
+    return " ".join(words)
+
+
+def _claude_lines(rng, session, cwd, day, count, sidechain=False, chunk=0):
+    """A Claude Code transcript: prompts, big tool results, streamed assistant lines."""
+    lines = []
+    models = ("claude-sonnet-4-5-20250929", "claude-opus-4-5", "claude-haiku-4-5-20251001")
+    cache = rng.randint(5000, 20000)
+    for turn in range(count):
+        ts = "2026-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+            2 + day // 28, 1 + day % 28, 8 + turn // 60 % 12, turn % 60, rng.randint(0, 59),
+            rng.randint(0, 999))
+        base = {"parentUuid": "p-%d" % turn, "isSidechain": sidechain, "userType": "external",
+                "cwd": cwd, "sessionId": session, "version": "2.0.31", "gitBranch": "main"}
+        if turn % 3 == 0:
+            lines.append(dict(base, type="user", uuid="u-%d" % turn, timestamp=ts,
+                              message={"role": "user", "content": _text(rng, rng.randint(80, 1500))}))
+        else:
+            lines.append(dict(base, type="user", uuid="t-%d" % turn, timestamp=ts, message={
+                "role": "user", "content": [{"tool_use_id": "toolu_%d" % turn, "type": "tool_result",
+                                             "content": _text(rng, rng.randint(500, 12000))}]},
+                toolUseResult={"stdout": _text(rng, rng.randint(100, 2000)), "stderr": ""}))
+        model = models[0] if rng.random() < 0.7 else rng.choice(models)
+        message_id = "msg_%s_%d_%d" % (session[:8], chunk, turn)
+        write = rng.randint(100, 5000)
+        read = cache
+        cache += write
+        one_hour = rng.random() < 0.3
+        output = rng.randint(20, 3000)
+        fresh_input = rng.randint(1, 12)  # the same on every streamed line of a response
+        repeats = rng.choice((1, 2, 2, 3))
+        for repeat in range(repeats):
+            partial = output if repeat == repeats - 1 else rng.randint(1, 20)
+            content = ([{"type": "tool_use", "id": "toolu_%d" % turn, "name": "Write",
+                         "input": {"file_path": cwd + "/src/x.ts",
+                                   "content": _text(rng, rng.randint(500, 6000))}}]
+                       if rng.random() < 0.3 else
+                       [{"type": "text", "text": _text(rng, rng.randint(50, 800))}])
+            usage = {"input_tokens": fresh_input, "cache_creation_input_tokens": write,
+                     "cache_read_input_tokens": read,
+                     "cache_creation": {"ephemeral_5m_input_tokens": 0 if one_hour else write,
+                                        "ephemeral_1h_input_tokens": write if one_hour else 0},
+                     "output_tokens": partial, "service_tier": "standard"}
+            lines.append(dict(base, type="assistant", uuid="a-%d-%d" % (turn, repeat),
+                              timestamp=ts, requestId="req_%s_%d_%d" % (session[:8], chunk, turn),
+                              message={"model": model, "id": message_id, "type": "message",
+                                       "role": "assistant", "content": content,
+                                       "stop_reason": None, "stop_sequence": None,
+                                       "usage": usage}))
+    return [json.dumps(line, separators=(",", ":")) for line in lines]
+
+
+def make_codex_folder(root, target_mb, files=200, seed=3):
+    """Codex rollouts: big response items, token_count events with re-emits and
+    info: null, model switches, and archived copies of some sessions."""
+    rng = random.Random(seed)
+    per_file = target_mb * MB // files
+    for index in range(files):
+        day = 1 + index % 28
+        session = "0199%04x-0000-7000-8000-%012x" % (index, index)
+        name = "rollout-2026-03-%02dT10-00-00-%s.jsonl" % (day, session)
+        path = os.path.join(root, "sessions", "2026", "03", "%02d" % day, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        start = "2026-03-%02dT10:00:00.000Z" % day
+        lines = [{"timestamp": start, "type": "session_meta", "payload": {
+            "id": session, "timestamp": start, "cwd": "/home/dev/p%d" % (index % 9),
+            "originator": "codex_cli_rs", "cli_version": "0.46.0", "source": "cli",
+            "instructions": _text(rng, 3000)}}]
+        total = [0, 0, 0, 0]
+        size, turn = 0, 0
+        model = rng.choice(("gpt-5-codex", "gpt-5"))
+        while size < per_file:
+            turn += 1
+            ts = "2026-03-%02dT%02d:%02d:%02d.%03dZ" % (day, 10 + turn // 3600, turn // 60 % 60,
+                                                      turn % 60, rng.randint(0, 999))
+            if turn % 25 == 1:
+                model = rng.choice(("gpt-5-codex", "gpt-5"))
+                lines.append({"timestamp": ts, "type": "turn_context", "payload": {
+                    "cwd": "/home/dev/p%d" % (index % 9), "model": model, "effort": "medium"}})
+            lines.append({"timestamp": ts, "type": "response_item", "payload": {
+                "type": "function_call_output", "call_id": "call_%d" % turn,
+                "output": _text(rng, rng.randint(500, 9000))}})
+            if turn % 9 == 0:
+                lines.append({"timestamp": ts, "type": "event_msg", "payload": {
+                    "type": "token_count", "info": None, "rate_limits": {}}})
+            prompt = rng.randint(3000, 60000)
+            cached = int(prompt * rng.random())
+            output = rng.randint(50, 2000)
+            reasoning = rng.randint(0, output)
+            last = [prompt, cached, output, reasoning]
+            total = [a + b for a, b in zip(total, last)]
+            keys = ("input_tokens", "cached_input_tokens", "output_tokens",
+                    "reasoning_output_tokens")
+            info = {"total_token_usage": dict(zip(keys, total)),
+                    "last_token_usage": dict(zip(keys, last)), "model_context_window": 272000}
+            event = {"timestamp": ts, "type": "event_msg",
+                     "payload": {"type": "token_count", "info": info, "rate_limits": {}}}
+            lines.append(event)
+            if turn % 7 == 0:
+                lines.append(event)  # a re-emit
+            size = sum(len(json.dumps(line)) for line in lines[-4:]) + size
+        data = "\n".join(json.dumps(line, separators=(",", ":")) for line in lines) + "\n"
+        with open(path, "w") as out:
+            out.write(data)
+        if index % 10 == 0:
+            archived = os.path.join(root, "archived_sessions", name)
+            os.makedirs(os.path.dirname(archived), exist_ok=True)
+            shutil.copy(path, archived)
+
+
+def make_claude_folder(root, target_mb, files=550, seed=2):
+    rng = random.Random(seed)
+    per_file = target_mb * MB // files
+    written = 0
+    for index in range(files):
+        project = "/home/dev/project-%02d" % (index % 23)
+        folder = os.path.join(root, "projects", project.replace("/", "-"))
+        session = "%08x-1111-4222-8333-%012x" % (rng.getrandbits(32), index)
+        sub = index % 10 == 9
+        path = os.path.join(folder, session + ".jsonl") if not sub else \
+            os.path.join(folder, "%08x" % index, "subagents", "agent-%d.jsonl" % index)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lines, size = [], 0
+        day = index % 40
+        while size < per_file:
+            chunk = _claude_lines(rng, session, project, day, 12, sidechain=sub,
+                                  chunk=len(lines))
+            lines.extend(chunk)
+            size += sum(len(line) + 1 for line in chunk)
+        if index % 7 == 0:
+            lines.insert(len(lines) // 2, '{"type":"assistant","message":{"id":"broken"')
+        data = ("\n".join(lines) + "\n").encode()
+        with open(path, "wb") as out:
+            out.write(data)
+        written += len(data)
+    return written
+
+
+# ---------------------------------------------------------------- measuring
+
+def _children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+
+
+def _memory_kb(pid):
+    """(PSS, RSS) of one process in kB, from /proc (0, 0 when it is gone)."""
+    pss = rss = 0
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+    except OSError:
+        pass
+    return pss, rss
+
+
+def run_measured(argv, env=None):
+    """(seconds, peak PSS sum MB, peak single RSS MB, stdout) of a command and its children."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    peak_pss = peak_rss = 0
+    output = []
+    import threading
+    reader = threading.Thread(target=lambda: output.append(process.stdout.read()))
+    reader.start()
+    while process.poll() is None:
+        tree = [process.pid]
+        index = 0
+        while index < len(tree):
+            tree.extend(_children(tree[index]))
+            index += 1
+        figures = [_memory_kb(pid) for pid in tree]
+        peak_pss = max(peak_pss, sum(p for p, _ in figures))
+        peak_rss = max(peak_rss, max(r for _, r in figures))
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    reader.join()
+    error = process.stderr.read()
+    if process.returncode not in (0, 3):
+        sys.stderr.write(error.decode(errors="replace"))
+        raise SystemExit("command failed: %s" % " ".join(argv))
+    return elapsed, peak_pss / 1024, peak_rss / 1024, output[0] if output else b""
+
+
+def best_of(runs, argv, env=None):
+    results = [run_measured(argv, env) for _ in range(runs)]
+    return min(results, key=lambda r: r[0])
+
+
+def bench_requests(folder, target_mb, runs):
+    path = os.path.join(folder, "requests.jsonl")
+    if not os.path.exists(path):
+        print("generating %d MB request log ..." % target_mb, flush=True)
+        make_request_log(path, target_mb)
+    size_mb = os.path.getsize(path) / MB
+    env = dict(os.environ, XDG_CACHE_HOME=os.path.join(folder, "cache"))
+    bare = best_of(runs, [sys.executable, "-c", BARE_LOOP, path])
+    mine = best_of(runs, [sys.executable, CATOP, "--file", path, "--once", "--format", "json",
+                          "--offline"], env)
+    doc = json.loads(mine[3])
+    print("\nrequest log: %.0f MB, %s requests" % (size_mb, "{:,}".format(doc["totals"]["requests"])))
+    print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
+        "bare loop (json.loads every line)", bare[0], size_mb / bare[0], bare[1], bare[2]))
+    print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
+        "catop --file --once --format json", mine[0], size_mb / mine[0], mine[1], mine[2]))
+    print("  ratio catop / bare loop: %.2f (target <= 1.3); peak %.1f MB (target <= 60)" % (
+        mine[0] / bare[0], mine[1]))
+
+
+def bench_claude(folder, target_mb, runs):
+    root = os.path.join(folder, "claude")
+    if not os.path.isdir(root):
+        print("generating %d MB Claude Code folder ..." % target_mb, flush=True)
+        make_claude_folder(root, target_mb)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+    count = sum(len(fs) for _, _, fs in os.walk(root))
+    size_mb = size / MB
+    env = dict(os.environ, CLAUDE_CONFIG_DIR=root, XDG_CACHE_HOME=os.path.join(folder, "cache"))
+    mine = best_of(runs, [sys.executable, CATOP, "--agent", "claude-code", "--once", "--format",
+                          "json", "--offline"], env)
+    doc = json.loads(mine[3])
+    print("\nClaude Code folder: %.0f MB in %d files, %s requests after de-duplication" % (
+        size_mb, count, "{:,}".format(doc["totals"]["requests"])))
+    print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
+        "catop --agent claude-code (cold)", mine[0], size_mb / mine[0], mine[1], mine[2]))
+    print("  targets: >= 300 MB/s, peak <= 60 MB")
+    theirs = compare_with_ccusage(folder, "claude", env, size_mb, runs)
+    if theirs:
+        print("  ratio catop / ccusage: %.2f (aim <= 2)" % (mine[0] / theirs))
+
+
+def compare_totals(label, ours, theirs):
+    """Prints catop's and ccusage's token totals side by side."""
+    print("  %s, catop vs ccusage:" % label)
+    agree = True
+    for name, mine, other in ours_vs_theirs(ours, theirs):
+        same = mine == other
+        agree = agree and same
+        print("    %-22s %15s %15s  %s" % (name, "{:,}".format(mine), "{:,}".format(other),
+                                            "equal" if same else "DIFFERENT"))
+    return agree
+
+
+def ours_vs_theirs(ours, theirs):
+    return [("uncached input", ours["miss_tokens"], theirs["inputTokens"]),
+            ("cache read", ours["cache_read_tokens"], theirs["cacheReadTokens"]),
+            ("cache write", ours["cache_write_tokens"], theirs["cacheCreationTokens"]),
+            ("output", ours["output_tokens"], theirs["outputTokens"])]
+
+
+def ccusage_totals(ccusage, agent, env):
+    seconds, pss, rss, out = run_measured([ccusage, agent, "daily", "--offline", "--json"], env)
+    return seconds, pss, rss, json.loads(out)["totals"]
+
+
+def compare_with_ccusage(folder, agent, env, size_mb, runs):
+    ccusage = shutil.which("ccusage")
+    if not ccusage:
+        print("  (ccusage not on PATH: no side-by-side run)")
+        return
+    catop_agent = "claude-code" if agent == "claude" else agent
+    timing = min((ccusage_totals(ccusage, agent, env) for _ in range(runs)), key=lambda r: r[0])
+    print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
+        "ccusage %s daily --offline --json" % agent, timing[0], size_mb / timing[0],
+        timing[1], timing[2]))
+    ours = json.loads(run_measured([sys.executable, CATOP, "--agent", catop_agent, "--once",
+                                    "--format", "json", "--offline"], env)[3])["totals"]
+    compare_totals(agent, ours, timing[3])
+    theirs_cost = timing[3].get("totalCost", timing[3].get("costUSD"))
+    print("    %-22s %15.4f %15.4f  %+.3f %%" % (
+        "cost (USD)", ours["cost_usd"], theirs_cost,
+        100 * (ours["cost_usd"] - theirs_cost) / theirs_cost if theirs_cost else 0.0))
+    return timing[0]
+
+
+def bench_codex(folder, target_mb, runs):
+    root = os.path.join(folder, "codex")
+    if not os.path.isdir(root):
+        print("generating %d MB Codex folder ..." % target_mb, flush=True)
+        make_codex_folder(root, target_mb)
+    size_mb = sum(os.path.getsize(os.path.join(d, f))
+                  for d, _, fs in os.walk(root) for f in fs) / MB
+    env = dict(os.environ, CODEX_HOME=root, XDG_CACHE_HOME=os.path.join(folder, "cache"))
+    mine = best_of(runs, [sys.executable, CATOP, "--agent", "codex", "--once", "--format",
+                          "json", "--offline"], env)
+    doc = json.loads(mine[3])
+    print("\nCodex folder: %.0f MB, %s requests" % (size_mb, "{:,}".format(doc["totals"]["requests"])))
+    print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
+        "catop --agent codex (cold)", mine[0], size_mb / mine[0], mine[1], mine[2]))
+    theirs = compare_with_ccusage(folder, "codex", env, size_mb, runs)
+    if theirs:
+        print("  ratio catop / ccusage: %.2f" % (mine[0] / theirs))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("requests", "claude", "codex"),
+                        help="one corpus only")
+    parser.add_argument("--mb", type=int, help="corpus size in MB (default 200 / 300)")
+    parser.add_argument("--runs", type=int, default=3, help="best of N runs (default 3)")
+    parser.add_argument("--keep", metavar="DIR", help="keep (and reuse) the corpora in DIR")
+    args = parser.parse_args()
+    folder = args.keep or tempfile.mkdtemp(prefix="catop-bench-")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        print("catop bench: %s, %d cores, Python %s" % (
+            folder, os.cpu_count() or 1, sys.version.split()[0]))
+        if args.only in (None, "requests"):
+            bench_requests(folder, args.mb or 200, args.runs)
+        if args.only in (None, "claude"):
+            bench_claude(folder, args.mb or 300, args.runs)
+        if args.only in (None, "codex"):
+            bench_codex(folder, args.mb or 100, args.runs)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
