@@ -17,7 +17,9 @@ One file, standard library only, Python 3.8+.  MIT licence.
 
 import argparse
 import calendar
+import contextlib
 import csv
+import gc
 import io
 import json
 import math
@@ -54,6 +56,10 @@ WINDOWS = ("all", "today", "week", "month", "1h", "24h", "7d", "30d")
 FORMATS = ("table", "json", "csv")
 AGENTS = ("claude-code", "codex", "gemini", "opencode", "openclaw")
 SKIP_KINDS = ("malformed", "no_usage", "duplicate")
+
+
+# json.loads(bytes) sniffs the encoding first; every log line here is UTF-8 text
+_JSON_DECODE = json.JSONDecoder().decode
 
 
 class CatopError(Exception):
@@ -340,6 +346,17 @@ def _parse_iso(text):
 
 def infer_provider(model):
     """The provider a model name implies, for records that do not say."""
+    known = _INFERRED_PROVIDERS.get(model)
+    if known is None:
+        known = _INFERRED_PROVIDERS[model] = _infer_provider(model) \
+            if len(_INFERRED_PROVIDERS) < 10000 else _infer_provider(model)
+    return known
+
+
+_INFERRED_PROVIDERS = {}
+
+
+def _infer_provider(model):
     name = model.lower()
     if "/" in name:
         head = name.split("/", 1)[0]
@@ -404,53 +421,100 @@ def _first_count(usage, paths):
     return None
 
 
-def _input_figure(usage):
+class UsagePlan(object):
+    """The fields decode_usage reads for one set of usage keys, in order.
+
+    Logs repeat a handful of shapes millions of times; deciding the shape once
+    per key set, and reading only keys that exist, halves the cost of a record.
+    Absent keys are dropped from each list, which changes nothing: a missing key
+    and a null value are treated alike."""
+
+    __slots__ = ("inclusive_keys", "input_tokens_inclusive", "exclusive_keys", "deepseek",
+                 "gemini", "output_keys", "read_paths", "write_paths", "reasoning_paths",
+                 "split")
+
+    def __init__(self, keys):
+        present = frozenset(keys)
+        self.inclusive_keys = [k for k in _INCLUSIVE_INPUT_KEYS if k in present]
+        if "input_tokens" in present:
+            self.input_tokens_inclusive = ("input_tokens_details" in present
+                                           or "cached_input_tokens" in present)
+        else:
+            self.input_tokens_inclusive = None
+        self.exclusive_keys = [k for k in ("inputTokens", "input") if k in present]
+        self.deepseek = bool(present & {"prompt_cache_hit_tokens", "prompt_cache_miss_tokens"})
+        self.gemini = bool(present & {"candidatesTokenCount", "thoughtsTokenCount"})
+        self.output_keys = [k for k in ("completion_tokens", "output_tokens", "outputTokens",
+                                        "output", "gen_ai.usage.output_tokens") if k in present]
+        self.read_paths = [p for p in _CACHE_READ_PATHS if p[0] in present]
+        self.write_paths = [p for p in _CACHE_WRITE_PATHS if p[0] in present]
+        self.reasoning_paths = [p for p in _REASONING_PATHS if p[0] in present]
+        self.split = "cache_creation" in present
+
+
+_USAGE_PLANS = {}
+_PLAN_CACHE_LIMIT = 4096
+
+
+def usage_plan(usage):
+    """The cached UsagePlan of a usage dict, or None when it has no token field."""
+    keys = tuple(usage)
+    try:
+        return _USAGE_PLANS[keys]
+    except KeyError:
+        pass
+    plan = UsagePlan(keys) if _USAGE_KEYS.intersection(keys) else None
+    if len(_USAGE_PLANS) < _PLAN_CACHE_LIMIT:
+        _USAGE_PLANS[keys] = plan
+    return plan
+
+
+def _input_figure(usage, plan):
     """(input tokens, inclusive of cache?) or (None, False)."""
-    for key in _INCLUSIVE_INPUT_KEYS:
+    for key in plan.inclusive_keys:
         value = usage.get(key)
         if value is not None:
             return as_count(value), True
-    value = usage.get("input_tokens")
-    if value is not None:
-        inclusive = "input_tokens_details" in usage or "cached_input_tokens" in usage
-        return as_count(value), inclusive
-    for key in ("inputTokens", "input"):
+    if plan.input_tokens_inclusive is not None:
+        value = usage.get("input_tokens")
+        if value is not None:
+            return as_count(value), plan.input_tokens_inclusive
+    for key in plan.exclusive_keys:
         value = usage.get(key)
         if value is not None and type(value) is not dict:
             return as_count(value), False
-    hit, miss = usage.get("prompt_cache_hit_tokens"), usage.get("prompt_cache_miss_tokens")
-    if hit is not None or miss is not None:
-        return as_count(hit or 0) + as_count(miss or 0), True
+    if plan.deepseek:
+        hit, miss = usage.get("prompt_cache_hit_tokens"), usage.get("prompt_cache_miss_tokens")
+        if hit is not None or miss is not None:
+            return as_count(hit or 0) + as_count(miss or 0), True
     return None, False
 
 
-def _output_figure(usage):
+def _output_figure(usage, plan):
     """(output tokens including reasoning, reasoning tokens)."""
-    if "candidatesTokenCount" in usage or "thoughtsTokenCount" in usage:
+    if plan.gemini:
         # Gemini counts thoughts outside candidates: both are billed as output.
         thoughts = as_count(usage.get("thoughtsTokenCount") or 0)
         return as_count(usage.get("candidatesTokenCount") or 0) + thoughts, thoughts
-    output = None
-    for key in ("completion_tokens", "output_tokens", "outputTokens", "output",
-                "gen_ai.usage.output_tokens"):
+    output = 0
+    for key in plan.output_keys:
         value = usage.get(key)
         if value is not None and type(value) is not dict:
             output = as_count(value)
             break
-    reasoning = _first_count(usage, _REASONING_PATHS) or 0
-    if output is None:
-        output = 0
+    reasoning = _first_count(usage, plan.reasoning_paths) or 0 if plan.reasoning_paths else 0
     return output, min(reasoning, output)
 
 
-def _cache_writes(usage):
+def _cache_writes(usage, plan):
     """(5-minute writes, 1-hour writes); the TTL split wins over the flat figure."""
-    split = usage.get("cache_creation")
-    if type(split) is dict and ("ephemeral_5m_input_tokens" in split
-                                or "ephemeral_1h_input_tokens" in split):
-        return (as_count(split.get("ephemeral_5m_input_tokens") or 0),
-                as_count(split.get("ephemeral_1h_input_tokens") or 0))
-    return _first_count(usage, _CACHE_WRITE_PATHS) or 0, 0
+    if plan.split:
+        split = usage.get("cache_creation")
+        if type(split) is dict and ("ephemeral_5m_input_tokens" in split
+                                    or "ephemeral_1h_input_tokens" in split):
+            return (as_count(split.get("ephemeral_5m_input_tokens") or 0),
+                    as_count(split.get("ephemeral_1h_input_tokens") or 0))
+    return (_first_count(usage, plan.write_paths) or 0) if plan.write_paths else 0, 0
 
 
 def decode_usage(usage):
@@ -458,15 +522,16 @@ def decode_usage(usage):
 
     Raises ValueError when a token field is present but unusable.
     """
-    if not _USAGE_KEYS.intersection(usage):
+    plan = usage_plan(usage)
+    if plan is None:
         return None
-    input_tokens, inclusive = _input_figure(usage)
-    output, reasoning = _output_figure(usage)
-    cache_read = _first_count(usage, _CACHE_READ_PATHS) or 0
-    write_5m, write_1h = _cache_writes(usage)
+    input_tokens, inclusive = _input_figure(usage, plan)
+    output, reasoning = _output_figure(usage, plan)
+    cache_read = (_first_count(usage, plan.read_paths) or 0) if plan.read_paths else 0
+    write_5m, write_1h = _cache_writes(usage, plan)
     if input_tokens is None:
-        input_tokens, inclusive = 0, False
-    if inclusive:
+        miss = 0
+    elif inclusive:
         miss = max(0, input_tokens - cache_read - write_5m - write_1h)
     else:
         miss = input_tokens
@@ -524,32 +589,6 @@ def find_usage(record):
     return None, None
 
 
-def _first_value(places, keys):
-    """The first present scalar among keys, looked up in each place in turn."""
-    for place in places:
-        if type(place) is not dict:
-            continue
-        for key in keys:
-            value = place.get(key)
-            if value is not None and value != "" and type(value) not in (dict, list):
-                return value
-    return None
-
-
-def _observed_cost(record, slo, usage):
-    """A cost the log itself reports (LiteLLM, OpenCode, OpenClaw, legacy Claude Code)."""
-    nested = usage.get("cost")
-    places = (record, slo, nested if type(nested) is dict else None)
-    return as_money(_first_value(places, _COST_KEYS + ("total",)))
-
-
-def _first_text(places, keys):
-    value = _first_value(places, keys)
-    if value is None:
-        return ""
-    return value if type(value) is str else str(value)
-
-
 _MODEL_KEYS = ("model", "model_name", "modelId", "gen_ai.response.model",
                "gen_ai.request.model")
 _PROVIDER_KEYS = ("provider", "litellm_provider", "custom_llm_provider",
@@ -562,33 +601,104 @@ _TIME_KEYS = ("timestamp", "startTime", "created_at", "created", "time", "timeUn
 _COST_KEYS = ("response_cost", "cost", "spend", "costUSD")
 
 
-def normalize_record(record):
+# Where each attribute may sit: numbered places of a record, then keys, in order.
+(_RECORD, _ATTRIBUTES, _RESPONSE, _MESSAGE, _SLO, _METADATA, _SLO_METADATA,
+ _USAGE_COST) = range(8)
+_PLACE_KEYS = {_ATTRIBUTES: "attributes", _RESPONSE: "response", _MESSAGE: "message",
+               _SLO: "standard_logging_object", _METADATA: "metadata",
+               _SLO_METADATA: "standard_logging_object"}
+_FIELD_SEARCH = (
+    ("model", (_RECORD, _ATTRIBUTES, _RESPONSE, _MESSAGE, _SLO), _MODEL_KEYS),
+    ("provider", (_RECORD, _ATTRIBUTES, _RESPONSE, _MESSAGE, _SLO), _PROVIDER_KEYS),
+    ("project", (_RECORD, _METADATA, _SLO_METADATA), _PROJECT_KEYS),
+    ("session", (_RECORD, _METADATA, _SLO_METADATA, _ATTRIBUTES, _SLO), _SESSION_KEYS),
+    ("agent", (_RECORD, _METADATA), ("agent",)),
+    ("time", (_RECORD, _SLO, _MESSAGE, _RESPONSE), _TIME_KEYS),
+    ("cost", (_RECORD, _SLO, _USAGE_COST), _COST_KEYS + ("total",)),
+)
+_ATTRIBUTION_PLANS = {}
+
+
+ALL_ATTRIBUTES = frozenset(name for name, _, _ in _FIELD_SEARCH)
+
+
+def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES):
+    """For each attribute, the (place, key) pairs that can exist in a record with
+    these top-level keys, in search order (a nested place may hold any key);
+    none for an attribute the view does not want."""
+    present = frozenset(record_keys)
+    plan = []
+    for name, places, keys in _FIELD_SEARCH:
+        pairs = []
+        if name not in wanted:
+            plan.append(pairs)
+            continue
+        for place in places:
+            if place == _RECORD:
+                pairs.extend((place, key) for key in keys if key in present)
+            elif place == _USAGE_COST or _PLACE_KEYS[place] in present:
+                pairs.extend((place, key) for key in keys)
+        plan.append(pairs)
+    return plan
+
+
+def _planned_values(places, plan):
+    """The first present scalar of each attribute, following its (place, key) pairs."""
+    found = []
+    for pairs in plan:
+        value = None
+        for index, key in pairs:
+            place = places[index]
+            if type(place) is dict:
+                value = place.get(key)
+                kind = type(value)
+                if kind is str:
+                    if value:
+                        break
+                elif value is not None and kind is not dict and kind is not list:
+                    break
+                value = None
+        found.append(value)
+    return found
+
+
+def _text(value):
+    if value is None:
+        return ""
+    return value if type(value) is str else str(value)
+
+
+def normalize_record(record, wanted=ALL_ATTRIBUTES):
     """A Request from one generic log record; None when it carries no token usage.
+    Attributes not in wanted are left empty.
 
     Raises ValueError when a token field is damaged.
     """
-    usage, attributes = find_usage(record)
-    if usage is None:
-        return None
+    usage, attributes = record.get("usage"), None
+    if type(usage) is not dict or not usage:
+        usage, attributes = find_usage(record)
+        if usage is None:
+            return None
     tokens = decode_usage(usage)
     if tokens is None:
         return None
-    metadata = record.get("metadata")
-    slo = record.get("standard_logging_object")
-    slo_meta = slo.get("metadata") if type(slo) is dict else None
-    response = record.get("response")
-    message = record.get("message")
-    places = (record, attributes, response, message, slo)
-    model = _first_text(places, _MODEL_KEYS)
-    provider = _first_text(places, _PROVIDER_KEYS) or (infer_provider(model) if model else "")
-    project = _first_text((record, metadata, slo_meta), _PROJECT_KEYS)
-    session = _first_text((record, metadata, slo_meta, attributes, slo), _SESSION_KEYS)
-    agent = _first_text((record, metadata), ("agent",))
-    ts = parse_timestamp(_first_value((record, slo, message, response), _TIME_KEYS))
-    observed = _observed_cost(record, slo, usage)
+    keys = (wanted, tuple(record))
+    plan = _ATTRIBUTION_PLANS.get(keys)
+    if plan is None:
+        plan = attribution_plan(keys[1], wanted)
+        if len(_ATTRIBUTION_PLANS) < _PLAN_CACHE_LIMIT:
+            _ATTRIBUTION_PLANS[keys] = plan
+    get = record.get
+    slo = get("standard_logging_object")
+    places = (record, attributes, get("response"), get("message"), slo, get("metadata"),
+              slo.get("metadata") if type(slo) is dict else None, usage.get("cost"))
+    model, provider, project, session, agent, when, cost = _planned_values(places, plan)
+    model = _text(model)
+    provider = _text(provider) or (infer_provider(model) if model else "")
     miss, read, write_5m, write_1h, output, reasoning = tokens
-    return Request(ts, agent, provider, model, project, session, miss, read, write_5m,
-                   write_1h, output, reasoning, observed)
+    return Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
+                   _text(session), miss, read, write_5m, write_1h, output, reasoning,
+                   as_money(cost))
 
 
 # ------------------------------------------------------------ agent parsers
@@ -990,21 +1100,22 @@ def local_day(ts):
     return time.strftime("%Y-%m-%d", time.localtime(ts)) if ts is not None else "(no time)"
 
 
-def group_key(req, group_by):
-    key = []
-    for field in group_by:
-        if field == "day":
-            key.append(local_day(req.ts))
-        else:
-            key.append(getattr(req, field))
-    return tuple(key)
+def group_key_function(group_by):
+    """req -> its group key, a tuple of the group_by fields (day: the local date)."""
+    getters = [(lambda req: local_day(req.ts)) if field == "day" else
+               (lambda req, field=field: getattr(req, field)) for field in group_by]
+    if len(getters) == 1:
+        only = getters[0]
+        return lambda req: (only(req),)
+    return lambda req: tuple(getter(req) for getter in getters)
 
 
 class Aggregate(object):
     """Totals, groups and (optionally) one session's timeline of a stream of requests.
 
     Holds no request beyond what the view needs: a Tally per group, and the
-    requests of the session asked for with --session.
+    requests of the session asked for with --session.  Each request is tallied
+    once, in its group (the group () without --group-by); totals sum the groups.
     """
 
     def __init__(self, prices, group_by=(), since=None, until=None, session=None):
@@ -1013,8 +1124,8 @@ class Aggregate(object):
         self.since = since
         self.until = until
         self.session = session
-        self.totals = Tally()
-        self.groups = {}
+        self.key_of = group_key_function(self.group_by) if self.group_by else (lambda req: ())
+        self.tallies = {}
         self.unpriced_models = {}
         self.timeline = []
         self.outside_window = 0
@@ -1022,10 +1133,20 @@ class Aggregate(object):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["prices"] = None  # workers send results back; the book stays home
+        state["key_of"] = None  # a lambda does not pickle; rebuilt from group_by
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.key_of = group_key_function(self.group_by) if self.group_by else (lambda req: ())
+
+    def wanted_attributes(self):
+        """The attributes of a request this view needs (the rest need not be looked up)."""
+        wanted = {"model", "provider", "time", "cost"}
+        wanted.update(f for f in self.group_by if f != "day")
+        if self.session is not None:
+            wanted.add("session")
+        return frozenset(wanted)
 
     def in_window(self, ts):
         if self.since is None and self.until is None:
@@ -1035,7 +1156,7 @@ class Aggregate(object):
         return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
 
     def add(self, req):
-        if not self.in_window(req.ts):
+        if (self.since is not None or self.until is not None) and not self.in_window(req.ts):
             self.outside_window += 1
             return
         rates = self.prices.rates(req.model, req.provider)
@@ -1044,22 +1165,31 @@ class Aggregate(object):
         if not priced:
             name = req.model or "(unknown model)"
             self.unpriced_models[name] = self.unpriced_models.get(name, 0) + 1
-        self.totals.add(req, cost, no_cache_cost, priced)
-        if self.group_by:
-            key = group_key(req, self.group_by)
-            tally = self.groups.get(key)
-            if tally is None:
-                tally = self.groups[key] = Tally()
-            tally.add(req, cost, no_cache_cost, priced)
+        key = self.key_of(req)
+        tally = self.tallies.get(key)
+        if tally is None:
+            tally = self.tallies[key] = Tally()
+        tally.add(req, cost, no_cache_cost, priced)
         if self.session is not None and req.session.startswith(self.session):
             self.timeline.append((req, cost))
 
+    @property
+    def totals(self):
+        total = Tally()
+        for tally in self.tallies.values():
+            total.merge(tally)
+        return total
+
+    @property
+    def groups(self):
+        """{group key: Tally}; empty without --group-by."""
+        return self.tallies if self.group_by else {}
+
     def merge(self, other):
-        self.totals.merge(other.totals)
-        for key, tally in other.groups.items():
-            mine = self.groups.get(key)
+        for key, tally in other.tallies.items():
+            mine = self.tallies.get(key)
             if mine is None:
-                self.groups[key] = tally
+                self.tallies[key] = tally
             else:
                 mine.merge(tally)
         for name, count in other.unpriced_models.items():
@@ -1185,22 +1315,23 @@ def iter_blocks(handle, start=0, end=None, block_bytes=READ_BLOCK_BYTES):
         yield block
 
 
-def scan_request_lines(lines, stats, sink):
+def scan_request_lines(lines, stats, sink, wanted=ALL_ATTRIBUTES):
     """Parses generic request-log lines, counting what is skipped and why."""
-    loads = json.loads
+    decode = _JSON_DECODE
     for line in lines:
-        if not line or line.isspace():
+        if not line:
             continue
         try:
-            record = loads(line)
+            record = decode(line.decode("utf-8"))
         except (ValueError, RecursionError):
-            stats.skipped["malformed"] += 1
+            if not line.isspace():
+                stats.skipped["malformed"] += 1
             continue
         if type(record) is not dict:
             stats.skipped["malformed"] += 1
             continue
         try:
-            req = normalize_record(record)
+            req = normalize_record(record, wanted)
         except (ValueError, TypeError, RecursionError, OverflowError):
             stats.skipped["malformed"] += 1
             continue
@@ -1211,13 +1342,27 @@ def scan_request_lines(lines, stats, sink):
         sink(req)
 
 
-def scan_request_stream(handle, stats, sink, start=0, end=None):
+def scan_request_stream(handle, stats, sink, start=0, end=None, wanted=ALL_ATTRIBUTES):
     """Reads a binary stream of JSON lines between two offsets into sink."""
     splitter = LineSplitter()
-    for block in iter_blocks(handle, start, end):
-        scan_request_lines(splitter.feed(block), stats, sink)
-    scan_request_lines([splitter.finish()], stats, sink)
+    with gc_paused():
+        for block in iter_blocks(handle, start, end):
+            scan_request_lines(splitter.feed(block), stats, sink, wanted)
+        scan_request_lines([splitter.finish()], stats, sink, wanted)
     stats.skipped["malformed"] += splitter.oversized
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Decoding JSON allocates millions of containers, each a nudge to the cyclic
+    garbage collector, while parsing creates no cycles: pause it meanwhile."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def split_points(path, size, parts):
@@ -1244,7 +1389,8 @@ def _scan_range_worker(job):
                           template.until, template.session)
     stats = SourceStats("")
     with open(path, "rb") as handle:
-        scan_request_stream(handle, stats, aggregate.add, start, end)
+        scan_request_stream(handle, stats, aggregate.add, start, end,
+                            template.wanted_attributes())
     return aggregate, stats
 
 
@@ -1284,7 +1430,7 @@ def scan_request_file(path, aggregate, stats):
                 _WORKER_CONTEXT.clear()
             return
     with open(path, "rb") as handle:
-        scan_request_stream(handle, stats, aggregate.add)
+        scan_request_stream(handle, stats, aggregate.add, wanted=aggregate.wanted_attributes())
 
 
 def expand_file_args(paths):
@@ -1478,9 +1624,6 @@ def read_new_blocks(state, final=True, block_bytes=READ_BLOCK_BYTES):
         yield tail
 
 
-_JSON_DECODE = json.JSONDecoder().decode
-
-
 def scan_agent_jsonl(agent, state, final=True):
     """(results, stats) of the new lines of one JSONL agent file.  A result is a
     parser's answer: a Request, a keyed tuple, 'compact' or 'duplicate'."""
@@ -1593,7 +1736,8 @@ class AgentSource(object):
     def _scan_one(self, state, final):
         if self.agent == "gemini" and state.path.endswith(".json"):
             return self._scan_gemini_document(state)
-        return scan_agent_jsonl(self.agent, state, final)
+        with gc_paused():
+            return scan_agent_jsonl(self.agent, state, final)
 
     def _scan_gemini_document(self, state):
         """A legacy Gemini CLI session: one JSON document with messages[]."""
@@ -2381,7 +2525,8 @@ def collect_sources(args, aggregate, now):
         stats = SourceStats("stdin" if path == "-" else "file:%s" % path)
         try:
             if path == "-":
-                scan_request_stream(sys.stdin.buffer, stats, aggregate.add)
+                scan_request_stream(sys.stdin.buffer, stats, aggregate.add,
+                                    wanted=aggregate.wanted_attributes())
             else:
                 scan_request_file(path, aggregate, stats)
         except OSError as error:
