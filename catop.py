@@ -159,11 +159,22 @@ class Tally(object):
             if self.last_ts is None or ts > self.last_ts:
                 self.last_ts = ts
 
+    def __reduce__(self):
+        return (_tally_from, (tuple(getattr(self, k) for k in self.__slots__),))
+
     def merge(self, other):
-        for name in ("requests", "miss", "cache_read", "cache_write_5m", "cache_write_1h",
-                     "output", "reasoning", "cost", "no_cache_cost", "observed_cost",
-                     "observed_requests", "unpriced_requests"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.requests += other.requests
+        self.miss += other.miss
+        self.cache_read += other.cache_read
+        self.cache_write_5m += other.cache_write_5m
+        self.cache_write_1h += other.cache_write_1h
+        self.output += other.output
+        self.reasoning += other.reasoning
+        self.cost += other.cost
+        self.no_cache_cost += other.no_cache_cost
+        self.observed_cost += other.observed_cost
+        self.observed_requests += other.observed_requests
+        self.unpriced_requests += other.unpriced_requests
         for ts in (other.first_ts, other.last_ts):
             if ts is not None:
                 self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
@@ -204,6 +215,13 @@ class Tally(object):
             "observed_cost_usd": round(self.observed_cost, 9) if self.observed_requests else None,
             "unpriced_requests": self.unpriced_requests,
         }
+
+
+def _tally_from(values):
+    tally = Tally()
+    for name, value in zip(Tally.__slots__, values):
+        setattr(tally, name, value)
+    return tally
 
 
 class SourceStats(object):
@@ -2367,7 +2385,8 @@ def iso_utc(ts):
 
 
 def report_dict(report):
-    """The JSON document of design.md (field names are a contract)."""
+    """The JSON document of design.md (field names are a contract); its long
+    lists (groups, timeline) are generators, written out one item at a time."""
     agg = report.aggregate
     doc = {
         "catop_version": __version__,
@@ -2377,13 +2396,13 @@ def report_dict(report):
         "prices": {"origin": report.prices.origin, "models": len(report.prices),
                    "age_s": int(report.prices.age_s)},
         "totals": agg.totals.as_dict(),
-        "groups": [dict([("key", dict(zip(agg.group_by, key)))] + list(t.as_dict().items()))
-                   for key, t in report.rows],
+        "groups": (dict([("key", dict(zip(agg.group_by, key)))] + list(t.as_dict().items()))
+                   for key, t in report.rows),
         "unpriced_models": sorted(agg.unpriced_models),
     }
     if agg.session is not None:
-        doc["timeline"] = [timeline_entry(req, cost) for req, cost in
-                           sorted(agg.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0))]
+        doc["timeline"] = (timeline_entry(req, cost) for req, cost in
+                           sorted(agg.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0)))
     return doc
 
 
@@ -2396,8 +2415,29 @@ def timeline_entry(req, cost):
             "subagent": req.sidechain}
 
 
+def iter_json(report):
+    """The JSON document in pieces, one top-level field a line and one list item a
+    line: readable and greppable, never whole in memory, and written by the C
+    encoder (indent= is pure Python, far too slow for many groups)."""
+    dumps = json.dumps
+    fields = list(report_dict(report).items())
+    yield "{\n"
+    for index, (name, value) in enumerate(fields):
+        ending = ",\n" if index < len(fields) - 1 else "\n"
+        if isinstance(value, dict) or not hasattr(value, "__iter__") or isinstance(value, str):
+            yield "  %s: %s%s" % (dumps(name), dumps(value), ending)
+            continue
+        opening = "  %s: [" % dumps(name)
+        separator = "\n    "
+        for item in value:
+            yield opening + separator + dumps(item)
+            opening, separator = "", ",\n    "
+        yield (opening + "]" if opening else "\n  ]") + ending
+    yield "}\n"
+
+
 def format_json(report):
-    return json.dumps(report_dict(report), indent=2) + "\n"
+    return "".join(iter_json(report))
 
 
 def format_csv(report):
@@ -2592,12 +2632,13 @@ def run(args):
     report = Report(aggregate, sources, prices, now, args.sort, not args.ascending, args.top)
     ellipsis = "\u2026" if (sys.stdout.encoding or "").lower().replace("-", "") == "utf8" else "~"
     if args.format == "json":
-        text = format_json(report)
+        pieces = iter_json(report)
     elif args.format == "csv":
-        text = format_csv(report)
+        pieces = [format_csv(report)]
     else:
-        text = format_table(report, output_width(args), ellipsis)
-    sys.stdout.write(text)
+        pieces = [format_table(report, output_width(args), ellipsis)]
+    for piece in pieces:
+        sys.stdout.write(piece)
     sys.stdout.flush()
     reasons = check_gates(args, aggregate.totals)
     for reason in reasons:
