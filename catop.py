@@ -2124,14 +2124,22 @@ def fmt_tokens(number, compact=False):
     return "%.0fT" % (number / 1e12)
 
 
-def fmt_usd(amount):
+def fmt_usd(amount, decimals=None):
+    """Dollars: whole above $100; else 2 decimals, or 4 below $1 (decimals forces it)."""
     sign = "-" if amount < 0 else ""
     amount = abs(amount)
-    if amount >= 100:
-        return "%s$%s" % (sign, "{:,.0f}".format(amount))
-    if amount >= 1 or amount == 0:
-        return "%s$%.2f" % (sign, amount)
-    return "%s$%.4f" % (sign, amount)
+    if decimals is None:
+        if amount >= 100:
+            return "%s$%s" % (sign, "{:,.0f}".format(amount))
+        decimals = 2 if amount >= 1 or amount == 0 else 4
+    return "%s$%s" % (sign, "{:,.{}f}".format(amount, decimals))
+
+
+def money_formatter(values):
+    """One precision for a column of dollars: that of its largest value."""
+    largest = max([abs(v) for v in values] or [0.0])
+    decimals = 2 if largest >= 1 else 4
+    return lambda amount: fmt_usd(amount, decimals)
 
 
 def fmt_pct(ratio):
@@ -2197,7 +2205,7 @@ def table_columns(rows, group_by, width):
     then columns by priority, then keys down to 6.  Returns (key widths, columns, compact)."""
     keys = [[display_key(f, v) for f, v in zip(group_by, key)] for key, _ in rows]
     key_widths = [max([len(f)] + [len(k[i]) for k in keys]) for i, f in enumerate(group_by)]
-    columns = list(_TABLE_COLUMNS)
+    columns = _table_columns_for(rows)
 
     def overflow(compact):
         widths = _number_widths(rows, columns, compact)
@@ -2220,6 +2228,16 @@ def table_columns(rows, group_by, width):
                 cut = min(max(0, overflow(True)), max(0, key_widths[i] - floor))
                 key_widths[i] -= cut
     return key_widths, columns, True
+
+
+def _table_columns_for(rows):
+    """_TABLE_COLUMNS with each money column formatted at one precision for these rows."""
+    columns = []
+    for header, getter, short, full, priority in _TABLE_COLUMNS:
+        if short is fmt_usd:
+            short = full = money_formatter([getter(t) for _, t in rows])
+        columns.append((header, getter, short, full, priority))
+    return columns
 
 
 def _number_widths(rows, columns, compact):
@@ -2283,9 +2301,11 @@ def describe_window(since, until):
 def describe_source(stats):
     skipped = ", ".join("%s %s" % (fmt_int(n), k.replace("_", " "))
                         for k, n in stats.skipped.items() if n)
-    text = "%s: %s records" % (clean(stats.name), fmt_int(stats.records))
+    text = "%s: %s record%s" % (clean(stats.name), fmt_int(stats.records),
+                                "" if stats.records == 1 else "s")
     if stats.compactions:
-        text += ", %s compactions" % fmt_int(stats.compactions)
+        text += ", %s compaction%s" % (fmt_int(stats.compactions),
+                                       "" if stats.compactions == 1 else "s")
     if skipped:
         text += " (skipped %s)" % skipped
     if stats.error:
