@@ -227,13 +227,14 @@ def _tally_from(values):
 class SourceStats(object):
     """What one source read and what it skipped, by reason."""
 
-    __slots__ = ("name", "records", "skipped", "compactions", "error")
+    __slots__ = ("name", "records", "skipped", "compactions", "sessions_compacted", "error")
 
     def __init__(self, name):
         self.name = name
         self.records = 0
         self.skipped = dict.fromkeys(SKIP_KINDS, 0)
         self.compactions = 0
+        self.sessions_compacted = {}
         self.error = None
 
     def skip(self, kind, count=1):
@@ -1144,6 +1145,8 @@ class Aggregate(object):
         self.session = session
         self.key_of = group_key_function(self.group_by) if self.group_by else (lambda req: ())
         self.tallies = {}
+        # grouped by session: each group's (models, projects), for the session listing
+        self.details = {} if "session" in self.group_by else None
         self.unpriced_models = {}
         self.timeline = []
         self.outside_window = 0
@@ -1162,6 +1165,8 @@ class Aggregate(object):
         """The attributes of a request this view needs (the rest need not be looked up)."""
         wanted = {"model", "provider", "time", "cost"}
         wanted.update(f for f in self.group_by if f != "day")
+        if self.details is not None:
+            wanted.add("project")
         if self.session is not None:
             wanted.add("session")
         return frozenset(wanted)
@@ -1188,6 +1193,12 @@ class Aggregate(object):
         if tally is None:
             tally = self.tallies[key] = Tally()
         tally.add(req, cost, no_cache_cost, priced)
+        if self.details is not None:
+            detail = self.details.get(key)
+            if detail is None:
+                detail = self.details[key] = (set(), set())
+            detail[0].add(req.model)
+            detail[1].add(req.project)
         if self.session is not None and req.session.startswith(self.session):
             self.timeline.append((req, cost))
 
@@ -1212,6 +1223,10 @@ class Aggregate(object):
                 mine.merge(tally)
         for name, count in other.unpriced_models.items():
             self.unpriced_models[name] = self.unpriced_models.get(name, 0) + count
+        for key, (models, projects) in (other.details or {}).items():
+            mine = self.details.setdefault(key, (set(), set()))
+            mine[0].update(models)
+            mine[1].update(projects)
         self.timeline.extend(other.timeline)
         self.outside_window += other.outside_window
 
@@ -1900,6 +1915,7 @@ def scan_agent(name, aggregate):
     source.scan()
     replays = source.sidechain_replays()
     source.stats.skip("duplicate", replays)
+    source.stats.sessions_compacted = dict(source.compactions)
     for req in source.requests():
         source.stats.records += 1
         aggregate.add(req)
@@ -2199,35 +2215,43 @@ _TABLE_COLUMNS = (
 )
 
 
-def table_columns(rows, group_by, width):
+def table_columns(cells, headers, rows, width, optional=()):
     """Fits the group table to width, giving up the least first: full numbers, then
-    compact ones, then INPUT (it is read + write + miss), then key width down to 16,
-    then columns by priority, then keys down to 6.  Returns (key widths, columns, compact)."""
-    keys = [[display_key(f, v) for f, v in zip(group_by, key)] for key, _ in rows]
-    key_widths = [max([len(f)] + [len(k[i]) for k in keys]) for i, f in enumerate(group_by)]
+    compact ones, then INPUT (it is read + write + miss), then the optional label
+    columns (by index, first given up first), then label width down to 16, then
+    numeric columns by priority, then labels down to 6.
+    Returns (label widths, of which 0 means dropped; numeric columns; compact?)."""
+    label_widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
     columns = _table_columns_for(rows)
 
     def overflow(compact):
         widths = _number_widths(rows, columns, compact)
-        return sum(key_widths) + 2 * max(0, len(key_widths) - 1) + sum(w + 2 for w in widths) \
-            - (0 if key_widths else 2) - width
+        shown = [w for w in label_widths if w]
+        return sum(shown) + 2 * max(0, len(shown) - 1) + \
+            sum(w + 2 for w in widths) - (0 if shown else 2) - width
 
     if overflow(False) <= 0:
-        return key_widths, columns, False
-    for step in ("drop-input", "keys-16", "drop", "keys-6"):
+        return label_widths, columns, False
+    for step in ("drop-input", "drop-labels", "labels-16", "drop", "labels-6"):
         if overflow(True) <= 0:
             break
         if step == "drop-input":
             columns = [c for c in columns if c[0] != "INPUT"]
+        elif step == "drop-labels":
+            for index in optional:
+                if overflow(True) <= 0:
+                    break
+                label_widths[index] = 0
         elif step == "drop":
             while overflow(True) > 0 and len(columns) > 1:
                 columns.remove(min(columns, key=lambda c: c[4]))
         else:
-            floor = 16 if step == "keys-16" else 6
-            for i in range(len(key_widths)):
-                cut = min(max(0, overflow(True)), max(0, key_widths[i] - floor))
-                key_widths[i] -= cut
-    return key_widths, columns, True
+            floor = 16 if step == "labels-16" else 6
+            for i in reversed(range(len(label_widths))):
+                if label_widths[i]:
+                    cut = min(max(0, overflow(True)), max(0, label_widths[i] - floor))
+                    label_widths[i] -= cut
+    return label_widths, columns, True
 
 
 def _table_columns_for(rows):
@@ -2248,23 +2272,52 @@ def _number_widths(rows, columns, compact):
     return widths
 
 
-def render_group_table(rows, group_by, width, totals=None, ellipsis="~"):
+def group_labels(group_by, details=None, compactions=None):
+    """The text columns of the group table: [(header, cell(key, tally) -> text, rank)],
+    rank None for a group key, else the order in which a narrow table gives it up.
+    Grouped by session, each session also shows its span, models, project and
+    compactions (a compaction resets the cache)."""
+    labels = [(field.upper(), lambda key, tally, i=i, field=field: display_key(field, key[i]),
+               None) for i, field in enumerate(group_by)]
+    if "session" not in group_by or details is None:
+        return labels
+    session_at = group_by.index("session")
+    labels += [("FIRST", lambda key, tally: fmt_stamp(tally.first_ts), 4),
+               ("LAST", lambda key, tally: fmt_stamp(tally.last_ts), 2),
+               ("MODELS", lambda key, tally: clean(", ".join(sorted(details[key][0]))), 1)]
+    if "project" not in group_by:
+        labels.append(("PROJECT", lambda key, tally: ", ".join(
+            sorted(display_key("project", p) for p in details[key][1])), 3))
+    if compactions:
+        labels.append(("COMPACT", lambda key, tally: fmt_int(
+            compactions.get(key[session_at], 0)), 0))
+    return labels
+
+
+def fmt_stamp(ts):
+    return "-" if ts is None else time.strftime("%m-%d %H:%M", time.localtime(ts))
+
+
+def render_group_table(rows, labels, width, totals=None, ellipsis="~"):
     """The grouped table as lines: header, one row a group, and a totals row."""
-    all_rows = list(rows) + ([(("TOTAL",) + ("",) * (len(group_by) - 1), totals)]
-                             if totals is not None and group_by else [])
-    key_widths, columns, compact = table_columns(all_rows, group_by, width)
-    widths = _number_widths(all_rows, columns, compact)
-    header = "  ".join(f.upper().ljust(w) for f, w in zip(group_by, key_widths))
+    headers = [label[0] for label in labels]
+    cells = [[label[1](key, tally) for label in labels] for key, tally in rows]
+    tallies = list(rows)
+    if totals is not None and labels:
+        cells.append(["TOTAL"] + [""] * (len(labels) - 1))
+        tallies.append(((), totals))
+    optional = sorted((i for i, label in enumerate(labels) if label[2] is not None),
+                      key=lambda i: labels[i][2])
+    label_widths, columns, compact = table_columns(cells, headers, tallies, width, optional)
+    widths = _number_widths(tallies, columns, compact)
+    shown = [i for i, w in enumerate(label_widths) if w]
+    header = "  ".join(headers[i].ljust(label_widths[i]) for i in shown)
     header += "".join("  " + h.rjust(w) for (h, _, _, _, _), w in zip(columns, widths))
     lines = [fit(header.rstrip(), width, ellipsis)]
-    for index, (key, tally) in enumerate(all_rows):
-        if totals is not None and index == len(rows):
-            cells = ["TOTAL".ljust(key_widths[0])] + ["".ljust(w) for w in key_widths[1:]]
-        else:
-            cells = [fit(display_key(f, v), w, ellipsis).ljust(w)
-                     for f, v, w in zip(group_by, key, key_widths)]
-        text = "  ".join(cells)
-        for (header_text, getter, short, full, _), w in zip(columns, widths):
+    for row, (_, tally) in zip(cells, tallies):
+        text = "  ".join(fit(row[i], label_widths[i], ellipsis).ljust(label_widths[i])
+                         for i in shown)
+        for (_, getter, short, full, _), w in zip(columns, widths):
             text += "  " + (short if compact else full)(getter(tally)).rjust(w)
         lines.append(fit(text.rstrip(), width, ellipsis))
     return lines
@@ -2328,7 +2381,8 @@ def render_report(report, width=80, ellipsis="~"):
     lines.extend(render_summary(agg.totals, width, ellipsis))
     if agg.group_by and report.rows:
         lines.append("")
-        lines.extend(render_group_table(report.rows, agg.group_by, width,
+        labels = group_labels(agg.group_by, agg.details, report.compactions)
+        lines.extend(render_group_table(report.rows, labels, width,
                                         agg.totals if len(agg.groups) > 1 else None, ellipsis))
         if report.hidden_groups:
             lines.append("(%s more groups; --top to show more)" % fmt_int(report.hidden_groups))
@@ -2391,6 +2445,10 @@ class Report(object):
                  top=None):
         self.aggregate = aggregate
         self.sources = sources
+        self.compactions = {}
+        for stats in sources:
+            for session, count in stats.sessions_compacted.items():
+                self.compactions[session] = self.compactions.get(session, 0) + count
         self.prices = prices
         self.now = now
         every = sorted_groups(aggregate.groups, sort, descending)
