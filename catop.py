@@ -16,6 +16,7 @@ One file, standard library only, Python 3.8+.  MIT licence.
 """
 
 import argparse
+import bisect
 import calendar
 import contextlib
 import csv
@@ -27,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -725,6 +727,15 @@ def normalize_record(record, wanted=ALL_ATTRIBUTES):
 # record plus the state of its file, and returns a Request or None; the
 # de-duplication that needs more than one file lives in the agent sources.
 
+class Compaction(object):
+    """A point where an agent summarized its context: the prompt cache starts over."""
+
+    __slots__ = ("ts",)
+
+    def __init__(self, ts):
+        self.ts = ts
+
+
 class FileContext(object):
     """What a parser remembers between the lines of one file (kept for tailing)."""
 
@@ -1297,6 +1308,342 @@ def resolve_window(window, since_text, until_text, now):
     return since, until
 
 
+# cache breaks: why the hit rate dropped
+
+BREAK_MIN_EXPECTED_TOKENS = 1024
+# The cache TTL in force when the data does not say otherwise, by provider.
+CACHE_TTL_S = {"anthropic": 300, "openai": 300, "azure": 300, "xai": 300, "mistral": 300,
+               "google": 3600, "gemini": 3600, "vertex_ai": 3600, "deepseek": 3600}
+DEFAULT_TTL_S = 300
+BREAK_CAUSES = ("model_switch", "compaction", "ttl_expired", "prefix_changed")
+_WRITE_REPORTING = ("anthropic", "bedrock", "vertex_ai-anthropic_models")
+
+
+class CacheBreak(object):
+    """A request that found much less of its prefix in the cache than the one before left."""
+
+    __slots__ = ("session", "ts", "model", "cause", "expected", "read", "rewritten", "gap_s",
+                 "cost")
+
+    def __init__(self, session, ts, model, cause, expected, read, rewritten, gap_s, cost):
+        self.session, self.ts, self.model, self.cause = session, ts, model, cause
+        self.expected, self.read, self.rewritten = expected, read, rewritten
+        self.gap_s, self.cost = gap_s, cost
+
+    def as_dict(self):
+        return {"session": self.session, "ts": iso_utc(self.ts), "model": self.model,
+                "cause": self.cause, "expected_read_tokens": self.expected,
+                "read_tokens": self.read, "rewritten_tokens": self.rewritten,
+                "gap_s": None if self.gap_s is None else round(self.gap_s, 3),
+                "cost_usd": round(self.cost, 9)}
+
+
+def ttl_in_force(req):
+    """The cache TTL the request's writes bought: 1 hour when they were mostly 1-hour
+    writes, else the provider's default."""
+    if req.cache_write_1h > req.cache_write_5m:
+        return 3600
+    return CACHE_TTL_S.get(req.provider.split("_")[0].lower(), DEFAULT_TTL_S)
+
+
+def expected_cached(req):
+    """The prefix a request leaves in the cache for the next one: what it read plus
+    what it wrote, or its whole input where the provider does not report writes."""
+    writes = req.cache_write_5m + req.cache_write_1h
+    if writes or req.provider.lower().startswith(_WRITE_REPORTING):
+        return req.cache_read + writes
+    return req.input
+
+
+def break_cause(before, after, compaction_times):
+    if after.model != before.model:
+        return "model_switch"
+    if before.ts is not None and after.ts is not None:
+        if any(before.ts < ts <= after.ts for ts in compaction_times):
+            return "compaction"
+        if after.ts - before.ts > ttl_in_force(before):
+            return "ttl_expired"
+    return "prefix_changed"
+
+
+def break_cost(after, rewritten, prices):
+    """What the rewritten tokens cost above the cache-read rate: written at the write
+    rate the request paid (5 m / 1 h mix), the rest at the input rate."""
+    rates = prices.rates(after.model, after.provider)
+    if rates is None or rewritten <= 0:
+        return 0.0
+    base, tier = rates
+    p_in, p_read, p_w5, p_w1 = (tier if tier is not None and after.input >
+                                TIER_THRESHOLD_TOKENS else base)[:4]
+    writes = after.cache_write_5m + after.cache_write_1h
+    written = min(rewritten, writes)
+    p_write = ((after.cache_write_5m * p_w5 + after.cache_write_1h * p_w1) / writes
+               if writes else p_in)
+    return written * (p_write - p_read) + (rewritten - written) * (p_in - p_read)
+
+
+def detect_breaks(requests, prices, compactions=None):
+    """Every cache break in a set of requests, session by session in time order.
+    compactions: {session: [ts, ...]}."""
+    compactions = compactions or {}
+    by_session = {}
+    for req in requests:
+        if req.session and req.ts is not None:
+            by_session.setdefault(req.session, []).append(req)
+    found = []
+    for session, chain in by_session.items():
+        chain.sort(key=lambda r: r.ts)
+        times = compactions.get(session, ())
+        for before, after in zip(chain, chain[1:]):
+            expected = expected_cached(before)
+            if expected < BREAK_MIN_EXPECTED_TOKENS or after.cache_read >= expected / 2:
+                continue
+            rewritten = min(expected - after.cache_read,
+                            after.cache_write_5m + after.cache_write_1h + after.miss)
+            found.append(CacheBreak(session, after.ts, after.model,
+                                    break_cause(before, after, times), expected,
+                                    after.cache_read, rewritten, after.ts - before.ts,
+                                    break_cost(after, rewritten, prices)))
+    found.sort(key=lambda b: b.ts)
+    return found
+
+
+# the live view's model: every request, priced once, in time order
+
+class Entry(object):
+    """A request with its price, as the live view keeps it."""
+
+    __slots__ = ("req", "cost", "no_cache_cost", "priced")
+
+    def __init__(self, req, cost, no_cache_cost, priced):
+        self.req, self.cost, self.no_cache_cost, self.priced = req, cost, no_cache_cost, priced
+
+
+def price_entries(requests, prices):
+    entries = []
+    for req in requests:
+        rates = prices.rates(req.model, req.provider)
+        cost, no_cache_cost = request_cost(req, rates)
+        entries.append(Entry(req, cost, no_cache_cost, rates is not None))
+    return entries
+
+
+def tally_entries(entries):
+    tally = Tally()
+    for entry in entries:
+        tally.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
+    return tally
+
+
+class Timeline(object):
+    """Entries split into timed (sorted, searchable by time) and untimed."""
+
+    def __init__(self, entries):
+        self.untimed = [e for e in entries if e.req.ts is None]
+        self.timed = sorted((e for e in entries if e.req.ts is not None), key=lambda e: e.req.ts)
+        self.times = [e.req.ts for e in self.timed]
+
+    def since(self, start, end=None):
+        """Timed entries with start <= ts (< end); every entry when start is None."""
+        if start is None and end is None:
+            return self.untimed + self.timed
+        lo = 0 if start is None else bisect.bisect_left(self.times, start)
+        hi = len(self.times) if end is None else bisect.bisect_left(self.times, end)
+        return self.timed[lo:hi]
+
+
+RATE_SPANS_S = (60, 300, 900)
+
+
+def rolling_rates(timeline, now):
+    """For 1, 5 and 15 minutes back from now: (req/min, tokens/min, $/h, hit rate)."""
+    rates = []
+    for span in RATE_SPANS_S:
+        tally = tally_entries(timeline.since(now - span, now + 1))
+        minutes = span / 60.0
+        rates.append((tally.requests / minutes, (tally.input + tally.output) / minutes,
+                      tally.cost * 3600.0 / span, tally.hit_rate))
+    return rates
+
+
+def hit_series(timeline, now, buckets=60, span_s=3600):
+    """Hit rate per bucket over the last span (None where no input flowed)."""
+    size = span_s / float(buckets)
+    start = now - span_s
+    read = [0] * buckets
+    total = [0] * buckets
+    for entry in timeline.since(start, now + 1):
+        index = min(buckets - 1, int((entry.req.ts - start) / size))
+        read[index] += entry.req.cache_read
+        total[index] += entry.req.input
+    return [r / t if t else None for r, t in zip(read, total)]
+
+
+SPARK_UNICODE = "\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"
+SPARK_ASCII = "_.-:=+*#"
+
+
+def sparkline(series, unicode_ok=True):
+    marks = SPARK_UNICODE if unicode_ok else SPARK_ASCII
+    return "".join(" " if v is None else marks[min(len(marks) - 1, int(v * len(marks)))]
+                   for v in series)
+
+
+LOW_HIT_ALERT = 0.30
+
+
+def live_alerts(timeline, now, breaks, unpriced, sources, alert_burn):
+    """(ts, text) alerts, newest first."""
+    alerts = []
+    recent = timeline.since(now - 300, now + 1)
+    tally = tally_entries(recent)
+    if tally.input and tally.hit_rate is not None and tally.hit_rate < LOW_HIT_ALERT:
+        causes = {}
+        for item in breaks:
+            if item.ts is not None and item.ts >= now - 300:
+                causes[item.cause] = causes.get(item.cause, 0) + 1
+        cause = max(causes, key=causes.get) if causes else None
+        text = "hit rate %s over the last 5 min" % fmt_pct(tally.hit_rate)
+        if cause:
+            text += ": likely %s" % CAUSE_TEXT[cause]
+        alerts.append((tally.last_ts or now, text))
+    burn = tally.cost * 12.0
+    if alert_burn is not None and burn > alert_burn:
+        alerts.append((tally.last_ts or now, "burn rate %s/h above --alert-burn %s/h" % (
+            fmt_usd(burn, 2), fmt_usd(alert_burn, 2))))
+    minute = tally_entries(timeline.since(now - 60, now + 1))
+    if minute.cost > 0 and minute.output == 0:
+        alerts.append((minute.last_ts or now, "%s spent in the last minute with no output "
+                       "tokens: a tool loop?" % fmt_usd(minute.cost)))
+    if unpriced:
+        alerts.append((0.0, "unpriced models (cost shown as $0): %s" % ", ".join(
+            clean(m) for m in sorted(unpriced)[:5])))
+    for stats in sources:
+        if stats.error:
+            alerts.append((now, "%s: %s" % (clean(stats.name), clean(stats.error))))
+    alerts.sort(key=lambda a: a[0], reverse=True)
+    return [text for _, text in alerts]
+
+
+CAUSE_TEXT = {"model_switch": "a model switch (a cache is per model)",
+              "compaction": "a compaction (the context was summarized)",
+              "ttl_expired": "an idle gap beyond the cache TTL",
+              "prefix_changed": "a changed prompt prefix (system prompt, tools or early "
+                                "messages)"}
+
+
+class View(object):
+    """What the live view shows: grouping, window, sort, filter and drill-down path."""
+
+    GROUPINGS = ("model", "project", "agent", "provider", "session", "day")
+    WINDOWS = ("all", "today", "1h", "24h", "7d", "30d", "week", "month")
+    SORTS = ("cost", "saved", "hit", "requests", "input", "read", "output", "last", "name")
+
+    def __init__(self, group_by=("model",), window="all", sort="cost", descending=True):
+        self.group_by = tuple(group_by) or ("model",)
+        self.window = window
+        self.sort = sort if sort in self.SORTS else "cost"
+        self.descending = descending
+        self.filter = ""
+        self.stack = []          # drill-down: [(group_by, key)], then a session id
+        self.selected = 0
+        self.paused = False
+        self.help = False
+        self.breaks_panel = False
+        self.typing = None       # the filter being typed after /, else None
+        self.bounds = (None, None)  # --since / --until
+        self.page = 10           # table rows on screen, for PgUp/PgDn
+
+    def level(self):
+        """'groups', 'sessions' (inside a group) or 'timeline' (one session)."""
+        if self.stack and isinstance(self.stack[-1], str):
+            return "timeline"
+        return "sessions" if self.stack else "groups"
+
+    def grouping(self):
+        return ("session",) if self.level() == "sessions" else self.group_by
+
+
+class Frame(object):
+    """Everything one screen shows, computed from the model; rendering is separate."""
+
+    def __init__(self):
+        self.totals = Tally()
+        self.rows = []           # [(key, tally)] or, in a timeline, [(req, cost)]
+        self.details = {}
+        self.rates = []
+        self.spark = []
+        self.alerts = []
+        self.breaks = []
+        self.now = 0.0
+
+
+def build_frame(model, view, now, alert_burn=5.0, cache=None):
+    """The frame for a view of the model at time now (pure: no I/O).  The grouped
+    table, the costly part, is kept in cache (a dict) while nothing it depends on
+    has changed, so an idle tick costs only the rolling figures."""
+    frame = Frame()
+    frame.now = now
+    timeline = model.timeline
+    start, until = _view_bounds(view, now)
+    key = (model.version, start if start is None else bisect.bisect_left(timeline.times, start),
+           until, view.group_by, tuple(view.stack), view.sort, view.descending, view.filter)
+    if cache is not None and cache.get("key") == key:
+        table = cache["table"]
+    else:
+        table = _build_table(timeline.since(start, until), view)
+        if cache is not None:
+            cache["key"], cache["table"] = key, table
+    frame.rows, frame.details, frame.totals, unpriced = table
+    frame.rates = rolling_rates(timeline, now)
+    frame.spark = hit_series(timeline, now)
+    frame.breaks = model.breaks
+    frame.alerts = live_alerts(timeline, now, model.breaks, unpriced, model.stats(),
+                               alert_burn)
+    return frame
+
+
+def _view_bounds(view, now):
+    start = window_start(view.window, now)
+    since, until = view.bounds
+    if since is not None:
+        start = since if start is None else max(start, since)
+    return start, until
+
+
+def _build_table(entries, view):
+    """(rows, details, totals, unpriced models) of the entries for the view's level."""
+    for group_by, key in [level for level in view.stack if not isinstance(level, str)]:
+        key_of = group_key_function(group_by)
+        entries = [e for e in entries if key_of(e.req) == key]
+    details = {}
+    if view.level() == "timeline":
+        session = view.stack[-1]
+        entries = [e for e in entries if e.req.session == session]
+        rows = [(e.req, e.cost) for e in sorted(
+            entries, key=lambda e: (e.req.ts is None, e.req.ts or 0))]
+    else:
+        grouping = view.grouping()
+        key_of = group_key_function(grouping)
+        groups = {}
+        for entry in entries:
+            key = key_of(entry.req)
+            tally = groups.get(key)
+            if tally is None:
+                tally = groups[key] = Tally()
+                details[key] = (set(), set())
+            tally.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
+            details[key][0].add(entry.req.model)
+            details[key][1].add(entry.req.project)
+        if view.filter:
+            needle = view.filter.lower()
+            groups = {k: t for k, t in groups.items()
+                      if needle in " ".join(display_key(f, v) for f, v in
+                                            zip(grouping, k)).lower()}
+        rows = sorted_groups(groups, view.sort, view.descending)
+    unpriced = {e.req.model or "(unknown model)" for e in entries if not e.priced}
+    return rows, details, tally_entries(entries), unpriced
+
 # ----------------------------------------------------------------------- io
 
 class LineSplitter(object):
@@ -1396,6 +1743,31 @@ def gc_paused():
     finally:
         if was_enabled:
             gc.enable()
+
+
+class StreamReader(object):
+    """A binary stream read block by block until EOF, or until a deadline passes
+    (--once --duration on a stream that never ends)."""
+
+    def __init__(self, stream, deadline=None):
+        self.stream = stream
+        self.deadline = deadline
+
+    def read(self, size):
+        if self.deadline is None:
+            return self.stream.read(size)
+        import select
+        fd = self.stream.fileno()
+        while True:
+            left = self.deadline - time.time()
+            if left <= 0:
+                return b""
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                return os.read(fd, size)
+
+    def seek(self, offset):
+        raise OSError("a stream cannot seek")
 
 
 def split_points(path, size, parts):
@@ -1612,7 +1984,7 @@ def candidate_lines(block, needles):
 class FileState(object):
     """Where reading one file stopped, so a rescan reads only appended bytes."""
 
-    __slots__ = ("path", "device", "inode", "size", "offset", "partial", "context")
+    __slots__ = ("path", "device", "inode", "size", "offset", "partial", "context", "restarts")
 
     def __init__(self, path):
         self.path = path
@@ -1620,8 +1992,11 @@ class FileState(object):
         self.size = self.offset = 0
         self.partial = b""
         self.context = FileContext(path)
+        self.restarts = 0   # times the file was replaced or truncated under us
 
     def reset(self):
+        if self.device is not None:
+            self.restarts += 1
         self.offset = 0
         self.partial = b""
         self.context = FileContext(self.path)
@@ -1677,6 +2052,8 @@ def scan_agent_jsonl(agent, state, final=True):
             except (ValueError, TypeError, RecursionError, OverflowError):
                 stats.skip("malformed")
                 continue
+            if result == "compact":
+                result = Compaction(parse_timestamp(record.get("timestamp")))
             if result is not None:
                 results.append((ctx.session, result))
     return results, stats
@@ -1709,8 +2086,11 @@ class AgentSource(object):
         self.states = {}
         self.keyed = {}          # dedup key -> (size, Request)
         self.main_ids = set()    # Claude Code message ids seen outside a sidechain
-        self.loose = []          # requests that need no cross-file de-duplication
+        self.loose = {}          # path -> requests that need no cross-file de-duplication
         self.compactions = {}    # session -> count
+        self.compaction_times = []  # (session, ts)
+        self.version = 0         # grows whenever something new was read
+        self.opencode_signature = None
 
     def scan(self, final=True, parallel=True, paths=None):
         """Reads what is new in every file of the agent (or in paths)."""
@@ -1726,14 +2106,17 @@ class AgentSource(object):
             paths = [p for p in paths if p not in self.states]
         for path in paths:
             state = self.states.get(path) or FileState(path)
+            restarts = state.restarts
             try:
                 results, stats = self._scan_one(state, final)
             except OSError as error:
                 self.stats.error = "cannot read %s: %s" % (path, error.strerror or error)
                 continue
+            if state.restarts != restarts:
+                self.loose.pop(path, None)  # rewritten from the start: read afresh
             self.states[path] = state
             self.stats.merge(stats)
-            self._take(results)
+            self._take(results, path)
 
     def _scan_in_workers(self, paths, workers):
         """New files read by worker processes one at a time and merged here as they
@@ -1753,10 +2136,13 @@ class AgentSource(object):
         self.states.update(other.states)
         self.stats.merge(other.stats)
         self.stats.error = self.stats.error or other.stats.error
-        self.loose.extend(other.loose)
+        for path, requests in other.loose.items():
+            self.loose.setdefault(path, []).extend(requests)
         self.main_ids.update(other.main_ids)
         for session, count in other.compactions.items():
             self.compactions[session] = self.compactions.get(session, 0) + count
+        self.compaction_times.extend(other.compaction_times)
+        self.version += other.version + 1
         for key, (size, req) in other.keyed.items():
             held = self.keyed.get(key)
             if held is None:
@@ -1800,24 +2186,27 @@ class AgentSource(object):
                     results.append((state.context.session, result))
         return results, stats
 
-    def _take(self, results):
+    def _take(self, results, path):
+        if results:
+            self.version += 1
         for session, result in results:
-            if result == "compact":
+            if type(result) is Compaction:
                 self.compactions[session] = self.compactions.get(session, 0) + 1
+                self.compaction_times.append((session, result.ts))
                 self.stats.compactions += 1
             elif result == "duplicate":
                 self.stats.skip("duplicate")
             elif isinstance(result, Request):
-                self.loose.append(result)
+                self.loose.setdefault(path, []).append(result)
             elif len(result) == 3:
-                self._keep_largest(*result)
+                self._keep_largest(path, *result)
             else:
                 self._keep_latest(session, *result)
 
-    def _keep_largest(self, key, size, req):
+    def _keep_largest(self, path, key, size, req):
         """Claude Code: one response on several lines; the largest line wins."""
         if key is None:
-            self.loose.append(req)
+            self.loose.setdefault(path, []).append(req)
             return
         if not req.sidechain:
             self.main_ids.add(key_message_part(key))
@@ -1837,6 +2226,17 @@ class AgentSource(object):
         self.keyed[key] = (0, req)
 
     def _scan_opencode(self, paths):
+        signature = []
+        for path in paths + [p + "-wal" for p in paths if p.endswith(".db")]:
+            try:
+                info = os.stat(path)
+                signature.append((path, info.st_mtime, info.st_size))
+            except OSError:
+                pass
+        if signature == self.opencode_signature:
+            return
+        self.opencode_signature = signature
+        self.version += 1
         self.keyed = {}
         self.stats = SourceStats(self.stats.name)
         for path in paths:
@@ -1862,8 +2262,9 @@ class AgentSource(object):
 
     def requests(self):
         """The de-duplicated requests read so far."""
-        for req in self.loose:
-            yield req
+        for requests in self.loose.values():
+            for req in requests:
+                yield req
         for key, (_, req) in self.keyed.items():
             if not self._is_sidechain_replay(key, req):
                 yield req
@@ -1920,6 +2321,171 @@ def scan_agent(name, aggregate):
         source.stats.records += 1
         aggregate.add(req)
     return source.stats
+
+
+# live sources: each polls for what is new and says whether anything changed
+
+class LiveFileSource(object):
+    """A request-log file, tailed: only appended bytes are read; a partial last line
+    waits for its newline; a truncated or replaced file is read again from the start."""
+
+    def __init__(self, path):
+        self.path = path
+        self.state = FileState(path)
+        self.stats = SourceStats("file:%s" % path)
+        self.requests = []
+
+    def poll(self):
+        restarts = self.state.restarts
+        fresh, stats = [], SourceStats(self.stats.name)
+        try:
+            for block in read_new_blocks(self.state, final=False):
+                scan_request_lines(block.split(b"\n"), stats, fresh.append)
+        except OSError as error:
+            changed = self.stats.error is None
+            self.stats.error = "unreadable: %s" % (error.strerror or error)
+            return changed
+        recovered = self.stats.error is not None
+        self.stats.error = None
+        if self.state.restarts != restarts:
+            self.requests, self.stats = [], SourceStats(self.stats.name)
+            recovered = True
+        self.stats.merge(stats)
+        self.requests.extend(fresh)
+        return bool(fresh) or recovered or any(stats.skipped.values())
+
+    def compaction_times(self):
+        return ()
+
+
+class LiveStreamSource(object):
+    """Standard input (or any descriptor), read without blocking as lines arrive."""
+
+    def __init__(self, fd, name="stdin"):
+        self.fd = fd
+        self.splitter = LineSplitter()
+        self.stats = SourceStats(name)
+        self.requests = []
+        self.closed = False
+
+    def poll(self):
+        import select
+        changed = False
+        while not self.closed:
+            ready, _, _ = select.select([self.fd], [], [], 0)
+            if not ready:
+                break
+            data = os.read(self.fd, READ_BLOCK_BYTES)
+            if not data:
+                self.closed = True
+                lines = [self.splitter.finish()]
+            else:
+                lines = self.splitter.feed(data)
+            before = self.stats.records
+            scan_request_lines(lines, self.stats, self.requests.append)
+            changed = changed or self.stats.records != before or bool(lines)
+        return changed
+
+    def compaction_times(self):
+        return ()
+
+
+class LiveAgentSource(object):
+    """One agent's folders: known files polled every tick, new files looked for
+    every few seconds."""
+
+    DISCOVERY_INTERVAL_S = 5.0
+
+    def __init__(self, name, clock=time.time):
+        self.source = AgentSource(name)
+        self.clock = clock
+        self.paths = None
+        self.discovered_at = 0.0
+        self.version = -1
+
+    @property
+    def stats(self):
+        return self.source.stats
+
+    @property
+    def requests(self):
+        return list(self.source.requests())
+
+    def poll(self, rediscover=False):
+        now = self.clock()
+        if self.paths is None or rediscover or now - self.discovered_at >= \
+                self.DISCOVERY_INTERVAL_S:
+            self.paths = agent_files(self.source.agent)
+            self.discovered_at = now
+        self.source.scan(final=False, parallel=self.version < 0, paths=self.paths)
+        changed = self.source.version != self.version
+        self.version = self.source.version
+        return changed
+
+    def compaction_times(self):
+        return self.source.compaction_times
+
+
+class LiveDemoSource(object):
+    """Simulated traffic that keeps arriving: the past six hours at once, then each
+    request when the clock reaches it."""
+
+    def __init__(self, seed, clock=time.time):
+        self.clock = clock
+        start = clock()
+        self.pending, self.compactions = demo_traffic(seed, start + 6 * 3600, hours=12.0)
+        self.stats = SourceStats("demo (seed %d)" % seed)
+        self.requests = []
+
+    def poll(self):
+        now = self.clock()
+        count = bisect.bisect_right([r.ts for r in self.pending], now)
+        if not count:
+            return False
+        self.requests.extend(self.pending[:count])
+        del self.pending[:count]
+        self.stats.records = len(self.requests)
+        return True
+
+    def compaction_times(self):
+        now = self.clock()
+        return [(session, ts) for session, ts in self.compactions if ts <= now]
+
+
+class LiveModel(object):
+    """Every request of every live source, priced, in time order, with its breaks."""
+
+    def __init__(self, sources, prices):
+        self.sources = sources
+        self.prices = prices
+        self.timeline = Timeline([])
+        self.breaks = []
+        self.version = 0
+
+    def poll(self, rediscover=False):
+        """Reads what is new everywhere; True when the model changed."""
+        changed = False
+        for source in self.sources:
+            if isinstance(source, LiveAgentSource):
+                changed = source.poll(rediscover) or changed
+            else:
+                changed = source.poll() or changed
+        if changed:
+            self.rebuild()
+        return changed
+
+    def rebuild(self):
+        requests = [req for source in self.sources for req in source.requests]
+        self.timeline = Timeline(price_entries(requests, self.prices))
+        compactions = {}
+        for source in self.sources:
+            for session, ts in source.compaction_times():
+                compactions.setdefault(session, []).append(ts)
+        self.breaks = detect_breaks(requests, self.prices, compactions)
+        self.version += 1
+
+    def stats(self):
+        return [source.stats for source in self.sources]
 
 
 # prices: the only code that touches the network
@@ -2075,36 +2641,48 @@ _DEMO_PROFILES = (
 def demo_requests(seed=1, now=None, hours=6.0):
     """Realistic mixed traffic: growing conversations whose cache sometimes breaks
     (idle gaps past the TTL, model switches, compactions, prompt changes)."""
+    return demo_traffic(seed, now, hours)[0]
+
+
+def demo_traffic(seed=1, now=None, hours=6.0):
+    """(requests in time order, compactions as (session, ts)) of the demo."""
     now = time.time() if now is None else now
     rng = random.Random(seed)
-    requests = []
+    requests, compactions = [], []
     for agent, provider, models, project, sessions, system, gap in _DEMO_PROFILES:
         for number in range(sessions):
             session = "%s-%04x" % (agent, rng.randrange(0x10000))
             ts = now - hours * 3600 * rng.uniform(0.3, 1.0)
             requests.extend(_demo_session(rng, ts, now, agent, provider, models, project,
-                                          session, system, gap))
+                                          session, system, gap, compactions))
     requests.sort(key=lambda r: r.ts)
-    return requests
+    return requests, compactions
 
 
-def _demo_session(rng, ts, now, agent, provider, models, project, session, system, gap):
+def _demo_session(rng, ts, now, agent, provider, models, project, session, system, gap,
+                  compactions):
     anthropic = provider == "anthropic"
-    model, cached, context = models[0], 0, system
+    coding = agent in ("claude-code", "codex")
+    model, cached, context, ttl = models[0], 0, system, 300
     out = []
     while ts < now and len(out) < 90:
         event = rng.random()
         if event < 0.04:
-            ts += rng.uniform(400, 1500)          # idle past the 5-minute TTL
-            cached = 0 if provider in ("anthropic", "openai") else cached
-        elif event < 0.07 and len(models) > 1:
-            model = rng.choice(models)            # a model switch: a new cache
-            cached = 0
+            idle = rng.uniform(400, 4000)        # away from the keyboard
+            ts += idle
+            if idle > ttl:
+                cached = 0
+        elif event < 0.07:
+            if len(models) > 1:
+                model = rng.choice([m for m in models if m != model])  # a new cache
+                cached = 0
         elif event < 0.09:
-            context = system + rng.randint(2000, 6000)  # compaction
-            cached = 0
-        elif event < 0.11:
-            cached = min(cached, rng.randint(0, system // 2))  # prompt changed
+            if coding:
+                context = system + rng.randint(2000, 6000)  # compaction
+                cached = 0
+                compactions.append((session, ts - 1))
+        elif event < 0.10:
+            cached = min(cached, rng.randint(0, system // 2))  # the prompt changed
         if ts >= now:
             break
         context += rng.randint(300, 4000)
@@ -2113,6 +2691,7 @@ def _demo_session(rng, ts, now, agent, provider, models, project, session, syste
         write = fresh if anthropic else 0
         miss = rng.randint(1, 12) if anthropic else fresh
         one_hour = anthropic and agent == "claude-code" and rng.random() < 0.3
+        ttl = 3600 if one_hour else CACHE_TTL_S.get(provider, DEFAULT_TTL_S)
         output = rng.randint(80, 2500)
         reasoning = rng.randint(0, output // 2) if "gpt-5" in model or "gemini" in model else 0
         out.append(Request(ts, agent, provider, model, project, session, miss, read,
@@ -2298,8 +2877,10 @@ def fmt_stamp(ts):
     return "-" if ts is None else time.strftime("%m-%d %H:%M", time.localtime(ts))
 
 
-def render_group_table(rows, labels, width, totals=None, ellipsis="~"):
-    """The grouped table as lines: header, one row a group, and a totals row."""
+def group_table(rows, labels, width, totals=None, ellipsis="~"):
+    """The grouped table fitted to width, as [(tally or None, [(text, column)])]:
+    the header first, one row a group, then the totals row.  Cells carry their
+    column name so a renderer can style them (the live view colours HIT%)."""
     headers = [label[0] for label in labels]
     cells = [[label[1](key, tally) for label in labels] for key, tally in rows]
     tallies = list(rows)
@@ -2311,16 +2892,20 @@ def render_group_table(rows, labels, width, totals=None, ellipsis="~"):
     label_widths, columns, compact = table_columns(cells, headers, tallies, width, optional)
     widths = _number_widths(tallies, columns, compact)
     shown = [i for i, w in enumerate(label_widths) if w]
-    header = "  ".join(headers[i].ljust(label_widths[i]) for i in shown)
-    header += "".join("  " + h.rjust(w) for (h, _, _, _, _), w in zip(columns, widths))
-    lines = [fit(header.rstrip(), width, ellipsis)]
+    table = [(None, [(headers[i].ljust(label_widths[i]), "") for i in shown] +
+              [(h.rjust(w), h) for (h, _, _, _, _), w in zip(columns, widths)])]
     for row, (_, tally) in zip(cells, tallies):
-        text = "  ".join(fit(row[i], label_widths[i], ellipsis).ljust(label_widths[i])
-                         for i in shown)
-        for (_, getter, short, full, _), w in zip(columns, widths):
-            text += "  " + (short if compact else full)(getter(tally)).rjust(w)
-        lines.append(fit(text.rstrip(), width, ellipsis))
-    return lines
+        table.append((tally, [(fit(row[i], label_widths[i], ellipsis).ljust(label_widths[i]),
+                               "") for i in shown] +
+                      [((short if compact else full)(getter(tally)).rjust(w), h)
+                       for (h, getter, short, full, _), w in zip(columns, widths)]))
+    return table
+
+
+def render_group_table(rows, labels, width, totals=None, ellipsis="~"):
+    """The grouped table as lines of text."""
+    return [fit("  ".join(text for text, _ in cells).rstrip(), width, ellipsis)
+            for _, cells in group_table(rows, labels, width, totals, ellipsis)]
 
 
 def render_summary(totals, width, ellipsis="~"):
@@ -2436,6 +3021,332 @@ def _timeline_cells(req, cost, with_date, compact):
             fmt_pct(req.cache_read / total if total else None), fmt_usd(cost)]
 
 
+# the live screen: a frame -> lines of (text, style) segments, cut to the screen
+
+def hit_style(ratio):
+    if ratio is None:
+        return ""
+    return "bad" if ratio < 0.30 else ("warn" if ratio < 0.60 else "")
+
+
+def fit_segments(segments, width, ellipsis="~"):
+    """Segments cut to width columns in total, styles kept."""
+    out, used = [], 0
+    for text, style in segments:
+        if used >= width:
+            break
+        room = width - used
+        if len(text) > room:
+            text = fit(text, room, ellipsis)
+        out.append((text, style))
+        used += len(text)
+    return out
+
+
+def rates_text(rates):
+    """The rolling rates like load averages: each measure over 1, 5 and 15 minutes."""
+    def figures(values, form):
+        return " ".join(form(v) for v in values)
+    per_min = figures([r[0] for r in rates], lambda v: ("%.1f" % v) if v < 100 else
+                      fmt_tokens(int(v), True))
+    tokens = figures([r[1] for r in rates], lambda v: fmt_tokens(int(v), True))
+    dollars = figures([r[2] for r in rates], lambda v: "%.2f" % v if v < 1000 else "%.0f" % v)
+    hits = figures([r[3] for r in rates], lambda v: "-" if v is None else "%.0f%%" % (v * 100))
+    return "1/5/15m  req/min %s   tok/min %s   $/h %s   hit %s" % (per_min, tokens, dollars,
+                                                                   hits)
+
+
+def _header_lines(frame, view, meta, width, ellipsis, unicode_ok=True):
+    order = ("\u25bc" if view.descending else "\u25b2") if unicode_ok else \
+        ("-" if view.descending else "+")
+    title = [("catop", "title"), ("  %s" % time.strftime("%H:%M:%S", time.localtime(frame.now)),
+                                  "")]
+    title.append(("  window %s  group %s  sort %s %s" % (
+        view.window, ",".join(view.group_by), view.sort, order), "dim"))
+    title.append(("  prices %s, %s" % (clean(meta["prices_origin"]), fmt_age(meta["prices_age"])),
+                  "dim"))
+    if view.paused:
+        title.insert(1, ("  PAUSED", "warn"))
+    sources = "sources  " + "  ".join(
+        "%s %s" % (clean(s.name), fmt_int(s.records)) + (" [!]" if s.error else "")
+        for s in meta["sources"])
+    return fit_segments(title, width, ellipsis), fit_segments([(sources, "dim")], width, ellipsis)
+
+
+def _summary_line(totals, width, ellipsis):
+    t = totals
+    segments = [("req %s  " % fmt_int(t.requests), ""), ("hit %s" % fmt_pct(t.hit_rate),
+                                                          hit_style(t.hit_rate) or "ok"),
+                ("  read %s  write %s  miss %s  out %s  " % (
+                    fmt_tokens(t.cache_read, True), fmt_tokens(t.cache_write, True),
+                    fmt_tokens(t.miss, True), fmt_tokens(t.output, True)), ""),
+                ("cost %s" % fmt_usd(t.cost), "title"), ("  saved %s" % fmt_usd(t.saved),
+                                                         "ok" if t.saved >= 0 else "bad")]
+    if t.observed_requests:
+        segments.append(("  observed %s" % fmt_usd(t.observed_cost), "dim"))
+    return fit_segments(segments, width, ellipsis)
+
+
+def _table_lines(frame, view, width, rows_room, ellipsis):
+    """The table (or timeline, breaks, help) and the index of the selected row."""
+    if view.help:
+        return [[(line, "")] for line in HELP_TEXT][:rows_room]
+    if view.breaks_panel:
+        return _breaks_lines(frame, view, width, rows_room, ellipsis)
+    if view.level() == "timeline":
+        return _timeline_lines(frame, view, width, rows_room, ellipsis)
+    if not frame.rows:
+        return [[("no requests in this view%s" % (" matching /%s" % view.filter
+                                                   if view.filter else ""), "dim")]]
+    grouping = view.grouping()
+    labels = group_labels(grouping, frame.details if "session" in grouping else None)
+    table = group_table(frame.rows, labels, width, None, ellipsis)
+    return _scrolled(table, view, rows_room, width, ellipsis)
+
+
+def _scrolled(table, view, rows_room, width, ellipsis):
+    """Header plus the rows that fit, scrolled so the selected row is visible."""
+    header, body = table[0], table[1:]
+    visible = max(1, rows_room - 1)
+    view.page = visible
+    view.selected = max(0, min(view.selected, len(body) - 1))
+    top = min(max(0, view.selected - visible + 1), max(0, len(body) - visible))
+    top = min(top, view.selected)
+    lines = [fit_segments(_join_cells(header[1], "title"), width, ellipsis)]
+    for index in range(top, min(len(body), top + visible)):
+        tally, cells = body[index]
+        selected = index == view.selected
+        segments = []
+        for text, column in cells:
+            style = "select" if selected else (hit_style(tally.hit_rate) if column == "HIT%"
+                                               else "")
+            segments.append((text, style))
+            segments.append(("  ", "select" if selected else ""))
+        lines.append(fit_segments(segments[:-1], width, ellipsis))
+    return lines
+
+
+def _join_cells(cells, style):
+    segments = []
+    for text, _ in cells:
+        segments.append((text, style))
+        segments.append(("  ", style))
+    return segments[:-1]
+
+
+def _timeline_lines(frame, view, width, rows_room, ellipsis):
+    marks = {(b.session, b.ts): b.cause for b in frame.breaks}
+    days = {local_day(req.ts) for req, _ in frame.rows}
+    header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST", "BREAK"]
+    cells = [_timeline_cells(req, cost, len(days) > 1, True) +
+             [marks.get((req.session, req.ts), "")] for req, cost in frame.rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
+    overflow = sum(widths) + 2 * (len(widths) - 1) - width
+    if overflow > 0:
+        widths[1] = max(8, widths[1] - overflow)
+    table = [(None, [(h.ljust(w) if i < 2 else h.rjust(w), "") for i, (h, w) in
+                     enumerate(zip(header, widths))])]
+    for (req, _), row in zip(frame.rows, cells):
+        hit = req.cache_read / req.input if req.input else None
+        table.append((_RowHit(hit), [(fit(c, w, ellipsis).ljust(w) if i in (0, 1, 8) else
+                                      c.rjust(w), header[i]) for i, (c, w) in
+                                     enumerate(zip(row, widths))]))
+    return _scrolled(table, view, rows_room, width, ellipsis)
+
+
+class _RowHit(object):
+    """Stands in for a Tally where a timeline row styles its HIT% cell."""
+
+    __slots__ = ("hit_rate",)
+
+    def __init__(self, hit_rate):
+        self.hit_rate = hit_rate
+
+
+def _breaks_lines(frame, view, width, rows_room, ellipsis):
+    """The breaks panel: the latest cache breaks, newest first."""
+    header = ["TIME", "SESSION", "MODEL", "CAUSE", "EXPECTED", "READ", "GAP", "COST"]
+    if not frame.breaks:
+        return [[(" ".join(header), "title")], [("no cache breaks found", "dim")]]
+    latest = list(reversed(frame.breaks[-500:]))
+    cells = [[fmt_stamp(b.ts), clean(b.session), clean(b.model), b.cause,
+              fmt_tokens(b.expected, True), fmt_tokens(b.read, True), fmt_gap(b.gap_s),
+              fmt_usd(b.cost)] for b in latest]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
+    for index in (1, 2):  # session and model give way first
+        overflow = sum(widths) + 2 * (len(widths) - 1) - width
+        if overflow > 0:
+            widths[index] = max(8, widths[index] - overflow)
+    table = [(None, [(h.ljust(w) if i < 4 else h.rjust(w), "") for i, (h, w) in
+                     enumerate(zip(header, widths))])]
+    for item, row in zip(latest, cells):
+        table.append((_RowHit(0.0 if item.cost > 0 else None),
+                      [(fit(c, w, ellipsis).ljust(w) if i < 4 else c.rjust(w), header[i])
+                       for i, (c, w) in enumerate(zip(row, widths))]))
+    return _scrolled(table, view, rows_room, width, ellipsis)
+
+
+def fmt_gap(seconds):
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return "%.0fs" % seconds
+    if seconds < 7200:
+        return "%.0fm" % (seconds / 60)
+    return "%.1fh" % (seconds / 3600)
+
+
+HELP_TEXT = (
+    "catop keys",
+    "  q, Ctrl-C      quit",
+    "  ?              this help (any key closes it)",
+    "  up/down, j/k   move; PgUp/PgDn, Home/End",
+    "  Enter          drill in: a group's sessions, then a session's requests",
+    "  Esc, Backspace back out",
+    "  g              cycle group-by: model, project, agent, provider, session, day",
+    "  w              cycle window: all, today, 1h, 24h, 7d, 30d, week, month",
+    "  s / S          cycle sort column / flip the order",
+    "  /              filter rows by text (Enter applies, Esc cancels)",
+    "  p              pause the display (data keeps being read)",
+    "  b              cache breaks: where the cache was lost, why, and what it cost",
+    "  r              rescan the sources now",
+    "",
+    "HIT% is cache read / input: normal >= 60%, yellow below, red below 30%.",
+)
+
+
+def _key_line(view, unicode_ok, width, ellipsis):
+    if view.typing is not None:
+        return fit_segments([("filter: ", "title"), (view.typing + "_", "")], width, ellipsis)
+    path = ""
+    for level in view.stack:
+        path += " > " + (("session " + level) if isinstance(level, str) else
+                         ",".join(display_key(f, v) for f, v in zip(*level)))
+    up_down, enter, back = ("\u2191\u2193", "\u23ce", "\u232b") if unicode_ok else \
+        ("up/dn", "Enter", "Bksp")
+    hints = "q quit  ? help  %s move  %s drill  %s back  g group  w window  s sort  / filter  " \
+            "p pause  b breaks  r rescan" % (up_down, enter, back)
+    segments = []
+    if path or view.filter:
+        segments.append((clean(path.strip()) + ("  /%s" % view.filter if view.filter else "") +
+                         "   ", "title"))
+    segments.append((hints, "dim"))
+    return fit_segments(segments, width, ellipsis)
+
+
+def render_screen(frame, view, meta, width, height, unicode_ok=True):
+    """The live screen: at most height lines, each at most width columns, of
+    (text, style) segments.  Sections give way to the table as the screen shrinks."""
+    if width <= 0 or height <= 0:
+        return []
+    ellipsis = "\u2026" if unicode_ok else "~"
+    title, sources = _header_lines(frame, view, meta, width, ellipsis, unicode_ok)
+    top = [title]
+    extras = [("summary", 3), ("rates", 10), ("spark", 12), ("sources", 14)]
+    for name, minimum in extras:
+        if height < minimum:
+            continue
+        if name == "summary":
+            top.append(_summary_line(frame.totals, width, ellipsis))
+        elif name == "rates":
+            top.append(fit_segments([(rates_text(frame.rates), "")], width, ellipsis))
+        elif name == "spark":
+            room = max(0, width - 12)
+            series = frame.spark[-room:] if room else []
+            top.append(fit_segments([("hit 1h  ", "dim"), (sparkline(series, unicode_ok), "ok"),
+                                     ("  now", "dim")], width, ellipsis))
+        else:
+            top.append(sources)
+    bottom = [_key_line(view, unicode_ok, width, ellipsis)] if height >= 2 else []
+    alerts = [fit_segments([("! " + text, "bad")], width, ellipsis)
+              for text in frame.alerts[:2 if height >= 16 else 1]] if height >= 8 else []
+    room = height - len(top) - len(bottom) - len(alerts)
+    if room < 2 and alerts:
+        alerts, room = [], room + len(alerts)
+    while room < 2 and len(top) > 1:
+        top.pop()
+        room += 1
+    table = _table_lines(frame, view, width, max(0, room), ellipsis) if room > 0 else []
+    body = table + [[]] * max(0, room - len(table))
+    return (top + body[:max(0, room)] + alerts + bottom)[:height]
+
+
+def handle_key(view, key, frame):
+    """Changes the view for one key; returns 'quit', 'rescan' or None."""
+    if view.typing is not None:
+        return _filter_key(view, key)
+    if view.help:
+        view.help = False
+        return None
+    rows = len(frame.rows)
+    page = getattr(view, "page", 10)
+    moves = {"up": -1, "k": -1, "down": 1, "j": 1, "pgup": -page, "pgdn": page,
+             "home": -rows, "end": rows}
+    if key in ("q", "ctrl-c"):
+        return "quit"
+    if key in moves:
+        view.selected = max(0, min(rows - 1, view.selected + moves[key]))
+    elif key == "?":
+        view.help = True
+    elif key == "enter":
+        _drill(view, frame)
+    elif key in ("esc", "backspace"):
+        if view.breaks_panel:
+            view.breaks_panel = False
+        elif view.stack:
+            view.stack.pop()
+            view.selected = 0
+    elif key == "g":
+        current = view.group_by[0] if view.group_by else "model"
+        view.group_by = (_next(View.GROUPINGS, current),)
+        view.stack, view.selected = [], 0
+    elif key == "w":
+        view.window, view.selected = _next(View.WINDOWS, view.window), 0
+    elif key == "s":
+        view.sort = _next(View.SORTS, view.sort)
+    elif key == "S":
+        view.descending = not view.descending
+    elif key == "/":
+        view.typing = view.filter
+    elif key == "p":
+        view.paused = not view.paused
+    elif key == "b":
+        view.breaks_panel = not view.breaks_panel
+    elif key == "r":
+        return "rescan"
+    return None
+
+
+def _next(options, current):
+    return options[(options.index(current) + 1) % len(options)] if current in options \
+        else options[0]
+
+
+def _filter_key(view, key):
+    if key == "enter":
+        view.filter, view.typing, view.selected = view.typing.strip(), None, 0
+    elif key == "esc":
+        view.typing = None
+    elif key == "backspace":
+        view.typing = view.typing[:-1]
+    elif len(key) == 1 and key.isprintable():
+        view.typing += key
+    return None
+
+
+def _drill(view, frame):
+    level = view.level()
+    if level == "timeline" or view.breaks_panel or not frame.rows:
+        return
+    key = frame.rows[min(view.selected, len(frame.rows) - 1)][0]
+    grouping = view.grouping()
+    if grouping == ("session",):
+        view.stack.append(key[0])
+    else:
+        view.stack.append((grouping, key))
+    view.selected = 0
+
+
 # ------------------------------------------------------------------- output
 
 class Report(object):
@@ -2540,6 +3451,173 @@ def format_table(report, width=80, ellipsis="~"):
     return "\n".join(lines) + "\n"
 
 
+# the curses layer: draws the lines render_screen gives it, reads keys
+
+_KEY_NAMES = {10: "enter", 13: "enter", 27: "esc", 127: "backspace", 8: "backspace", 3: "ctrl-c"}
+
+
+def key_name(code):
+    """A curses key code as the name handle_key knows."""
+    import curses
+    named = {curses.KEY_UP: "up", curses.KEY_DOWN: "down", curses.KEY_PPAGE: "pgup",
+             curses.KEY_NPAGE: "pgdn", curses.KEY_HOME: "home", curses.KEY_END: "end",
+             curses.KEY_ENTER: "enter", curses.KEY_BACKSPACE: "backspace",
+             curses.KEY_RESIZE: "resize"}
+    if code in named:
+        return named[code]
+    if code in _KEY_NAMES:
+        return _KEY_NAMES[code]
+    if 32 <= code < 127:
+        return chr(code)
+    return ""
+
+
+def curses_styles(use_colour):
+    """Semantic styles -> curses attributes, monochrome without colour."""
+    import curses
+    mono = {"": curses.A_NORMAL, "title": curses.A_BOLD, "ok": curses.A_NORMAL,
+            "warn": curses.A_BOLD, "bad": curses.A_BOLD | curses.A_UNDERLINE,
+            "dim": curses.A_DIM, "select": curses.A_REVERSE}
+    if not use_colour:
+        return mono
+    try:
+        curses.start_color()
+        curses.use_default_colors()
+        background = -1
+    except curses.error:
+        return mono
+    styles = dict(mono)
+    for number, (name, colour, extra) in enumerate((
+            ("title", curses.COLOR_CYAN, curses.A_BOLD), ("ok", curses.COLOR_GREEN, 0),
+            ("warn", curses.COLOR_YELLOW, curses.A_BOLD), ("bad", curses.COLOR_RED, curses.A_BOLD),
+            ("dim", curses.COLOR_BLUE, 0)), start=1):
+        try:
+            curses.init_pair(number, colour, background)
+            styles[name] = curses.color_pair(number) | extra
+        except curses.error:
+            pass
+    return styles
+
+
+def draw_lines(window, lines, styles):
+    """Draws lines of (text, style) segments, clipped to the window; the bottom-right
+    cell is never written (it raises curses.error on most terminals)."""
+    import curses
+    height, width = window.getmaxyx()
+    window.erase()
+    for row, segments in enumerate(lines[:height]):
+        column = 0
+        limit = width - 1 if row == height - 1 else width
+        for text, style in segments:
+            room = limit - column
+            if room <= 0:
+                break
+            text = clean(text)[:room]
+            try:
+                window.addstr(row, column, text, styles.get(style, 0))
+            except curses.error:
+                pass
+            column += len(text)
+    window.noutrefresh()
+    curses.doupdate()
+
+
+class LiveApp(object):
+    """The live loop, apart from curses so that tests drive it with a fake window."""
+
+    def __init__(self, model, view, meta, interval_s=1.0, duration_s=None, alert_burn=5.0,
+                 clock=time.time):
+        self.model, self.view, self.meta = model, view, meta
+        self.interval_s = interval_s
+        self.duration_s = duration_s
+        self.alert_burn = alert_burn
+        self.clock = clock
+        self.started = clock()
+        self.next_poll = 0.0
+        self.frame = None
+        self.table_cache = {}
+
+    def tick(self, rescan=False):
+        """Polls the sources when due; returns True when the screen must be redrawn."""
+        now = self.clock()
+        changed = False
+        if rescan or now >= self.next_poll:
+            changed = self.model.poll(rediscover=rescan)
+            self.next_poll = now + self.interval_s
+            changed = True
+        return changed
+
+    def current_frame(self):
+        """The frame to show; a paused view keeps the one it had."""
+        if self.view.paused and self.frame is not None:
+            return self.frame
+        self.frame = build_frame(self.model, self.view, self.clock(), self.alert_burn,
+                                 self.table_cache)
+        self.meta["sources"] = self.model.stats()
+        return self.frame
+
+    def screen(self, width, height, unicode_ok=True):
+        return render_screen(self.current_frame(), self.view, self.meta, width, height,
+                             unicode_ok)
+
+    def expired(self):
+        return self.duration_s is not None and self.clock() - self.started >= self.duration_s
+
+    def press(self, name):
+        """Handles one key; returns 'quit' or None."""
+        if not name or name == "resize":
+            return None
+        action = handle_key(self.view, name, self.frame or self.current_frame())
+        if action == "rescan":
+            self.tick(rescan=True)
+            return None
+        return action
+
+
+def run_curses(app, use_colour, unicode_ok):
+    """The terminal loop: returns the exit status.  The terminal is restored on every
+    exit (curses.wrapper), and SIGTERM ends the loop like q."""
+    import curses
+
+    def loop(window):
+        styles = curses_styles(use_colour)
+        try:
+            curses.curs_set(0)
+        except curses.error:
+            pass
+        window.keypad(True)
+        window.timeout(100)
+        dirty = True
+        while not app.expired():
+            if app.tick():
+                dirty = True
+            if dirty:
+                height, width = window.getmaxyx()
+                draw_lines(window, app.screen(width, height, unicode_ok), styles)
+                dirty = False
+            code = window.getch()
+            if code == -1:
+                continue
+            if code == curses.KEY_RESIZE:
+                curses.update_lines_cols()
+            if app.press(key_name(code)) == "quit":
+                return EXIT_OK
+            dirty = True
+        return EXIT_OK
+
+    def stop(signum, frame):
+        raise SystemExit(EXIT_OK)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    os.environ.setdefault("ESCDELAY", "25")
+    try:
+        return curses.wrapper(loop)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---------------------------------------------------------------------- cli
 
 def parse_group_by(text):
@@ -2595,7 +3673,18 @@ def build_parser():
     src.add_argument("--seed", type=int, default=1, help="demo seed (default 1)")
     view = parser.add_argument_group("view")
     view.add_argument("--once", action="store_true",
-                      help="print one snapshot and exit (the default today)")
+                      help="print one snapshot and exit (the default when stdout is not a "
+                           "terminal)")
+    view.add_argument("--interval", type=parse_positive(float), default=1.0, metavar="SECONDS",
+                      help="live view refresh (default 1)")
+    view.add_argument("--duration", type=parse_positive(float), metavar="SECONDS",
+                      help="exit after this long; with --once, watch this long, then print")
+    view.add_argument("--no-color", action="store_true",
+                      help="no colour in the live view (also: NO_COLOR set)")
+    view.add_argument("--alert-burn", type=parse_positive(float), default=5.0,
+                      metavar="USD_PER_HOUR",
+                      help="live alert when spend over the last 5 min runs above this "
+                           "(default 5)")
     view.add_argument("--format", choices=FORMATS, default="table",
                       help="snapshot format (default table)")
     view.add_argument("--group-by", type=parse_group_by, default=("model",), metavar="FIELDS",
@@ -2643,8 +3732,9 @@ def collect_sources(args, aggregate, now):
         stats = SourceStats("stdin" if path == "-" else "file:%s" % path)
         try:
             if path == "-":
-                scan_request_stream(sys.stdin.buffer, stats, aggregate.add,
-                                    wanted=aggregate.wanted_attributes())
+                deadline = time.time() + args.duration if args.duration else None
+                scan_request_stream(StreamReader(sys.stdin.buffer, deadline), stats,
+                                    aggregate.add, wanted=aggregate.wanted_attributes())
             else:
                 scan_request_file(path, aggregate, stats)
         except OSError as error:
@@ -2696,6 +3786,82 @@ def run(args):
         args.file.append("-")
     args.file = expand_file_args(args.file)
     prices = load_prices(args.prices, args.offline, args.refresh_prices, now, warn=warn)
+    if wants_live(args):
+        status = run_live(args, prices, since, until)
+        if status is not None:
+            return status
+    if args.once and args.duration:
+        time.sleep(args.duration if "-" not in args.file else 0)
+        now = time.time()
+    return run_snapshot(args, prices, since, until, now)
+
+
+def wants_live(args):
+    """The live view when both ends are a terminal (data may come on stdin, keys then
+    from /dev/tty), unless --once or a machine format says otherwise."""
+    if args.once or args.format != "table" or not sys.stdout.isatty():
+        return False
+    return sys.stdin.isatty() or "-" in args.file
+
+
+def live_sources(args, now):
+    sources = []
+    for path in args.file:
+        if path == "-":
+            data = os.dup(0)
+            tty = os.open("/dev/tty", os.O_RDONLY)  # keys come from the terminal
+            os.dup2(tty, 0)
+            os.close(tty)
+            sources.append(LiveStreamSource(data))
+        else:
+            sources.append(LiveFileSource(path))
+    if args.demo:
+        sources.append(LiveDemoSource(args.seed))
+    agents = list(dict.fromkeys(args.agent))
+    if args.scan_agents or not (args.file or args.demo or agents):
+        agents = [name for name in AGENTS if agent_present(name)] or agents
+        if not (args.file or args.demo or agents):
+            raise CatopError(no_data_message())
+    sources.extend(LiveAgentSource(name) for name in agents)
+    return sources
+
+
+def run_live(args, prices, since, until):
+    """The live view; None when the terminal cannot host it (the caller prints a
+    snapshot instead)."""
+    if os.environ.get("TERM", "dumb") == "dumb":
+        sys.stderr.write("catop: this terminal (TERM=%s) cannot show the live view; "
+                         "printing a snapshot\n" % clean(os.environ.get("TERM", "")))
+        return None
+    try:
+        import curses
+    except ImportError:  # some Python builds have none
+        sys.stderr.write("catop: curses is not available here; printing a snapshot\n")
+        return None
+    import locale
+    try:
+        locale.setlocale(locale.LC_ALL, "")
+    except locale.Error:
+        pass
+    unicode_ok = "utf" in locale.getpreferredencoding(False).lower()
+    model = LiveModel(live_sources(args, time.time()), prices)
+    view = View(args.group_by or ("model",), args.window, args.sort, not args.ascending)
+    view.bounds = (since, until) if (args.since or args.until) else (None, None)
+    if args.session:
+        view.stack = [args.session]
+    meta = {"prices_origin": prices.origin, "prices_age": prices.age_s, "sources": []}
+    app = LiveApp(model, view, meta, args.interval, args.duration, args.alert_burn)
+    use_colour = not args.no_color and "NO_COLOR" not in os.environ
+    try:
+        return run_curses(app, use_colour, unicode_ok)
+    except curses.error as error:
+        sys.stderr.write("catop: the terminal could not start the live view (%s); "
+                         "printing a snapshot\n" % error)
+        return None
+
+
+def run_snapshot(args, prices, since, until, now):
+    """--once: read everything, print one report, apply the gates."""
     aggregate = Aggregate(prices, args.group_by, since, until, args.session)
     sources = collect_sources(args, aggregate, now)
     if args.session is not None:

@@ -1007,3 +1007,433 @@ class CliTests(IsolatedEnv):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---------------------------------------------------------------- live view
+
+class FakeSource(object):
+    """A live source whose requests the test sets."""
+
+    def __init__(self, requests, name="fake"):
+        self.requests = list(requests)
+        self.stats = catop.SourceStats(name)
+        self.stats.records = len(self.requests)
+        self.fresh = True
+
+    def poll(self):
+        fresh, self.fresh = self.fresh, False
+        return fresh
+
+    def compaction_times(self):
+        return ()
+
+
+def live_model(requests):
+    model = catop.LiveModel([FakeSource(requests)], PRICES)
+    model.poll()
+    return model
+
+
+NOW = 1773158400.0  # 2026-03-10T16:00:00Z
+
+
+def recent_requests():
+    """Two sessions in the last quarter hour: one caching well, one not at all."""
+    good = [catop.Request(NOW - 600 + 60 * i, "claude-code", "anthropic", "claude-sonnet-4-5",
+                          "/home/dev/shop", "s-good", 10, 20000 + 1000 * i, 1000, 0, 300)
+            for i in range(8)]
+    bad = [catop.Request(NOW - 150 + 30 * i, "rag", "openai", "gpt-4o", "rag-api", "s-bad",
+                         50000, 0, 0, 0, 0) for i in range(6)]
+    return good + bad
+
+
+class RenderScreenTests(unittest.TestCase):
+
+    META = {"prices_origin": "file:prices.json", "prices_age": 60, "sources": []}
+
+    def frame(self, view, requests=None):
+        model = live_model(requests if requests is not None else recent_requests())
+        return catop.build_frame(model, view, NOW), model
+
+    def test_every_size_fits(self):
+        for width in (20, 80, 200):
+            for height in (6, 24, 60):
+                with self.subTest(width=width, height=height):
+                    view = catop.View()
+                    frame, _ = self.frame(view)
+                    lines = catop.render_screen(frame, view, self.META, width, height)
+                    self.assertLessEqual(len(lines), height)
+                    self.assertTrue(lines[0][0][0].startswith("catop"))
+                    for line in lines:
+                        text = "".join(t for t, _ in line)
+                        self.assertLessEqual(len(text), width)
+                        self.assertEqual(text, catop.clean(text))
+                    self.assertIn(lines[-1][0][0][:1], ("q", "f", ">"))
+
+    def test_tiny_and_empty_screens(self):
+        view = catop.View()
+        frame, _ = self.frame(view)
+        self.assertEqual(catop.render_screen(frame, view, self.META, 0, 10), [])
+        self.assertEqual(len(catop.render_screen(frame, view, self.META, 10, 1)), 1)
+        empty, _ = self.frame(view, [])
+        text = [" ".join(t for t, _ in l) for l in
+                catop.render_screen(empty, view, self.META, 80, 24)]
+        self.assertTrue(any("no requests in this view" in line for line in text))
+
+    def test_sections_and_styles(self):
+        view = catop.View()
+        frame, _ = self.frame(view)
+        lines = catop.render_screen(frame, view, self.META, 120, 30)
+        texts = ["".join(t for t, _ in line) for line in lines]
+        # hit: read 188,000 of input 196,080 + 300,000
+        self.assertTrue(texts[1].startswith("req 14  hit 37.9%"), texts[1])
+        self.assertTrue(texts[2].startswith("1/5/15m  req/min 3.0 1.8 0.9"), texts[2])
+        self.assertTrue(texts[3].startswith("hit 1h  "))
+        header = texts.index(next(t for t in texts if t.startswith("MODEL")))
+        first = lines[header + 1]
+        self.assertTrue("".join(t for t, _ in first).startswith("gpt-4o"))
+        self.assertEqual({style for _, style in first}, {"select"})
+        claude = lines[header + 2]
+        self.assertIn(("95.9%", ""), [(t, s) for t, s in claude if "%" in t])
+        view.selected = 1
+        lines = catop.render_screen(frame, view, self.META, 120, 30)
+        self.assertIn((" 0.0%", "bad"), [(t, s) for t, s in lines[header + 1] if "%" in t])
+        alerts = [t for t in texts if t.startswith("! ")]
+        # last 5 min: read 25,000 + 26,000 + 27,000 of input 81,030 + 300,000
+        self.assertIn("! hit rate 20.5% over the last 5 min: likely a changed prompt prefix "
+                      "(system prompt, tools or early messages)", alerts)
+
+    def test_ascii_fallback(self):
+        view = catop.View()
+        frame, _ = self.frame(view)
+        lines = catop.render_screen(frame, view, self.META, 120, 30, unicode_ok=False)
+        text = "\n".join("".join(t for t, _ in line) for line in lines)
+        self.assertTrue(all(ord(c) < 128 for c in text))
+        self.assertIn("up/dn move", text)
+
+    def test_rates_and_sparkline(self):
+        model = live_model(recent_requests())
+        rates = catop.rolling_rates(model.timeline, NOW)
+        # 1 min: s-bad at NOW-60, -30, 0; 5 min: those 6 and s-good at -300, -240, -180
+        self.assertEqual([r[0] for r in rates], [3.0, 9 / 5.0, 14 / 15.0])
+        self.assertEqual(rates[0][1], (150000 + 3 * 0) / 1.0)
+        self.assertAlmostEqual(rates[0][2], 3 * 50000 * 2.5e-06 * 60)
+        series = catop.hit_series(model.timeline, NOW, buckets=4, span_s=3600)
+        self.assertEqual(series[:3], [None, None, None])
+        self.assertEqual(catop.sparkline([None, 0.0, 0.5, 1.0]), " \u2581\u2585\u2588")
+        self.assertEqual(catop.sparkline([None, 0.0, 1.0], unicode_ok=False), " _#")
+
+
+class KeyTests(unittest.TestCase):
+
+    def app(self):
+        model = live_model(recent_requests())
+        clock = [NOW]
+        app = catop.LiveApp(model, catop.View(), dict(RenderScreenTests.META),
+                            clock=lambda: clock[0])
+        app.tick()
+        app.screen(120, 30)
+        return app, clock
+
+    def test_drill_down_and_back(self):
+        app, _ = self.app()
+        view = app.view
+        self.assertEqual([k for k, _ in app.frame.rows], [("gpt-4o",), ("claude-sonnet-4-5",)])
+        app.press("down")
+        app.press("enter")
+        app.screen(120, 30)
+        self.assertEqual(view.level(), "sessions")
+        self.assertEqual([k for k, _ in app.frame.rows], [("s-good",)])
+        app.press("enter")
+        app.screen(120, 30)
+        self.assertEqual(view.level(), "timeline")
+        self.assertEqual(len(app.frame.rows), 8)
+        app.press("esc")
+        self.assertEqual(view.level(), "sessions")
+        app.press("backspace")
+        self.assertEqual(view.level(), "groups")
+
+    def test_group_window_sort_filter_pause_help_quit(self):
+        app, clock = self.app()
+        view = app.view
+        app.press("down")
+        self.assertEqual(view.selected, 1)
+        app.press("down")
+        self.assertEqual(view.selected, 1)  # clamped to the last row
+        app.press("g")
+        self.assertEqual(view.group_by, ("project",))
+        app.press("w")
+        self.assertEqual(view.window, "today")
+        app.press("s")
+        self.assertEqual(view.sort, "saved")
+        app.press("S")
+        self.assertFalse(view.descending)
+        for key in ("/", "r", "a", "g", "enter"):
+            app.press(key)
+        app.screen(120, 30)
+        self.assertEqual(view.filter, "rag")
+        self.assertEqual([k for k, _ in app.frame.rows], [("rag-api",)])
+        app.press("p")
+        paused = app.current_frame()
+        clock[0] += 60
+        self.assertIs(app.current_frame(), paused)
+        app.press("p")
+        self.assertIsNot(app.current_frame(), paused)
+        app.press("?")
+        self.assertTrue(view.help)
+        app.press("x")
+        self.assertFalse(view.help)
+        self.assertEqual(app.press("q"), "quit")
+
+    def test_filter_typing_keys(self):
+        view = catop.View()
+        frame = catop.Frame()
+        catop.handle_key(view, "/", frame)
+        for key in ("a", "b", "backspace", "c"):
+            catop.handle_key(view, key, frame)
+        self.assertEqual(view.typing, "ac")
+        catop.handle_key(view, "esc", frame)
+        self.assertIsNone(view.typing)
+        self.assertEqual(view.filter, "")
+
+    def test_duration_expires(self):
+        app, clock = self.app()
+        app.duration_s = 5
+        self.assertFalse(app.expired())
+        clock[0] += 5
+        self.assertTrue(app.expired())
+
+
+class FakeWindow(object):
+    def __init__(self, height, width):
+        self.height, self.width = height, width
+        self.writes = []
+
+    def getmaxyx(self):
+        return self.height, self.width
+
+    def erase(self):
+        self.writes = []
+
+    def addstr(self, row, column, text, attr=0):
+        self.writes.append((row, column, text, attr))
+
+    def noutrefresh(self):
+        pass
+
+
+class DrawTests(unittest.TestCase):
+
+    def test_clipped_and_never_the_bottom_right_cell(self):
+        try:
+            import curses
+        except ImportError:
+            self.skipTest("no curses module in this Python")
+        window = FakeWindow(3, 10)
+        lines = [[("0123456789ABC", "title")], [("ab", ""), ("cd\x1b[2J", "bad")],
+                 [("xxxxxxxxxxxx", "")], [("beyond", "")]]
+        with mock.patch("curses.doupdate"):
+            catop.draw_lines(window, lines, {"title": 1, "bad": 2, "": 0})
+        self.assertEqual(window.writes, [(0, 0, "0123456789", 1), (1, 0, "ab", 0),
+                                         (1, 2, "cd[2J", 2), (2, 0, "xxxxxxxxx", 0)])
+
+
+class TailTests(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp)
+        self.path = os.path.join(self.tmp, "live.jsonl")
+
+    def line(self, tokens):
+        return json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": tokens,
+                                                        "completion_tokens": 1}})
+
+    def test_partial_lines_truncation_and_rotation(self):
+        source = catop.LiveFileSource(self.path)
+        with open(self.path, "w") as handle:
+            handle.write(self.line(100) + "\n" + self.line(200)[:10])
+        self.assertTrue(source.poll())
+        self.assertEqual([r.miss for r in source.requests], [100])
+        with open(self.path, "a") as handle:
+            handle.write(self.line(200)[10:] + "\n")
+        self.assertTrue(source.poll())
+        self.assertEqual([r.miss for r in source.requests], [100, 200])
+        self.assertFalse(source.poll())
+        with open(self.path, "w") as handle:     # truncated and rewritten
+            handle.write(self.line(7) + "\n")
+        self.assertTrue(source.poll())
+        self.assertEqual([r.miss for r in source.requests], [7])
+        self.assertEqual(source.stats.records, 1)
+        os.rename(self.path, self.path + ".1")   # rotated: gone for a moment
+        self.assertTrue(source.poll())
+        self.assertIn("unreadable", source.stats.error)
+        self.assertFalse(source.poll())
+        with open(self.path, "w") as handle:
+            handle.write(self.line(8) + "\n" + self.line(9) + "\n")
+        self.assertTrue(source.poll())
+        self.assertEqual([r.miss for r in source.requests], [8, 9])
+        self.assertIsNone(source.stats.error)
+
+    def test_new_agent_files_appear(self):
+        clock = [1000.0]
+        root = os.path.join(self.tmp, "codex")
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, "codex"), root)
+        with mock.patch.dict(os.environ, {"CODEX_HOME": root}):
+            source = catop.LiveAgentSource("codex", clock=lambda: clock[0])
+            self.assertTrue(source.poll())
+            self.assertEqual(len(source.requests), 6)
+            self.assertFalse(source.poll())
+            new = os.path.join(root, "sessions", "2026", "03", "11", "rollout-new.jsonl")
+            os.makedirs(os.path.dirname(new))
+            shutil.copy(os.path.join(AGENT_EXAMPLES, "codex", "archived_sessions",
+                                     "rollout-2025-09-05T14-00-00-codex-old.jsonl"), new)
+            self.assertFalse(source.poll())          # not looked for yet
+            clock[0] += catop.LiveAgentSource.DISCOVERY_INTERVAL_S
+            self.assertTrue(source.poll())
+            self.assertEqual(len(source.requests), 8)
+
+    def test_stream_source_reads_a_pipe_without_blocking(self):
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        source = catop.LiveStreamSource(read)
+        self.assertFalse(source.poll())
+        os.write(write, (self.line(5) + "\n" + self.line(6)[:5]).encode())
+        self.assertTrue(source.poll())
+        self.assertEqual([r.miss for r in source.requests], [5])
+        os.write(write, (self.line(6)[5:]).encode())
+        os.close(write)
+        source.poll()
+        self.assertTrue(source.closed)
+        self.assertEqual([r.miss for r in source.requests], [5, 6])
+
+
+# ------------------------------------------------------------------- breaks
+
+def chain(*specs, session="s", provider="anthropic"):
+    """Requests of one session from (seconds, model, miss, read, write_5m, write_1h)."""
+    return [catop.Request(NOW + t, "a", provider, model, "p", session, miss, read, w5, w1, 10)
+            for t, model, miss, read, w5, w1 in specs]
+
+
+class BreakTests(unittest.TestCase):
+
+    def causes(self, requests, compactions=None):
+        return [(b.cause, b.expected, b.read, b.rewritten) for b in
+                catop.detect_breaks(requests, PRICES, compactions)]
+
+    def test_each_cause(self):
+        m = "claude-sonnet-4-5"
+        switch = chain((0, m, 5, 10000, 2000, 0), (30, "claude-opus-4-5", 5, 0, 12000, 0))
+        self.assertEqual(self.causes(switch), [("model_switch", 12000, 0, 12000)])
+        compact = chain((0, m, 5, 10000, 2000, 0), (30, m, 5, 3000, 4000, 0))
+        self.assertEqual(self.causes(compact, {"s": [NOW + 10]}),
+                         [("compaction", 12000, 3000, 4005)])
+        idle = chain((0, m, 5, 10000, 2000, 0), (301, m, 5, 0, 12500, 0))
+        self.assertEqual(self.causes(idle), [("ttl_expired", 12000, 0, 12000)])
+        prefix = chain((0, m, 5, 10000, 2000, 0), (60, m, 5, 2000, 10500, 0))
+        self.assertEqual(self.causes(prefix), [("prefix_changed", 12000, 2000, 10000)])
+
+    def test_not_breaks(self):
+        m = "claude-sonnet-4-5"
+        # a long gap under a 1-hour TTL
+        self.assertEqual(self.causes(chain((0, m, 5, 10000, 0, 2000), (3000, m, 5, 12000, 500, 0)
+                                           )), [])
+        # ... but past it, the same gap is a break
+        self.assertEqual(self.causes(chain((0, m, 5, 10000, 0, 2000), (3700, m, 5, 0, 12500, 0)
+                                           ))[0][0], "ttl_expired")
+        # a session that never caches, below 1,024 tokens
+        self.assertEqual(self.causes(chain((0, m, 900, 0, 0, 0), (10, m, 950, 0, 0, 0))), [])
+        # a growing conversation: each read covers what the last left
+        growing = chain(*[(10 * i, m, 3, 5000 + 800 * i, 800, 0) for i in range(6)])
+        self.assertEqual(self.causes(growing), [])
+        # a cold start: the first request of a session is never a break
+        self.assertEqual(self.causes(chain((0, m, 5, 0, 30000, 0))), [])
+        # OpenAI reports no writes: the whole input is what the next may read
+        openai = chain((0, "gpt-4o", 4000, 0, 0, 0), (20, "gpt-4o", 500, 3500, 0, 0),
+                       provider="openai")
+        self.assertEqual(self.causes(openai), [])
+
+    def test_break_cost(self):
+        m = "claude-sonnet-4-5"
+        idle = chain((0, m, 5, 10000, 2000, 0), (400, m, 5, 0, 12500, 0))
+        item = catop.detect_breaks(idle, PRICES)[0]
+        # 12,000 tokens rewritten at the 5-minute write rate instead of the read rate
+        self.assertAlmostEqual(item.cost, 12000 * (3.75e-06 - 3e-07))
+        mixed = chain((0, m, 5, 10000, 2000, 0), (400, m, 2000, 0, 5000, 5000))
+        # rewritten = min(12,000, 10,000 written + 2,000 missed); writes at their 5m/1h mix
+        item = catop.detect_breaks(mixed, PRICES)[0]
+        self.assertAlmostEqual(item.cost, 5000 * (3.75e-06 - 3e-07) + 5000 * (6e-06 - 3e-07) +
+                               2000 * (3e-06 - 3e-07))
+        openai = chain((0, "gpt-4o", 4000, 0, 0, 0), (900, "gpt-4o", 4200, 0, 0, 0),
+                       provider="openai")
+        item = catop.detect_breaks(openai, PRICES)[0]
+        self.assertEqual((item.cause, item.rewritten), ("ttl_expired", 4000))
+        self.assertAlmostEqual(item.cost, 4000 * (2.5e-06 - 1.25e-06))
+
+
+class EndToEndTmuxTest(IsolatedEnv):
+    """The real program in a real terminal: start, append and see, resize, keys,
+    drill down and back, quit with status 0."""
+
+    def tmux(self, *args):
+        return subprocess.run(["tmux", "-L", self.socket] + list(args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=20).stdout.decode("utf-8", "replace")
+
+    def screen(self):
+        return self.tmux("capture-pane", "-p", "-t", "catop")
+
+    def wait_for(self, text, timeout=10.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if text in self.screen():
+                return True
+            time.sleep(0.1)
+        self.fail("%r never appeared on screen:\n%s" % (text, self.screen()))
+
+    def test_live_view_in_tmux(self):
+        if not shutil.which("tmux"):
+            self.skipTest("tmux is not installed (.ci/run installs it)")
+        self.socket = "catop-test-%d" % os.getpid()
+        self.addCleanup(self.tmux, "kill-server")
+        log = os.path.join(self.tmp, "live.jsonl")
+        status = os.path.join(self.tmp, "status")
+        now = time.time()
+
+        def line(model, session, prompt, cached, offset=0):
+            return json.dumps({"timestamp": now - 30 + offset, "model": model,
+                               "session_id": session, "usage": {
+                                   "prompt_tokens": prompt, "completion_tokens": 50,
+                                   "prompt_tokens_details": {"cached_tokens": cached}}}) + "\n"
+
+        with open(log, "w") as handle:
+            handle.write(line("gpt-4o", "alpha-session", 10000, 8000))
+        command = "%s %s --file %s --offline --interval 0.2; echo $? > %s" % (
+            sys.executable, os.path.join(HERE, "catop.py"), log, status)
+        env = ["env", "HOME=%s" % self.tmp, "TERM=xterm-256color", "LANG=C.UTF-8"]
+        self.tmux("new-session", "-d", "-s", "catop", "-x", "100", "-y", "30",
+                  " ".join(env) + " " + command)
+        self.wait_for("gpt-4o")
+        self.wait_for("req 1  hit 80.0%")
+        with open(log, "a") as handle:
+            handle.write(line("gpt-4o-mini", "beta-session", 4000, 1000, 5))
+        self.wait_for("gpt-4o-mini")
+        self.wait_for("req 2  ")
+        self.tmux("resize-window", "-t", "catop", "-x", "40", "-y", "12")
+        self.wait_for("MODEL")
+        self.assertTrue(all(len(l) <= 40 for l in self.screen().splitlines()))
+        self.tmux("resize-window", "-t", "catop", "-x", "120", "-y", "40")
+        self.tmux("send-keys", "-t", "catop", "Enter")
+        self.wait_for("SESSION")
+        self.wait_for("alpha-session")
+        self.tmux("send-keys", "-t", "catop", "Enter")
+        self.wait_for("TIME")
+        self.tmux("send-keys", "-t", "catop", "Escape")
+        self.tmux("send-keys", "-t", "catop", "BSpace")
+        self.wait_for("MODEL")
+        self.tmux("send-keys", "-t", "catop", "q")
+        deadline = time.time() + 10
+        while not os.path.exists(status) and time.time() < deadline:
+            time.sleep(0.1)
+        with open(status) as handle:
+            self.assertEqual(handle.read().strip(), "0")
