@@ -12,6 +12,9 @@ Figures:
   claude    a ~300 MB, ~550-file Claude Code folder: catop --agent claude-code --once
             --format json, cold (no state); targets: >= 300 MB/s, peak memory <= 60 MB;
             ccusage (if on PATH) runs on the same folder for comparison.
+  codex     a ~70 MB Codex folder, with ccusage's totals beside catop's.
+  live      the live view's CPU per tick: idle over the Claude folder (target < 20 ms),
+            and with 5,000 lines a second appended for 30 s.
 
 Peak memory is the largest sum over catop and its worker processes of their
 proportional set size (PSS: shared pages split between the processes that share
@@ -452,9 +455,63 @@ def bench_codex(folder, target_mb, runs):
         print("  ratio catop / ccusage: %.2f" % (mine[0] / theirs))
 
 
+def bench_live(folder):
+    """The live view's cost per tick: idle over the Claude Code folder, and under
+    5,000 appended lines a second for 30 s."""
+    sys.path.insert(0, HERE)
+    import catop
+    root = os.path.join(folder, "claude")
+    if not os.path.isdir(root):
+        make_claude_folder(root, 300)
+    os.environ["CLAUDE_CONFIG_DIR"] = root
+    prices = catop.load_prices(offline=True)
+    clock = [time.time()]
+    source = catop.LiveAgentSource("claude-code", clock=lambda: clock[0])
+    model = catop.LiveModel([source], prices)
+    view, cache = catop.View(), {}
+    meta = {"prices_origin": prices.origin, "prices_age": 0, "sources": []}
+
+    def tick():
+        started = time.process_time()
+        model.poll()
+        frame = catop.build_frame(model, view, clock[0], 5.0, cache)
+        catop.render_screen(frame, view, meta, 160, 50)
+        return (time.process_time() - started) * 1000
+
+    cold = time.perf_counter()
+    tick()
+    cold = time.perf_counter() - cold
+    idle = []
+    for _ in range(30):
+        clock[0] += 1.0  # a folder walk for new files every fifth tick
+        idle.append(tick())
+    print("\nlive view over the Claude Code folder (%s requests)" % "{:,}".format(
+        len(model.timeline.timed)))
+    print("  first frame %.2f s; idle tick CPU: mean %.1f ms, max %.1f ms (target < 20 ms)" % (
+        cold, sum(idle) / len(idle), max(idle)))
+    path = os.path.join(folder, "live.jsonl")
+    open(path, "w").close()
+    live = catop.LiveModel([catop.LiveFileSource(path)], prices)
+    view, cache = catop.View(), {}
+    costs = []
+    rng = random.Random(5)
+    for second in range(30):
+        with open(path, "a") as out:
+            out.write("".join(json.dumps(_request_line(rng, second * 5000 + i)) + "\n"
+                              for i in range(5000)))
+        started = time.process_time()
+        live.poll()
+        frame = catop.build_frame(live, view, time.time(), 5.0, cache)
+        catop.render_screen(frame, view, meta, 160, 50)
+        costs.append((time.process_time() - started) * 1000)
+    print("  5,000 appended lines a second for 30 s: tick CPU mean %.0f ms, max %.0f ms, "
+          "last %.0f ms (%s requests)" % (sum(costs) / len(costs), max(costs), costs[-1],
+                                          "{:,}".format(len(live.timeline.timed))))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("requests", "claude", "codex"),
+    parser.add_argument("--only", choices=("requests", "claude", "codex", "live"),
                         help="one corpus only")
     parser.add_argument("--mb", type=int, help="corpus size in MB (default 200 / 300)")
     parser.add_argument("--runs", type=int, default=3, help="best of N runs (default 3)")
@@ -471,6 +528,8 @@ def main():
             bench_claude(folder, args.mb or 300, args.runs)
         if args.only in (None, "codex"):
             bench_codex(folder, args.mb or 100, args.runs)
+        if args.only in (None, "live"):
+            bench_live(folder)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -1393,18 +1393,25 @@ def detect_breaks(requests, prices, compactions=None):
     found = []
     for session, chain in by_session.items():
         chain.sort(key=lambda r: r.ts)
-        times = compactions.get(session, ())
-        for before, after in zip(chain, chain[1:]):
-            expected = expected_cached(before)
-            if expected < BREAK_MIN_EXPECTED_TOKENS or after.cache_read >= expected / 2:
-                continue
-            rewritten = min(expected - after.cache_read,
-                            after.cache_write_5m + after.cache_write_1h + after.miss)
-            found.append(CacheBreak(session, after.ts, after.model,
-                                    break_cause(before, after, times), expected,
-                                    after.cache_read, rewritten, after.ts - before.ts,
-                                    break_cost(after, rewritten, prices)))
+        found.extend(chain_breaks(chain, prices, compactions.get(session, ())))
     found.sort(key=lambda b: b.ts)
+    return found
+
+
+def chain_breaks(chain, prices, compaction_times=(), start=1):
+    """The breaks of one session's requests (in time order) at chain[start:]."""
+    found = []
+    for index in range(max(1, start), len(chain)):
+        before, after = chain[index - 1], chain[index]
+        expected = expected_cached(before)
+        if expected < BREAK_MIN_EXPECTED_TOKENS or after.cache_read >= expected / 2:
+            continue
+        rewritten = min(expected - after.cache_read,
+                        after.cache_write_5m + after.cache_write_1h + after.miss)
+        found.append(CacheBreak(after.session, after.ts, after.model,
+                                break_cause(before, after, compaction_times), expected,
+                                after.cache_read, rewritten, after.ts - before.ts,
+                                break_cost(after, rewritten, prices)))
     return found
 
 
@@ -1435,6 +1442,25 @@ def tally_entries(entries):
     return tally
 
 
+def merge_into_sorted(items, new, key, keys=None):
+    """Merges new items into items (sorted by key) in place, re-sorting only from the
+    first place a new item goes; keys, if given, is the list of items' keys.
+    Returns that place."""
+    if not new:
+        return len(items)
+    new = sorted(new, key=key)
+    first = key(new[0])
+    start = bisect.bisect_right(keys, first) if keys is not None else len(items)
+    if keys is None:
+        while start and key(items[start - 1]) > first:
+            start -= 1
+    tail = items[start:] + new
+    if start < len(items):
+        tail.sort(key=key)
+    items[start:] = tail
+    return start
+
+
 class Timeline(object):
     """Entries split into timed (sorted, searchable by time) and untimed."""
 
@@ -1442,6 +1468,13 @@ class Timeline(object):
         self.untimed = [e for e in entries if e.req.ts is None]
         self.timed = sorted((e for e in entries if e.req.ts is not None), key=lambda e: e.req.ts)
         self.times = [e.req.ts for e in self.timed]
+
+    def extend(self, entries):
+        """Adds entries; new arrivals are recent, so only the tail is re-sorted."""
+        self.untimed.extend(e for e in entries if e.req.ts is None)
+        start = merge_into_sorted(self.timed, [e for e in entries if e.req.ts is not None],
+                                  lambda e: e.req.ts, self.times)
+        self.times[start:] = [e.req.ts for e in self.timed[start:]]
 
     def since(self, start, end=None):
         """Timed entries with start <= ts (< end); every entry when start is None."""
@@ -1453,30 +1486,71 @@ class Timeline(object):
 
 
 RATE_SPANS_S = (60, 300, 900)
+HIT_SERIES_SPAN_S = 3600
 
 
-def rolling_rates(timeline, now):
+class RateBuckets(object):
+    """Per-second sums of the last hour's requests (count, input, read, output, cost),
+    kept as requests arrive, so rolling figures cost the same at any volume."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def add(self, entries):
+        seconds = self.seconds
+        for entry in entries:
+            req = entry.req
+            if req.ts is None:
+                continue
+            second = int(req.ts)
+            bucket = seconds.get(second)
+            if bucket is None:
+                bucket = seconds[second] = [0, 0, 0, 0, 0.0]
+            bucket[0] += 1
+            bucket[1] += req.input
+            bucket[2] += req.cache_read
+            bucket[3] += req.output
+            bucket[4] += entry.cost
+
+    def prune(self, now):
+        """Forgets what is older than an hour before now (they would only grow)."""
+        oldest = int(now) - HIT_SERIES_SPAN_S - 1
+        if len(self.seconds) > 2 * HIT_SERIES_SPAN_S:
+            self.seconds = {k: v for k, v in self.seconds.items() if k >= oldest}
+
+    def sums(self, start, end):
+        """[requests, input, read, output, cost] over whole seconds start <= s < end."""
+        total = [0, 0, 0, 0, 0.0]
+        seconds = self.seconds
+        for second in range(int(start), int(end)):
+            bucket = seconds.get(second)
+            if bucket is not None:
+                for i in range(5):
+                    total[i] += bucket[i]
+        return total
+
+
+def rolling_rates(buckets, now):
     """For 1, 5 and 15 minutes back from now: (req/min, tokens/min, $/h, hit rate)."""
     rates = []
     for span in RATE_SPANS_S:
-        tally = tally_entries(timeline.since(now - span, now + 1))
+        count, tokens_in, read, tokens_out, cost = buckets.sums(now - span + 1, now + 1)
         minutes = span / 60.0
-        rates.append((tally.requests / minutes, (tally.input + tally.output) / minutes,
-                      tally.cost * 3600.0 / span, tally.hit_rate))
+        rates.append((count / minutes, (tokens_in + tokens_out) / minutes,
+                      cost * 3600.0 / span, read / tokens_in if tokens_in else None))
     return rates
 
 
-def hit_series(timeline, now, buckets=60, span_s=3600):
-    """Hit rate per bucket over the last span (None where no input flowed)."""
-    size = span_s / float(buckets)
+def hit_series(buckets, now, count=60, span_s=HIT_SERIES_SPAN_S):
+    """Hit rate per slice over the last span (None where no input flowed)."""
+    size = span_s / float(count)
     start = now - span_s
-    read = [0] * buckets
-    total = [0] * buckets
-    for entry in timeline.since(start, now + 1):
-        index = min(buckets - 1, int((entry.req.ts - start) / size))
-        read[index] += entry.req.cache_read
-        total[index] += entry.req.input
-    return [r / t if t else None for r, t in zip(read, total)]
+    series = []
+    for index in range(count):
+        _, tokens_in, read, _, _ = buckets.sums(start + index * size + 1,
+                                                start + (index + 1) * size + 1)
+        series.append(read / tokens_in if tokens_in else None)
+    return series
 
 
 SPARK_UNICODE = "\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"
@@ -1492,29 +1566,31 @@ def sparkline(series, unicode_ok=True):
 LOW_HIT_ALERT = 0.30
 
 
-def live_alerts(timeline, now, breaks, unpriced, sources, alert_burn):
-    """(ts, text) alerts, newest first."""
+def live_alerts(buckets, now, breaks, unpriced, sources, alert_burn):
+    """Alert texts, newest first."""
     alerts = []
-    recent = timeline.since(now - 300, now + 1)
-    tally = tally_entries(recent)
-    if tally.input and tally.hit_rate is not None and tally.hit_rate < LOW_HIT_ALERT:
+    count, tokens_in, read, _, cost = buckets.sums(now - 299, now + 1)
+    hit = read / tokens_in if tokens_in else None
+    if hit is not None and hit < LOW_HIT_ALERT:
         causes = {}
-        for item in breaks:
-            if item.ts is not None and item.ts >= now - 300:
+        for item in reversed(breaks):  # in time order: the recent ones are at the end
+            if item.ts < now - 300:
+                break
+            if item.ts <= now:
                 causes[item.cause] = causes.get(item.cause, 0) + 1
         cause = max(causes, key=causes.get) if causes else None
-        text = "hit rate %s over the last 5 min" % fmt_pct(tally.hit_rate)
+        text = "hit rate %s over the last 5 min" % fmt_pct(hit)
         if cause:
             text += ": likely %s" % CAUSE_TEXT[cause]
-        alerts.append((tally.last_ts or now, text))
-    burn = tally.cost * 12.0
+        alerts.append((now - 2, text))
+    burn = cost * 12.0
     if alert_burn is not None and burn > alert_burn:
-        alerts.append((tally.last_ts or now, "burn rate %s/h above --alert-burn %s/h" % (
+        alerts.append((now - 3, "burn rate %s/h above --alert-burn %s/h" % (
             fmt_usd(burn, 2), fmt_usd(alert_burn, 2))))
-    minute = tally_entries(timeline.since(now - 60, now + 1))
-    if minute.cost > 0 and minute.output == 0:
-        alerts.append((minute.last_ts or now, "%s spent in the last minute with no output "
-                       "tokens: a tool loop?" % fmt_usd(minute.cost)))
+    count, _, _, tokens_out, cost = buckets.sums(now - 59, now + 1)
+    if cost > 0 and tokens_out == 0:
+        alerts.append((now - 1, "%s spent in the last minute with no output tokens: "
+                       "a tool loop?" % fmt_usd(cost)))
     if unpriced:
         alerts.append((0.0, "unpriced models (cost shown as $0): %s" % ", ".join(
             clean(m) for m in sorted(unpriced)[:5])))
@@ -1586,20 +1662,28 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None):
     frame.now = now
     timeline = model.timeline
     start, until = _view_bounds(view, now)
-    key = (model.version, start if start is None else bisect.bisect_left(timeline.times, start),
-           until, view.group_by, tuple(view.stack), view.sort, view.descending, view.filter)
-    if cache is not None and cache.get("key") == key:
+    shape = (start if start is None else bisect.bisect_left(timeline.times, start), until,
+             view.group_by, tuple(view.stack), view.sort, view.descending, view.filter)
+    cache = {} if cache is None else cache
+    if cache.get("shape") == shape and cache.get("version") == model.version:
         table = cache["table"]
+    elif cache.get("shape") == shape and cache.get("version") == model.version - 1 and \
+            model.appended is not None and until is None and view.level() != "timeline":
+        table = cache["table"]
+        _add_to_table(table, _in_view(model.appended, view, start), view)
     else:
         table = _build_table(timeline.since(start, until), view)
-        if cache is not None:
-            cache["key"], cache["table"] = key, table
-    frame.rows, frame.details, frame.totals, unpriced = table
-    frame.rates = rolling_rates(timeline, now)
-    frame.spark = hit_series(timeline, now)
+    cache["shape"], cache["version"], cache["table"] = shape, model.version, table
+    if view.level() == "timeline":
+        frame.rows = table["rows"]
+    else:
+        frame.rows = _filtered_rows(table["groups"], view)
+    frame.details, frame.totals = table["details"], table["totals"]
+    frame.rates = rolling_rates(model.buckets, now)
+    frame.spark = hit_series(model.buckets, now)
     frame.breaks = model.breaks
-    frame.alerts = live_alerts(timeline, now, model.breaks, unpriced, model.stats(),
-                               alert_burn)
+    frame.alerts = live_alerts(model.buckets, now, model.breaks, table["unpriced"],
+                               model.stats(), alert_burn)
     return frame
 
 
@@ -1611,38 +1695,58 @@ def _view_bounds(view, now):
     return start, until
 
 
-def _build_table(entries, view):
-    """(rows, details, totals, unpriced models) of the entries for the view's level."""
+def _in_view(entries, view, start=None):
+    """The entries inside the view's drill-down path (and after start, if given)."""
+    if start is not None:
+        entries = [e for e in entries if e.req.ts is not None and e.req.ts >= start]
     for group_by, key in [level for level in view.stack if not isinstance(level, str)]:
         key_of = group_key_function(group_by)
         entries = [e for e in entries if key_of(e.req) == key]
-    details = {}
     if view.level() == "timeline":
         session = view.stack[-1]
         entries = [e for e in entries if e.req.session == session]
-        rows = [(e.req, e.cost) for e in sorted(
-            entries, key=lambda e: (e.req.ts is None, e.req.ts or 0))]
-    else:
+    return entries
+
+
+def _build_table(entries, view):
+    """The view's table of entries: {groups, details, rows (a timeline), totals,
+    unpriced}; grouped tables are sorted and filtered when shown."""
+    table = {"groups": {}, "details": {}, "rows": [], "totals": Tally(), "unpriced": set()}
+    _add_to_table(table, _in_view(entries, view), view)
+    return table
+
+
+def _add_to_table(table, entries, view):
+    totals, unpriced = table["totals"], table["unpriced"]
+    for entry in entries:
+        totals.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
+        if not entry.priced:
+            unpriced.add(entry.req.model or "(unknown model)")
+    if view.level() == "timeline":
+        rows = table["rows"] + [(e.req, e.cost) for e in entries]
+        table["rows"] = sorted(rows, key=lambda row: (row[0].ts is None, row[0].ts or 0))
+        return
+    key_of = group_key_function(view.grouping())
+    groups, details = table["groups"], table["details"]
+    for entry in entries:
+        key = key_of(entry.req)
+        tally = groups.get(key)
+        if tally is None:
+            tally = groups[key] = Tally()
+            details[key] = (set(), set())
+        tally.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
+        details[key][0].add(entry.req.model)
+        details[key][1].add(entry.req.project)
+
+
+def _filtered_rows(groups, view):
+    if view.filter:
+        needle = view.filter.lower()
         grouping = view.grouping()
-        key_of = group_key_function(grouping)
-        groups = {}
-        for entry in entries:
-            key = key_of(entry.req)
-            tally = groups.get(key)
-            if tally is None:
-                tally = groups[key] = Tally()
-                details[key] = (set(), set())
-            tally.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
-            details[key][0].add(entry.req.model)
-            details[key][1].add(entry.req.project)
-        if view.filter:
-            needle = view.filter.lower()
-            groups = {k: t for k, t in groups.items()
-                      if needle in " ".join(display_key(f, v) for f, v in
-                                            zip(grouping, k)).lower()}
-        rows = sorted_groups(groups, view.sort, view.descending)
-    unpriced = {e.req.model or "(unknown model)" for e in entries if not e.priced}
-    return rows, details, tally_entries(entries), unpriced
+        groups = {k: t for k, t in groups.items()
+                  if needle in " ".join(display_key(f, v) for f, v in
+                                        zip(grouping, k)).lower()}
+    return sorted_groups(groups, view.sort, view.descending)
 
 # ----------------------------------------------------------------------- io
 
@@ -2334,6 +2438,7 @@ class LiveFileSource(object):
         self.state = FileState(path)
         self.stats = SourceStats("file:%s" % path)
         self.requests = []
+        self.generation = 0      # grows when the requests so far are thrown away
 
     def poll(self):
         restarts = self.state.restarts
@@ -2349,6 +2454,7 @@ class LiveFileSource(object):
         self.stats.error = None
         if self.state.restarts != restarts:
             self.requests, self.stats = [], SourceStats(self.stats.name)
+            self.generation += 1
             recovered = True
         self.stats.merge(stats)
         self.requests.extend(fresh)
@@ -2366,6 +2472,7 @@ class LiveStreamSource(object):
         self.splitter = LineSplitter()
         self.stats = SourceStats(name)
         self.requests = []
+        self.generation = 0
         self.closed = False
 
     def poll(self):
@@ -2436,6 +2543,7 @@ class LiveDemoSource(object):
         self.pending, self.compactions = demo_traffic(seed, start + 6 * 3600, hours=12.0)
         self.stats = SourceStats("demo (seed %d)" % seed)
         self.requests = []
+        self.generation = 0
 
     def poll(self):
         now = self.clock()
@@ -2453,7 +2561,12 @@ class LiveDemoSource(object):
 
 
 class LiveModel(object):
-    """Every request of every live source, priced, in time order, with its breaks."""
+    """Every request of every live source, priced, in time order, with its breaks.
+
+    Sources that only ever append (files, streams, the demo) are taken in
+    incrementally: only their new requests are priced, and breaks are looked for
+    again only in the sessions they touch.  Anything else (an agent folder, a file
+    read again from the start) rebuilds the model."""
 
     def __init__(self, sources, prices):
         self.sources = sources
@@ -2461,28 +2574,96 @@ class LiveModel(object):
         self.timeline = Timeline([])
         self.breaks = []
         self.version = 0
+        self.appended = None     # the entries the last change added, if it only added
+        self.seen = {}           # source index -> (generation, requests taken)
+        self.chains = {}         # session -> requests in time order
+        self.checked = {}        # session -> requests of its chain checked for breaks
+        self.session_breaks = {}
+        self.buckets = RateBuckets()
 
     def poll(self, rediscover=False):
         """Reads what is new everywhere; True when the model changed."""
-        changed = False
-        for source in self.sources:
+        fresh, rebuild = [], False
+        for index, source in enumerate(self.sources):
             if isinstance(source, LiveAgentSource):
-                changed = source.poll(rediscover) or changed
+                changed = source.poll(rediscover)
             else:
-                changed = source.poll() or changed
-        if changed:
+                changed = source.poll()
+            if not changed:
+                continue
+            generation, taken = self.seen.get(index, (None, 0))
+            if getattr(source, "generation", None) is None or \
+                    source.generation != generation:
+                rebuild = True
+            else:
+                fresh.extend(source.requests[taken:])
+                self.seen[index] = (generation, len(source.requests))
+        if rebuild:
             self.rebuild()
-        return changed
+        elif fresh:
+            self.append(fresh)
+        return rebuild or bool(fresh)
 
     def rebuild(self):
-        requests = [req for source in self.sources for req in source.requests]
-        self.timeline = Timeline(price_entries(requests, self.prices))
+        requests = []
+        for index, source in enumerate(self.sources):
+            requests.extend(source.requests)
+            self.seen[index] = (getattr(source, "generation", None), len(source.requests))
+        entries = price_entries(requests, self.prices)
+        self.timeline = Timeline(entries)
+        self.buckets = RateBuckets()
+        self.buckets.add(entries)
+        self.chains, self.checked, self.session_breaks = {}, {}, {}
+        self._chain(requests)
+        self._find_breaks(self.chains)
+        self.appended = None
+        self.version += 1
+
+    def append(self, requests):
+        entries = price_entries(requests, self.prices)
+        self.timeline.extend(entries)
+        self.buckets.add(entries)
+        self.buckets.prune(time.time())
+        touched = self._chain(requests)
+        self._find_breaks(touched)
+        self.appended = entries
+        self.version += 1
+
+    def _chain(self, requests):
+        """Adds requests to their sessions' chains; returns the chains touched."""
+        touched = {}
+        for req in requests:
+            if req.session and req.ts is not None:
+                chain = self.chains.setdefault(req.session, [])
+                chain.append(req)
+                if len(chain) > 1 and req.ts < chain[-2].ts:
+                    chain.sort(key=lambda r: r.ts)  # nearly sorted: timsort is linear
+                    self.checked[req.session] = 0   # check the whole chain again
+                touched[req.session] = chain
+        return touched
+
+    def _find_breaks(self, chains):
         compactions = {}
         for source in self.sources:
             for session, ts in source.compaction_times():
-                compactions.setdefault(session, []).append(ts)
-        self.breaks = detect_breaks(requests, self.prices, compactions)
-        self.version += 1
+                if session in chains:
+                    compactions.setdefault(session, []).append(ts)
+        replaced, added = False, []
+        for session, chain in chains.items():
+            checked = self.checked.get(session, 0)
+            found = chain_breaks(chain, self.prices, compactions.get(session, ()), checked)
+            if not checked:
+                replaced = replaced or bool(self.session_breaks.get(session))
+                self.session_breaks[session] = found
+            else:
+                self.session_breaks.setdefault(session, []).extend(found)
+            added.extend(found)
+            self.checked[session] = len(chain)
+        if replaced:
+            self.breaks = sorted((b for found in self.session_breaks.values() for b in found),
+                                 key=lambda b: b.ts)
+        elif added:
+            merge_into_sorted(self.breaks, added, lambda b: b.ts)
 
     def stats(self):
         return [source.stats for source in self.sources]
@@ -3478,7 +3659,7 @@ def curses_styles(use_colour):
     mono = {"": curses.A_NORMAL, "title": curses.A_BOLD, "ok": curses.A_NORMAL,
             "warn": curses.A_BOLD, "bad": curses.A_BOLD | curses.A_UNDERLINE,
             "dim": curses.A_DIM, "select": curses.A_REVERSE}
-    if not use_colour:
+    if not use_colour or not curses.has_colors():
         return mono
     try:
         curses.start_color()
@@ -3536,16 +3717,19 @@ class LiveApp(object):
         self.next_poll = 0.0
         self.frame = None
         self.table_cache = {}
+        self.busy_s = 0.0        # how long the last poll took
 
     def tick(self, rescan=False):
         """Polls the sources when due; returns True when the screen must be redrawn."""
         now = self.clock()
-        changed = False
-        if rescan or now >= self.next_poll:
-            changed = self.model.poll(rediscover=rescan)
-            self.next_poll = now + self.interval_s
-            changed = True
-        return changed
+        if not (rescan or now >= self.next_poll):
+            return False
+        started = time.time()
+        self.model.poll(rediscover=rescan)
+        self.busy_s = time.time() - started
+        # under a flood of data, keep at least two thirds of the time for keys
+        self.next_poll = now + max(self.interval_s, 3 * self.busy_s)
+        return True
 
     def current_frame(self):
         """The frame to show; a paused view keeps the one it had."""
@@ -3918,6 +4102,12 @@ def main(argv=None):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except Exception as error:  # a bug: one line, not a traceback (CATOP_DEBUG=1 for it)
+        if os.environ.get("CATOP_DEBUG"):
+            raise
+        sys.stderr.write("catop: internal error: %s: %s (CATOP_DEBUG=1 shows where)\n" % (
+            type(error).__name__, clean(str(error))[:300]))
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

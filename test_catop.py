@@ -1087,7 +1087,8 @@ class RenderScreenTests(unittest.TestCase):
         texts = ["".join(t for t, _ in line) for line in lines]
         # hit: read 188,000 of input 196,080 + 300,000
         self.assertTrue(texts[1].startswith("req 14  hit 37.9%"), texts[1])
-        self.assertTrue(texts[2].startswith("1/5/15m  req/min 3.0 1.8 0.9"), texts[2])
+        self.assertTrue(texts[2].startswith("1/5/15m  req/min 2.0 1.6 0.9   tok/min 100k"),
+                        texts[2])
         self.assertTrue(texts[3].startswith("hit 1h  "))
         header = texts.index(next(t for t in texts if t.startswith("MODEL")))
         first = lines[header + 1]
@@ -1099,8 +1100,8 @@ class RenderScreenTests(unittest.TestCase):
         lines = catop.render_screen(frame, view, self.META, 120, 30)
         self.assertIn((" 0.0%", "bad"), [(t, s) for t, s in lines[header + 1] if "%" in t])
         alerts = [t for t in texts if t.startswith("! ")]
-        # last 5 min: read 25,000 + 26,000 + 27,000 of input 81,030 + 300,000
-        self.assertIn("! hit rate 20.5% over the last 5 min: likely a changed prompt prefix "
+        # last 5 min (NOW-300, NOW]: read 26,000 + 27,000 of input 55,020 + 300,000
+        self.assertIn("! hit rate 14.9% over the last 5 min: likely a changed prompt prefix "
                       "(system prompt, tools or early messages)", alerts)
 
     def test_ascii_fallback(self):
@@ -1113,15 +1114,43 @@ class RenderScreenTests(unittest.TestCase):
 
     def test_rates_and_sparkline(self):
         model = live_model(recent_requests())
-        rates = catop.rolling_rates(model.timeline, NOW)
-        # 1 min: s-bad at NOW-60, -30, 0; 5 min: those 6 and s-good at -300, -240, -180
-        self.assertEqual([r[0] for r in rates], [3.0, 9 / 5.0, 14 / 15.0])
-        self.assertEqual(rates[0][1], (150000 + 3 * 0) / 1.0)
-        self.assertAlmostEqual(rates[0][2], 3 * 50000 * 2.5e-06 * 60)
-        series = catop.hit_series(model.timeline, NOW, buckets=4, span_s=3600)
+        rates = catop.rolling_rates(model.buckets, NOW)
+        # windows are (NOW - span, NOW]: 1 min holds s-bad at -30 and 0; 5 min all six
+        # of s-bad and s-good at -240 and -180; 15 min all fourteen
+        self.assertEqual([r[0] for r in rates], [2.0, 8 / 5.0, 14 / 15.0])
+        self.assertEqual(rates[0][1], 2 * 50000 + 0)
+        self.assertAlmostEqual(rates[0][2], 2 * 50000 * 2.5e-06 * 60)
+        self.assertEqual(rates[0][3], 0.0)
+        series = catop.hit_series(model.buckets, NOW, count=4, span_s=3600)
         self.assertEqual(series[:3], [None, None, None])
         self.assertEqual(catop.sparkline([None, 0.0, 0.5, 1.0]), " \u2581\u2585\u2588")
         self.assertEqual(catop.sparkline([None, 0.0, 1.0], unicode_ok=False), " _#")
+
+
+class LiveModelTests(unittest.TestCase):
+
+    def test_merge_into_sorted_re_sorts_only_the_tail(self):
+        items = [1, 3, 5, 7]
+        self.assertEqual(catop.merge_into_sorted(items, [8, 6], lambda x: x), 3)
+        self.assertEqual(items, [1, 3, 5, 6, 7, 8])
+        keys = list(items)
+        self.assertEqual(catop.merge_into_sorted(items, [9], lambda x: x, keys), 6)
+        self.assertEqual(items, [1, 3, 5, 6, 7, 8, 9])
+
+    def test_appends_out_of_order_and_breaks_found_incrementally(self):
+        m = "claude-sonnet-4-5"
+        source = FakeSource(chain((0, m, 5, 10000, 2000, 0), (60, m, 5, 12000, 500, 0)))
+        source.generation = 0
+        model = catop.LiveModel([source], PRICES)
+        model.poll()
+        self.assertEqual(model.breaks, [])
+        source.requests.extend(chain((400, m, 5, 0, 12500, 0), (30, m, 5, 11000, 1000, 0)))
+        source.fresh = True
+        model.poll()
+        self.assertIsNotNone(model.appended)
+        self.assertEqual([e.req.ts - NOW for e in model.timeline.timed], [0, 30, 60, 400])
+        self.assertEqual([(b.cause, b.ts - NOW) for b in model.breaks], [("ttl_expired", 400)])
+        self.assertEqual(model.buckets.sums(NOW, NOW + 401)[0], 4)
 
 
 class KeyTests(unittest.TestCase):
