@@ -2534,13 +2534,13 @@ class LiveAgentSource(object):
 
 
 class LiveDemoSource(object):
-    """Simulated traffic that keeps arriving: the past six hours at once, then each
-    request when the clock reaches it."""
+    """Simulated traffic that keeps arriving: the past two hours at once, then each
+    request when the clock reaches it (sessions are still running when it starts)."""
 
     def __init__(self, seed, clock=time.time):
         self.clock = clock
         start = clock()
-        self.pending, self.compactions = demo_traffic(seed, start + 6 * 3600, hours=12.0)
+        self.pending, self.compactions = demo_traffic(seed, start + 3600, hours=3.0)
         self.stats = SourceStats("demo (seed %d)" % seed)
         self.requests = []
         self.generation = 0
