@@ -55,7 +55,7 @@ PARALLEL_MIN_BYTES = 24 * 1024 * 1024
 
 GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day")
 WINDOWS = ("all", "today", "week", "month", "1h", "24h", "7d", "30d")
-FORMATS = ("table", "json", "csv")
+FORMATS = ("table", "json", "csv", "prometheus")
 AGENTS = ("claude-code", "codex", "gemini", "opencode", "openclaw")
 SKIP_KINDS = ("malformed", "no_usage", "duplicate")
 
@@ -1158,6 +1158,7 @@ class Aggregate(object):
         self.tallies = {}
         # grouped by session: each group's (models, projects), for the session listing
         self.details = {} if "session" in self.group_by else None
+        self.effects = CacheEffects(prices, self.key_of)
         self.unpriced_models = {}
         self.timeline = []
         self.outside_window = 0
@@ -1171,10 +1172,15 @@ class Aggregate(object):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.key_of = group_key_function(self.group_by) if self.group_by else (lambda req: ())
+        self.effects.prices, self.effects.key_of = self.prices, self.key_of
+
+    def finish(self, now):
+        """Closes the stream: the last writes of each session that expired unread."""
+        self.effects.finish(now)
 
     def wanted_attributes(self):
         """The attributes of a request this view needs (the rest need not be looked up)."""
-        wanted = {"model", "provider", "time", "cost"}
+        wanted = {"model", "provider", "time", "cost", "session"}  # sessions: breaks
         wanted.update(f for f in self.group_by if f != "day")
         if self.details is not None:
             wanted.add("project")
@@ -1190,7 +1196,10 @@ class Aggregate(object):
         return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
 
     def add(self, req):
-        if (self.since is not None or self.until is not None) and not self.in_window(req.ts):
+        windowed = self.since is not None or self.until is not None
+        in_window = not windowed or self.in_window(req.ts)
+        cause = self.effects.add(req, in_window)  # before: it may precede one inside
+        if not in_window:
             self.outside_window += 1
             return
         rates = self.prices.rates(req.model, req.provider)
@@ -1211,7 +1220,7 @@ class Aggregate(object):
             detail[0].add(req.model)
             detail[1].add(req.project)
         if self.session is not None and req.session.startswith(self.session):
-            self.timeline.append((req, cost))
+            self.timeline.append((req, cost, cause.cause if cause is not None else ""))
 
     @property
     def totals(self):
@@ -1240,6 +1249,7 @@ class Aggregate(object):
             mine[1].update(projects)
         self.timeline.extend(other.timeline)
         self.outside_window += other.outside_window
+        self.effects.merge(other.effects, self.in_window)
 
 
 SORT_COLUMNS = {
@@ -1413,6 +1423,212 @@ def chain_breaks(chain, prices, compaction_times=(), start=1):
                                 after.cache_read, rewritten, after.ts - before.ts,
                                 break_cost(after, rewritten, prices)))
     return found
+
+
+# what-if: the same sessions under the other cache TTL, and writes nobody read
+
+TTL_POLICIES = (("ttl_1h", 3600), ("ttl_5m", 300))
+
+
+def _write_rates(req, prices):
+    """(input, cache read, 5m write, 1h write) rates for a request, tier included."""
+    rates = prices.rates(req.model, req.provider)
+    if rates is None:
+        return None
+    base, tier = rates
+    chosen = tier if tier is not None and req.input > TIER_THRESHOLD_TOKENS else base
+    return chosen[:4]
+
+
+def policy_applies(req):
+    """The TTL of a cache write is a choice only with Anthropic-style providers."""
+    return req.provider.lower().startswith(_WRITE_REPORTING)
+
+
+def reprice_writes(req, rates, policy):
+    """What re-pricing a request's writes at one policy's write rate changes."""
+    p_in, p_read, p_w5, p_w1 = rates
+    p_policy = p_w1 if policy == "ttl_1h" else p_w5
+    return req.cache_write_5m * (p_policy - p_w5) + req.cache_write_1h * (p_policy - p_w1)
+
+
+def pair_what_if(before, after, found, rates, policy, ttl):
+    """(cost change, avoided, added) of one step of a session under a TTL policy:
+    a break caused by an expired cache that this TTL would have kept is avoided;
+    a read that this TTL would have let expire becomes a break."""
+    p_in, p_read, p_w5, p_w1 = rates
+    p_policy = p_w1 if policy == "ttl_1h" else p_w5
+    gap = after.ts - before.ts
+    if found is not None and found.cause == "ttl_expired" and gap <= ttl:
+        # the rewritten tokens are read instead; those that were written are not
+        # written at all, so undo their re-pricing too
+        writes = after.cache_write_5m + after.cache_write_1h
+        written = min(found.rewritten, writes)
+        p_write = ((after.cache_write_5m * p_w5 + after.cache_write_1h * p_w1) / writes
+                   if writes else p_policy)
+        return -found.cost - written * (p_policy - p_write), 1, 0
+    if found is None and gap > ttl and after.cache_read:
+        return after.cache_read * (p_policy - p_read), 0, 1
+    return 0.0, 0, 0
+
+
+def wasted_write(before, after, rates, now):
+    """(tokens, premium in USD) of a request's cache writes that were never read:
+    the next request in its session came after the TTL, or read less than was
+    written, or never came.  None while the cache may still be read (now < TTL)."""
+    writes = before.cache_write_5m + before.cache_write_1h
+    if not writes or rates is None:
+        return 0, 0.0
+    ttl = ttl_in_force(before)
+    if after is None:
+        if now is not None and now - before.ts <= ttl:
+            return None
+        read_back = 0
+    elif after.ts - before.ts > ttl:
+        read_back = 0
+    else:
+        read_back = min(writes, max(0, after.cache_read - before.cache_read))
+    wasted = writes - read_back
+    p_in, p_read, p_w5, p_w1 = rates
+    premium = (before.cache_write_5m * (p_w5 - p_in) + before.cache_write_1h * (p_w1 - p_in))
+    return wasted, premium * wasted / writes
+
+
+class CacheEffects(object):
+    """Breaks, what-if and wasted writes of a stream of requests, pair by pair.
+
+    Each session keeps only its last request: what a request did to the cache is
+    known from it and the next one.  Requests must come in time order within each
+    session (a late one is not paired, and counted in `unordered`)."""
+
+    def __init__(self, prices, key_of, compactions=None):
+        self.prices = prices
+        self.key_of = key_of
+        self.compactions = compactions if compactions is not None else {}
+        self.first = {}          # session -> its first request here (for merging)
+        self.last = {}           # session -> its last request here
+        self.breaks = []
+        self.what_if = {}        # group key -> {policy: [delta, avoided, added]}
+        self.policy_cost = {}    # group key -> cost of the requests the policies re-price
+        self.wasted = {}         # group key -> [tokens, premium]
+        self.unordered = 0
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["prices"] = state["key_of"] = None
+        return state
+
+    def add(self, req, in_window=True):
+        """Pairs req with its session's previous request; returns its break or None."""
+        session = req.session
+        if not session or req.ts is None:
+            return None
+        before = self.last.get(session)
+        if before is None:
+            self.first[session] = req
+            self.last[session] = req
+            if in_window:
+                self._reprice(req)
+            return None
+        if req.ts < before.ts:
+            self.unordered += 1
+            return None
+        self.last[session] = req
+        return self._pair(before, req, in_window)
+
+    def _pair(self, before, after, in_window, reprice=True):
+        found = None
+        expected = expected_cached(before)
+        if expected >= BREAK_MIN_EXPECTED_TOKENS and after.cache_read < expected / 2:
+            rewritten = min(expected - after.cache_read,
+                            after.cache_write_5m + after.cache_write_1h + after.miss)
+            found = CacheBreak(after.session, after.ts, after.model,
+                               break_cause(before, after, self.compactions.get(after.session,
+                                                                               ())),
+                               expected, after.cache_read, rewritten, after.ts - before.ts,
+                               break_cost(after, rewritten, self.prices))
+        if not in_window:
+            return None
+        if found is not None:
+            self.breaks.append(found)
+        before_rates = _write_rates(before, self.prices)
+        wasted = wasted_write(before, after, before_rates, None)
+        if wasted and wasted[0]:
+            self._add_wasted(before, wasted)
+        if reprice:
+            self._reprice(after)
+        rates = _write_rates(after, self.prices)
+        if rates is not None and policy_applies(after):
+            group = self.what_if.setdefault(self.key_of(after), _empty_what_if())
+            for policy, ttl in TTL_POLICIES:
+                delta, avoided, added = pair_what_if(before, after, found, rates, policy, ttl)
+                group[policy][0] += delta
+                group[policy][1] += avoided
+                group[policy][2] += added
+        return found
+
+    def _reprice(self, req):
+        rates = _write_rates(req, self.prices)
+        if rates is None or not policy_applies(req):
+            return
+        group = self.what_if.setdefault(self.key_of(req), _empty_what_if())
+        cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
+        self.policy_cost[self.key_of(req)] = self.policy_cost.get(self.key_of(req), 0.0) + cost
+        for policy, _ in TTL_POLICIES:
+            group[policy][0] += reprice_writes(req, rates, policy)
+
+    def _add_wasted(self, req, wasted):
+        slot = self.wasted.setdefault(self.key_of(req), [0, 0.0])
+        slot[0] += wasted[0]
+        slot[1] += wasted[1]
+
+    def finish(self, now):
+        """Counts the writes of each session's last request that expired unread."""
+        for req in self.last.values():
+            wasted = wasted_write(req, None, _write_rates(req, self.prices), now)
+            if wasted and wasted[0]:
+                self._add_wasted(req, wasted)
+        self.breaks.sort(key=lambda b: b.ts)
+
+    def merge(self, other, in_window):
+        """Takes in a later part of the same stream (a worker's byte range)."""
+        for session, first in other.first.items():
+            before = self.last.get(session)
+            if before is None:
+                self.first[session] = first
+            elif first.ts >= before.ts:
+                # the worker took `first` for a session's start, and re-priced it already
+                self._pair(before, first, in_window(first.ts), reprice=False)
+            else:
+                self.unordered += 1
+        self.last.update(other.last)
+        self.breaks.extend(other.breaks)
+        for key, group in other.what_if.items():
+            mine = self.what_if.setdefault(key, _empty_what_if())
+            for policy in group:
+                mine[policy] = [a + b for a, b in zip(mine[policy], group[policy])]
+        for key, cost in other.policy_cost.items():
+            self.policy_cost[key] = self.policy_cost.get(key, 0.0) + cost
+        for key, (tokens, premium) in other.wasted.items():
+            slot = self.wasted.setdefault(key, [0, 0.0])
+            slot[0] += tokens
+            slot[1] += premium
+        self.unordered += other.unordered
+
+
+def _empty_what_if():
+    return {policy: [0.0, 0, 0] for policy, _ in TTL_POLICIES}
+
+
+def break_summary(breaks):
+    """Count and cost of the breaks, by cause."""
+    summary = {"count": len(breaks), "cost_usd": round(sum(b.cost for b in breaks), 9),
+               "by_cause": {}}
+    for cause in BREAK_CAUSES:
+        chosen = [b for b in breaks if b.cause == cause]
+        summary["by_cause"][cause] = {"count": len(chosen),
+                                      "cost_usd": round(sum(b.cost for b in chosen), 9)}
+    return summary
 
 
 # the live view's model: every request, priced once, in time order
@@ -1591,6 +1807,11 @@ def live_alerts(buckets, now, breaks, unpriced, sources, alert_burn):
     if cost > 0 and tokens_out == 0:
         alerts.append((now - 1, "%s spent in the last minute with no output tokens: "
                        "a tool loop?" % fmt_usd(cost)))
+    if breaks and breaks[-1].ts is not None and now - 900 <= breaks[-1].ts <= now + 1:
+        latest = breaks[-1]
+        alerts.append((latest.ts, "cache break %s ago in %s (%s): %s, %s paid again" % (
+            fmt_gap(max(0.0, now - latest.ts)), clean(latest.session), clean(latest.model),
+            latest.cause.replace("_", " "), fmt_usd(latest.cost))))
     if unpriced:
         alerts.append((0.0, "unpriced models (cost shown as $0): %s" % ", ".join(
             clean(m) for m in sorted(unpriced)[:5])))
@@ -2421,7 +2642,11 @@ def scan_agent(name, aggregate):
     replays = source.sidechain_replays()
     source.stats.skip("duplicate", replays)
     source.stats.sessions_compacted = dict(source.compactions)
-    for req in source.requests():
+    for session, ts in source.compaction_times:
+        if ts is not None:
+            aggregate.effects.compactions.setdefault(session, []).append(ts)
+    # in time order: what a request did to the cache is judged from the next one
+    for req in sorted(source.requests(), key=lambda r: (r.ts is None, r.ts or 0.0)):
         source.stats.records += 1
         aggregate.add(req)
     return source.stats
@@ -3152,6 +3377,10 @@ def render_report(report, width=80, ellipsis="~"):
                                         agg.totals if len(agg.groups) > 1 else None, ellipsis))
         if report.hidden_groups:
             lines.append("(%s more groups; --top to show more)" % fmt_int(report.hidden_groups))
+    breaks = render_breaks_section(agg, width, ellipsis)
+    if breaks:
+        lines.append("")
+        lines.extend(breaks)
     if agg.unpriced_models:
         names = ", ".join("%s (%s)" % (clean(m), fmt_int(n))
                           for m, n in sorted(agg.unpriced_models.items()))
@@ -3168,11 +3397,12 @@ def render_timeline(report, width=80, ellipsis="~"):
     """--session: one session's requests in time order, columns fitted to width."""
     entries = sorted(report.aggregate.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0))
     sessions = sorted({e[0].session for e in entries})
-    days = {local_day(req.ts) for req, _ in entries}
+    days = {local_day(entry[0].ts) for entry in entries}
     header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST"]
     rows = []
     for compact in (False, True):
-        rows = [_timeline_cells(req, cost, len(days) > 1, compact) for req, cost in entries]
+        rows = [_timeline_cells(req, cost, len(days) > 1, compact)
+                for req, cost, _ in entries]
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
         overflow = sum(widths) + 2 * (len(widths) - 1) - width
         if overflow <= 0:
@@ -3181,10 +3411,12 @@ def render_timeline(report, width=80, ellipsis="~"):
         widths[1] = max(8, widths[1] - overflow)
     lines = [fit("session %s  (%s requests)" % (clean(", ".join(sessions)), len(entries)),
                  width, ellipsis)]
-    for cells, (req, _) in zip([header] + rows, [(None, None)] + entries):
+    for cells, (req, _, cause) in zip([header] + rows, [(None, None, "")] + entries):
         text = "  ".join(
             fit(cell, w, ellipsis).ljust(w) if i < 2 else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(cells, widths)))
+        if cause:
+            text += "  break: " + cause
         if req is not None and req.sidechain:
             text += "  subagent"
         lines.append(fit(text.rstrip(), width, ellipsis))
@@ -3569,20 +3801,24 @@ def report_dict(report):
         "groups": (dict([("key", dict(zip(agg.group_by, key)))] + list(t.as_dict().items()))
                    for key, t in report.rows),
         "unpriced_models": sorted(agg.unpriced_models),
+        "breaks": (item.as_dict() for item in agg.effects.breaks),
+        "break_summary": break_summary(agg.effects.breaks),
+        "what_if": what_if_dict(agg),
+        "wasted_writes": wasted_dict(agg),
     }
     if agg.session is not None:
-        doc["timeline"] = (timeline_entry(req, cost) for req, cost in
+        doc["timeline"] = (timeline_entry(req, cost, cause) for req, cost, cause in
                            sorted(agg.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0)))
     return doc
 
 
-def timeline_entry(req, cost):
+def timeline_entry(req, cost, cause=""):
     return {"ts": iso_utc(req.ts), "session": req.session, "model": req.model,
             "miss_tokens": req.miss, "cache_read_tokens": req.cache_read,
             "cache_write_tokens": req.cache_write_5m + req.cache_write_1h,
             "cache_write_1h_tokens": req.cache_write_1h, "output_tokens": req.output,
             "reasoning_tokens": req.reasoning, "cost_usd": round(cost, 9),
-            "subagent": req.sidechain}
+            "subagent": req.sidechain, "break": cause or None}
 
 
 def iter_json(report):
@@ -3604,6 +3840,141 @@ def iter_json(report):
             opening, separator = "", ",\n    "
         yield (opening + "]" if opening else "\n  ]") + ending
     yield "}\n"
+
+
+def what_if_dict(agg):
+    """The TTL what-if of the JSON document: totals, then one entry a group."""
+    effects = agg.effects
+
+    def policies(base_cost, figures):
+        out = {"applies_to_cost_usd": round(base_cost, 9)}
+        for policy, _ in TTL_POLICIES:
+            delta, avoided, added = figures[policy]
+            out[policy] = {"cost_usd": round(base_cost + delta, 9), "delta_usd": round(delta, 9),
+                           "breaks_avoided": avoided, "breaks_added": added}
+        return out
+
+    total = _empty_what_if()
+    for figures in effects.what_if.values():
+        for policy in total:
+            total[policy] = [a + b for a, b in zip(total[policy], figures[policy])]
+    doc = policies(sum(effects.policy_cost.values()), total)
+    doc["groups"] = [dict([("key", dict(zip(agg.group_by, key)))] +
+                          list(policies(effects.policy_cost.get(key, 0.0), figures).items()))
+                     for key, figures in sorted(effects.what_if.items())] if agg.group_by else []
+    return doc
+
+
+def wasted_dict(agg):
+    wasted = agg.effects.wasted
+    doc = {"tokens": sum(t for t, _ in wasted.values()),
+           "cost_usd": round(sum(c for _, c in wasted.values()), 9)}
+    doc["groups"] = [{"key": dict(zip(agg.group_by, key)), "tokens": tokens,
+                      "cost_usd": round(cost, 9)}
+                     for key, (tokens, cost) in sorted(wasted.items())] if agg.group_by else []
+    return doc
+
+
+def render_breaks_section(agg, width, ellipsis="~"):
+    """The table output's cache-break lines: causes, costliest sessions, what-if, waste."""
+    effects = agg.effects
+    breaks = effects.breaks
+    lines = []
+    if breaks:
+        summary = break_summary(breaks)
+        lines.append("cache breaks  %d, costing %s above the cache-read rate" % (
+            summary["count"], fmt_usd(summary["cost_usd"])))
+        causes = sorted(((c, f) for c, f in summary["by_cause"].items() if f["count"]),
+                        key=lambda item: -item[1]["cost_usd"])
+        lines.append("  by cause: " + " | ".join(
+            "%s %d %s" % (cause, figures["count"], fmt_usd(figures["cost_usd"]))
+            for cause, figures in causes))
+        by_session = {}
+        for item in breaks:
+            slot = by_session.setdefault(item.session, [0, 0.0])
+            slot[0] += 1
+            slot[1] += item.cost
+        top = sorted(by_session.items(), key=lambda kv: -kv[1][1])[:3]
+        lines.append("  costliest sessions: " + " | ".join(
+            "%s %s (%d)" % (clean(session), fmt_usd(cost), count)
+            for session, (count, cost) in top))
+    doc = what_if_dict(agg)
+    if doc["applies_to_cost_usd"]:
+        for policy, label in (("ttl_1h", "all cache writes 1 h"), ("ttl_5m", "all cache writes 5 m")):
+            figures = doc[policy]
+            change = figures["delta_usd"]
+            verdict = ("would have saved %s" % fmt_usd(-change) if change < 0 else
+                       "would have cost %s more" % fmt_usd(change))
+            lines.append("what-if  %s: %s (%d breaks avoided, %d added)" % (
+                label, verdict, figures["breaks_avoided"], figures["breaks_added"]))
+    wasted = wasted_dict(agg)
+    if wasted["tokens"]:
+        lines.append("wasted writes  %s tokens written and never read before their TTL ran "
+                     "out: %s of write premium" % (fmt_int(wasted["tokens"]),
+                                                   fmt_usd(wasted["cost_usd"])))
+    return [fit(line, width, ellipsis) for line in lines]
+
+
+# Prometheus text exposition format
+
+def prometheus_labels(pairs):
+    if not pairs:
+        return ""
+    escaped = []
+    for name, value in pairs:
+        value = clean(value).replace("\\", "\\\\").replace('"', '\\"')
+        escaped.append('%s="%s"' % (name, value))
+    return "{" + ",".join(escaped) + "}"
+
+
+def format_prometheus(report):
+    """Metrics for node_exporter's textfile collector or a scrape of --metrics-listen,
+    labelled by the --group-by fields."""
+    agg = report.aggregate
+    groups = sorted(agg.groups.items()) if agg.group_by else [((), agg.totals)]
+    lines = []
+
+    def family(name, kind, text, samples):
+        lines.append("# HELP %s %s" % (name, text))
+        lines.append("# TYPE %s %s" % (name, kind))
+        for labels, value in samples:
+            lines.append("%s%s %s" % (name, prometheus_labels(labels), _prometheus_number(value)))
+
+    keyed = [(list(zip(agg.group_by, key)), tally) for key, tally in groups]
+    family("catop_requests_total", "counter", "LLM requests read from the logs.",
+           [(labels, t.requests) for labels, t in keyed])
+    kinds = (("miss", "miss"), ("cache_read", "cache_read"), ("cache_write_5m", "cache_write_5m"),
+             ("cache_write_1h", "cache_write_1h"), ("output", "output"), ("reasoning", "reasoning"))
+    family("catop_tokens_total", "counter", "Tokens by kind (input = miss + cache read + writes).",
+           [(labels + [("kind", kind)], getattr(t, attr)) for labels, t in keyed
+            for kind, attr in kinds])
+    family("catop_cost_usd_total", "counter", "Estimated cost in USD.",
+           [(labels, t.cost) for labels, t in keyed])
+    family("catop_no_cache_cost_usd_total", "counter",
+           "What the same traffic would cost with no prompt cache, USD.",
+           [(labels, t.no_cache_cost) for labels, t in keyed])
+    family("catop_saved_usd", "gauge",
+           "Saved by the cache, USD (a gauge: unread writes can make it negative).",
+           [(labels, t.saved) for labels, t in keyed])
+    family("catop_hit_rate", "gauge", "Cache read / input tokens (NaN without input).",
+           [(labels, t.hit_rate) for labels, t in keyed])
+    family("catop_unpriced_requests_total", "counter", "Requests of models with no known price.",
+           [(labels, t.unpriced_requests) for labels, t in keyed])
+    summary = break_summary(agg.effects.breaks)["by_cause"]
+    family("catop_cache_breaks_total", "counter", "Cache breaks by cause.",
+           [([("cause", cause)], figures["count"]) for cause, figures in summary.items()])
+    family("catop_cache_break_cost_usd_total", "counter",
+           "What the tokens re-paid after a cache break cost above the read rate, USD.",
+           [([("cause", cause)], figures["cost_usd"]) for cause, figures in summary.items()])
+    return "\n".join(lines) + "\n"
+
+
+def _prometheus_number(value):
+    if value is None:
+        return "NaN"
+    if isinstance(value, float):
+        return repr(round(value, 9))
+    return str(value)
 
 
 def format_json(report):
@@ -3718,6 +4089,8 @@ class LiveApp(object):
         self.frame = None
         self.table_cache = {}
         self.busy_s = 0.0        # how long the last poll took
+        self.lock = contextlib.nullcontext() if hasattr(contextlib, "nullcontext") \
+            else _NoLock()       # a real lock when --metrics-listen reads the model too
 
     def tick(self, rescan=False):
         """Polls the sources when due; returns True when the screen must be redrawn."""
@@ -3725,7 +4098,8 @@ class LiveApp(object):
         if not (rescan or now >= self.next_poll):
             return False
         started = time.time()
-        self.model.poll(rediscover=rescan)
+        with self.lock:
+            self.model.poll(rediscover=rescan)
         self.busy_s = time.time() - started
         # under a flood of data, keep at least two thirds of the time for keys
         self.next_poll = now + max(self.interval_s, 3 * self.busy_s)
@@ -3735,8 +4109,9 @@ class LiveApp(object):
         """The frame to show; a paused view keeps the one it had."""
         if self.view.paused and self.frame is not None:
             return self.frame
-        self.frame = build_frame(self.model, self.view, self.clock(), self.alert_burn,
-                                 self.table_cache)
+        with self.lock:
+            self.frame = build_frame(self.model, self.view, self.clock(), self.alert_burn,
+                                     self.table_cache)
         self.meta["sources"] = self.model.stats()
         return self.frame
 
@@ -3756,6 +4131,14 @@ class LiveApp(object):
             self.tick(rescan=True)
             return None
         return action
+
+
+class _NoLock(object):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def run_curses(app, use_colour, unicode_ok):
@@ -3865,12 +4248,16 @@ def build_parser():
                       help="exit after this long; with --once, watch this long, then print")
     view.add_argument("--no-color", action="store_true",
                       help="no colour in the live view (also: NO_COLOR set)")
+    view.add_argument("--metrics-listen", metavar="HOST:PORT",
+                      help="serve Prometheus metrics at /metrics while the live view or "
+                           "--duration runs (loopback unless a host is named)")
     view.add_argument("--alert-burn", type=parse_positive(float), default=5.0,
                       metavar="USD_PER_HOUR",
                       help="live alert when spend over the last 5 min runs above this "
                            "(default 5)")
     view.add_argument("--format", choices=FORMATS, default="table",
-                      help="snapshot format (default table)")
+                      help="snapshot format (default table); prometheus: the text exposition "
+                           "format")
     view.add_argument("--group-by", type=parse_group_by, default=("model",), metavar="FIELDS",
                       help="comma list of %s, or none (default model)" % ",".join(GROUP_FIELDS))
     view.add_argument("--sort", choices=sorted(SORT_COLUMNS) + ["name"], default="cost",
@@ -3901,6 +4288,8 @@ def build_parser():
                        help="fail when the hit rate is below RATIO (0..1)")
     gates.add_argument("--max-cost", type=parse_positive(float), metavar="USD",
                        help="fail when the estimated cost exceeds USD")
+    gates.add_argument("--max-break-cost", type=parse_positive(float), metavar="USD",
+                       help="fail when cache breaks cost more than USD")
     parser.add_argument("--version", action="version", version="catop " + __version__)
     return parser
 
@@ -3926,7 +4315,10 @@ def collect_sources(args, aggregate, now):
         sources.append(stats)
     if args.demo:
         stats = SourceStats("demo (seed %d)" % args.seed)
-        for req in demo_requests(args.seed, now):
+        requests, compactions = demo_traffic(args.seed, now)
+        for session, ts in compactions:
+            aggregate.effects.compactions.setdefault(session, []).append(ts)
+        for req in requests:
             stats.records += 1
             aggregate.add(req)
         sources.append(stats)
@@ -3941,9 +4333,13 @@ def collect_sources(args, aggregate, now):
     return sources
 
 
-def check_gates(args, totals):
+def check_gates(args, totals, breaks=()):
     """One-line reasons for every breached gate."""
     reasons = []
+    break_cost_usd = sum(item.cost for item in breaks)
+    if args.max_break_cost is not None and break_cost_usd > args.max_break_cost:
+        reasons.append("cache breaks cost %s, over --max-break-cost %s" % (
+            fmt_usd(break_cost_usd), fmt_usd(args.max_break_cost)))
     if args.min_hit_rate is not None and totals.hit_rate is not None \
             and totals.hit_rate < args.min_hit_rate:
         reasons.append("hit rate %s is below --min-hit-rate %s" % (
@@ -3975,9 +4371,37 @@ def run(args):
         if status is not None:
             return status
     if args.once and args.duration:
-        time.sleep(args.duration if "-" not in args.file else 0)
-        now = time.time()
+        return run_watch(args, prices, since, until)
+    if args.metrics_listen:
+        raise UsageError("--metrics-listen serves while the live view or --duration runs")
     return run_snapshot(args, prices, since, until, now)
+
+
+def threading_lock():
+    import threading
+    return threading.Lock()
+
+
+def run_watch(args, prices, since, until):
+    """--once --duration: read the sources as they grow for that long (serving
+    --metrics-listen meanwhile), then print the snapshot of all that was read."""
+    model = LiveModel(live_sources(args, time.time(), keys_from_tty=False), prices)
+    lock = threading_lock()
+    if args.metrics_listen:
+        serve_metrics(parse_listen_address(args.metrics_listen),
+                      metrics_renderer(model, args.group_by, prices, lock))
+    deadline = time.time() + args.duration
+    while True:
+        with lock:
+            model.poll()
+        left = deadline - time.time()
+        if left <= 0:
+            break
+        time.sleep(min(args.interval, left))
+    now = time.time()
+    with lock:
+        aggregate = aggregate_model(model, args.group_by, since, until, args.session, now)
+    return print_report(args, aggregate, model.stats(), prices, now)
 
 
 def wants_live(args):
@@ -3988,10 +4412,12 @@ def wants_live(args):
     return sys.stdin.isatty() or "-" in args.file
 
 
-def live_sources(args, now):
+def live_sources(args, now, keys_from_tty=True):
     sources = []
     for path in args.file:
-        if path == "-":
+        if path == "-" and not keys_from_tty:
+            sources.append(LiveStreamSource(os.dup(0)))
+        elif path == "-":
             data = os.dup(0)
             tty = os.open("/dev/tty", os.O_RDONLY)  # keys come from the terminal
             os.dup2(tty, 0)
@@ -4008,6 +4434,75 @@ def live_sources(args, now):
             raise CatopError(no_data_message())
     sources.extend(LiveAgentSource(name) for name in agents)
     return sources
+
+
+def parse_listen_address(text, default_host="127.0.0.1"):
+    """(host, port) from HOST:PORT, :PORT or PORT; loopback unless a host is named."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 < number < 65536:
+        raise UsageError("not a HOST:PORT to listen on: %r" % text)
+    return host, number
+
+
+def serve_metrics(address, render):
+    """An HTTP server on a thread of its own, answering GET /metrics with render()."""
+    import http.server
+    import threading
+
+    class MetricsHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.split("?")[0].rstrip("/") != "/metrics":
+                self.send_error(404, "only /metrics is here")
+                return
+            try:
+                body = render().encode("utf-8")
+            except Exception as error:  # a scrape must never take catop down
+                self.send_error(500, "catop could not render metrics: %s" % error)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass  # the screen belongs to the live view
+
+    try:
+        server = http.server.ThreadingHTTPServer(address, MetricsHandler)
+    except OSError as error:
+        raise CatopError("cannot listen on %s:%d: %s" % (address[0], address[1],
+                                                         error.strerror or error))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="catop-metrics", daemon=True).start()
+    return server
+
+
+def aggregate_model(model, group_by, since, until, session, now):
+    """An Aggregate of everything a live model holds (the snapshot after watching)."""
+    aggregate = Aggregate(model.prices, group_by, since, until, session)
+    for source in model.sources:
+        for session_id, ts in source.compaction_times():
+            if ts is not None:
+                aggregate.effects.compactions.setdefault(session_id, []).append(ts)
+    for entry in model.timeline.untimed + model.timeline.timed:
+        aggregate.add(entry.req)
+    aggregate.finish(now)
+    return aggregate
+
+
+def metrics_renderer(model, group_by, prices, lock):
+    def render():
+        with lock:
+            now = time.time()
+            aggregate = aggregate_model(model, group_by, None, None, None, now)
+            return format_prometheus(Report(aggregate, model.stats(), prices, now))
+    return render
 
 
 def run_live(args, prices, since, until):
@@ -4035,6 +4530,10 @@ def run_live(args, prices, since, until):
         view.stack = [args.session]
     meta = {"prices_origin": prices.origin, "prices_age": prices.age_s, "sources": []}
     app = LiveApp(model, view, meta, args.interval, args.duration, args.alert_burn)
+    if args.metrics_listen:
+        app.lock = threading_lock()
+        serve_metrics(parse_listen_address(args.metrics_listen),
+                      metrics_renderer(model, args.group_by, prices, app.lock))
     use_colour = not args.no_color and "NO_COLOR" not in os.environ
     try:
         return run_curses(app, use_colour, unicode_ok)
@@ -4048,8 +4547,14 @@ def run_snapshot(args, prices, since, until, now):
     """--once: read everything, print one report, apply the gates."""
     aggregate = Aggregate(prices, args.group_by, since, until, args.session)
     sources = collect_sources(args, aggregate, now)
+    aggregate.finish(now)
+    return print_report(args, aggregate, sources, prices, now)
+
+
+def print_report(args, aggregate, sources, prices, now):
+    """Prints one report in the format asked for; returns the exit status (gates)."""
     if args.session is not None:
-        ambiguous = sorted({req.session for req, _ in aggregate.timeline})
+        ambiguous = sorted({entry[0].session for entry in aggregate.timeline})
         if len(ambiguous) > 1 and args.session not in ambiguous:
             raise UsageError("session prefix %r matches %d sessions: %s" % (
                 args.session, len(ambiguous), ", ".join(clean(s) for s in ambiguous[:5])))
@@ -4063,12 +4568,14 @@ def run_snapshot(args, prices, since, until, now):
         pieces = iter_json(report)
     elif args.format == "csv":
         pieces = [format_csv(report)]
+    elif args.format == "prometheus":
+        pieces = [format_prometheus(report)]
     else:
         pieces = [format_table(report, output_width(args), ellipsis)]
     for piece in pieces:
         sys.stdout.write(piece)
     sys.stdout.flush()
-    reasons = check_gates(args, aggregate.totals)
+    reasons = check_gates(args, aggregate.totals, aggregate.effects.breaks)
     for reason in reasons:
         sys.stderr.write("catop: gate: %s\n" % reason)
     return EXIT_GATE if reasons else EXIT_OK

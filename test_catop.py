@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -567,9 +568,16 @@ class LineReadingTests(unittest.TestCase):
                 agg = catop.Aggregate(PRICES, ("model",))
                 stats = catop.SourceStats("x")
                 catop.scan_request_file(path, agg, stats)
+                agg.finish(NOW)
+                effects = agg.effects
                 results.append((agg.totals.as_dict(), stats.as_dict()["skipped"], stats.records,
-                                {k: v.as_dict() for k, v in agg.groups.items()}))
+                                {k: v.as_dict() for k, v in agg.groups.items()},
+                                [b.as_dict() for b in effects.breaks],
+                                {k: {p: [round(v[0], 12)] + v[1:] for p, v in g.items()}
+                                 for k, g in effects.what_if.items()},
+                                {k: [v[0], round(v[1], 12)] for k, v in effects.wasted.items()}))
         self.assertEqual(results[0], results[1])
+        self.assertTrue(results[0][4])  # the repeated sessions do break across the cut
         self.assertEqual(results[0][2], 40 * 18)
 
 
@@ -858,7 +866,8 @@ class CliTests(IsolatedEnv):
     def test_json_schema_is_exact(self):
         doc = self.run_json("--file", example("litellm.jsonl"), "--file", example("hostile.jsonl"))
         self.assertEqual(list(doc), ["catop_version", "generated_at", "window", "sources",
-                                     "prices", "totals", "groups", "unpriced_models"])
+                                     "prices", "totals", "groups", "unpriced_models", "breaks",
+                                     "break_summary", "what_if", "wasted_writes"])
         self.assertEqual(list(doc["window"]), ["since", "until"])
         self.assertEqual(list(doc["prices"]), ["origin", "models", "age_s"])
         self.assertEqual(doc["prices"]["origin"], "file:prices.json")
@@ -1100,9 +1109,16 @@ class RenderScreenTests(unittest.TestCase):
         lines = catop.render_screen(frame, view, self.META, 120, 30)
         self.assertIn((" 0.0%", "bad"), [(t, s) for t, s in lines[header + 1] if "%" in t])
         alerts = [t for t in texts if t.startswith("! ")]
+        self.assertEqual(alerts, ["! " + text for text in frame.alerts[:2]])
+        # newest first: the break at NOW, the minute with no output, the 5-minute hit rate
+        self.assertEqual(frame.alerts[0], "cache break 0s ago in s-bad (gpt-4o): prefix "
+                                          "changed, $0.0625 paid again")
+        self.assertEqual(frame.alerts[1], "$0.2500 spent in the last minute with no output "
+                                          "tokens: a tool loop?")
         # last 5 min (NOW-300, NOW]: read 26,000 + 27,000 of input 55,020 + 300,000
-        self.assertIn("! hit rate 14.9% over the last 5 min: likely a changed prompt prefix "
-                      "(system prompt, tools or early messages)", alerts)
+        self.assertEqual(frame.alerts[2], "hit rate 14.9% over the last 5 min: likely a "
+                                          "changed prompt prefix (system prompt, tools or "
+                                          "early messages)")
 
     def test_ascii_fallback(self):
         view = catop.View()
@@ -1399,6 +1415,188 @@ class BreakTests(unittest.TestCase):
         item = catop.detect_breaks(openai, PRICES)[0]
         self.assertEqual((item.cause, item.rewritten), ("ttl_expired", 4000))
         self.assertAlmostEqual(item.cost, 4000 * (2.5e-06 - 1.25e-06))
+
+
+class WhatIfTests(unittest.TestCase):
+
+    def effects(self, requests, now=NOW + 10000):
+        effects = catop.CacheEffects(PRICES, lambda req: (req.agent,))
+        for req in requests:
+            effects.add(req)
+        effects.finish(now)
+        return effects
+
+    def test_one_hour_policy_avoids_an_idle_break(self):
+        m = "claude-sonnet-4-5"
+        effects = self.effects(chain((0, m, 5, 10000, 2000, 0), (400, m, 5, 0, 12500, 0),
+                                     (460, m, 5, 12500, 500, 0)))
+        self.assertEqual([(b.cause, b.rewritten) for b in effects.breaks],
+                         [("ttl_expired", 12000)])
+        one_hour, five_min = effects.what_if[("a",)]["ttl_1h"], effects.what_if[("a",)]["ttl_5m"]
+        # writes at 6e-6 instead of 3.75e-6: 2,000 (first) + 500 (rest of the second) + 500;
+        # the break's 12,000 x (3.75e-6 - 3e-7) is not paid, nor are those 12,000 written
+        self.assertAlmostEqual(one_hour[0], 0.0045 + 0.001125 + 0.001125 - 0.0414, places=12)
+        self.assertEqual(one_hour[1:], [1, 0])
+        self.assertEqual(five_min, [0.0, 0, 0])
+        # actual cost of the three requests the policy re-prices
+        costs = sum(cost_of(r)[0] for r in chain((0, m, 5, 10000, 2000, 0),
+                                                   (400, m, 5, 0, 12500, 0),
+                                                   (460, m, 5, 12500, 500, 0)))
+        self.assertAlmostEqual(effects.policy_cost[("a",)], costs)
+
+    def test_five_minute_policy_adds_a_break(self):
+        m = "claude-sonnet-4-5"
+        effects = self.effects(chain((0, m, 5, 10000, 0, 2000), (1200, m, 5, 12000, 0, 500)))
+        self.assertEqual(effects.breaks, [])
+        five_min = effects.what_if[("a",)]["ttl_5m"]
+        # the 12,000 read after 20 minutes would have expired: rewritten at 3.75e-6;
+        # 2,500 one-hour writes re-priced to 3.75e-6
+        self.assertAlmostEqual(five_min[0], 12000 * (3.75e-06 - 3e-07) - 2500 * 2.25e-06,
+                               places=12)
+        self.assertEqual(five_min[1:], [0, 1])
+        self.assertEqual(effects.what_if[("a",)]["ttl_1h"], [0.0, 0, 0])
+
+    def test_wasted_writes(self):
+        m = "claude-sonnet-4-5"
+        requests = chain((0, m, 5, 10000, 2000, 0), (400, m, 5, 0, 12500, 0),
+                         (460, m, 5, 12500, 500, 0))
+        effects = self.effects(requests)
+        # 2,000 expired before the next request; 500 were the last and expired too;
+        # the premium over the input rate is 0.75e-6 a token
+        self.assertEqual(effects.wasted[("a",)][0], 2500)
+        self.assertAlmostEqual(effects.wasted[("a",)][1], 2500 * 0.75e-06)
+        pending = self.effects(requests, now=NOW + 500)  # the last write may still be read
+        self.assertEqual(pending.wasted[("a",)][0], 2000)
+
+    def test_json_and_table_and_gate(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "s.jsonl")
+        m = "claude-sonnet-4-5"
+        with open(path, "w") as handle:
+            for req in chain((0, m, 5, 10000, 2000, 0), (400, m, 5, 0, 12500, 0),
+                             (460, m, 5, 12500, 500, 0)):
+                handle.write(json.dumps({"timestamp": req.ts, "model": m, "session_id": "s",
+                                         "agent": "a", "usage": {
+                                             "input_tokens": req.miss,
+                                             "cache_read_input_tokens": req.cache_read,
+                                             "cache_creation_input_tokens": req.cache_write_5m,
+                                             "output_tokens": 10}}) + "\n")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = catop.main(["--file", path, "--offline", "--format", "json",
+                               "--group-by", "agent"])
+        doc = json.loads(out.getvalue())
+        self.assertEqual(code, 0)
+        self.assertEqual(doc["breaks"], [{
+            "session": "s", "ts": catop.iso_utc(NOW + 400), "model": m, "cause": "ttl_expired",
+            "expected_read_tokens": 12000, "read_tokens": 0, "rewritten_tokens": 12000,
+            "gap_s": 400.0, "cost_usd": 0.0414}])
+        self.assertEqual(doc["break_summary"]["count"], 1)
+        self.assertEqual(doc["break_summary"]["by_cause"]["ttl_expired"],
+                         {"count": 1, "cost_usd": 0.0414})
+        self.assertEqual(doc["what_if"]["ttl_1h"]["delta_usd"], -0.03465)
+        self.assertEqual(doc["what_if"]["ttl_1h"]["breaks_avoided"], 1)
+        self.assertEqual(doc["what_if"]["groups"][0]["key"], {"agent": "a"})
+        self.assertEqual(doc["wasted_writes"]["tokens"], 2500)
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = catop.main(["--file", path, "--offline", "--max-break-cost", "0.04"])
+        self.assertEqual(code, 3)
+        self.assertIn("cache breaks cost $0.0414, over --max-break-cost $0.0400", err.getvalue())
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            catop.main(["--file", path, "--offline", "--width", "120", "--session", "s"])
+        text = out.getvalue()
+        self.assertIn("cache breaks  1, costing $0.0414 above the cache-read rate", text)
+        self.assertIn("what-if  all cache writes 1 h: would have saved $0.0347 (1 breaks "
+                      "avoided, 0 added)", text)
+        self.assertIn("break: ttl_expired", text)
+
+    def test_demo_has_breaks_of_every_cause(self):
+        requests, compactions = catop.demo_traffic(1, NOW)
+        by_session = {}
+        for session, ts in compactions:
+            by_session.setdefault(session, []).append(ts)
+        causes = {b.cause for b in catop.detect_breaks(requests, PRICES, by_session)}
+        self.assertEqual(causes, set(catop.BREAK_CAUSES))
+
+
+PROMETHEUS_LINE = re.compile(
+    r'^(# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+|'
+    r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\\n])*"'
+    r'(,[a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\\n])*")*\})? (-?[0-9.]+(e[-+]?[0-9]+)?|NaN))$')
+
+
+class PrometheusTests(IsolatedEnv):
+
+    def test_every_line_follows_the_grammar(self):
+        code, out, _ = self.run_main("--file", example("hostile.jsonl"), "--file",
+                                     example("litellm.jsonl"), "--offline", "--format",
+                                     "prometheus", "--group-by", "model,project")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        for line in lines:
+            self.assertRegex(line, PROMETHEUS_LINE)
+        types = [l.split()[2:] for l in lines if l.startswith("# TYPE")]
+        self.assertIn(["catop_requests_total", "counter"], types)
+        self.assertIn(["catop_hit_rate", "gauge"], types)
+        self.assertIn('catop_requests_total{model="gpt-4o-mini",project="ci-key"} 1', lines)
+        self.assertIn('catop_tokens_total{model="gpt-4o-mini",project="ci-key",kind="cache_read"}'
+                      ' 2048', lines)
+        evil = [l for l in lines if l.startswith('catop_requests_total{model="evil')][0]
+        self.assertEqual(evil, 'catop_requests_total{model="evil]0;pwned[2J",project=""} 1')
+
+    def test_label_escaping(self):
+        self.assertEqual(catop.prometheus_labels([("model", 'a"b\\c')]), '{model="a\\"b\\\\c"}')
+
+
+class MetricsServerTests(IsolatedEnv):
+
+    def test_serves_metrics_404_and_500(self):
+        import urllib.error
+        import urllib.request
+        answers = ["catop_requests_total 3\n"]
+
+        def render():
+            if not answers:
+                raise RuntimeError("broken")
+            return answers[0]
+
+        server = catop.serve_metrics(("127.0.0.1", 0), render)
+        self.addCleanup(server.shutdown)
+        base = "http://127.0.0.1:%d" % server.server_address[1]
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            self.assertEqual(response.read(), b"catop_requests_total 3\n")
+            self.assertIn("text/plain", response.headers["Content-Type"])
+        with self.assertRaises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(base + "/elsewhere", timeout=5)
+        self.assertEqual(missing.exception.code, 404)
+        answers.clear()
+        with self.assertRaises(urllib.error.HTTPError) as broken:
+            urllib.request.urlopen(base + "/metrics", timeout=5)
+        self.assertEqual(broken.exception.code, 500)
+
+    def test_listen_addresses(self):
+        self.assertEqual(catop.parse_listen_address("9464"), ("127.0.0.1", 9464))
+        self.assertEqual(catop.parse_listen_address(":9464"), ("127.0.0.1", 9464))
+        self.assertEqual(catop.parse_listen_address("0.0.0.0:80"), ("0.0.0.0", 80))
+        self.assertEqual(catop.parse_listen_address("[::1]:9464"), ("::1", 9464))
+        with self.assertRaises(catop.UsageError):
+            catop.parse_listen_address("host:http")
+
+    def test_once_duration_watches_a_growing_file(self):
+        path = os.path.join(self.tmp, "grow.jsonl")
+        line = json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": 100}}) + "\n"
+        with open(path, "w") as handle:
+            handle.write(line)
+        import threading
+        timer = threading.Timer(0.3, lambda: open(path, "a").write(line * 2))
+        timer.start()
+        self.addCleanup(timer.cancel)
+        doc = self.run_json("--file", path, "--once", "--duration", "0.8", "--interval", "0.1")
+        self.assertEqual(doc["totals"]["requests"], 3)
+        self.assertEqual(doc["sources"][0]["records"], 3)
 
 
 class EndToEndTmuxTest(IsolatedEnv):
