@@ -51,18 +51,44 @@ print(n)
 
 # ---------------------------------------------------------------- corpora
 
-def _request_line(rng, index):
+class _Conversations(object):
+    """Sessions as they are in life: a context that grows request by request, read
+    back from the cache, with now and then a break (an idle gap, a changed prompt)."""
+
+    def __init__(self, rng, count=4000):
+        self.rng = rng
+        self.sessions = ["sess-%05d" % i for i in range(count)]
+        self.context = {}
+        self.clock = {}
+
+    def next(self, index):
+        rng = self.rng
+        session = self.sessions[index % len(self.sessions)] if rng.random() < 0.9 else \
+            rng.choice(self.sessions)
+        context = self.context.get(session, rng.randint(3000, 20000))
+        cached = context
+        ts = self.clock.get(session, 1773100000.0 + index * 0.37) + rng.uniform(2, 40)
+        if rng.random() < 0.03:
+            cached = rng.randint(0, context // 4)   # a break
+            if rng.random() < 0.5:
+                ts += rng.uniform(400, 2000)        # ... after an idle gap
+        grown = context + rng.randint(200, 3000)
+        self.context[session] = grown if grown < 150000 else rng.randint(3000, 20000)
+        self.clock[session] = ts
+        return session, ts, grown, cached
+
+
+def _request_line(rng, index, conversations=None):
     """One request-log line in one of the shapes catop reads (LiteLLM-heavy, as in life)."""
-    ts = 1773100000 + index * 0.37
-    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % (index % 1000)
-    prompt = rng.randint(2000, 120000)
-    cached = int(prompt * rng.random() * 0.9)
+    conversations = conversations or _Conversations(rng)
+    session, ts, prompt, cached = conversations.next(index)
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % int(ts % 1 * 1000)
     out = rng.randint(50, 4000)
-    shape = index % 10
-    team = rng.choice(("search", "agents", "evals", "support", "platform"))
-    session = "sess-%05d" % rng.randint(0, 20000)
+    number = int(session[-5:])
+    shape = number % 10          # a session keeps its shape and model
+    team = ("search", "agents", "evals", "support", "platform")[number % 5]
     if shape < 4:
-        model = rng.choice(("gpt-4o", "gpt-5", "gpt-4.1-mini", "o3"))
+        model = ("gpt-4o", "gpt-5", "gpt-4.1-mini", "o3")[number // 10 % 4]
         return {"id": "chatcmpl-%d" % index, "timestamp": iso, "model": model,
                 "litellm_provider": "openai", "response_cost": round(out * 1e-5, 6),
                 "metadata": {"user_api_key_team_alias": team, "session_id": session,
@@ -76,7 +102,7 @@ def _request_line(rng, index):
                 "request_tags": ["team:%s" % team], "api_base": "https://api.openai.com/v1",
                 "status": "success", "response_time_ms": rng.randint(300, 9000)}
     if shape < 7:
-        write = rng.randint(0, 4000)
+        write = prompt - cached
         return {"timestamp": iso, "model": "claude-sonnet-4-5-20250929", "provider": "anthropic",
                 "session_id": session, "project": team, "agent": "claude-code",
                 "usage": {"input_tokens": rng.randint(1, 50), "cache_read_input_tokens": cached,
@@ -110,12 +136,14 @@ def _request_line(rng, index):
 
 def make_request_log(path, target_mb, seed=1):
     rng = random.Random(seed)
+    conversations = _Conversations(rng)
     written, index = 0, 0
     with open(path, "wb") as out:
         while written < target_mb * MB:
             lines = []
             for _ in range(2000):
-                lines.append(json.dumps(_request_line(rng, index), separators=(",", ":")))
+                lines.append(json.dumps(_request_line(rng, index, conversations),
+                                        separators=(",", ":")))
                 index += 1
                 if index % 5000 == 0:
                     lines.append("{not json")
@@ -495,10 +523,11 @@ def bench_live(folder):
     view, cache = catop.View(), {}
     costs = []
     rng = random.Random(5)
+    conversations = _Conversations(rng)
     for second in range(30):
         with open(path, "a") as out:
-            out.write("".join(json.dumps(_request_line(rng, second * 5000 + i)) + "\n"
-                              for i in range(5000)))
+            out.write("".join(json.dumps(_request_line(rng, second * 5000 + i, conversations))
+                              + "\n" for i in range(5000)))
         started = time.process_time()
         live.poll()
         frame = catop.build_frame(live, view, time.time(), 5.0, cache)

@@ -683,10 +683,22 @@ def _planned_values(places, plan):
     return found
 
 
+_SHARED_TEXT = {}
+
+
 def _text(value):
+    """An attribute as text, shared with its earlier copies: logs repeat the same
+    model, session and project names, and a kept request should not keep its own."""
     if value is None:
         return ""
-    return value if type(value) is str else str(value)
+    if type(value) is not str:
+        value = str(value)
+    shared = _SHARED_TEXT.get(value)
+    if shared is None:
+        if len(_SHARED_TEXT) >= 100000:
+            return value
+        shared = _SHARED_TEXT[value] = value
+    return shared
 
 
 def normalize_record(record, wanted=ALL_ATTRIBUTES):
@@ -1198,12 +1210,12 @@ class Aggregate(object):
     def add(self, req):
         windowed = self.since is not None or self.until is not None
         in_window = not windowed or self.in_window(req.ts)
-        cause = self.effects.add(req, in_window)  # before: it may precede one inside
+        rates = self.prices.rates(req.model, req.provider)
+        cost, no_cache_cost = request_cost(req, rates)
+        cause = self.effects.add(req, in_window, cost)  # even outside: it may precede one
         if not in_window:
             self.outside_window += 1
             return
-        rates = self.prices.rates(req.model, req.provider)
-        cost, no_cache_cost = request_cost(req, rates)
         priced = rates is not None
         if not priced:
             name = req.model or "(unknown model)"
@@ -1440,18 +1452,6 @@ def _write_rates(req, prices):
     return chosen[:4]
 
 
-def policy_applies(req):
-    """The TTL of a cache write is a choice only with Anthropic-style providers."""
-    return req.provider.lower().startswith(_WRITE_REPORTING)
-
-
-def reprice_writes(req, rates, policy):
-    """What re-pricing a request's writes at one policy's write rate changes."""
-    p_in, p_read, p_w5, p_w1 = rates
-    p_policy = p_w1 if policy == "ttl_1h" else p_w5
-    return req.cache_write_5m * (p_policy - p_w5) + req.cache_write_1h * (p_policy - p_w1)
-
-
 def pair_what_if(before, after, found, rates, policy, ttl):
     """(cost change, avoided, added) of one step of a session under a TTL policy:
     a break caused by an expired cache that this TTL would have kept is avoided;
@@ -1472,34 +1472,14 @@ def pair_what_if(before, after, found, rates, policy, ttl):
     return 0.0, 0, 0
 
 
-def wasted_write(before, after, rates, now):
-    """(tokens, premium in USD) of a request's cache writes that were never read:
-    the next request in its session came after the TTL, or read less than was
-    written, or never came.  None while the cache may still be read (now < TTL)."""
-    writes = before.cache_write_5m + before.cache_write_1h
-    if not writes or rates is None:
-        return 0, 0.0
-    ttl = ttl_in_force(before)
-    if after is None:
-        if now is not None and now - before.ts <= ttl:
-            return None
-        read_back = 0
-    elif after.ts - before.ts > ttl:
-        read_back = 0
-    else:
-        read_back = min(writes, max(0, after.cache_read - before.cache_read))
-    wasted = writes - read_back
-    p_in, p_read, p_w5, p_w1 = rates
-    premium = (before.cache_write_5m * (p_w5 - p_in) + before.cache_write_1h * (p_w1 - p_in))
-    return wasted, premium * wasted / writes
-
-
 class CacheEffects(object):
     """Breaks, what-if and wasted writes of a stream of requests, pair by pair.
 
     Each session keeps only its last request: what a request did to the cache is
     known from it and the next one.  Requests must come in time order within each
-    session (a late one is not paired, and counted in `unordered`)."""
+    session (a late one is not paired, and counted in `unordered`).  Token sums are
+    kept per (group, model, provider, tier) and priced once, in finish(): the hot
+    path does a few comparisons and dictionary updates a request."""
 
     def __init__(self, prices, key_of, compactions=None):
         self.prices = prices
@@ -1508,87 +1488,145 @@ class CacheEffects(object):
         self.first = {}          # session -> its first request here (for merging)
         self.last = {}           # session -> its last request here
         self.breaks = []
-        self.what_if = {}        # group key -> {policy: [delta, avoided, added]}
-        self.policy_cost = {}    # group key -> cost of the requests the policies re-price
-        self.wasted = {}         # group key -> [tokens, premium]
+        self.sums = {}           # (group, model, provider, tier) -> [cost, w5, w1,
+        #                          unread w5, unread w1]
+        self.pair_deltas = {}    # group -> {policy: [delta, avoided, added]}
         self.unordered = 0
+        self.what_if, self.policy_cost, self.wasted = {}, {}, {}   # set by finish()
+        self._ttl_policy = {}    # provider -> does the TTL choice apply?
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["prices"] = state["key_of"] = None
         return state
 
-    def add(self, req, in_window=True):
-        """Pairs req with its session's previous request; returns its break or None."""
-        session = req.session
-        if not session or req.ts is None:
+    def _sums(self, req):
+        key = (self.key_of(req), req.model, req.provider,
+               req.miss + req.cache_read + req.cache_write_5m + req.cache_write_1h
+               > TIER_THRESHOLD_TOKENS)
+        slot = self.sums.get(key)
+        if slot is None:
+            slot = self.sums[key] = [0.0, 0, 0, 0, 0]
+        return slot
+
+    def _applies(self, provider):
+        known = self._ttl_policy.get(provider)
+        if known is None:
+            known = self._ttl_policy[provider] = provider.lower().startswith(_WRITE_REPORTING)
+        return known
+
+    def add(self, req, in_window=True, cost=None):
+        """Pairs req with its session's previous request; returns its break or None.
+        cost: the request's cost, when the caller has it already."""
+        session, ts = req.session, req.ts
+        if not session or ts is None:
             return None
-        before = self.last.get(session)
+        last = self.last
+        before = last.get(session)
+        last[session] = req
         if before is None:
             self.first[session] = req
-            self.last[session] = req
             if in_window:
-                self._reprice(req)
+                self._account(req, cost)
             return None
-        if req.ts < before.ts:
+        if ts < before.ts:
+            last[session] = before
             self.unordered += 1
             return None
-        self.last[session] = req
-        return self._pair(before, req, in_window)
+        return self._pair(before, req, in_window, cost=cost)
 
-    def _pair(self, before, after, in_window, reprice=True):
+    def _account(self, req, cost):
+        """What the TTL policies re-price: a request's cost and its writes."""
+        if self._applies(req.provider):
+            slot = self._sums(req)
+            if cost is None:
+                cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
+            slot[0] += cost
+            slot[1] += req.cache_write_5m
+            slot[2] += req.cache_write_1h
+
+    def _pair(self, before, after, in_window, reprice=True, cost=None):
+        writes = before.cache_write_5m + before.cache_write_1h
+        if writes or self._applies(before.provider):
+            expected = before.cache_read + writes
+        else:
+            expected = before.miss + before.cache_read
         found = None
-        expected = expected_cached(before)
-        if expected >= BREAK_MIN_EXPECTED_TOKENS and after.cache_read < expected / 2:
-            rewritten = min(expected - after.cache_read,
-                            after.cache_write_5m + after.cache_write_1h + after.miss)
-            found = CacheBreak(after.session, after.ts, after.model,
-                               break_cause(before, after, self.compactions.get(after.session,
-                                                                               ())),
-                               expected, after.cache_read, rewritten, after.ts - before.ts,
-                               break_cost(after, rewritten, self.prices))
+        if expected >= BREAK_MIN_EXPECTED_TOKENS and after.cache_read * 2 < expected:
+            found = self._break(before, after, expected)
         if not in_window:
             return None
         if found is not None:
             self.breaks.append(found)
-        before_rates = _write_rates(before, self.prices)
-        wasted = wasted_write(before, after, before_rates, None)
-        if wasted and wasted[0]:
-            self._add_wasted(before, wasted)
         if reprice:
-            self._reprice(after)
-        rates = _write_rates(after, self.prices)
-        if rates is not None and policy_applies(after):
-            group = self.what_if.setdefault(self.key_of(after), _empty_what_if())
-            for policy, ttl in TTL_POLICIES:
-                delta, avoided, added = pair_what_if(before, after, found, rates, policy, ttl)
-                group[policy][0] += delta
-                group[policy][1] += avoided
-                group[policy][2] += added
+            self._account(after, cost)
+        gap = after.ts - before.ts
+        if writes:
+            self._unread(before, after, writes, gap)
+        if (found is not None or gap > TTL_POLICIES[-1][1]) and self._applies(after.provider):
+            self._what_if_step(before, after, found)
         return found
 
-    def _reprice(self, req):
-        rates = _write_rates(req, self.prices)
-        if rates is None or not policy_applies(req):
-            return
-        group = self.what_if.setdefault(self.key_of(req), _empty_what_if())
-        cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
-        self.policy_cost[self.key_of(req)] = self.policy_cost.get(self.key_of(req), 0.0) + cost
-        for policy, _ in TTL_POLICIES:
-            group[policy][0] += reprice_writes(req, rates, policy)
+    def _break(self, before, after, expected):
+        rewritten = min(expected - after.cache_read,
+                        after.cache_write_5m + after.cache_write_1h + after.miss)
+        return CacheBreak(after.session, after.ts, after.model,
+                          break_cause(before, after, self.compactions.get(after.session, ())),
+                          expected, after.cache_read, rewritten, after.ts - before.ts,
+                          break_cost(after, rewritten, self.prices))
 
-    def _add_wasted(self, req, wasted):
-        slot = self.wasted.setdefault(self.key_of(req), [0, 0.0])
-        slot[0] += wasted[0]
-        slot[1] += wasted[1]
+    def _unread(self, before, after, writes, gap):
+        """Writes of `before` that `after` did not read back before they expired."""
+        if after is None or gap > ttl_in_force(before):
+            read_back = 0
+        else:
+            read_back = min(writes, max(0, after.cache_read - before.cache_read))
+        unread = writes - read_back
+        if unread:
+            slot = self._sums(before)
+            share = unread / float(writes)
+            slot[3] += before.cache_write_5m * share
+            slot[4] += before.cache_write_1h * share
+
+    def _what_if_step(self, before, after, found):
+        rates = _write_rates(after, self.prices)
+        if rates is None:
+            return
+        group = self.pair_deltas.setdefault(self.key_of(after), _empty_what_if())
+        for policy, ttl in TTL_POLICIES:
+            delta, avoided, added = pair_what_if(before, after, found, rates, policy, ttl)
+            group[policy][0] += delta
+            group[policy][1] += avoided
+            group[policy][2] += added
 
     def finish(self, now):
-        """Counts the writes of each session's last request that expired unread."""
+        """Counts the writes of each session's last request that expired unread (not
+        those that may still be read), then prices every sum once."""
         for req in self.last.values():
-            wasted = wasted_write(req, None, _write_rates(req, self.prices), now)
-            if wasted and wasted[0]:
-                self._add_wasted(req, wasted)
+            writes = req.cache_write_5m + req.cache_write_1h
+            if writes and (now is None or now - req.ts > ttl_in_force(req)):
+                self._unread(req, None, writes, None)
         self.breaks.sort(key=lambda b: b.ts)
+        what_if = {key: {policy: list(v) for policy, v in group.items()}
+                   for key, group in self.pair_deltas.items()}
+        policy_cost, wasted = {}, {}
+        for (group, model, provider, tiered), slot in self.sums.items():
+            cost, w5, w1, unread5, unread1 = slot
+            probe = Request(model=model, provider=provider,
+                            miss=TIER_THRESHOLD_TOKENS + 1 if tiered else 0)
+            rates = _write_rates(probe, self.prices)
+            if rates is None:
+                continue
+            p_in, p_read, p_w5, p_w1 = rates
+            policy_cost[group] = policy_cost.get(group, 0.0) + cost
+            figures = what_if.setdefault(group, _empty_what_if())
+            figures["ttl_1h"][0] += w5 * (p_w1 - p_w5)
+            figures["ttl_5m"][0] += w1 * (p_w5 - p_w1)
+            if unread5 or unread1:
+                tokens, premium = wasted.get(group, (0, 0.0))
+                wasted[group] = (tokens + int(round(unread5 + unread1)),
+                                 premium + unread5 * (p_w5 - p_in) + unread1 * (p_w1 - p_in))
+        self.what_if, self.policy_cost, self.wasted = what_if, policy_cost, wasted
 
     def merge(self, other, in_window):
         """Takes in a later part of the same stream (a worker's byte range)."""
@@ -1597,22 +1635,23 @@ class CacheEffects(object):
             if before is None:
                 self.first[session] = first
             elif first.ts >= before.ts:
-                # the worker took `first` for a session's start, and re-priced it already
+                # the worker took `first` for a session's start, and accounted it already
                 self._pair(before, first, in_window(first.ts), reprice=False)
             else:
                 self.unordered += 1
         self.last.update(other.last)
         self.breaks.extend(other.breaks)
-        for key, group in other.what_if.items():
-            mine = self.what_if.setdefault(key, _empty_what_if())
+        for key, slot in other.sums.items():
+            mine = self.sums.get(key)
+            if mine is None:
+                self.sums[key] = list(slot)
+            else:
+                for index, value in enumerate(slot):
+                    mine[index] += value
+        for key, group in other.pair_deltas.items():
+            mine = self.pair_deltas.setdefault(key, _empty_what_if())
             for policy in group:
                 mine[policy] = [a + b for a, b in zip(mine[policy], group[policy])]
-        for key, cost in other.policy_cost.items():
-            self.policy_cost[key] = self.policy_cost.get(key, 0.0) + cost
-        for key, (tokens, premium) in other.wasted.items():
-            slot = self.wasted.setdefault(key, [0, 0.0])
-            slot[0] += tokens
-            slot[1] += premium
         self.unordered += other.unordered
 
 
@@ -2149,10 +2188,15 @@ def scan_request_file(path, aggregate, stats):
         points = split_points(path, size, workers)
         jobs = [(path, points[i], points[i + 1]) for i in range(len(points) - 1)]
         _WORKER_CONTEXT.update(prices=aggregate.prices, aggregate=aggregate)
-        pool = fork_pool(len(jobs))
+        pool = fork_pool(len(jobs) - 1) if len(jobs) > 1 else None
         if pool is not None:
+            # this process reads the first range itself: one process fewer in memory
             try:
-                for part, part_stats in pool.map(_scan_range_worker, jobs):
+                later = pool.map_async(_scan_range_worker, jobs[1:])
+                with open(path, "rb") as handle:
+                    scan_request_stream(handle, stats, aggregate.add, jobs[0][1], jobs[0][2],
+                                        aggregate.wanted_attributes())
+                for part, part_stats in later.get():
                     aggregate.merge(part)
                     stats.merge(part_stats)
             finally:
@@ -3882,12 +3926,12 @@ def render_breaks_section(agg, width, ellipsis="~"):
     lines = []
     if breaks:
         summary = break_summary(breaks)
-        lines.append("cache breaks  %d, costing %s above the cache-read rate" % (
-            summary["count"], fmt_usd(summary["cost_usd"])))
+        lines.append("cache breaks  %s, costing %s above the cache-read rate" % (
+            fmt_int(summary["count"]), fmt_usd(summary["cost_usd"])))
         causes = sorted(((c, f) for c, f in summary["by_cause"].items() if f["count"]),
                         key=lambda item: -item[1]["cost_usd"])
         lines.append("  by cause: " + " | ".join(
-            "%s %d %s" % (cause, figures["count"], fmt_usd(figures["cost_usd"]))
+            "%s %s %s" % (cause, fmt_int(figures["count"]), fmt_usd(figures["cost_usd"]))
             for cause, figures in causes))
         by_session = {}
         for item in breaks:
