@@ -1494,6 +1494,7 @@ class CacheEffects(object):
         self.unordered = 0
         self.what_if, self.policy_cost, self.wasted = {}, {}, {}   # set by finish()
         self._ttl_policy = {}    # provider -> does the TTL choice apply?
+        self._provider_ttl = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -1522,30 +1523,32 @@ class CacheEffects(object):
         if not session or ts is None:
             return None
         last = self.last
-        before = last.get(session)
-        last[session] = req
-        if before is None:
+        held = last.get(session)
+        if held is None:
+            slot = self._sums(req)
+            last[session] = (req, slot)
             self.first[session] = req
             if in_window:
-                self._account(req, cost)
+                self._account(req, slot, cost)
             return None
-        if ts < before.ts:
-            last[session] = before
+        if ts < held[0].ts:
             self.unordered += 1
             return None
-        return self._pair(before, req, in_window, cost=cost)
+        slot = self._sums(req)
+        last[session] = (req, slot)
+        return self._pair(held[0], held[1], req, slot, in_window, cost=cost)
 
-    def _account(self, req, cost):
+    def _account(self, req, slot, cost):
         """What the TTL policies re-price: a request's cost and its writes."""
         if self._applies(req.provider):
-            slot = self._sums(req)
             if cost is None:
                 cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
             slot[0] += cost
             slot[1] += req.cache_write_5m
             slot[2] += req.cache_write_1h
 
-    def _pair(self, before, after, in_window, reprice=True, cost=None):
+    def _pair(self, before, before_slot, after, after_slot, in_window, reprice=True,
+              cost=None):
         writes = before.cache_write_5m + before.cache_write_1h
         if writes or self._applies(before.provider):
             expected = before.cache_read + writes
@@ -1559,10 +1562,10 @@ class CacheEffects(object):
         if found is not None:
             self.breaks.append(found)
         if reprice:
-            self._account(after, cost)
+            self._account(after, after_slot, cost)
         gap = after.ts - before.ts
         if writes:
-            self._unread(before, after, writes, gap)
+            self._unread(before, before_slot, after, writes, gap)
         if (found is not None or gap > TTL_POLICIES[-1][1]) and self._applies(after.provider):
             self._what_if_step(before, after, found)
         return found
@@ -1575,15 +1578,24 @@ class CacheEffects(object):
                           expected, after.cache_read, rewritten, after.ts - before.ts,
                           break_cost(after, rewritten, self.prices))
 
-    def _unread(self, before, after, writes, gap):
+    def _ttl(self, req):
+        """ttl_in_force, remembered by provider."""
+        if req.cache_write_1h > req.cache_write_5m:
+            return 3600
+        ttl = self._provider_ttl.get(req.provider)
+        if ttl is None:
+            ttl = self._provider_ttl[req.provider] = ttl_in_force(
+                Request(provider=req.provider))
+        return ttl
+
+    def _unread(self, before, slot, after, writes, gap):
         """Writes of `before` that `after` did not read back before they expired."""
-        if after is None or gap > ttl_in_force(before):
+        if after is None or gap > self._ttl(before):
             read_back = 0
         else:
             read_back = min(writes, max(0, after.cache_read - before.cache_read))
         unread = writes - read_back
         if unread:
-            slot = self._sums(before)
             share = unread / float(writes)
             slot[3] += before.cache_write_5m * share
             slot[4] += before.cache_write_1h * share
@@ -1602,10 +1614,10 @@ class CacheEffects(object):
     def finish(self, now):
         """Counts the writes of each session's last request that expired unread (not
         those that may still be read), then prices every sum once."""
-        for req in self.last.values():
+        for req, slot in self.last.values():
             writes = req.cache_write_5m + req.cache_write_1h
             if writes and (now is None or now - req.ts > ttl_in_force(req)):
-                self._unread(req, None, writes, None)
+                self._unread(req, slot, None, writes, None)
         self.breaks.sort(key=lambda b: b.ts)
         what_if = {key: {policy: list(v) for policy, v in group.items()}
                    for key, group in self.pair_deltas.items()}
@@ -1631,15 +1643,17 @@ class CacheEffects(object):
     def merge(self, other, in_window):
         """Takes in a later part of the same stream (a worker's byte range)."""
         for session, first in other.first.items():
-            before = self.last.get(session)
-            if before is None:
+            held = self.last.get(session)
+            if held is None:
                 self.first[session] = first
-            elif first.ts >= before.ts:
+            elif first.ts >= held[0].ts:
                 # the worker took `first` for a session's start, and accounted it already
-                self._pair(before, first, in_window(first.ts), reprice=False)
+                self._pair(held[0], held[1], first, self._sums(first), in_window(first.ts),
+                           reprice=False)
             else:
                 self.unordered += 1
-        self.last.update(other.last)
+        for session, (req, _) in other.last.items():
+            self.last[session] = (req, self._sums(req))
         self.breaks.extend(other.breaks)
         for key, slot in other.sums.items():
             mine = self.sums.get(key)
@@ -1661,12 +1675,12 @@ def _empty_what_if():
 
 def break_summary(breaks):
     """Count and cost of the breaks, by cause."""
-    summary = {"count": len(breaks), "cost_usd": round(sum(b.cost for b in breaks), 9),
+    summary = {"count": len(breaks), "cost_usd": round(sum((b.cost for b in breaks), 0.0), 9),
                "by_cause": {}}
     for cause in BREAK_CAUSES:
         chosen = [b for b in breaks if b.cause == cause]
         summary["by_cause"][cause] = {"count": len(chosen),
-                                      "cost_usd": round(sum(b.cost for b in chosen), 9)}
+                                      "cost_usd": round(sum((b.cost for b in chosen), 0.0), 9)}
     return summary
 
 
