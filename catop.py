@@ -2704,7 +2704,10 @@ def scan_agent(name, aggregate):
         if ts is not None:
             aggregate.effects.compactions.setdefault(session, []).append(ts)
     # in time order: what a request did to the cache is judged from the next one
-    for req in sorted(source.requests(), key=lambda r: (r.ts is None, r.ts or 0.0)):
+    ordered = sorted(source.requests(), key=lambda r: (r.ts is None, r.ts or 0.0))
+    source.keyed.clear()  # the sorted list holds them now: halve the peak memory
+    source.loose.clear()
+    for req in ordered:
         source.stats.records += 1
         aggregate.add(req)
     return source.stats
@@ -4243,6 +4246,151 @@ def run_curses(app, use_colour, unicode_ok):
         signal.signal(signal.SIGTERM, previous)
 
 
+# LiteLLM callback: `callbacks: catop.proxy_handler_instance` in a proxy's config.yaml,
+# or litellm.callbacks = [catop.proxy_handler_instance] in the SDK
+
+def litellm_log_path():
+    return os.environ.get("CATOP_LITELLM_LOG") or os.path.join(
+        xdg_dir("XDG_STATE_HOME", (".local", "state")), "litellm.jsonl")
+
+
+def _plain(value):
+    """A pydantic model, object or dict as plain dicts and lists."""
+    for method in ("model_dump", "dict"):
+        dump = getattr(value, method, None)
+        if callable(dump):
+            try:
+                return dump()
+            except Exception:
+                pass
+    return value if isinstance(value, (dict, list)) else getattr(value, "__dict__", {})
+
+
+def litellm_usage_tokens(usage):
+    """(miss, read, 5m write, 1h write, output, reasoning) from LiteLLM's usage, whose
+    prompt_tokens include cached tokens; its TTL split of writes is trusted."""
+    tokens = decode_usage(usage)
+    if tokens is None:
+        return None
+    miss, read, write_5m, write_1h, output, reasoning = tokens
+    details = usage.get("prompt_tokens_details")
+    split = details.get("cache_creation_token_details") if type(details) is dict else None
+    if type(split) is dict and split.get("ephemeral_1h_input_tokens") is not None:
+        write_5m = as_count(split.get("ephemeral_5m_input_tokens") or 0)
+        write_1h = as_count(split.get("ephemeral_1h_input_tokens") or 0)
+        total = as_count(usage.get("prompt_tokens") or 0)
+        miss = max(0, total - read - write_5m - write_1h)
+    return miss, read, write_5m, write_1h, output, reasoning
+
+
+def litellm_log_record(kwargs, response, start_time=None):
+    """The line catop's callback writes for one call: an explicit list of fields,
+    never prompt or response text, headers, keys or key hashes."""
+    slo = kwargs.get("standard_logging_object") or {}
+    meta = slo.get("metadata") if type(slo.get("metadata")) is dict else {}
+    params = kwargs.get("litellm_params") if type(kwargs.get("litellm_params")) is dict else {}
+    params_meta = params.get("metadata") if type(params.get("metadata")) is dict else {}
+    usage = _plain(getattr(response, "usage", None) or
+                   (response.get("usage") if isinstance(response, dict) else None) or {})
+    tokens = litellm_usage_tokens(usage) if type(usage) is dict else None
+    if tokens is None:
+        return None
+    miss, read, write_5m, write_1h, output, reasoning = tokens
+    when = slo.get("startTime") or (start_time.timestamp() if hasattr(start_time, "timestamp")
+                                    else time.time())
+    # LiteLLM makes up a trace id per call: a session only when one was given
+    session = (kwargs.get("litellm_session_id") or params_meta.get("session_id") or
+               meta.get("session_id") or "")
+    record = {
+        "timestamp": iso_utc(float(when)) if isinstance(when, (int, float)) else str(when),
+        "agent": "litellm",
+        "model": slo.get("model") or kwargs.get("model") or "",
+        "model_group": slo.get("model_group") or "",
+        "provider": slo.get("custom_llm_provider") or "",
+        "session_id": str(session),
+        "litellm_trace_id": slo.get("trace_id") or "",
+        "project": meta.get("user_api_key_team_alias") or params_meta.get("project") or "",
+        "key_alias": meta.get("user_api_key_alias") or "",
+        "call_id": slo.get("id") or kwargs.get("litellm_call_id") or "",
+        "response_cost": slo.get("response_cost", kwargs.get("response_cost")),
+        "usage": {"input_tokens": miss, "cache_read_input_tokens": read,
+                  "cache_creation_input_tokens": write_5m + write_1h,
+                  "cache_creation": {"ephemeral_5m_input_tokens": write_5m,
+                                     "ephemeral_1h_input_tokens": write_1h},
+                  "output_tokens": output,
+                  "output_tokens_details": {"reasoning_tokens": reasoning}},
+    }
+    return {k: v for k, v in record.items() if v not in ("", None)}
+
+
+class _LogAppender(object):
+    """Appends one JSON line per call: a single write() on an O_APPEND descriptor, so
+    concurrent proxy workers never interleave; the file 0600 in a 0700 folder.  A
+    failure is reported once and then dropped: logging never breaks a call."""
+
+    def __init__(self):
+        self.warned = False
+
+    def append(self, record):
+        try:
+            path = litellm_log_path()
+            folder = os.path.dirname(path)
+            if folder and not os.path.isdir(folder):
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except Exception as error:
+            if not self.warned:
+                self.warned = True
+                sys.stderr.write("catop: cannot write the LiteLLM log (%s); dropping "
+                                 "records\n" % error)
+
+    def log(self, kwargs, response, start_time):
+        try:
+            record = litellm_log_record(kwargs, response, start_time)
+        except Exception:
+            record = None
+        if record is not None:
+            self.append(record)
+
+
+def make_litellm_handler():
+    """catop's LiteLLM CustomLogger (LiteLLM is imported only here)."""
+    from litellm.integrations.custom_logger import CustomLogger
+
+    class CatopLogger(CustomLogger):
+        appender = _LogAppender()
+
+        def log_success_event(self, kwargs, response_obj, start_time, end_time):
+            self.appender.log(kwargs, response_obj, start_time)
+
+        async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+            import asyncio
+            try:  # the file write goes to a thread: the event loop never waits on disk
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.appender.log, kwargs, response_obj, start_time)
+            except RuntimeError:  # no executor any more (interpreter shutting down)
+                self.appender.log(kwargs, response_obj, start_time)
+
+    return CatopLogger()
+
+
+_HANDLER = []
+
+
+def __getattr__(name):
+    # `import catop` needs no LiteLLM: the handler is made on first use (PEP 562)
+    if name == "proxy_handler_instance":
+        if not _HANDLER:
+            _HANDLER.append(make_litellm_handler())
+        return _HANDLER[0]
+    raise AttributeError("module 'catop' has no attribute %r" % name)
+
+
 # ---------------------------------------------------------------------- cli
 
 def parse_group_by(text):
@@ -4290,6 +4438,9 @@ def build_parser():
                      help="a JSONL request log, any usage shape; a folder means its *.jsonl; "
                           "- is standard input (repeatable)")
     src.add_argument("--stdin", action="store_true", help="read a request log from standard input")
+    src.add_argument("--litellm-proxy-log", nargs="?", const="", metavar="PATH",
+                     help="the log catop's LiteLLM callback writes (default $CATOP_LITELLM_LOG, "
+                          "else $XDG_STATE_HOME/catop/litellm.jsonl)")
     src.add_argument("--agent", action="append", default=[], choices=AGENTS, metavar="NAME",
                      help="local coding-agent logs: %s (repeatable)" % ", ".join(AGENTS))
     src.add_argument("--scan-agents", action="store_true",
@@ -4422,6 +4573,12 @@ def run(args):
         raise UsageError(str(error))
     if args.stdin:
         args.file.append("-")
+    if args.litellm_proxy_log is not None:
+        args.file.append(args.litellm_proxy_log or litellm_log_path())
+    elif not (args.file or args.demo or args.agent or args.scan_agents) and \
+            os.path.isfile(litellm_log_path()):
+        args.file.append(litellm_log_path())  # with no source: the proxy log if it is there
+        args.scan_agents = True
     args.file = expand_file_args(args.file)
     prices = load_prices(args.prices, args.offline, args.refresh_prices, now, warn=warn)
     if wants_live(args):

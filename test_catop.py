@@ -1599,6 +1599,170 @@ class MetricsServerTests(IsolatedEnv):
         self.assertEqual(doc["sources"][0]["records"], 3)
 
 
+class FakeProviders(object):
+    """OpenAI- and Anthropic-compatible endpoints on 127.0.0.1 for the real LiteLLM SDK."""
+
+    OPENAI = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1773129600,
+              "model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": "hi"}}],
+              "usage": {"prompt_tokens": 2000, "completion_tokens": 300, "total_tokens": 2300,
+                        "prompt_tokens_details": {"cached_tokens": 1500},
+                        "completion_tokens_details": {"reasoning_tokens": 120}}}
+    ANTHROPIC = {"id": "msg_1", "type": "message", "role": "assistant",
+                 "model": "claude-sonnet-4-5-20250929", "stop_reason": "end_turn",
+                 "stop_sequence": None, "content": [{"type": "text", "text": "hi"}],
+                 "usage": {"input_tokens": 50, "cache_read_input_tokens": 20000,
+                           "cache_creation_input_tokens": 3000, "output_tokens": 400,
+                           "cache_creation": {"ephemeral_5m_input_tokens": 1000,
+                                              "ephemeral_1h_input_tokens": 2000}}}
+
+    def __init__(self):
+        import http.server
+        import threading
+        answers = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                anthropic = self.path.endswith("/v1/messages")
+                body = json.dumps(answers.ANTHROPIC if anthropic else answers.OPENAI).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+
+class LiteLLMCallbackTests(IsolatedEnv):
+    """The callback under the real LiteLLM SDK (skipped where LiteLLM is not installed;
+    .ci/run installs it into a virtual environment and runs these there)."""
+
+    def setUp(self):
+        super().setUp()
+        try:
+            import litellm  # noqa: F401
+        except ImportError:
+            self.skipTest("LiteLLM is not installed here (pip install litellm)")
+        os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        self.log = os.path.join(self.tmp, "state", "catop", "litellm.jsonl")
+        self.providers = FakeProviders()
+        self.addCleanup(self.providers.server.shutdown)
+
+    def lines(self, count, timeout=15.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if os.path.exists(self.log):
+                with open(self.log) as handle:
+                    found = [json.loads(line) for line in handle]
+                if len(found) >= count:
+                    return found
+            time.sleep(0.1)
+        self.fail("the callback wrote fewer than %d lines" % count)
+
+    def test_sync_and_async_calls_logged_and_read_back(self):
+        import asyncio
+        import litellm
+        litellm.callbacks = [catop.proxy_handler_instance]
+        self.addCleanup(setattr, litellm, "callbacks", [])
+        base = self.providers.base
+        litellm.completion(model="openai/gpt-4o", api_base=base + "/v1", api_key="sk-test",
+                           messages=[{"role": "user", "content": "secret prompt"}],
+                           metadata={"session_id": "s-1"})
+        first = self.lines(1)[0]
+        litellm.completion(model="anthropic/claude-sonnet-4-5-20250929", api_base=base,
+                           api_key="sk-test", messages=[{"role": "user", "content": "secret"}])
+        second = self.lines(2)[1]
+
+        async def call():
+            await litellm.acompletion(model="openai/gpt-4o", api_base=base + "/v1",
+                                      api_key="sk-test",
+                                      messages=[{"role": "user", "content": "async"}])
+            await asyncio.sleep(0.5)  # let LiteLLM's logging task run before the loop ends
+        asyncio.run(call())
+        third = self.lines(3)[2]
+        self.assertEqual(first["usage"], {
+            "input_tokens": 500, "cache_read_input_tokens": 1500,
+            "cache_creation_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": 300, "output_tokens_details": {"reasoning_tokens": 120}})
+        self.assertEqual((first["model"], first["provider"], first["session_id"]),
+                         ("gpt-4o", "openai", "s-1"))
+        self.assertEqual(second["usage"]["cache_creation"],
+                         {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000})
+        self.assertEqual((second["usage"]["input_tokens"],
+                          second["usage"]["cache_read_input_tokens"]), (50, 20000))
+        self.assertNotIn("session_id", second)  # LiteLLM's per-call trace id is not a session
+        self.assertEqual(third["usage"], first["usage"])
+        text = open(self.log).read()
+        for secret in ("secret", "sk-test", "api_key", "messages"):
+            self.assertNotIn(secret, text)
+        self.assertEqual(os.stat(self.log).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(os.path.dirname(self.log)).st_mode & 0o777, 0o700)
+        doc = self.run_json("--litellm-proxy-log", "--group-by", "model")
+        totals = doc["totals"]
+        self.assertEqual((totals["requests"], totals["miss_tokens"], totals["cache_read_tokens"],
+                          totals["cache_write_tokens"], totals["cache_write_1h_tokens"],
+                          totals["output_tokens"], totals["reasoning_tokens"]),
+                         (3, 1050, 23000, 3000, 2000, 1000, 240))
+        # catop's estimate, and LiteLLM's own response_cost beside it, agree
+        self.assertAlmostEqual(totals["cost_usd"], 2 * 0.006125 + 0.0279, places=9)
+        self.assertAlmostEqual(totals["observed_cost_usd"], 2 * 0.006125 + 0.0279, places=9)
+
+
+class LogAppenderTests(IsolatedEnv):
+
+    def test_eight_processes_append_intact_lines(self):
+        path = os.path.join(self.tmp, "shared.jsonl")
+        script = ("import sys; sys.path.insert(0, %r); import catop; a = catop._LogAppender()\n"
+                  "for i in range(300): a.append({'worker': int(sys.argv[1]), 'i': i, "
+                  "'pad': 'x' * 3000})") % HERE
+        env = dict(os.environ, CATOP_LITELLM_LOG=path)
+        workers = [subprocess.Popen([sys.executable, "-c", script, str(n)], env=env)
+                   for n in range(8)]
+        for worker in workers:
+            self.assertEqual(worker.wait(timeout=60), 0)
+        with open(path) as handle:
+            records = [json.loads(line) for line in handle]
+        self.assertEqual(len(records), 2400)
+        self.assertEqual(sorted((r["worker"], r["i"]) for r in records),
+                         [(w, i) for w in range(8) for i in range(300)])
+
+    def test_a_failure_warns_once_and_never_raises(self):
+        blocker = os.path.join(self.tmp, "file")
+        open(blocker, "w").close()
+        os.environ["CATOP_LITELLM_LOG"] = os.path.join(blocker, "cannot", "be.jsonl")
+        appender = catop._LogAppender()
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            appender.append({"a": 1})
+            appender.append({"a": 2})
+        self.assertEqual(err.getvalue().count("cannot write the LiteLLM log"), 1)
+
+    def test_import_without_litellm_and_record_fields(self):
+        record = catop.litellm_log_record(
+            {"standard_logging_object": {
+                "id": "call-1", "trace_id": "t", "model": "gpt-4o", "model_group": "gpt",
+                "custom_llm_provider": "openai", "response_cost": 0.01, "startTime": NOW,
+                "metadata": {"user_api_key_team_alias": "team", "user_api_key_alias": "key",
+                             "user_api_key_hash": "SECRET", "headers": {"x": "SECRET"}}},
+             "litellm_params": {"metadata": {"session_id": "s"}},
+             "messages": [{"content": "SECRET"}], "api_key": "SECRET"},
+            {"usage": {"prompt_tokens": 100, "completion_tokens": 5,
+                       "prompt_tokens_details": {"cached_tokens": 60}}})
+        self.assertNotIn("SECRET", json.dumps(record))
+        self.assertEqual((record["project"], record["key_alias"], record["session_id"],
+                          record["call_id"], record["model_group"]),
+                         ("team", "key", "s", "call-1", "gpt"))
+        self.assertEqual(record["usage"]["input_tokens"], 40)
+
+
 class EndToEndTmuxTest(IsolatedEnv):
     """The real program in a real terminal: start, append and see, resize, keys,
     drill down and back, quit with status 0."""
