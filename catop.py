@@ -2846,6 +2846,356 @@ class LiveDemoSource(object):
         return [(session, ts) for session, ts in self.compactions if ts <= now]
 
 
+# OpenTelemetry over HTTP (JSON encoding): Claude Code and Codex telemetry
+
+OTLP_MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+def _attr_count(attributes, key):
+    value = attributes.get(key)
+    return 0 if value in (None, "") else as_count(value)
+
+
+def otlp_log_requests(payload):
+    """[(dedup key, Request)] of the api_request / response.completed events in an
+    OTLP logs payload; numbers may come as strings of any value kind."""
+    found = []
+    for resource_logs in payload.get("resourceLogs") or ():
+        for scope_logs in (resource_logs or {}).get("scopeLogs") or ():
+            for record in (scope_logs or {}).get("logRecords") or ():
+                if type(record) is not dict:
+                    continue
+                attributes = flatten_attributes(record.get("attributes"))
+                name = attributes.get("event.name") or otlp_value(record.get("body")) or ""
+                ts = parse_timestamp(attributes.get("event.timestamp") or
+                                     record.get("timeUnixNano") or
+                                     record.get("observedTimeUnixNano"))
+                try:
+                    item = _otlp_event(name, attributes, ts)
+                except (ValueError, TypeError):
+                    item = None
+                if item is not None:
+                    found.append(item)
+    return found
+
+
+def _otlp_event(name, attributes, ts):
+    if name in ("api_request", "claude_code.api_request"):
+        session = str(attributes.get("session.id") or "")
+        model = str(attributes.get("model") or "unknown")
+        # Anthropic semantics: input_tokens excludes the cache
+        req = Request(ts, "claude-code", "anthropic", model, "", session,
+                      _attr_count(attributes, "input_tokens"),
+                      _attr_count(attributes, "cache_read_tokens"),
+                      _attr_count(attributes, "cache_creation_tokens"), 0,
+                      _attr_count(attributes, "output_tokens"), 0,
+                      as_money(attributes.get("cost_usd")),
+                      attributes.get("query_source") == "subagent")
+        key = ("cc", session, str(attributes.get("event.sequence") or ts))
+        return key, req
+    if name == "codex.sse_event" and attributes.get("event.kind") == "response.completed":
+        session = str(attributes.get("conversation.id") or "")
+        prompt = _attr_count(attributes, "input_token_count")
+        cached = min(prompt, _attr_count(attributes, "cached_token_count"))
+        output = _attr_count(attributes, "output_token_count")
+        reasoning = min(output, _attr_count(attributes, "reasoning_token_count"))
+        req = Request(ts, "codex", "openai", str(attributes.get("model") or "unknown"), "",
+                      session, prompt - cached, cached, 0, 0, output, reasoning)
+        return ("cx", session, str(ts), prompt, output), req
+    return None
+
+
+_METRIC_KINDS = {"input": "miss", "output": "output", "cacheRead": "cache_read",
+                 "cacheCreation": "cache_write_5m"}
+
+
+def otlp_metric_points(payload):
+    """{(session, model, ts): {field: tokens}} from claude_code.token.usage (deltas)."""
+    points = {}
+    for resource_metrics in payload.get("resourceMetrics") or ():
+        for scope_metrics in (resource_metrics or {}).get("scopeMetrics") or ():
+            for metric in (scope_metrics or {}).get("metrics") or ():
+                if type(metric) is not dict or metric.get("name") != "claude_code.token.usage":
+                    continue
+                data = metric.get("sum") or metric.get("gauge") or {}
+                for point in data.get("dataPoints") or ():
+                    attributes = flatten_attributes(point.get("attributes"))
+                    field = _METRIC_KINDS.get(attributes.get("type"))
+                    value = point.get("asInt", point.get("asDouble"))
+                    if field is None or value is None:
+                        continue
+                    try:
+                        tokens = as_count(value)
+                    except (ValueError, TypeError):
+                        continue
+                    key = (str(attributes.get("session.id") or ""),
+                           str(attributes.get("model") or "unknown"),
+                           parse_timestamp(point.get("timeUnixNano")))
+                    slot = points.setdefault(key, {})
+                    slot[field] = slot.get(field, 0) + tokens
+    return points
+
+
+class LiveOtlpSource(object):
+    """An OTLP/HTTP JSON receiver: POST /v1/logs (events) and /v1/metrics.  Metrics
+    count only for sessions that send no events (both describe the same requests)."""
+
+    def __init__(self, address):
+        import threading
+        self.lock = threading.Lock()
+        self.address = address
+        self.stats = SourceStats("otlp:%s:%d" % address)
+        self.events = {}         # dedup key -> Request (exporters retry)
+        self.points = {}
+        self.pending = False
+        self.requests = []
+        self.generation = 0
+        self.server = self._serve(address)
+
+    def _serve(self, address):
+        import http.server
+        import threading
+        source = self
+
+        class OtlpHandler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                status, text = source.receive(self.path, self.headers, self.rfile)
+                body = text.encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        try:
+            server = http.server.ThreadingHTTPServer(address, OtlpHandler)
+        except OSError as error:
+            raise CatopError("cannot listen on %s:%d: %s" % (address[0], address[1],
+                                                             error.strerror or error))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="catop-otlp", daemon=True).start()
+        return server
+
+    def receive(self, path, headers, body):
+        """(HTTP status, JSON text) for one POST; bad input is refused, never fatal."""
+        route = path.split("?")[0].rstrip("/")
+        if route not in ("/v1/logs", "/v1/metrics"):
+            return 404, '{"error": "only /v1/logs and /v1/metrics"}'
+        if "protobuf" in (headers.get("Content-Type") or ""):
+            return 415, '{"error": "send OTLP as JSON (OTEL_EXPORTER_OTLP_PROTOCOL=http/json)"}'
+        try:
+            length = int(headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= OTLP_MAX_BODY_BYTES:
+            return 413, '{"error": "body too large or without a length"}'
+        try:
+            payload = json.loads(body.read(length) or b"{}")
+            if type(payload) is not dict:
+                raise ValueError("not an object")
+        except (ValueError, RecursionError):
+            with self.lock:
+                self.stats.skip("malformed")
+            return 400, '{"error": "not OTLP JSON"}'
+        with self.lock:
+            if route == "/v1/logs":
+                for key, req in otlp_log_requests(payload):
+                    if key in self.events:
+                        self.stats.skip("duplicate")
+                    self.events[key] = req
+            else:
+                for key, fields in otlp_metric_points(payload).items():
+                    slot = self.points.setdefault(key, {})
+                    for field, tokens in fields.items():
+                        slot[field] = slot.get(field, 0) + tokens
+            self.pending = True
+        return 200, "{}"
+
+    def poll(self):
+        with self.lock:
+            if not self.pending:
+                return False
+            self.pending = False
+            events = list(self.events.values())
+            points = dict(self.points)
+        with_events = {req.session for req in events}
+        from_metrics = [Request(ts, "claude-code", "anthropic", model, "", session,
+                                fields.get("miss", 0), fields.get("cache_read", 0),
+                                fields.get("cache_write_5m", 0), 0, fields.get("output", 0), 0)
+                        for (session, model, ts), fields in points.items()
+                        if session not in with_events]
+        self.requests = events + from_metrics
+        self.generation += 1      # rebuilt from scratch: metrics may give way to events
+        self.stats.records = len(self.requests)
+        return True
+
+    def compaction_times(self):
+        return ()
+
+    def close(self):
+        self.server.shutdown()
+
+
+# a LiteLLM proxy's spend logs over HTTP: a whole team's traffic
+
+LITELLM_TIMEOUT_S = 10.0
+LITELLM_PAGE_SIZE = 1000
+
+
+def _spend_date(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None):
+    """One page of GET /spend/logs/v2 as a dict; raises CatopError with a clear reason."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    query = {"page": page, "page_size": LITELLM_PAGE_SIZE}
+    if start is not None:
+        query["start_date"] = _spend_date(start)
+    if end is not None:
+        query["end_date"] = _spend_date(end)
+    url = base_url.rstrip("/") + "/spend/logs/v2?" + urllib.parse.urlencode(query)
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    if key:
+        headers["Authorization"] = "Bearer " + key
+    where = clean(base_url)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout_s or LITELLM_TIMEOUT_S) as response:
+            data = response.read(256 * 1024 * 1024)
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise CatopError("the LiteLLM proxy at %s refused the key (HTTP %d): set "
+                             "LITELLM_API_KEY to a key allowed to read spend logs"
+                             % (where, error.code))
+        raise CatopError("the LiteLLM proxy at %s answered HTTP %d" % (where, error.code))
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise CatopError("cannot read spend logs from %s: %s" % (where, clean(str(reason))))
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        raise CatopError("the LiteLLM proxy at %s sent something that is not JSON" % where)
+    if type(document) is not dict or type(document.get("data")) is not list:
+        raise CatopError("the LiteLLM proxy at %s sent a page without its data list "
+                         "(truncated, or not /spend/logs/v2)" % where)
+    return document
+
+
+def spend_row_request(row):
+    """(request id, Request) of one spend-log row: cache tokens from its usage object."""
+    metadata = row.get("metadata")
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            metadata = {}
+    metadata = metadata if type(metadata) is dict else {}
+    usage = metadata.get("usage_object")
+    if type(usage) is not dict:
+        usage = {"prompt_tokens": row.get("prompt_tokens") or 0,
+                 "completion_tokens": row.get("completion_tokens") or 0}
+    extra = metadata.get("additional_usage_values")
+    if type(extra) is dict:
+        usage = dict(extra, **usage)
+    tokens = litellm_usage_tokens(usage)
+    if tokens is None:
+        return None
+    miss, read, write_5m, write_1h, output, reasoning = tokens
+    model = str(row.get("model") or row.get("model_group") or "unknown")
+    provider = str(row.get("custom_llm_provider") or metadata.get("custom_llm_provider") or
+                   infer_provider(model))
+    project = (metadata.get("user_api_key_team_alias") or row.get("team_id") or
+               metadata.get("user_api_key_alias") or "")
+    session = row.get("session_id") or metadata.get("session_id") or ""
+    req = Request(parse_timestamp(row.get("startTime")), str(row.get("user") or "litellm"),
+                  provider, model, str(project), str(session), miss, read, write_5m, write_1h,
+                  output, reasoning, as_money(row.get("spend")))
+    return str(row.get("request_id") or id(row)), req
+
+
+class LiteLLMSpendSource(object):
+    """A LiteLLM proxy's /spend/logs/v2, paged; live, it asks only for rows newer than
+    the last seen, and after a failure retries later and later (up to a minute)."""
+
+    def __init__(self, base_url, since=None, until=None, clock=time.time):
+        self.base_url = base_url
+        self.key = os.environ.get("LITELLM_API_KEY", "")
+        self.since, self.until = since, until
+        self.clock = clock
+        self.stats = SourceStats("litellm:%s" % base_url)
+        self.rows = {}
+        self.requests = []
+        self.generation = 0
+        self.newest = None
+        self.retry_at = 0.0
+        self.backoff_s = 0.0
+
+    def fetch(self, start):
+        """Every page from start on; returns how many rows were new."""
+        fresh, page = 0, 1
+        while True:
+            document = fetch_spend_page(self.base_url, self.key, page, start, self.until)
+            for row in document["data"]:
+                if type(row) is not dict:
+                    self.stats.skip("malformed")
+                    continue
+                try:
+                    found = spend_row_request(row)
+                except (ValueError, TypeError):
+                    self.stats.skip("malformed")
+                    continue
+                if found is None:
+                    self.stats.skip("no_usage")
+                    continue
+                request_id, req = found
+                if request_id in self.rows:
+                    self.stats.skip("duplicate")
+                    continue
+                self.rows[request_id] = req
+                fresh += 1
+                if req.ts is not None and (self.newest is None or req.ts > self.newest):
+                    self.newest = req.ts
+            pages = document.get("total_pages")
+            if not document["data"]:
+                return fresh
+            if isinstance(pages, int) and not isinstance(pages, bool):
+                if page >= pages:
+                    return fresh
+            elif len(document["data"]) < LITELLM_PAGE_SIZE:
+                return fresh
+            page += 1
+
+    def poll(self):
+        now = self.clock()
+        if now < self.retry_at:
+            return False
+        start = self.since if self.newest is None else max(self.newest - 1, self.since or 0)
+        try:
+            fresh = self.fetch(start)
+        except CatopError as error:
+            self.backoff_s = min(60.0, max(2.0, self.backoff_s * 2))
+            self.retry_at = now + self.backoff_s
+            changed = self.stats.error != str(error)
+            self.stats.error = "%s (retrying in %ds)" % (error, self.backoff_s)
+            return changed
+        recovered = self.stats.error is not None
+        self.stats.error, self.backoff_s, self.retry_at = None, 0.0, 0.0
+        if fresh:
+            self.requests = sorted(self.rows.values(), key=lambda r: (r.ts is None, r.ts or 0))
+            self.generation += 1
+            self.stats.records = len(self.requests)
+        return bool(fresh) or recovered
+
+    def compaction_times(self):
+        return ()
+
+
 class LiveModel(object):
     """Every request of every live source, priced, in time order, with its breaks.
 
@@ -4445,6 +4795,13 @@ def build_parser():
                      help="local coding-agent logs: %s (repeatable)" % ", ".join(AGENTS))
     src.add_argument("--scan-agents", action="store_true",
                      help="every agent whose logs are found (the default with no source)")
+    src.add_argument("--litellm-url", metavar="URL",
+                     help="a LiteLLM proxy's spend logs over HTTP (/spend/logs/v2); the key "
+                          "comes from $LITELLM_API_KEY, never the command line")
+    src.add_argument("--otlp-listen", metavar="HOST:PORT",
+                     help="receive Claude Code / Codex telemetry as OTLP/HTTP JSON at "
+                          "/v1/logs and /v1/metrics (loopback unless a host is named; "
+                          "the live view or --once --duration)")
     src.add_argument("--demo", action="store_true", help="simulated mixed traffic")
     src.add_argument("--seed", type=int, default=1, help="demo seed (default 1)")
     view = parser.add_argument_group("view")
@@ -4531,8 +4888,15 @@ def collect_sources(args, aggregate, now):
             stats.records += 1
             aggregate.add(req)
         sources.append(stats)
+    if args.litellm_url:
+        source = LiteLLMSpendSource(args.litellm_url, aggregate.since, aggregate.until)
+        source.fetch(aggregate.since)
+        for req in sorted(source.rows.values(), key=lambda r: (r.ts is None, r.ts or 0.0)):
+            source.stats.records += 1
+            aggregate.add(req)
+        sources.append(source.stats)
     agents = list(dict.fromkeys(args.agent))
-    no_source = not (args.file or args.demo or agents or args.scan_agents)
+    no_source = not (args.file or args.demo or agents or args.scan_agents or args.litellm_url)
     if args.scan_agents or no_source:
         agents = [name for name in AGENTS if agent_present(name)] or agents
         if no_source and not agents:
@@ -4575,8 +4939,8 @@ def run(args):
         args.file.append("-")
     if args.litellm_proxy_log is not None:
         args.file.append(args.litellm_proxy_log or litellm_log_path())
-    elif not (args.file or args.demo or args.agent or args.scan_agents) and \
-            os.path.isfile(litellm_log_path()):
+    elif not (args.file or args.demo or args.agent or args.scan_agents or args.otlp_listen or
+              args.litellm_url) and os.path.isfile(litellm_log_path()):
         args.file.append(litellm_log_path())  # with no source: the proxy log if it is there
         args.scan_agents = True
     args.file = expand_file_args(args.file)
@@ -4587,8 +4951,9 @@ def run(args):
             return status
     if args.once and args.duration:
         return run_watch(args, prices, since, until)
-    if args.metrics_listen:
-        raise UsageError("--metrics-listen serves while the live view or --duration runs")
+    if args.metrics_listen or args.otlp_listen:
+        raise UsageError("--metrics-listen and --otlp-listen run in the live view or with "
+                         "--once --duration")
     return run_snapshot(args, prices, since, until, now)
 
 
@@ -4642,12 +5007,17 @@ def live_sources(args, now, keys_from_tty=True):
             sources.append(LiveFileSource(path))
     if args.demo:
         sources.append(LiveDemoSource(args.seed))
+    if args.litellm_url:
+        sources.append(LiteLLMSpendSource(args.litellm_url))
     agents = list(dict.fromkeys(args.agent))
-    if args.scan_agents or not (args.file or args.demo or agents):
+    if args.scan_agents or not (args.file or args.demo or agents or args.otlp_listen or
+                                args.litellm_url):
         agents = [name for name in AGENTS if agent_present(name)] or agents
-        if not (args.file or args.demo or agents):
+        if not (args.file or args.demo or agents or args.otlp_listen or args.litellm_url):
             raise CatopError(no_data_message())
     sources.extend(LiveAgentSource(name) for name in agents)
+    if args.otlp_listen:
+        sources.append(LiveOtlpSource(parse_listen_address(args.otlp_listen)))
     return sources
 
 

@@ -1763,6 +1763,244 @@ class LogAppenderTests(IsolatedEnv):
         self.assertEqual(record["usage"]["input_tokens"], 40)
 
 
+def otlp_attributes(**values):
+    kinds = {str: "stringValue", int: "intValue", float: "doubleValue"}
+    return [{"key": key.replace("__", "."), "value": {kinds[type(v)]: str(v) if type(v) is int
+                                                      else v}}
+            for key, v in values.items()]
+
+
+def claude_event(session, sequence, **tokens):
+    return {"timeUnixNano": str(int(NOW * 1e9)), "body": {"stringValue": "claude_code.api_request"},
+            "attributes": otlp_attributes(event__name="api_request", session__id=session,
+                                          model="claude-sonnet-4-5",
+                                          event__sequence=sequence, **tokens)}
+
+
+def otlp_logs(*records):
+    return {"resourceLogs": [{"resource": {"attributes": otlp_attributes(service__name="x")},
+                              "scopeLogs": [{"logRecords": list(records)}]}]}
+
+
+class OtlpTests(IsolatedEnv):
+
+    def setUp(self):
+        super().setUp()
+        self.source = catop.LiveOtlpSource(("127.0.0.1", 0))
+        self.addCleanup(self.source.close)
+        self.url = "http://127.0.0.1:%d" % self.source.server.server_address[1]
+
+    def post(self, path, payload, content_type="application/json", raw=None):
+        import urllib.error
+        import urllib.request
+        data = raw if raw is not None else json.dumps(payload).encode()
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def test_events_metrics_and_retries(self):
+        # Claude Code sends its counts as strings; input excludes the cache
+        event = claude_event("s-events", 7, input_tokens="50", output_tokens="400",
+                             cache_read_tokens="20000", cache_creation_tokens="3000",
+                             cost_usd="0.0279")
+        self.assertEqual(self.post("/v1/logs", otlp_logs(event)), 200)
+        self.assertEqual(self.post("/v1/logs", otlp_logs(event)), 200)  # a retry
+        codex = {"timeUnixNano": str(int(NOW * 1e9)),
+                 "attributes": otlp_attributes(event__name="codex.sse_event",
+                                               event__kind="response.completed",
+                                               conversation__id="c-1", model="gpt-5",
+                                               input_token_count=9050, cached_token_count=8320,
+                                               output_token_count=210,
+                                               reasoning_token_count=64)}
+        self.assertEqual(self.post("/v1/logs", otlp_logs(codex)), 200)
+        metrics = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [{
+            "name": "claude_code.token.usage", "sum": {"dataPoints": [
+                {"asInt": "700", "timeUnixNano": str(int(NOW * 1e9)),
+                 "attributes": otlp_attributes(type="input", session__id=session,
+                                               model="claude-sonnet-4-5")}
+                for session in ("s-events", "s-metrics")] + [
+                {"asDouble": 5000.0, "timeUnixNano": str(int(NOW * 1e9)),
+                 "attributes": otlp_attributes(type="cacheRead", session__id="s-metrics",
+                                               model="claude-sonnet-4-5")}]}}]}]}]}
+        self.assertEqual(self.post("/v1/metrics", metrics), 200)
+        self.assertTrue(self.source.poll())
+        got = sorted((r.session, usage_tuple(r), r.observed_cost) for r in self.source.requests)
+        self.assertEqual(got, [("c-1", (730, 8320, 0, 0, 210, 64), None),
+                               ("s-events", (50, 20000, 3000, 0, 400, 0), 0.0279),
+                               ("s-metrics", (700, 5000, 0, 0, 0, 0), None)])
+        self.assertEqual(self.source.stats.skipped["duplicate"], 1)
+        self.assertFalse(self.source.poll())
+
+    def test_bad_requests_are_refused_and_the_server_keeps_running(self):
+        self.assertEqual(self.post("/v1/logs", None, raw=b"{not json"), 400)
+        self.assertEqual(self.post("/v1/logs", None, raw=b"\x0a\x01", content_type=
+                                   "application/x-protobuf"), 415)
+        self.assertEqual(self.post("/v1/traces", {}), 404)
+        import http.client
+        connection = http.client.HTTPConnection("127.0.0.1", self.source.server.server_address[1],
+                                                timeout=5)
+        connection.putrequest("POST", "/v1/logs")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(20 * 1024 * 1024))
+        connection.endheaders()
+        self.assertEqual(connection.getresponse().status, 413)
+        connection.close()
+        event = claude_event("s", 1, input_tokens=1, output_tokens=1)
+        self.assertEqual(self.post("/v1/logs", otlp_logs(event)), 200)
+        self.assertTrue(self.source.poll())
+        self.assertEqual(len(self.source.requests), 1)
+        self.assertEqual(self.source.stats.skipped["malformed"], 1)
+
+    def test_once_duration_listens_then_prints(self):
+        import socket
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "catop.py"), "--otlp-listen",
+             "127.0.0.1:%d" % port, "--once", "--duration", "2", "--format", "json",
+             "--offline", "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=dict(os.environ))
+        self.url = "http://127.0.0.1:%d" % port
+        deadline = time.time() + 10
+        status = None
+        while status != 200 and time.time() < deadline:
+            try:
+                status = self.post("/v1/logs", otlp_logs(claude_event(
+                    "s-cli", 1, input_tokens=10, output_tokens=5, cache_read_tokens=990)))
+            except OSError:
+                time.sleep(0.1)
+        out, err = process.communicate(timeout=20)
+        self.assertEqual(process.returncode, 0, err)
+        doc = json.loads(out)
+        self.assertEqual((doc["totals"]["requests"], doc["totals"]["cache_read_tokens"]),
+                         (1, 990))
+        self.assertEqual(doc["sources"][0]["name"], "otlp:127.0.0.1:%d" % port)
+
+
+class SpendServer(object):
+    """A LiteLLM proxy's /spend/logs/v2 on 127.0.0.1, pages and failures set by the test."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        import urllib.parse
+        owner = self
+        self.pages = {}
+        self.failure = None
+        self.hits = 0
+        self.keys = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.hits += 1
+                owner.keys.append(self.headers.get("Authorization"))
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                status, body = owner.failure or (200, json.dumps(
+                    owner.pages.get(int(query["page"][0]), {"data": []})).encode())
+                if status == "slow":
+                    time.sleep(1.0)
+                    status = 200
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up (the timeout test)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+
+class SpendLogTests(IsolatedEnv):
+
+    def setUp(self):
+        super().setUp()
+        self.proxy = SpendServer()
+        self.addCleanup(self.proxy.server.shutdown)
+        os.environ["LITELLM_API_KEY"] = "sk-team"
+        claude = {"request_id": "r1", "model": "claude-sonnet-4-5", "spend": 0.0279,
+                  "startTime": "2026-03-10T08:00:00Z", "user": "alice", "team_id": "t1",
+                  "session_id": "s1", "cache_hit": "True", "api_key": "88dc28d0f030c55ed4ab77ed8",
+                  "metadata": json.dumps({"user_api_key_team_alias": "search", "usage_object": {
+                      "prompt_tokens": 23050, "completion_tokens": 400,
+                      "cache_read_input_tokens": 20000, "cache_creation_input_tokens": 3000,
+                      "prompt_tokens_details": {
+                          "cached_tokens": 20000, "cache_write_tokens": 3000,
+                          "cache_creation_token_details": {"ephemeral_5m_input_tokens": 1000,
+                                                           "ephemeral_1h_input_tokens": 2000}}}})}
+        gpt = {"request_id": "r2", "model": "gpt-4o", "spend": 0.006125, "user": "bob",
+               "startTime": "2026-03-10T08:01:00Z", "metadata": {"usage_object": {
+                   "prompt_tokens": 2000, "completion_tokens": 300,
+                   "prompt_tokens_details": {"cached_tokens": 1500}}}}
+        bare = {"request_id": "r3", "model": "gpt-4o", "spend": 0.00035, "prompt_tokens": 100,
+                "completion_tokens": 10, "startTime": "2026-03-10T08:02:00Z", "metadata": "{}"}
+        self.proxy.pages = {1: {"data": [claude, gpt], "total": 3, "page": 1, "page_size": 2,
+                                "total_pages": 2},
+                            2: {"data": [bare, gpt], "total": 3, "page": 2, "page_size": 2,
+                                "total_pages": 2}}
+
+    def test_pages_read_with_cache_tokens_from_the_usage_object(self):
+        doc = self.run_json("--litellm-url", self.proxy.url, "--group-by", "agent")
+        t = doc["totals"]
+        self.assertEqual((t["requests"], t["miss_tokens"], t["cache_read_tokens"],
+                          t["cache_write_tokens"], t["cache_write_1h_tokens"],
+                          t["output_tokens"]), (3, 650, 21500, 3000, 2000, 710))
+        # 0.0279 + 0.006125 + 100 x 2.5e-6 + 10 x 1e-5
+        self.assertAlmostEqual(t["cost_usd"], 0.034375, places=9)
+        self.assertAlmostEqual(t["observed_cost_usd"], 0.034375, places=9)
+        self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 1)
+        self.assertEqual({g["key"]["agent"] for g in doc["groups"]}, {"alice", "bob", "litellm"})
+        self.assertEqual(self.proxy.keys, ["Bearer sk-team"] * 2)
+
+    def test_failures_give_one_clear_line(self):
+        cases = [((401, b"{}"), "refused the key (HTTP 401)"),
+                 ((503, b"busy"), "answered HTTP 503"),
+                 ((200, b"<html>"), "not JSON"),
+                 ((200, b'{"total": 3}'), "without its data list"),
+                 ((200, b'{"data": [{"request_id": "r1", "metad'), "not JSON")]
+        for failure, message in cases:
+            with self.subTest(failure=failure):
+                self.proxy.failure = failure
+                code, out, err = self.run_main("--litellm-url", self.proxy.url, "--offline")
+                self.assertEqual(code, 1)
+                self.assertIn(message, err)
+                self.assertEqual(err.count("\n"), 1)
+                self.assertNotIn("Traceback", err)
+        self.proxy.failure = ("slow", b'{"data": []}')
+        with mock.patch.object(catop, "LITELLM_TIMEOUT_S", 0.3):
+            code, _, err = self.run_main("--litellm-url", self.proxy.url, "--offline")
+        self.assertEqual(code, 1)
+        self.assertIn("cannot read spend logs", err)
+
+    def test_live_polling_backs_off_and_asks_only_for_newer_rows(self):
+        clock = [1000.0]
+        source = catop.LiteLLMSpendSource(self.proxy.url, clock=lambda: clock[0])
+        self.proxy.failure = (500, b"down")
+        self.assertTrue(source.poll())
+        self.assertIn("retrying in 2s", source.stats.error)
+        hits = self.proxy.hits
+        self.assertFalse(source.poll())          # too early: no request sent
+        self.assertEqual(self.proxy.hits, hits)
+        clock[0] += 2
+        self.proxy.failure = None
+        self.assertTrue(source.poll())
+        self.assertIsNone(source.stats.error)
+        self.assertEqual(len(source.requests), 3)
+        self.assertEqual(source.newest, catop.parse_timestamp("2026-03-10T08:02:00Z"))
+        self.assertFalse(source.poll())          # nothing new: the same rows come back
+
+
 class EndToEndTmuxTest(IsolatedEnv):
     """The real program in a real terminal: start, append and see, resize, keys,
     drill down and back, quit with status 0."""
