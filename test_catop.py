@@ -1716,6 +1716,85 @@ class LiteLLMCallbackTests(IsolatedEnv):
         self.assertAlmostEqual(totals["observed_cost_usd"], 2 * 0.006125 + 0.0279, places=9)
 
 
+class LiteLLMProxyTests(IsolatedEnv):
+    """The real LiteLLM proxy with catop's callback in its config.yaml, in front of the
+    fake providers (skipped where litellm[proxy] is not installed)."""
+
+    def test_proxy_calls_are_logged_and_read_back(self):
+        proxy = os.path.join(os.path.dirname(sys.executable), "litellm")
+        try:
+            import litellm.proxy.proxy_server  # noqa: F401
+        except ImportError:
+            self.skipTest("litellm[proxy] is not installed here")
+        if not os.path.exists(proxy):
+            self.skipTest("no litellm command beside this Python")
+        import socket
+        import urllib.request
+        providers = FakeProviders()
+        self.addCleanup(providers.server.shutdown)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        config = os.path.join(self.tmp, "config.yaml")
+        with open(config, "w") as handle:
+            handle.write("model_list:\n"
+                         "  - model_name: gpt-4o\n    litellm_params:\n"
+                         "      model: openai/gpt-4o\n      api_base: %s/v1\n"
+                         "      api_key: sk-fake\n"
+                         "  - model_name: claude\n    litellm_params:\n"
+                         "      model: anthropic/claude-sonnet-4-5-20250929\n"
+                         "      api_base: %s\n      api_key: sk-fake\n"
+                         "litellm_settings:\n  callbacks: catop.proxy_handler_instance\n"
+                         % (providers.base, providers.base))
+        log = os.path.join(self.tmp, "proxy.jsonl")
+        env = dict(os.environ, LITELLM_MASTER_KEY="sk-master", LITELLM_LOCAL_MODEL_COST_MAP="True",
+                   PYTHONPATH=HERE, CATOP_LITELLM_LOG=log)
+        server = subprocess.Popen([proxy, "--config", config, "--host", "127.0.0.1", "--port",
+                                   str(port)], env=env, cwd=self.tmp,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(server.wait, 30)
+        self.addCleanup(server.terminate)
+        base = "http://127.0.0.1:%d" % port
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health/liveliness", timeout=2):
+                    break
+            except OSError:
+                self.assertLess(time.time(), deadline, "the proxy did not start")
+                self.assertIsNone(server.poll(), "the proxy exited")
+                time.sleep(0.5)
+
+        def call(model, **extra):
+            body = json.dumps(dict({"model": model, "messages": [
+                {"role": "user", "content": "private words"}]}, **extra)).encode()
+            request = urllib.request.Request(base + "/v1/chat/completions", data=body, headers={
+                "Authorization": "Bearer sk-master", "Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        call("gpt-4o", metadata={"session_id": "s-proxy"})
+        call("claude")
+        deadline = time.time() + 20
+        while not (os.path.exists(log) and len(open(log).readlines()) >= 2):
+            self.assertLess(time.time(), deadline, "the callback wrote nothing")
+            time.sleep(0.2)
+        with open(log) as handle:
+            records = [json.loads(line) for line in handle]
+        self.assertEqual([(r["model_group"], r.get("session_id")) for r in records],
+                         [("gpt-4o", "s-proxy"), ("claude", None)])
+        self.assertEqual(records[1]["usage"]["cache_creation"],
+                         {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000})
+        text = open(log).read()
+        self.assertNotIn("private words", text)
+        self.assertNotIn("sk-master", text)
+        doc = self.run_json("--litellm-proxy-log", log)
+        self.assertEqual((doc["totals"]["requests"], doc["totals"]["cache_read_tokens"],
+                          doc["totals"]["cache_write_1h_tokens"]), (2, 21500, 2000))
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.006125 + 0.0279, places=9)
+
+
 class LogAppenderTests(IsolatedEnv):
 
     def test_eight_processes_append_intact_lines(self):
