@@ -2527,13 +2527,7 @@ class AgentSource(object):
         self.compaction_times.extend(other.compaction_times)
         self.version += other.version + 1
         for key, (size, req) in other.keyed.items():
-            held = self.keyed.get(key)
-            if held is None:
-                self.keyed[key] = (size, req)
-                continue
-            self.stats.skip("duplicate")
-            if size > held[0]:
-                self.keyed[key] = (size, req)
+            self._hold(key, size, req)
 
     def _scan_one(self, state, final):
         if self.agent == "gemini" and state.path.endswith(".json"):
@@ -2593,13 +2587,17 @@ class AgentSource(object):
             return
         if not req.sidechain:
             self.main_ids.add(key_message_part(key))
+        self._hold(key, size, req)
+
+    def _hold(self, key, size, req):
+        """Keeps one request per key: the largest, the later one on a tie (Gemini and
+        OpenCode rewrite a message, size 0: the last write wins)."""
         held = self.keyed.get(key)
-        if held is None:
-            self.keyed[key] = (size, req)
-            return
-        self.stats.skip("duplicate")
-        if size > held[0]:
-            self.keyed[key] = (size, req)
+        if held is not None:
+            self.stats.skip("duplicate")
+            if size < held[0]:
+                return
+        self.keyed[key] = (size, req)
 
     def _keep_latest(self, session, message_id, req):
         """Gemini CLI and OpenCode: the same message written again; the last wins."""
@@ -2953,31 +2951,12 @@ class LiveOtlpSource(object):
         self.server = self._serve(address)
 
     def _serve(self, address):
-        import http.server
-        import threading
-        source = self
-
-        class OtlpHandler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                status, text = source.receive(self.path, self.headers, self.rfile)
-                body = text.encode("utf-8")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        try:
-            server = http.server.ThreadingHTTPServer(address, OtlpHandler)
-        except OSError as error:
-            raise CatopError("cannot listen on %s:%d: %s" % (address[0], address[1],
-                                                             error.strerror or error))
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="catop-otlp", daemon=True).start()
-        return server
+        def respond(method, path, headers, body):
+            if method != "POST":
+                return 405, "application/json", b'{"error": "POST OTLP JSON here"}'
+            status, text = self.receive(path, headers, body)
+            return status, "application/json", text.encode("utf-8")
+        return start_http_server(address, "catop-otlp", respond)
 
     def receive(self, path, headers, body):
         """(HTTP status, JSON text) for one POST; bad input is refused, never fatal."""
@@ -5034,38 +5013,47 @@ def parse_listen_address(text, default_host="127.0.0.1"):
     return host, number
 
 
-def serve_metrics(address, render):
-    """An HTTP server on a thread of its own, answering GET /metrics with render()."""
+def start_http_server(address, name, respond):
+    """A threaded HTTP server on a daemon thread.  respond(method, path, headers,
+    body file) returns (status, content type, body bytes) for every request."""
     import http.server
     import threading
 
-    class MetricsHandler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.split("?")[0].rstrip("/") != "/metrics":
-                self.send_error(404, "only /metrics is here")
-                return
-            try:
-                body = render().encode("utf-8")
-            except Exception as error:  # a scrape must never take catop down
-                self.send_error(500, "catop could not render metrics: %s" % error)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            status, kind, body = respond(self.command, self.path, self.headers, self.rfile)
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        do_GET = do_POST = answer
 
         def log_message(self, *args):
             pass  # the screen belongs to the live view
 
     try:
-        server = http.server.ThreadingHTTPServer(address, MetricsHandler)
+        server = http.server.ThreadingHTTPServer(address, Handler)
     except OSError as error:
         raise CatopError("cannot listen on %s:%d: %s" % (address[0], address[1],
                                                          error.strerror or error))
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="catop-metrics", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server
+
+
+def serve_metrics(address, render):
+    """GET /metrics answered with render() on a thread of its own."""
+    def respond(method, path, headers, body):
+        if method != "GET" or path.split("?")[0].rstrip("/") != "/metrics":
+            return 404, "text/plain", b"only GET /metrics is here\n"
+        try:
+            text = render()
+        except Exception as error:  # a scrape must never take catop down
+            return 500, "text/plain", ("catop could not render metrics: %s\n" % error).encode()
+        return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode("utf-8")
+    return start_http_server(address, "catop-metrics", respond)
 
 
 def aggregate_model(model, group_by, since, until, session, now):
