@@ -53,7 +53,8 @@ MAX_LINE_BYTES = 64 * 1024 * 1024   # a longer line is skipped, not held in memo
 READ_BLOCK_BYTES = 1 << 20
 PARALLEL_MIN_BYTES = 24 * 1024 * 1024
 
-GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day")
+GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day", "week", "month")
+_CALENDAR_GROUPS = ("day", "week", "month")
 WINDOWS = ("all", "today", "week", "month", "1h", "24h", "7d", "30d")
 FORMATS = ("table", "json", "csv", "prometheus")
 AGENTS = ("claude-code", "codex", "gemini", "opencode", "openclaw")
@@ -1142,10 +1143,25 @@ def local_day(ts):
     return time.strftime("%Y-%m-%d", time.localtime(ts)) if ts is not None else "(no time)"
 
 
+def local_week(ts):
+    """The ISO week of a time, local: 2026-W11."""
+    if ts is None:
+        return "(no time)"
+    year, week, _ = datetime.fromtimestamp(ts).isocalendar()
+    return "%d-W%02d" % (year, week)
+
+
+def local_month(ts):
+    return time.strftime("%Y-%m", time.localtime(ts)) if ts is not None else "(no time)"
+
+
+_CALENDAR_KEYS = {"day": local_day, "week": local_week, "month": local_month}
+
+
 def group_key_function(group_by):
     """req -> its group key, a tuple of the group_by fields (day: the local date)."""
-    getters = [(lambda req: local_day(req.ts)) if field == "day" else
-               (lambda req, field=field: getattr(req, field)) for field in group_by]
+    getters = [(lambda req, of=_CALENDAR_KEYS[field]: of(req.ts)) if field in _CALENDAR_KEYS
+               else (lambda req, field=field: getattr(req, field)) for field in group_by]
     if len(getters) == 1:
         only = getters[0]
         return lambda req: (only(req),)
@@ -1171,6 +1187,7 @@ class Aggregate(object):
         # grouped by session: each group's (models, projects), for the session listing
         self.details = {} if "session" in self.group_by else None
         self.effects = CacheEffects(prices, self.key_of)
+        self.budgets = None      # a BudgetTracker when budgets are set
         self.unpriced_models = {}
         self.timeline = []
         self.outside_window = 0
@@ -1193,7 +1210,7 @@ class Aggregate(object):
     def wanted_attributes(self):
         """The attributes of a request this view needs (the rest need not be looked up)."""
         wanted = {"model", "provider", "time", "cost", "session"}  # sessions: breaks
-        wanted.update(f for f in self.group_by if f != "day")
+        wanted.update(f for f in self.group_by if f not in _CALENDAR_GROUPS)
         if self.details is not None:
             wanted.add("project")
         if self.session is not None:
@@ -1213,6 +1230,8 @@ class Aggregate(object):
         rates = self.prices.rates(req.model, req.provider)
         cost, no_cache_cost = request_cost(req, rates)
         cause = self.effects.add(req, in_window, cost)  # even outside: it may precede one
+        if self.budgets is not None:
+            self.budgets.add(req.ts, cost)  # budgets follow the calendar, not the window
         if not in_window:
             self.outside_window += 1
             return
@@ -1262,6 +1281,85 @@ class Aggregate(object):
         self.timeline.extend(other.timeline)
         self.outside_window += other.outside_window
         self.effects.merge(other.effects, self.in_window)
+
+
+# budgets: spend in the current local day, week and month against a limit
+
+BUDGET_PERIODS = ("daily", "weekly", "monthly")
+BUDGET_WARNING_SHARE = 0.8
+_PERIOD_WINDOWS = {"daily": "today", "weekly": "week", "monthly": "month"}
+
+
+def budget_starts(now):
+    """{period: start of the current local calendar period}."""
+    return {period: window_start(window, now) for period, window in _PERIOD_WINDOWS.items()}
+
+
+def load_budget_config(path=None, warn=None):
+    """{period: USD} from config.json ({"budgets": {"daily": 20, ...}}); bad input warns."""
+    path = path or os.path.join(xdg_dir("XDG_CONFIG_HOME", (".config",)), "config.json")
+    try:
+        with open(path, "rb") as handle:
+            document = json.loads(handle.read())
+    except OSError:
+        return {}
+    except (ValueError, RecursionError) as error:
+        if warn:
+            warn("ignoring %s: not valid JSON (%s)" % (path, error))
+        return {}
+    budgets = document.get("budgets") if type(document) is dict else None
+    found = {}
+    for period, value in (budgets or {}).items() if type(budgets) is dict else ():
+        amount = as_money(value)
+        if period in BUDGET_PERIODS and amount is not None and amount > 0:
+            found[period] = amount
+        elif warn:
+            warn("ignoring budgets.%s in %s: a period of %s with a positive amount" % (
+                clean(period), path, "/".join(BUDGET_PERIODS)))
+    return found
+
+
+class BudgetTracker(object):
+    """Spend since the start of each budgeted period, whatever the view's window."""
+
+    def __init__(self, limits, now):
+        self.limits = dict(limits)
+        starts = budget_starts(now)
+        self.starts = {period: starts[period] for period in self.limits}
+        self.spent = dict.fromkeys(self.limits, 0.0)
+
+    def add(self, ts, cost):
+        if ts is None or not cost:
+            return
+        for period, start in self.starts.items():
+            if ts >= start:
+                self.spent[period] += cost
+
+    def status(self):
+        """[(period, limit, spent, share, state)], state ok / warning / over."""
+        rows = []
+        for period in BUDGET_PERIODS:
+            if period not in self.limits:
+                continue
+            limit, spent = self.limits[period], self.spent[period]
+            share = spent / limit
+            state = "over" if share >= 1 else ("warning" if share >= BUDGET_WARNING_SHARE
+                                                else "ok")
+            rows.append((period, limit, spent, share, state))
+        return rows
+
+
+def budget_lines(tracker):
+    return ["budget  %s: %s of %s (%.0f%%)%s" % (
+        period, fmt_usd(spent, 2), fmt_usd(limit, 2), share * 100,
+        {"ok": "", "warning": "  warning: past 80%", "over": "  OVER BUDGET"}[state])
+        for period, limit, spent, share, state in tracker.status()]
+
+
+def budget_dicts(tracker):
+    return [{"period": period, "limit_usd": limit, "spent_usd": round(spent, 9),
+             "share": round(share, 6), "state": state}
+            for period, limit, spent, share, state in tracker.status()]
 
 
 SORT_COLUMNS = {
@@ -1885,7 +1983,7 @@ CAUSE_TEXT = {"model_switch": "a model switch (a cache is per model)",
 class View(object):
     """What the live view shows: grouping, window, sort, filter and drill-down path."""
 
-    GROUPINGS = ("model", "project", "agent", "provider", "session", "day")
+    GROUPINGS = ("model", "project", "agent", "provider", "session", "day", "week", "month")
     WINDOWS = ("all", "today", "1h", "24h", "7d", "30d", "week", "month")
     SORTS = ("cost", "saved", "hit", "requests", "input", "read", "output", "last", "name")
 
@@ -1925,10 +2023,25 @@ class Frame(object):
         self.spark = []
         self.alerts = []
         self.breaks = []
+        self.budgets = []        # [(period, limit, spent, share, state)]
         self.now = 0.0
 
 
-def build_frame(model, view, now, alert_burn=5.0, cache=None):
+def live_budgets(model, limits, now, cache):
+    """The budget status rows for a live model, recomputed only when data or day change."""
+    if not limits:
+        return []
+    starts = budget_starts(now)
+    key = (model.version, tuple(sorted(limits.items())), starts["daily"])
+    if cache.get("budget_key") != key:
+        tracker = BudgetTracker(limits, now)
+        for entry in model.timeline.since(min(starts[p] for p in limits)):
+            tracker.add(entry.req.ts, entry.cost)
+        cache["budget_key"], cache["budgets"] = key, tracker.status()
+    return cache["budgets"]
+
+
+def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None):
     """The frame for a view of the model at time now (pure: no I/O).  The grouped
     table, the costly part, is kept in cache (a dict) while nothing it depends on
     has changed, so an idle tick costs only the rolling figures."""
@@ -1958,6 +2071,11 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None):
     frame.breaks = model.breaks
     frame.alerts = live_alerts(model.buckets, now, model.breaks, table["unpriced"],
                                model.stats(), alert_burn)
+    frame.budgets = live_budgets(model, budget_limits, now, cache)
+    frame.alerts[:0] = ["%s budget spent: %s of %s" % (period, fmt_usd(spent, 2),
+                                                       fmt_usd(limit, 2))
+                        for period, limit, spent, share, state in frame.budgets
+                        if state == "over"]
     return frame
 
 
@@ -3767,6 +3885,9 @@ def render_report(report, width=80, ellipsis="~"):
                                         agg.totals if len(agg.groups) > 1 else None, ellipsis))
         if report.hidden_groups:
             lines.append("(%s more groups; --top to show more)" % fmt_int(report.hidden_groups))
+    if agg.budgets is not None:
+        lines.append("")
+        lines.extend(fit(line, width, ellipsis) for line in budget_lines(agg.budgets))
     breaks = render_breaks_section(agg, width, ellipsis)
     if breaks:
         lines.append("")
@@ -3844,6 +3965,15 @@ def fit_segments(segments, width, ellipsis="~"):
         out.append((text, style))
         used += len(text)
     return out
+
+
+def _budget_line(budgets, width, ellipsis):
+    segments = [("budget", "dim")]
+    for period, limit, spent, share, state in budgets:
+        segments.append(("  %s %s/%s %.0f%%" % (period, fmt_usd(spent, 2), fmt_usd(limit, 2),
+                                                share * 100),
+                         {"ok": "", "warning": "warn", "over": "bad"}[state]))
+    return fit_segments(segments, width, ellipsis)
 
 
 def rates_text(rates):
@@ -4051,6 +4181,8 @@ def render_screen(frame, view, meta, width, height, unicode_ok=True):
             continue
         if name == "summary":
             top.append(_summary_line(frame.totals, width, ellipsis))
+            if frame.budgets and height >= 8:
+                top.append(_budget_line(frame.budgets, width, ellipsis))
         elif name == "rates":
             top.append(fit_segments([(rates_text(frame.rates), "")], width, ellipsis))
         elif name == "spark":
@@ -4196,6 +4328,8 @@ def report_dict(report):
         "what_if": what_if_dict(agg),
         "wasted_writes": wasted_dict(agg),
     }
+    if agg.budgets is not None:
+        doc["budgets"] = budget_dicts(agg.budgets)
     if agg.session is not None:
         doc["timeline"] = (timeline_entry(req, cost, cause) for req, cost, cause in
                            sorted(agg.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0)))
@@ -4501,7 +4635,7 @@ class LiveApp(object):
             return self.frame
         with self.lock:
             self.frame = build_frame(self.model, self.view, self.clock(), self.alert_burn,
-                                     self.table_cache)
+                                     self.table_cache, self.meta.get("budgets"))
         self.meta["sources"] = self.model.stats()
         return self.frame
 
@@ -4835,6 +4969,14 @@ def build_parser():
                        help="fail when the estimated cost exceeds USD")
     gates.add_argument("--max-break-cost", type=parse_positive(float), metavar="USD",
                        help="fail when cache breaks cost more than USD")
+    budgets = parser.add_argument_group("budgets (also from $XDG_CONFIG_HOME/catop/config.json)")
+    for period in BUDGET_PERIODS:
+        budgets.add_argument("--budget-%s" % period, type=parse_positive(float), metavar="USD",
+                             help="spend limit for the current local %s" % {
+                                 "daily": "day", "weekly": "week (from Monday)",
+                                 "monthly": "month"}[period])
+    budgets.add_argument("--enforce-budgets", action="store_true",
+                         help="exit 3 when a budget is spent (a CI gate)")
     parser.add_argument("--version", action="version", version="catop " + __version__)
     return parser
 
@@ -4885,9 +5027,14 @@ def collect_sources(args, aggregate, now):
     return sources
 
 
-def check_gates(args, totals, breaks=()):
+def check_gates(args, totals, breaks=(), budgets=None):
     """One-line reasons for every breached gate."""
     reasons = []
+    if args.enforce_budgets and budgets is not None:
+        for period, limit, spent, share, state in budgets.status():
+            if state == "over":
+                reasons.append("%s budget spent: %s of %s" % (period, fmt_usd(spent, 2),
+                                                              fmt_usd(limit, 2)))
     break_cost_usd = sum(item.cost for item in breaks)
     if args.max_break_cost is not None and break_cost_usd > args.max_break_cost:
         reasons.append("cache breaks cost %s, over --max-break-cost %s" % (
@@ -4959,7 +5106,8 @@ def run_watch(args, prices, since, until):
         time.sleep(min(args.interval, left))
     now = time.time()
     with lock:
-        aggregate = aggregate_model(model, args.group_by, since, until, args.session, now)
+        aggregate = aggregate_model(model, args.group_by, since, until, args.session, now,
+                                    budget_tracker(args, now))
     return print_report(args, aggregate, model.stats(), prices, now)
 
 
@@ -5056,9 +5204,10 @@ def serve_metrics(address, render):
     return start_http_server(address, "catop-metrics", respond)
 
 
-def aggregate_model(model, group_by, since, until, session, now):
+def aggregate_model(model, group_by, since, until, session, now, budgets=None):
     """An Aggregate of everything a live model holds (the snapshot after watching)."""
     aggregate = Aggregate(model.prices, group_by, since, until, session)
+    aggregate.budgets = budgets
     for source in model.sources:
         for session_id, ts in source.compaction_times():
             if ts is not None:
@@ -5101,7 +5250,8 @@ def run_live(args, prices, since, until):
     view.bounds = (since, until) if (args.since or args.until) else (None, None)
     if args.session:
         view.stack = [args.session]
-    meta = {"prices_origin": prices.origin, "prices_age": prices.age_s, "sources": []}
+    meta = {"prices_origin": prices.origin, "prices_age": prices.age_s, "sources": [],
+            "budgets": budget_limits(args)}
     app = LiveApp(model, view, meta, args.interval, args.duration, args.alert_burn)
     if args.metrics_listen:
         app.lock = threading_lock()
@@ -5119,9 +5269,25 @@ def run_live(args, prices, since, until):
 def run_snapshot(args, prices, since, until, now):
     """--once: read everything, print one report, apply the gates."""
     aggregate = Aggregate(prices, args.group_by, since, until, args.session)
+    aggregate.budgets = budget_tracker(args, now)
     sources = collect_sources(args, aggregate, now)
     aggregate.finish(now)
     return print_report(args, aggregate, sources, prices, now)
+
+
+def budget_limits(args):
+    """{period: USD}: the flags, else the config file."""
+    limits = load_budget_config(warn=warn)
+    for period in BUDGET_PERIODS:
+        value = getattr(args, "budget_%s" % period)
+        if value is not None:
+            limits[period] = value
+    return limits
+
+
+def budget_tracker(args, now):
+    limits = budget_limits(args)
+    return BudgetTracker(limits, now) if limits else None
 
 
 def print_report(args, aggregate, sources, prices, now):
@@ -5148,7 +5314,7 @@ def print_report(args, aggregate, sources, prices, now):
     for piece in pieces:
         sys.stdout.write(piece)
     sys.stdout.flush()
-    reasons = check_gates(args, aggregate.totals, aggregate.effects.breaks)
+    reasons = check_gates(args, aggregate.totals, aggregate.effects.breaks, aggregate.budgets)
     for reason in reasons:
         sys.stderr.write("catop: gate: %s\n" % reason)
     return EXIT_GATE if reasons else EXIT_OK

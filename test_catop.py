@@ -2080,6 +2080,84 @@ class SpendLogTests(IsolatedEnv):
         self.assertFalse(source.poll())          # nothing new: the same rows come back
 
 
+class BudgetTests(IsolatedEnv):
+
+    NOW = time.mktime((2026, 3, 11, 15, 30, 0, 0, 0, -1))  # a Wednesday, local time
+
+    def local(self, *parts):
+        return time.mktime(parts + (0, 0, 0, 0, 0, -1)[len(parts) - 3:])
+
+    def test_calendar_arithmetic_and_states(self):
+        tracker = catop.BudgetTracker({"daily": 10, "weekly": 50, "monthly": 100}, self.NOW)
+        tracker.add(self.local(2026, 3, 11, 9, 0), 6.0)     # today
+        tracker.add(self.local(2026, 3, 9, 0, 0), 5.0)      # Monday, this week
+        tracker.add(self.local(2026, 3, 2, 12, 0), 40.0)    # this month
+        tracker.add(self.local(2026, 2, 27, 12, 0), 100.0)  # last month
+        tracker.add(None, 1000.0)                           # no time: no period
+        self.assertEqual(tracker.status(), [("daily", 10, 6.0, 0.6, "ok"),
+                                            ("weekly", 50, 11.0, 0.22, "ok"),
+                                            ("monthly", 100, 51.0, 0.51, "ok")])
+        tracker.add(self.local(2026, 3, 11, 10, 0), 2.0)
+        self.assertEqual(tracker.status()[0][3:], (0.8, "warning"))
+        tracker.add(self.local(2026, 3, 11, 11, 0), 2.0)
+        self.assertEqual(tracker.status()[0][3:], (1.0, "over"))
+
+    def write_log(self):
+        path = os.path.join(self.tmp, "spend.jsonl")
+        with open(path, "w") as handle:
+            for hours_ago in (1, 2):
+                handle.write(json.dumps({"timestamp": time.time() - hours_ago * 3600 - 60,
+                                         "model": "gpt-4o", "usage": {
+                                             "prompt_tokens": 100000,
+                                             "completion_tokens": 10000}}) + "\n")
+        return path  # two requests of 100,000 x 2.5e-6 + 10,000 x 1e-5 = $0.35 each
+
+    def test_flags_config_gate_and_outputs(self):
+        path = self.write_log()
+        config = os.path.join(self.tmp, "config", "catop", "config.json")
+        os.makedirs(os.path.dirname(config))
+        with open(config, "w") as handle:
+            json.dump({"budgets": {"weekly": 0.5, "yearly": 9, "monthly": "lots"}}, handle)
+        code, out, err = self.run_main("--file", path, "--offline", "--format", "json",
+                                       "--budget-monthly", "10")
+        self.assertEqual(code, 0)
+        self.assertEqual(json.loads(out)["budgets"], [
+            {"period": "weekly", "limit_usd": 0.5, "spent_usd": 0.7, "share": 1.4,
+             "state": "over"},
+            {"period": "monthly", "limit_usd": 10.0, "spent_usd": 0.7, "share": 0.07,
+             "state": "ok"}])
+        self.assertIn("ignoring budgets.yearly", err)
+        self.assertIn("ignoring budgets.monthly", err)
+        code, out, err = self.run_main("--file", path, "--offline", "--enforce-budgets",
+                                       "--width", "120")
+        self.assertEqual(code, 3)
+        self.assertIn("catop: gate: weekly budget spent: $0.70 of $0.50", err)
+        self.assertIn("budget  weekly: $0.70 of $0.50 (140%)  OVER BUDGET", out)
+        os.unlink(config)
+        code, out, _ = self.run_main("--file", path, "--offline", "--format", "json")
+        self.assertNotIn("budgets", json.loads(out))
+
+    def test_live_budget_line_and_alert(self):
+        model = live_model(recent_requests())
+        view = catop.View()
+        spent = sum(cost_of(r)[0] for r in recent_requests())  # all within today
+        limits = {"daily": round(spent / 2, 2), "monthly": round(spent / 0.9, 2)}
+        frame = catop.build_frame(model, view, NOW, 5.0, {}, limits)
+        self.assertAlmostEqual(frame.budgets[0][2], spent)
+        self.assertEqual([row[4] for row in frame.budgets], ["over", "warning"])
+        lines = catop.render_screen(frame, view, RenderScreenTests.META, 160, 30)
+        budget = next(l for l in lines if l and l[0][0] == "budget")
+        self.assertEqual([style for _, style in budget], ["dim", "bad", "warn"])
+        self.assertEqual(frame.alerts[0], "daily budget spent: %s of %s" % (
+            catop.fmt_usd(spent, 2), catop.fmt_usd(limits["daily"], 2)))
+
+    def test_week_and_month_groups(self):
+        ts = self.local(2026, 3, 11, 9, 0)
+        key_of = catop.group_key_function(("month", "week", "day"))
+        self.assertEqual(key_of(catop.Request(ts=ts)), ("2026-03", "2026-W11", "2026-03-11"))
+        self.assertEqual(key_of(catop.Request()), ("(no time)",) * 3)
+
+
 class EndToEndTmuxTest(IsolatedEnv):
     """The real program in a real terminal: start, append and see, resize, keys,
     drill down and back, quit with status 0."""
