@@ -814,16 +814,23 @@ def parse_claude_code(record, ctx):
     return key, miss + read + write_5m + write_1h + output, req
 
 
-_HASH_MASK = (1 << 64) - 1
-
-
 def dedup_key(message_id, request_id):
     """(message id, request id) as one int, its message part in the high 64 bits.
 
-    Far smaller than the two strings; a 64-bit collision is about 1 in 10^7
-    for a million responses.  Python's string hash is fixed per process and
-    shared with forked workers, which is all this key has to outlive."""
-    return ((hash(str(message_id)) & _HASH_MASK) << 64) | (hash(str(request_id)) & _HASH_MASK)
+    Far smaller than the two strings, and the same in every process and run (the
+    history keeps it); a 64-bit collision is about 1 in 10^7 for a million responses."""
+    return (_stable_hash(message_id) << 64) | _stable_hash(request_id)
+
+
+try:
+    from _blake2 import blake2b as _blake2b  # built in; hashlib would load OpenSSL (MBs)
+except ImportError:
+    from hashlib import blake2b as _blake2b
+
+
+def _stable_hash(text):
+    return int.from_bytes(_blake2b(str(text).encode("utf-8", "replace"),
+                                   digest_size=8).digest(), "big")
 
 
 def key_message_part(key):
