@@ -55,7 +55,7 @@ PARALLEL_MIN_BYTES = 24 * 1024 * 1024
 
 GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day", "week", "month")
 _CALENDAR_GROUPS = ("day", "week", "month")
-WINDOWS = ("all", "today", "week", "month", "1h", "24h", "7d", "30d")
+WINDOWS = ("all", "today", "week", "month", "1h", "24h", "7d", "30d", "90d")
 FORMATS = ("table", "json", "csv", "prometheus")
 AGENTS = ("claude-code", "codex", "gemini", "opencode", "openclaw")
 SKIP_KINDS = ("malformed", "no_usage", "duplicate")
@@ -230,14 +230,13 @@ def _tally_from(values):
 class SourceStats(object):
     """What one source read and what it skipped, by reason."""
 
-    __slots__ = ("name", "records", "skipped", "compactions", "sessions_compacted", "error")
+    __slots__ = ("name", "records", "skipped", "compactions", "error")
 
     def __init__(self, name):
         self.name = name
         self.records = 0
         self.skipped = dict.fromkeys(SKIP_KINDS, 0)
         self.compactions = 0
-        self.sessions_compacted = {}
         self.error = None
 
     def skip(self, kind, count=1):
@@ -1413,7 +1412,7 @@ def window_start(window, now):
     """The start of a named window in epoch seconds (calendar windows in local time)."""
     if window == "all":
         return None
-    spans = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+    spans = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "90d": 90 * 86400}
     if window in spans:
         return now - spans[window]
     local = datetime.fromtimestamp(now)
@@ -2492,7 +2491,8 @@ def candidate_lines(block, needles):
 class FileState(object):
     """Where reading one file stopped, so a rescan reads only appended bytes."""
 
-    __slots__ = ("path", "device", "inode", "size", "offset", "partial", "context", "restarts")
+    __slots__ = ("path", "device", "inode", "size", "offset", "partial", "context", "restarts",
+                 "mtime")
 
     def __init__(self, path):
         self.path = path
@@ -2501,6 +2501,7 @@ class FileState(object):
         self.partial = b""
         self.context = FileContext(path)
         self.restarts = 0   # times the file was replaced or truncated under us
+        self.mtime = None
 
     def reset(self):
         if self.device is not None:
@@ -2822,7 +2823,6 @@ def scan_agent(name, aggregate):
     source.scan()
     replays = source.sidechain_replays()
     source.stats.skip("duplicate", replays)
-    source.stats.sessions_compacted = dict(source.compactions)
     for session, ts in source.compaction_times:
         if ts is not None:
             aggregate.effects.compactions.setdefault(session, []).append(ts)
@@ -3407,6 +3407,271 @@ class LiveModel(object):
 
     def stats(self):
         return [source.stats for source in self.sources]
+
+
+# history: every request kept in SQLite, so a report outlives the agents' log
+# pruning and a warm start reads only what changed
+
+HISTORY_SCHEMA = 2
+_HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
+                    "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
+                    "size", "msg")
+_HISTORY_TABLES = (
+    "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
+    " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT, miss INTEGER,"
+    " read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER, reasoning INTEGER, observed REAL,"
+    " sidechain INTEGER, size INTEGER, msg TEXT)",
+    "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
+    "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
+    " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT)",
+    "CREATE TABLE IF NOT EXISTS compactions (session TEXT, ts REAL, PRIMARY KEY (session, ts))",
+)
+_CONTEXT_FIELDS = ("session", "project", "model", "start_ts", "fork", "parent_session",
+                   "previous_total", "sidechain")
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    """An exclusive advisory lock on path while the block runs (none where the OS has
+    no flock: there, SQLite's own locking is all there is)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
+
+
+def history_path():
+    return os.path.join(xdg_dir("XDG_STATE_HOME", (".local", "state")), "history.sqlite3")
+
+
+class History(object):
+    """The SQLite store: requests under a unique key (no prompt or response text),
+    per-file read state, and compactions.  WAL mode and a busy timeout let a live view
+    and a --once in cron share it."""
+
+    def __init__(self, path, report=None):
+        import sqlite3
+        self.sqlite3 = sqlite3
+        self.path = path
+        report = report or warn
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        with _file_lock(path + ".lock"):  # one process at a time creates or migrates
+            try:
+                self.db = self._open()
+            except sqlite3.OperationalError:
+                raise  # locked or unwritable: not corruption, never moved aside
+            except sqlite3.DatabaseError as error:
+                moved = "%s.corrupt-%d" % (path, int(time.time()))
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.exists(path + suffix):
+                        os.replace(path + suffix, moved + suffix)
+                report("the history %s could not be read (%s): moved to %s; rebuilding it "
+                       "from the logs still present" % (path, error, moved))
+                self.db = self._open()
+
+    def _open(self):
+        db = self.sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(db)
+            db.execute("SELECT count(*) FROM requests").fetchone()
+        except self.sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _migrate(self, db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > HISTORY_SCHEMA:
+            raise CatopError("the history %s was written by a newer catop (schema %d)"
+                             % (self.path, version))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 1:  # schema 1 had no Claude Code message part, nor compactions
+                db.execute("ALTER TABLE requests ADD COLUMN msg TEXT")
+            for statement in _HISTORY_TABLES:
+                db.execute(statement)
+            db.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self):
+        self.db.close()
+
+    def file_state(self, path):
+        """A FileState restored from the last run, or a fresh one."""
+        state = FileState(path)
+        row = self.db.execute("SELECT device, inode, size, offset, generation, context FROM files"
+                              " WHERE path = ?", (path,)).fetchone()
+        if row is not None:
+            state.device, state.inode, state.size, state.offset, state.restarts = row[:5]
+            try:
+                saved = json.loads(row[5] or "{}")
+            except ValueError:
+                saved = {}
+            for name in _CONTEXT_FIELDS:
+                if name in saved:
+                    value = saved[name]
+                    setattr(state.context, name,
+                            tuple(value) if name == "previous_total" and value else value)
+        return state
+
+    def save(self, rows, states=(), compactions=()):
+        """Stores rows (keeping the larger of two for one key: Claude Code's streamed
+        lines), file states and compactions in one transaction."""
+        db = self.db
+        columns = ", ".join(_HISTORY_COLUMNS)
+        updates = ", ".join("%s = excluded.%s" % (c, c) for c in _HISTORY_COLUMNS[1:])
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO requests (%s) VALUES (%s) ON CONFLICT (key) DO UPDATE SET"
+                           " %s WHERE excluded.size >= requests.size" % (
+                               columns, ", ".join("?" * len(_HISTORY_COLUMNS)), updates), rows)
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+                (s.path, s.device, s.inode, s.size, s.mtime, s.offset - len(s.partial),
+                 s.restarts, json.dumps({n: getattr(s.context, n) for n in _CONTEXT_FIELDS}))
+                for s in states])
+            db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
+                           [c for c in compactions if c[1] is not None])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def requests(self, since=None, until=None):
+        """Stored requests in time order (without time first: only with no bounds);
+        a subagent's replay of a response its parent counted is left out."""
+        where = ["NOT (sidechain = 1 AND msg IS NOT NULL AND msg IN (SELECT msg FROM requests"
+                 " WHERE sidechain = 0 AND msg IS NOT NULL))"]
+        values = []
+        if since is not None or until is not None:
+            where.append("ts IS NOT NULL")
+        if since is not None:
+            where.append("ts >= ?")
+            values.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            values.append(until)
+        cursor = self.db.execute(
+            "SELECT ts, agent, provider, model, project, session, miss, read, w5, w1, output,"
+            " reasoning, observed, sidechain, source FROM requests WHERE %s ORDER BY ts"
+            % " AND ".join(where), values)
+        for row in cursor:
+            yield row[14], Request(row[0], row[1] or "", row[2] or "", row[3] or "",
+                                   row[4] or "", row[5] or "", row[6], row[7], row[8], row[9],
+                                   row[10], row[11], row[12], bool(row[13]))
+
+    def has_requests(self):
+        return self.db.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is not None
+
+    def compactions(self):
+        found = {}
+        for session, ts in self.db.execute("SELECT session, ts FROM compactions"):
+            found.setdefault(session, []).append(ts)
+        return found
+
+    def prune(self, days, now):
+        """Deletes requests older than days; returns how many."""
+        cutoff = now - days * 86400
+        self.db.execute("BEGIN IMMEDIATE")
+        count = self.db.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
+        self.db.execute("DELETE FROM compactions WHERE ts < ?", (cutoff,))
+        self.db.execute("COMMIT")
+        return count
+
+
+def history_row(source, key, req, size=None, msg=None):
+    return (key, source, req.ts, req.agent, req.provider, req.model, req.project, req.session,
+            req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output,
+            req.reasoning, req.observed_cost, int(req.sidechain),
+            req.input + req.output if size is None else size, msg)
+
+
+def _field_key(req):
+    """A key for a request with no id of its own: its session, time and tokens."""
+    return "%s|%s|%r|%d|%d|%d|%d|%d|%d" % (req.agent, req.session, req.ts, req.miss,
+                                            req.cache_read, req.cache_write_5m,
+                                            req.cache_write_1h, req.output, req.reasoning)
+
+
+def ingest_agent(history, name):
+    """Reads what is new in an agent's logs (from where the last run stopped) into the
+    history; returns the SourceStats of this reading."""
+    source = AgentSource(name)
+    paths = agent_files(name)
+    if name != "opencode":
+        for path in paths:
+            source.states[path] = history.file_state(path)
+    source.scan(final=False, paths=paths)
+    label = "agent:" + name
+    rows = []
+    for key, (size, req) in source.keyed.items():
+        if isinstance(key, int):
+            rows.append(history_row(label, "cc:%032x" % key, req, size,
+                                    "%016x" % key_message_part(key)))
+        else:
+            rows.append(history_row(label, "%s:%s:%s" % (name, key[0], key[1]), req, 0))
+    for path_requests in source.loose.values():
+        rows.extend(history_row(label, "%s:%s" % (name, _field_key(req)), req)
+                    for req in path_requests)
+    for state in source.states.values():
+        try:
+            state.mtime = os.path.getmtime(state.path)
+        except OSError:
+            state.mtime = None
+    history.save(rows, source.states.values() if name != "opencode" else (),
+                 source.compaction_times)
+    source.stats.records = len(rows)
+    return source.stats
+
+
+def ingest_stream(history, stream, stats):
+    """Standard input into the history (only with --history): a key a line's content."""
+    rows = []
+    splitter = LineSplitter()
+    for block in iter_blocks(stream):
+        for line in splitter.feed(block):
+            key = "s:%032x" % _stable_hash(line)
+            scan_request_lines([line], stats,
+                               lambda req: rows.append(history_row("stdin", key, req)))
+    history.save(rows)
+
+
+def ingest_request_file(history, path, stats):
+    """Reads what is new in a request log into the history: a key a line (the file, its
+    identity and the line's offset), so the same log read twice counts once."""
+    state = history.file_state(path)
+    info = os.stat(path)
+    if (info.st_dev, info.st_ino) != (state.device, state.inode) or info.st_size < state.offset:
+        state.restarts += 1 if state.device is not None else 0
+        state.device, state.inode, state.offset = info.st_dev, info.st_ino, 0
+    state.size, state.mtime = info.st_size, info.st_mtime
+    rows = []
+    real = os.path.realpath(path)
+    position = state.offset
+    with open(path, "rb") as handle:
+        handle.seek(position)
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # a line still being written: the next run reads it whole
+            key = "f:%s:%d:%d:%d" % (real, state.inode, state.restarts, position)
+            position += len(line)
+            scan_request_lines([line.rstrip(b"\n")], stats,
+                               lambda req: rows.append(history_row("file:" + path, key, req)))
+    state.offset = position
+    history.save(rows, [state])
 
 
 # prices: the only code that touches the network
@@ -4298,10 +4563,8 @@ class Report(object):
                  top=None):
         self.aggregate = aggregate
         self.sources = sources
-        self.compactions = {}
-        for stats in sources:
-            for session, count in stats.sessions_compacted.items():
-                self.compactions[session] = self.compactions.get(session, 0) + count
+        self.compactions = {session: len(set(times)) for session, times in
+                            aggregate.effects.compactions.items()}
         self.prices = prices
         self.now = now
         every = sorted_groups(aggregate.groups, sort, descending)
@@ -4976,6 +5239,16 @@ def build_parser():
                        help="fail when the estimated cost exceeds USD")
     gates.add_argument("--max-break-cost", type=parse_positive(float), metavar="USD",
                        help="fail when cache breaks cost more than USD")
+    store = parser.add_argument_group("history")
+    store.add_argument("--history", metavar="PATH",
+                       help="the SQLite history (default $XDG_STATE_HOME/catop/history.sqlite3;"
+                            " naming it also keeps --stdin)")
+    store.add_argument("--no-history", action="store_true",
+                       help="read the logs afresh and keep nothing")
+    store.add_argument("--prune-history", type=parse_positive(int), metavar="DAYS",
+                       help="delete stored requests older than DAYS, then exit")
+    store.add_argument("--export-history", choices=("csv", "jsonl"),
+                       help="write every stored request to standard output, then exit")
     budgets = parser.add_argument_group("budgets (also from $XDG_CONFIG_HOME/catop/config.json)")
     for period in BUDGET_PERIODS:
         budgets.add_argument("--budget-%s" % period, type=parse_positive(float), metavar="USD",
@@ -4992,16 +5265,23 @@ def warn(message):
     sys.stderr.write("catop: warning: %s\n" % clean(message))
 
 
-def collect_sources(args, aggregate, now):
-    """Feeds every requested source into aggregate; returns their SourceStats."""
-    sources = []
+def collect_sources(args, aggregate, now, history=None):
+    """Feeds every requested source into aggregate; returns their SourceStats.  With
+    a history, logs are read into it (only what changed) and the report comes from it."""
+    sources, stored = [], []
     for path in args.file:
         stats = SourceStats("stdin" if path == "-" else "file:%s" % path)
         try:
-            if path == "-":
+            if path == "-" and history is not None and args.history:
+                ingest_stream(history, sys.stdin.buffer, stats)
+                stored.append("stdin")
+            elif path == "-":
                 deadline = time.time() + args.duration if args.duration else None
                 scan_request_stream(StreamReader(sys.stdin.buffer, deadline), stats,
                                     aggregate.add, wanted=aggregate.wanted_attributes())
+            elif history is not None:
+                ingest_request_file(history, path, stats)
+                stored.append(stats.name)
             else:
                 scan_request_file(path, aggregate, stats)
         except OSError as error:
@@ -5027,11 +5307,61 @@ def collect_sources(args, aggregate, now):
     no_source = not (args.file or args.demo or agents or args.scan_agents or args.litellm_url)
     if args.scan_agents or no_source:
         agents = [name for name in AGENTS if agent_present(name)] or agents
-        if no_source and not agents:
+        if no_source and not agents and (history is None or not history.has_requests()):
             raise CatopError(no_data_message())
     for name in agents:
-        sources.append(scan_agent(name, aggregate))
+        if history is not None:
+            sources.append(ingest_agent(history, name))
+            stored.append("agent:" + name)
+        else:
+            sources.append(scan_agent(name, aggregate))
+    if history is not None:
+        # with no source named, everything the history holds: logs since deleted too
+        sources.append(report_history(history, aggregate, None if no_source else stored))
     return sources
+
+
+def report_history(history, aggregate, labels):
+    """Feeds the stored requests of the given sources (all: None) into aggregate."""
+    stats = SourceStats("history:%s" % history.path)
+    for session, times in history.compactions().items():
+        aggregate.effects.compactions.setdefault(session, []).extend(times)
+    wanted = None if labels is None else set(labels)
+    for label, req in history.requests(aggregate.since, aggregate.until):
+        if wanted is None or label in wanted:
+            stats.records += 1
+            aggregate.add(req)
+    return stats
+
+
+def open_history(args):
+    """The History, or None: --no-history, the live view, or a Python without sqlite3."""
+    if args.no_history:
+        return None
+    try:
+        import sqlite3  # noqa: F401
+    except ImportError:
+        warn("this Python has no sqlite3 module: running without a history")
+        return None
+    return History(args.history or history_path())
+
+
+def export_history(history, kind, out):
+    """Every stored request, as CSV or JSON lines."""
+    fields = ("ts", "agent", "provider", "model", "project", "session", "miss_tokens",
+              "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
+              "output_tokens", "reasoning_tokens", "observed_cost_usd", "subagent", "source")
+    writer = csv.writer(out, lineterminator="\n") if kind == "csv" else None
+    if writer:
+        writer.writerow(fields)
+    for label, req in history.requests():
+        values = (iso_utc(req.ts), req.agent, req.provider, req.model, req.project, req.session,
+                  req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output,
+                  req.reasoning, req.observed_cost, req.sidechain, label)
+        if writer:
+            writer.writerow(["" if v is None else v for v in values])
+        else:
+            out.write(json.dumps(dict(zip(fields, values))) + "\n")
 
 
 def check_gates(args, totals, breaks=(), budgets=None):
@@ -5077,6 +5407,8 @@ def run(args):
         args.file.append(litellm_log_path())  # with no source: the proxy log if it is there
         args.scan_agents = True
     args.file = expand_file_args(args.file)
+    if args.prune_history or args.export_history:
+        return maintain_history(args, now)
     prices = load_prices(args.prices, args.offline, args.refresh_prices, now, warn=warn)
     if wants_live(args):
         status = run_live(args, prices, since, until)
@@ -5116,6 +5448,23 @@ def run_watch(args, prices, since, until):
         aggregate = aggregate_model(model, args.group_by, since, until, args.session, now,
                                     budget_tracker(args, now))
     return print_report(args, aggregate, model.stats(), prices, now)
+
+
+def maintain_history(args, now):
+    """--prune-history and --export-history: act on the store, then exit."""
+    history = open_history(args)
+    if history is None:
+        raise CatopError("no history to act on (--no-history, or no sqlite3 here)")
+    try:
+        if args.prune_history:
+            count = history.prune(args.prune_history, now)
+            sys.stderr.write("catop: deleted %s stored requests older than %d days\n" % (
+                fmt_int(count), args.prune_history))
+        if args.export_history:
+            export_history(history, args.export_history, sys.stdout)
+    finally:
+        history.close()
+    return EXIT_OK
 
 
 def wants_live(args):
@@ -5277,7 +5626,19 @@ def run_snapshot(args, prices, since, until, now):
     """--once: read everything, print one report, apply the gates."""
     aggregate = Aggregate(prices, args.group_by, since, until, args.session)
     aggregate.budgets = budget_tracker(args, now)
-    sources = collect_sources(args, aggregate, now)
+    try:
+        history = open_history(args)
+        try:
+            sources = collect_sources(args, aggregate, now, history)
+        finally:
+            if history is not None:
+                history.close()
+    except Exception as error:
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is None or not isinstance(error, sqlite3.Error):
+            raise
+        raise CatopError("the history %s: %s (--no-history runs without it)" % (
+            args.history or history_path(), error))
     aggregate.finish(now)
     return print_report(args, aggregate, sources, prices, now)
 

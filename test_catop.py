@@ -82,7 +82,8 @@ class IsolatedEnv(unittest.TestCase):
         return code, out.getvalue(), err.getvalue()
 
     def run_json(self, *argv):
-        code, out, err = self.run_main(*(argv + ("--format", "json", "--offline")))
+        code, out, err = self.run_main(*(argv + ("--format", "json", "--offline",
+                                                 "--no-history")))
         self.assertEqual(code, 0, err)
         return json.loads(out)
 
@@ -2156,6 +2157,169 @@ class BudgetTests(IsolatedEnv):
         key_of = catop.group_key_function(("month", "week", "day"))
         self.assertEqual(key_of(catop.Request(ts=ts)), ("2026-03", "2026-W11", "2026-03-11"))
         self.assertEqual(key_of(catop.Request()), ("(no time)",) * 3)
+
+
+class HistoryTests(IsolatedEnv):
+
+    def setUp(self):
+        super().setUp()
+        self.store = os.path.join(self.tmp, "state", "catop", "history.sqlite3")
+
+    def report(self, *argv):
+        code, out, err = self.run_main(*(argv + ("--format", "json", "--offline")))
+        self.assertEqual(code, 0, err)
+        return json.loads(out)
+
+    def line(self, tokens, ts=None):
+        return json.dumps({"model": "gpt-4o", "timestamp": ts or NOW,
+                           "usage": {"prompt_tokens": tokens, "completion_tokens": 1}}) + "\n"
+
+    def test_reingestion_appends_truncation_and_rotation(self):
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write(self.line(100) + self.line(200))
+        first = self.report("--file", path)
+        self.assertEqual(first["totals"]["input_tokens"], 300)
+        self.assertEqual(first["sources"][-1]["name"], "history:" + self.store)
+        again = self.report("--file", path)
+        self.assertEqual(again["totals"]["input_tokens"], 300)       # never counted twice
+        self.assertEqual(again["sources"][0]["records"], 0)          # nothing new was read
+        with open(path, "a") as handle:
+            handle.write(self.line(50) + '{"model": "gpt-4o", "usage": {"prompt_t')
+        appended = self.report("--file", path)
+        self.assertEqual(appended["totals"]["input_tokens"], 350)    # the partial line waits
+        with open(path, "a") as handle:
+            handle.write('okens": 7}}\n')
+        self.assertEqual(self.report("--file", path)["totals"]["input_tokens"], 357)
+        with open(path, "w") as handle:                              # truncated, rewritten
+            handle.write(self.line(1000))
+        self.assertEqual(self.report("--file", path)["totals"]["input_tokens"], 1357)
+        os.rename(path, path + ".1")                                 # rotated
+        with open(path, "w") as handle:
+            handle.write(self.line(5))
+        self.assertEqual(self.report("--file", path)["totals"]["input_tokens"], 1362)
+
+    def test_agents_match_a_fresh_read_and_warm_runs_read_nothing(self):
+        self.point_agents_at_examples()
+        for name in catop.AGENTS:
+            with self.subTest(agent=name):
+                fresh = self.run_json("--agent", name)
+                stored = self.report("--agent", name)
+                self.assertEqual(stored["totals"], fresh["totals"])
+                warm = self.report("--agent", name)
+                self.assertEqual(warm["totals"], fresh["totals"])
+                if name != "opencode":
+                    self.assertEqual(warm["sources"][0]["records"], 0)
+
+    def test_claude_code_response_streamed_across_runs(self):
+        root = os.path.join(self.tmp, "claude")
+        folder = os.path.join(root, "projects", "-p")
+        os.makedirs(folder)
+        path = os.path.join(folder, "s.jsonl")
+        os.environ["CLAUDE_CONFIG_DIR"] = root
+
+        def write(output, mode):
+            with open(path, mode) as handle:
+                handle.write(json.dumps({
+                    "type": "assistant", "sessionId": "s", "requestId": "r1", "timestamp": NOW,
+                    "message": {"id": "m1", "model": "claude-sonnet-4-5", "usage": {
+                        "input_tokens": 5, "cache_read_input_tokens": 1000,
+                        "output_tokens": output}}}) + "\n")
+        write(10, "w")
+        self.assertEqual(self.report("--agent", "claude-code")["totals"]["output_tokens"], 10)
+        write(500, "a")
+        totals = self.report("--agent", "claude-code")["totals"]
+        self.assertEqual((totals["requests"], totals["output_tokens"]), (1, 500))
+
+    def test_deleted_logs_are_still_reported(self):
+        root = os.path.join(self.tmp, "codex")
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, "codex"), root)
+        os.environ["CODEX_HOME"] = root
+        before = self.report("--agent", "codex")["totals"]
+        shutil.rmtree(root)
+        os.makedirs(root)
+        later = self.report()  # no source named: everything the history holds
+        self.assertEqual(later["totals"], before)
+
+    def test_two_writers_at_once(self):
+        logs = []
+        for n in range(2):
+            path = os.path.join(self.tmp, "w%d.jsonl" % n)
+            with open(path, "w") as handle:
+                handle.write("".join(self.line(1, NOW + i) for i in range(3000)))
+            logs.append(path)
+        env = dict(os.environ)
+        workers = [subprocess.Popen([sys.executable, os.path.join(HERE, "catop.py"), "--file",
+                                     path, "--once", "--offline", "--format", "csv"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                   for path in logs]
+        for worker in workers:
+            self.assertEqual(worker.wait(timeout=60), 0, worker.stderr.read())
+        totals = self.report()["totals"]
+        self.assertEqual(totals["requests"], 6000)
+
+    def test_corrupt_store_is_moved_aside_and_rebuilt(self):
+        os.makedirs(os.path.dirname(self.store))
+        with open(self.store, "wb") as handle:
+            handle.write(b"this is not a database" * 100)
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write(self.line(100))
+        code, out, err = self.run_main("--file", path, "--offline", "--format", "json")
+        self.assertEqual(code, 0)
+        self.assertEqual(err.count("\n"), 1)
+        self.assertIn("could not be read", err)
+        self.assertEqual(json.loads(out)["totals"]["input_tokens"], 100)
+        self.assertEqual(len([n for n in os.listdir(os.path.dirname(self.store))
+                              if ".corrupt-" in n]), 1)
+
+    def test_migration_from_schema_one(self):
+        import sqlite3
+        os.makedirs(os.path.dirname(self.store))
+        db = sqlite3.connect(self.store)
+        db.execute("CREATE TABLE requests (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
+                   " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT,"
+                   " miss INTEGER, read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER,"
+                   " reasoning INTEGER, observed REAL, sidechain INTEGER, size INTEGER)")
+        db.execute("CREATE TABLE files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
+                   " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT)")
+        db.execute("INSERT INTO requests VALUES ('old', 'file:x', ?, '', 'openai', 'gpt-4o', '',"
+                   " '', 40, 60, 0, 0, 5, 0, NULL, 0, 105)", (NOW,))
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+        db.close()
+        totals = self.report()["totals"]
+        self.assertEqual((totals["requests"], totals["cache_read_tokens"]), (1, 60))
+        db = sqlite3.connect(self.store)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], catop.HISTORY_SCHEMA)
+        db.close()
+
+    def test_prune_export_stdin_and_no_sqlite(self):
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write(self.line(100, NOW - 40 * 86400) + self.line(7, time.time() - 60))
+        self.report("--file", path)
+        code, out, _ = self.run_main("--export-history", "csv")
+        rows = out.splitlines()
+        self.assertEqual(rows[0].split(",")[:3], ["ts", "agent", "provider"])
+        self.assertEqual(len(rows), 3)
+        code, _, err = self.run_main("--prune-history", "30")
+        self.assertEqual(code, 0)
+        self.assertIn("deleted 1 stored requests older than 30 days", err)
+        code, out, _ = self.run_main("--export-history", "jsonl")
+        self.assertEqual([json.loads(l)["miss_tokens"] for l in out.splitlines()], [7])
+        script = os.path.join(HERE, "catop.py")
+        for extra, kept in (([], 1), (["--history", self.store], 2)):
+            subprocess.run([sys.executable, script, "--stdin", "--offline", "--format", "csv"] +
+                           extra, input=self.line(3).encode(), stdout=subprocess.DEVNULL,
+                           env=dict(os.environ), timeout=60, check=True)
+            code, out, _ = self.run_main("--export-history", "jsonl")
+            self.assertEqual(len(out.splitlines()), kept)  # stdin only with --history named
+        with mock.patch.dict(sys.modules, {"sqlite3": None}):
+            code, out, err = self.run_main("--file", path, "--offline", "--format", "json")
+        self.assertEqual(code, 0)
+        self.assertIn("no sqlite3 module", err)
+        self.assertEqual(json.loads(out)["totals"]["requests"], 2)
 
 
 class EndToEndTmuxTest(IsolatedEnv):
