@@ -1194,6 +1194,7 @@ class Aggregate(object):
         self.details = {} if "session" in self.group_by else None
         self.effects = CacheEffects(prices, self.key_of)
         self.budgets = None      # a BudgetTracker when budgets are set
+        self.trend = None        # a DailyTrend for the table's sparklines
         self.unpriced_models = {}
         self.timeline = []
         self.outside_window = 0
@@ -1238,6 +1239,8 @@ class Aggregate(object):
         cause = self.effects.add(req, in_window, cost)  # even outside: it may precede one
         if self.budgets is not None:
             self.budgets.add(req.ts, cost)  # budgets follow the calendar, not the window
+        if self.trend is not None:
+            self.trend.add(req.ts, cost, no_cache_cost, req.cache_read, req.input)
         if not in_window:
             self.outside_window += 1
             return
@@ -1286,6 +1289,8 @@ class Aggregate(object):
             mine[1].update(projects)
         self.timeline.extend(other.timeline)
         self.outside_window += other.outside_window
+        if self.trend is not None and other.trend is not None:
+            self.trend.merge(other.trend)
         self.effects.merge(other.effects, self.in_window)
 
 
@@ -1366,6 +1371,91 @@ def budget_dicts(tracker):
     return [{"period": period, "limit_usd": limit, "spent_usd": round(spent, 9),
              "share": round(share, 6), "state": state}
             for period, limit, spent, share, state in tracker.status()]
+
+
+# trends: cost, saved and hit rate day by day
+
+TREND_DAYS = 30
+
+
+def local_day_number(ts, offset_s):
+    """Days since the epoch in local time (offset_s: the local UTC offset, fixed for
+    the run: a DST change can shift one edge request by a day)."""
+    return int((ts + offset_s) // 86400)
+
+
+def utc_offset_s(now):
+    local = datetime.fromtimestamp(now)
+    return (local - datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None)).total_seconds()
+
+
+class DailyTrend(object):
+    """Per-day sums (cost, no-cache cost, read, input) for sparklines."""
+
+    def __init__(self, now, days=90):
+        self.offset_s = utc_offset_s(now)
+        self.today = local_day_number(now, self.offset_s)
+        self.first = self.today - days + 1
+        self.days = {}
+
+    def add(self, ts, cost, no_cache_cost, cache_read, input_tokens):
+        if ts is None:
+            return
+        day = int((ts + self.offset_s) // 86400)
+        if day < self.first or day > self.today:
+            return
+        slot = self.days.get(day)
+        if slot is None:
+            slot = self.days[day] = [0.0, 0.0, 0, 0]
+        slot[0] += cost
+        slot[1] += no_cache_cost
+        slot[2] += cache_read
+        slot[3] += input_tokens
+
+    def merge(self, other):
+        for day, (cost, no_cache, read, total) in other.days.items():
+            slot = self.days.setdefault(day, [0.0, 0.0, 0, 0])
+            slot[0] += cost
+            slot[1] += no_cache
+            slot[2] += read
+            slot[3] += total
+
+    def series(self, days=TREND_DAYS):
+        """(cost, saved, hit rate) lists for the last days, oldest first (None: no data)."""
+        cost, saved, hit = [], [], []
+        for day in range(self.today - days + 1, self.today + 1):
+            slot = self.days.get(day)
+            cost.append(slot[0] if slot else None)
+            saved.append(slot[1] - slot[0] if slot else None)
+            hit.append(slot[2] / slot[3] if slot and slot[3] else None)
+        return cost, saved, hit
+
+
+def scaled_sparkline(values, unicode_ok=True):
+    """A sparkline of values scaled between their smallest and largest."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return " " * len(values)
+    low, high = min(present + [0.0]), max(present)
+    span = (high - low) or 1.0
+    return sparkline([None if v is None else (v - low) / span * 0.999 for v in values],
+                     unicode_ok)
+
+
+def trend_lines(trend, days=TREND_DAYS, unicode_ok=True):
+    """Three sparklines over the last days, with the latest day's figures."""
+    if not trend.days:
+        return []
+    cost, saved, hit = trend.series(days)
+    total_cost = sum(v for v in cost if v is not None)
+    total_saved = sum(v for v in saved if v is not None)
+    return ["trend %dd  cost  %s  %s" % (days, scaled_sparkline(cost, unicode_ok),
+                                          fmt_usd(total_cost, 2)),
+            "          saved %s  %s" % (scaled_sparkline(saved, unicode_ok),
+                                          fmt_usd(total_saved, 2)),
+            "          hit   %s  %s" % (sparkline(hit, unicode_ok),
+                                          fmt_pct(next((v for v in reversed(hit)
+                                                        if v is not None), None)))]
 
 
 SORT_COLUMNS = {
@@ -2004,6 +2094,7 @@ class View(object):
         self.paused = False
         self.help = False
         self.breaks_panel = False
+        self.trends_panel = False
         self.typing = None       # the filter being typed after /, else None
         self.bounds = (None, None)  # --since / --until
         self.page = 10           # table rows on screen, for PgUp/PgDn
@@ -2030,6 +2121,7 @@ class Frame(object):
         self.alerts = []
         self.breaks = []
         self.budgets = []        # [(period, limit, spent, share, state)]
+        self.trend = None        # a DailyTrend, for the trends panel
         self.now = 0.0
 
 
@@ -2045,6 +2137,18 @@ def live_budgets(model, limits, now, cache):
             tracker.add(entry.req.ts, entry.cost)
         cache["budget_key"], cache["budgets"] = key, tracker.status()
     return cache["budgets"]
+
+
+def live_trend(model, now, cache):
+    """The daily trend of the last 90 days, recomputed when data or day change."""
+    key = (model.version, int(now // 86400))
+    if cache.get("trend_key") != key:
+        trend = DailyTrend(now)
+        for entry in model.timeline.since(now - 91 * 86400):
+            trend.add(entry.req.ts, entry.cost, entry.no_cache_cost, entry.req.cache_read,
+                      entry.req.input)
+        cache["trend_key"], cache["trend"] = key, trend
+    return cache["trend"]
 
 
 def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None):
@@ -2078,6 +2182,8 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None
     frame.alerts = live_alerts(model.buckets, now, model.breaks, table["unpriced"],
                                model.stats(), alert_burn)
     frame.budgets = live_budgets(model, budget_limits, now, cache)
+    if view.trends_panel:
+        frame.trend = live_trend(model, now, cache)
     frame.alerts[:0] = ["%s budget spent: %s of %s" % (period, fmt_usd(spent, 2),
                                                        fmt_usd(limit, 2))
                         for period, limit, spent, share, state in frame.budgets
@@ -2294,6 +2400,8 @@ def _scan_range_worker(job):
     template = _WORKER_CONTEXT["aggregate"]
     aggregate = Aggregate(_WORKER_CONTEXT["prices"], template.group_by, template.since,
                           template.until, template.session)
+    if template.trend is not None:
+        aggregate.trend = DailyTrend(time.time())
     stats = SourceStats("")
     with open(path, "rb") as handle:
         scan_request_stream(handle, stats, aggregate.add, start, end,
@@ -3616,24 +3724,28 @@ def ingest_agent(history, name):
             source.states[path] = history.file_state(path)
     source.scan(final=False, paths=paths)
     label = "agent:" + name
-    rows = []
-    for key, (size, req) in source.keyed.items():
-        if isinstance(key, int):
-            rows.append(history_row(label, "cc:%032x" % key, req, size,
-                                    "%016x" % key_message_part(key)))
-        else:
-            rows.append(history_row(label, "%s:%s:%s" % (name, key[0], key[1]), req, 0))
-    for path_requests in source.loose.values():
-        rows.extend(history_row(label, "%s:%s" % (name, _field_key(req)), req)
-                    for req in path_requests)
+    counted = [0]
+
+    def rows():  # streamed into executemany: the rows never all sit in memory at once
+        for key, (size, req) in source.keyed.items():
+            counted[0] += 1
+            if isinstance(key, int):
+                yield history_row(label, "cc:%032x" % key, req, size,
+                                  "%016x" % key_message_part(key))
+            else:
+                yield history_row(label, "%s:%s:%s" % (name, key[0], key[1]), req, 0)
+        for path_requests in source.loose.values():
+            for req in path_requests:
+                counted[0] += 1
+                yield history_row(label, "%s:%s" % (name, _field_key(req)), req)
     for state in source.states.values():
         try:
             state.mtime = os.path.getmtime(state.path)
         except OSError:
             state.mtime = None
-    history.save(rows, source.states.values() if name != "opencode" else (),
+    history.save(rows(), source.states.values() if name != "opencode" else (),
                  source.compaction_times)
-    source.stats.records = len(rows)
+    source.stats.records = counted[0]
     return source.stats
 
 
@@ -4160,6 +4272,10 @@ def render_report(report, width=80, ellipsis="~"):
     if agg.budgets is not None:
         lines.append("")
         lines.extend(fit(line, width, ellipsis) for line in budget_lines(agg.budgets))
+    if agg.trend is not None and len(agg.trend.days) > 1:
+        lines.append("")
+        lines.extend(fit(line, width, ellipsis) for line in
+                     trend_lines(agg.trend, TREND_DAYS, ellipsis != "~"))
     breaks = render_breaks_section(agg, width, ellipsis)
     if breaks:
         lines.append("")
@@ -4296,6 +4412,8 @@ def _table_lines(frame, view, width, rows_room, ellipsis):
     """The table (or timeline, breaks, help) and the index of the selected row."""
     if view.help:
         return [[(line, "")] for line in HELP_TEXT][:rows_room]
+    if view.trends_panel:
+        return _trends_lines(frame, width, rows_room, ellipsis)
     if view.breaks_panel:
         return _breaks_lines(frame, view, width, rows_room, ellipsis)
     if view.level() == "timeline":
@@ -4368,6 +4486,19 @@ class _RowHit(object):
         self.hit_rate = hit_rate
 
 
+def _trends_lines(frame, width, rows_room, ellipsis):
+    """The trends panel: cost, saved and hit rate day by day, 30 and 90 days."""
+    unicode_ok = ellipsis != "~"
+    lines = []
+    for days in (30, 90):
+        if frame.trend is not None:
+            lines.extend(trend_lines(frame.trend, days, unicode_ok))
+            lines.append("")
+    if not any(lines):
+        lines = ["no requests in the last 90 days"]
+    return [fit_segments([(line, "")], width, ellipsis) for line in lines][:rows_room]
+
+
 def _breaks_lines(frame, view, width, rows_room, ellipsis):
     """The breaks panel: the latest cache breaks, newest first."""
     header = ["TIME", "SESSION", "MODEL", "CAUSE", "EXPECTED", "READ", "GAP", "COST"]
@@ -4414,6 +4545,7 @@ HELP_TEXT = (
     "  /              filter rows by text (Enter applies, Esc cancels)",
     "  p              pause the display (data keeps being read)",
     "  b              cache breaks: where the cache was lost, why, and what it cost",
+    "  t              trends: cost, saved and hit rate day by day (30 and 90 days)",
     "  r              rescan the sources now",
     "",
     "HIT% is cache read / input: normal >= 60%, yellow below, red below 30%.",
@@ -4430,7 +4562,7 @@ def _key_line(view, unicode_ok, width, ellipsis):
     up_down, enter, back = ("\u2191\u2193", "\u23ce", "\u232b") if unicode_ok else \
         ("up/dn", "Enter", "Bksp")
     hints = "q quit  ? help  %s move  %s drill  %s back  g group  w window  s sort  / filter  " \
-            "p pause  b breaks  r rescan" % (up_down, enter, back)
+            "p pause  b breaks  t trends  r rescan" % (up_down, enter, back)
     segments = []
     if path or view.filter:
         segments.append((clean(path.strip()) + ("  /%s" % view.filter if view.filter else "") +
@@ -4498,8 +4630,8 @@ def handle_key(view, key, frame):
     elif key == "enter":
         _drill(view, frame)
     elif key in ("esc", "backspace"):
-        if view.breaks_panel:
-            view.breaks_panel = False
+        if view.breaks_panel or view.trends_panel:
+            view.breaks_panel = view.trends_panel = False
         elif view.stack:
             view.stack.pop()
             view.selected = 0
@@ -4518,7 +4650,9 @@ def handle_key(view, key, frame):
     elif key == "p":
         view.paused = not view.paused
     elif key == "b":
-        view.breaks_panel = not view.breaks_panel
+        view.breaks_panel, view.trends_panel = not view.breaks_panel, False
+    elif key == "t":
+        view.trends_panel, view.breaks_panel = not view.trends_panel, False
     elif key == "r":
         return "rescan"
     return None
@@ -5626,6 +5760,8 @@ def run_snapshot(args, prices, since, until, now):
     """--once: read everything, print one report, apply the gates."""
     aggregate = Aggregate(prices, args.group_by, since, until, args.session)
     aggregate.budgets = budget_tracker(args, now)
+    if args.format == "table":
+        aggregate.trend = DailyTrend(now)
     try:
         history = open_history(args)
         try:

@@ -1231,6 +1231,19 @@ class KeyTests(unittest.TestCase):
         self.assertFalse(view.help)
         self.assertEqual(app.press("q"), "quit")
 
+    def test_trends_panel(self):
+        app, clock = self.app()
+        app.press("t")
+        lines = app.screen(120, 30)
+        texts = ["".join(t for t, _ in line) for line in lines]
+        # all fourteen requests fall on one day: the last slot of each line
+        cost = next(t for t in texts if t.startswith("trend 30d  cost"))
+        total = sum(cost_of(r)[0] for r in recent_requests())
+        self.assertTrue(cost.endswith("\u2588  " + catop.fmt_usd(total, 2)), cost)
+        self.assertTrue(any(t.startswith("trend 90d") for t in texts))
+        app.press("esc")
+        self.assertFalse(app.view.trends_panel)
+
     def test_filter_typing_keys(self):
         view = catop.View()
         frame = catop.Frame()
@@ -2079,6 +2092,23 @@ class SpendLogTests(IsolatedEnv):
         self.assertEqual(len(source.requests), 3)
         self.assertEqual(source.newest, catop.parse_timestamp("2026-03-10T08:02:00Z"))
         self.assertFalse(source.poll())          # nothing new: the same rows come back
+
+
+class TrendTests(unittest.TestCase):
+
+    def test_daily_sums_and_sparklines(self):
+        now = time.mktime((2026, 3, 11, 15, 30, 0, 0, 0, -1))
+        trend = catop.DailyTrend(now)
+        trend.add(now - 3600, 2.0, 5.0, 80, 100)            # today
+        trend.add(now - 86400, 1.0, 1.5, 10, 100)           # yesterday
+        trend.add(now - 200 * 86400, 99.0, 99.0, 1, 1)      # beyond 90 days: left out
+        trend.add(None, 50.0, 50.0, 1, 1)
+        cost, saved, hit = trend.series(3)
+        self.assertEqual((cost, saved, hit), ([None, 1.0, 2.0], [None, 0.5, 3.0],
+                                              [None, 0.1, 0.8]))
+        lines = catop.trend_lines(trend, 3)
+        self.assertEqual(lines[0], "trend 3d  cost   \u2584\u2588  $3.00")
+        self.assertEqual(lines[2], "          hit    \u2581\u2587  80.0%")
 
 
 class BudgetTests(IsolatedEnv):
