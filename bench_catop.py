@@ -7,11 +7,13 @@
 
 Figures:
   requests  a ~200 MB mixed-shape request log: catop --file ... --once --format json
-            against a bare loop that only json.loads every line (same interpreter);
+            --no-history against a bare loop that only json.loads every line (same interpreter);
             targets: ratio <= 1.3, peak memory <= 60 MB.
   claude    a ~300 MB, ~550-file Claude Code folder: catop --agent claude-code --once
-            --format json, cold (no state); targets: >= 300 MB/s, peak memory <= 60 MB;
-            ccusage (if on PATH) runs on the same folder for comparison.
+            --format json --no-history, cold; targets: >= 300 MB/s, peak memory <= 60 MB;
+            ccusage (if on PATH) runs on the same folder for comparison; then with the
+            history: a first run, and a warm one that finds nothing changed (target: at
+            most a quarter of the first).
   codex     a ~70 MB Codex folder, with ccusage's totals beside catop's.
   live      the live view's CPU per tick: idle over the Claude folder (target < 20 ms),
             and with 5,000 lines a second appended for 30 s.
@@ -385,7 +387,7 @@ def bench_requests(folder, target_mb, runs):
     env = dict(os.environ, XDG_CACHE_HOME=os.path.join(folder, "cache"))
     bare = best_of(runs, [sys.executable, "-c", BARE_LOOP, path])
     mine = best_of(runs, [sys.executable, CATOP, "--file", path, "--once", "--format", "json",
-                          "--offline"], env)
+                          "--offline", "--no-history"], env)
     doc = json.loads(mine[3])
     print("\nrequest log: %.0f MB, %s requests" % (size_mb, "{:,}".format(doc["totals"]["requests"])))
     print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
@@ -406,16 +408,34 @@ def bench_claude(folder, target_mb, runs):
     size_mb = size / MB
     env = dict(os.environ, CLAUDE_CONFIG_DIR=root, XDG_CACHE_HOME=os.path.join(folder, "cache"))
     mine = best_of(runs, [sys.executable, CATOP, "--agent", "claude-code", "--once", "--format",
-                          "json", "--offline"], env)
+                          "json", "--offline", "--no-history"], env)
     doc = json.loads(mine[3])
     print("\nClaude Code folder: %.0f MB in %d files, %s requests after de-duplication" % (
         size_mb, count, "{:,}".format(doc["totals"]["requests"])))
     print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
         "catop --agent claude-code (cold)", mine[0], size_mb / mine[0], mine[1], mine[2]))
     print("  targets: >= 300 MB/s, peak <= 60 MB")
+    bench_history(folder, env, size_mb)
     theirs = compare_with_ccusage(folder, "claude", env, size_mb, runs)
     if theirs:
         print("  ratio catop / ccusage: %.2f (aim <= 2)" % (mine[0] / theirs))
+
+
+def bench_history(folder, env, size_mb):
+    """The same folder with the history on: the first run fills it, the second finds
+    nothing changed (target: at most a quarter of the first)."""
+    store = os.path.join(folder, "history.sqlite3")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(store + suffix):
+            os.unlink(store + suffix)
+    argv = [sys.executable, CATOP, "--agent", "claude-code", "--once", "--format", "json",
+            "--offline", "--history", store]
+    cold = run_measured(argv, env)
+    warm = min((run_measured(argv, env) for _ in range(3)), key=lambda r: r[0])
+    print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB" % (
+        "with the history, first run", cold[0], size_mb / cold[0], cold[1]))
+    print("  %-34s %7.2f s  (%.2f of the first; target <= 0.25)  peak %5.1f MB" % (
+        "with the history, nothing changed", warm[0], warm[0] / cold[0], warm[1]))
 
 
 def compare_totals(label, ours, theirs):
@@ -455,7 +475,8 @@ def compare_with_ccusage(folder, agent, env, size_mb, runs):
         "ccusage %s daily --offline --json" % agent, timing[0], size_mb / timing[0],
         timing[1], timing[2]))
     ours = json.loads(run_measured([sys.executable, CATOP, "--agent", catop_agent, "--once",
-                                    "--format", "json", "--offline"], env)[3])["totals"]
+                                    "--format", "json", "--offline", "--no-history"],
+                                   env)[3])["totals"]
     compare_totals(agent, ours, timing[3])
     theirs_cost = timing[3].get("totalCost", timing[3].get("costUSD"))
     print("    %-22s %15.4f %15.4f  %+.3f %%" % (
@@ -473,7 +494,7 @@ def bench_codex(folder, target_mb, runs):
                   for d, _, fs in os.walk(root) for f in fs) / MB
     env = dict(os.environ, CODEX_HOME=root, XDG_CACHE_HOME=os.path.join(folder, "cache"))
     mine = best_of(runs, [sys.executable, CATOP, "--agent", "codex", "--once", "--format",
-                          "json", "--offline"], env)
+                          "json", "--offline", "--no-history"], env)
     doc = json.loads(mine[3])
     print("\nCodex folder: %.0f MB, %s requests" % (size_mb, "{:,}".format(doc["totals"]["requests"])))
     print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
