@@ -5449,7 +5449,7 @@ def collect_sources(args, aggregate, now, history=None):
             stored.append("agent:" + name)
         else:
             sources.append(scan_agent(name, aggregate))
-    if history is not None:
+    if history is not None and (no_source or stored):
         # with no source named, everything the history holds: logs since deleted too
         sources.append(report_history(history, aggregate, None if no_source else stored))
     return sources
