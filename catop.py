@@ -1620,15 +1620,19 @@ def chain_breaks(chain, prices, compaction_times=(), start=1):
     for index in range(max(1, start), len(chain)):
         before, after = chain[index - 1], chain[index]
         expected = expected_cached(before)
-        if expected < BREAK_MIN_EXPECTED_TOKENS or after.cache_read >= expected / 2:
-            continue
-        rewritten = min(expected - after.cache_read,
-                        after.cache_write_5m + after.cache_write_1h + after.miss)
-        found.append(CacheBreak(after.session, after.ts, after.model,
-                                break_cause(before, after, compaction_times), expected,
-                                after.cache_read, rewritten, after.ts - before.ts,
-                                break_cost(after, rewritten, prices)))
+        if expected >= BREAK_MIN_EXPECTED_TOKENS and after.cache_read * 2 < expected:
+            found.append(make_break(before, after, expected, prices, compaction_times))
     return found
+
+
+def make_break(before, after, expected, prices, compaction_times):
+    """The CacheBreak of `after`, which read less than half the `expected` prefix."""
+    rewritten = min(expected - after.cache_read,
+                    after.cache_write_5m + after.cache_write_1h + after.miss)
+    return CacheBreak(after.session, after.ts, after.model,
+                      break_cause(before, after, compaction_times), expected,
+                      after.cache_read, rewritten, after.ts - before.ts,
+                      break_cost(after, rewritten, prices))
 
 
 # what-if: the same sessions under the other cache TTL, and writes nobody read
@@ -1750,7 +1754,8 @@ class CacheEffects(object):
             expected = before.miss + before.cache_read
         found = None
         if expected >= BREAK_MIN_EXPECTED_TOKENS and after.cache_read * 2 < expected:
-            found = self._break(before, after, expected)
+            found = make_break(before, after, expected, self.prices,
+                               self.compactions.get(after.session, ()))
         if not in_window:
             return None
         if found is not None:
@@ -1763,14 +1768,6 @@ class CacheEffects(object):
         if (found is not None or gap > TTL_POLICIES[-1][1]) and self._applies(after.provider):
             self._what_if_step(before, after, found)
         return found
-
-    def _break(self, before, after, expected):
-        rewritten = min(expected - after.cache_read,
-                        after.cache_write_5m + after.cache_write_1h + after.miss)
-        return CacheBreak(after.session, after.ts, after.model,
-                          break_cause(before, after, self.compactions.get(after.session, ())),
-                          expected, after.cache_read, rewritten, after.ts - before.ts,
-                          break_cost(after, rewritten, self.prices))
 
     def _ttl(self, req):
         """ttl_in_force, remembered by provider."""
@@ -1896,13 +1893,6 @@ def price_entries(requests, prices):
         cost, no_cache_cost = request_cost(req, rates)
         entries.append(Entry(req, cost, no_cache_cost, rates is not None))
     return entries
-
-
-def tally_entries(entries):
-    tally = Tally()
-    for entry in entries:
-        tally.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
-    return tally
 
 
 def merge_into_sorted(items, new, key, keys=None):
@@ -4905,10 +4895,6 @@ def _prometheus_number(value):
     return str(value)
 
 
-def format_json(report):
-    return "".join(iter_json(report))
-
-
 def format_csv(report):
     """Header and one row a group (or the totals row without --group-by)."""
     agg = report.aggregate
@@ -5017,8 +5003,7 @@ class LiveApp(object):
         self.frame = None
         self.table_cache = {}
         self.busy_s = 0.0        # how long the last poll took
-        self.lock = contextlib.nullcontext() if hasattr(contextlib, "nullcontext") \
-            else _NoLock()       # a real lock when --metrics-listen reads the model too
+        self.lock = contextlib.nullcontext()  # a real lock when --metrics-listen reads too
 
     def tick(self, rescan=False):
         """Polls the sources when due; returns True when the screen must be redrawn."""
@@ -5059,14 +5044,6 @@ class LiveApp(object):
             self.tick(rescan=True)
             return None
         return action
-
-
-class _NoLock(object):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_curses(app, use_colour, unicode_ok):
