@@ -3722,8 +3722,10 @@ def ingest_agent(history, name):
             if isinstance(key, int):
                 yield history_row(label, "cc:%032x" % key, req, size,
                                   "%016x" % key_message_part(key))
-            else:
+            elif isinstance(key, tuple):   # Gemini CLI: (session, message id)
                 yield history_row(label, "%s:%s:%s" % (name, key[0], key[1]), req, 0)
+            else:                          # OpenCode: the message id
+                yield history_row(label, "%s:%s" % (name, key), req, 0)
         for path_requests in source.loose.values():
             for req in path_requests:
                 counted[0] += 1

@@ -2241,6 +2241,21 @@ class HistoryTests(IsolatedEnv):
                 if name != "opencode":
                     self.assertEqual(warm["sources"][0]["records"], 0)
 
+    def test_opencode_messages_keep_their_own_keys(self):
+        folder = os.path.join(self.tmp, "opencode", "storage", "message", "ses_x")
+        os.makedirs(folder)
+        for n in range(3):  # ids alike but for their ends
+            with open(os.path.join(folder, "msg_%d.json" % n), "w") as handle:
+                json.dump({"id": "msg_same_prefix_%d" % n, "sessionID": "ses_x",
+                           "role": "assistant", "modelID": "gpt-4o", "providerID": "openai",
+                           "time": {"created": NOW * 1000}, "tokens": {
+                               "input": 100 + n, "output": 1, "reasoning": 0,
+                               "cache": {"read": 0, "write": 0}}}, handle)
+        os.environ["OPENCODE_DATA_DIR"] = os.path.join(self.tmp, "opencode")
+        for _ in range(2):
+            totals = self.report("--agent", "opencode")["totals"]
+            self.assertEqual((totals["requests"], totals["miss_tokens"]), (3, 303))
+
     def test_claude_code_response_streamed_across_runs(self):
         root = os.path.join(self.tmp, "claude")
         folder = os.path.join(root, "projects", "-p")
