@@ -530,6 +530,18 @@ def bench_live(folder):
     cold = time.perf_counter()
     tick()
     cold = time.perf_counter() - cold
+    store = os.path.join(folder, "history.sqlite3")
+    resumed = None
+    if os.path.exists(store):  # filled by the claude bench: the live view resumes from it
+        started = time.perf_counter()
+        args = catop.build_parser().parse_args(["--agent", "claude-code", "--offline",
+                                                "--history", store])
+        sources = catop.resume_from_history(args, catop.live_sources(args, clock[0]))
+        again = catop.LiveModel(sources, prices)
+        again.poll()
+        catop.render_screen(catop.build_frame(again, catop.View(), clock[0], 5.0, {}),
+                            catop.View(), meta, 160, 50)
+        resumed = time.perf_counter() - started
     idle = []
     for _ in range(30):
         clock[0] += 1.0  # a folder walk for new files every fifth tick
@@ -538,6 +550,8 @@ def bench_live(folder):
         len(model.timeline.timed)))
     print("  first frame %.2f s; idle tick CPU: mean %.1f ms, max %.1f ms (target < 20 ms)" % (
         cold, sum(idle) / len(idle), max(idle)))
+    if resumed is not None:
+        print("  first frame resuming from the history: %.2f s (target < 0.3 s)" % resumed)
     path = os.path.join(folder, "live.jsonl")
     open(path, "w").close()
     live = catop.LiveModel([catop.LiveFileSource(path)], prices)

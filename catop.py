@@ -3436,11 +3436,12 @@ class LiveModel(object):
             else:
                 fresh.extend(source.requests[taken:])
                 self.seen[index] = (generation, len(source.requests))
-        if rebuild:
+        if rebuild or self.version == 0:  # the first poll builds what sources hold already
             self.rebuild()
-        elif fresh:
+            return True
+        if fresh:
             self.append(fresh)
-        return rebuild or bool(fresh)
+        return bool(fresh)
 
     def rebuild(self):
         requests = []
@@ -3558,6 +3559,7 @@ class History(object):
         import sqlite3
         self.sqlite3 = sqlite3
         self.path = path
+        self._files = None       # path -> stored read state, loaded on first use
         report = report or warn
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -3610,9 +3612,11 @@ class History(object):
 
     def file_state(self, path):
         """A FileState restored from the last run, or a fresh one."""
+        if self._files is None:  # one query for all: a folder holds hundreds of files
+            self._files = {row[0]: row[1:] for row in self.db.execute(
+                "SELECT path, device, inode, size, offset, generation, context FROM files")}
         state = FileState(path)
-        row = self.db.execute("SELECT device, inode, size, offset, generation, context FROM files"
-                              " WHERE path = ?", (path,)).fetchone()
+        row = self._files.get(path)
         if row is not None:
             state.device, state.inode, state.size, state.offset, state.restarts = row[:5]
             try:
@@ -3630,6 +3634,7 @@ class History(object):
         """Stores rows (keeping the larger of two for one key: Claude Code's streamed
         lines), file states and compactions in one transaction."""
         db = self.db
+        self._files = None
         columns = ", ".join(_HISTORY_COLUMNS)
         updates = ", ".join("%s = excluded.%s" % (c, c) for c in _HISTORY_COLUMNS[1:])
         db.execute("BEGIN IMMEDIATE")
@@ -3671,6 +3676,16 @@ class History(object):
                                    row[4] or "", row[5] or "", row[6], row[7], row[8], row[9],
                                    row[10], row[11], row[12], bool(row[13]))
 
+    def rows(self, label=None):
+        """(key, size, msg, Request) of the stored requests of one source (all: None)."""
+        # the columns in the order Request takes them: a row becomes one directly
+        query = ("SELECT source, key, size, msg, ts, agent, provider, model, project, session,"
+                 " miss, read, w5, w1, output, reasoning, observed, sidechain FROM requests")
+        cursor = self.db.execute(query + (" WHERE source = ?" if label else ""),
+                                 (label,) if label else ())
+        for row in cursor:
+            yield row[0], row[1], row[2], row[3], Request(*row[4:])
+
     def has_requests(self):
         return self.db.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is not None
 
@@ -3709,9 +3724,11 @@ def ingest_agent(history, name):
     history; returns the SourceStats of this reading."""
     source = AgentSource(name)
     paths = agent_files(name)
+    before = {}
     if name != "opencode":
         for path in paths:
-            source.states[path] = history.file_state(path)
+            state = source.states[path] = history.file_state(path)
+            before[path] = (state.device, state.inode, state.offset, state.restarts)
     source.scan(final=False, paths=paths)
     label = "agent:" + name
     counted = [0]
@@ -3730,15 +3747,65 @@ def ingest_agent(history, name):
             for req in path_requests:
                 counted[0] += 1
                 yield history_row(label, "%s:%s" % (name, _field_key(req)), req)
-    for state in source.states.values():
+    changed = [state for state in source.states.values()
+               if before.get(state.path) != (state.device, state.inode,
+                                             state.offset - len(state.partial), state.restarts)]
+    for state in changed:
         try:
             state.mtime = os.path.getmtime(state.path)
         except OSError:
             state.mtime = None
-    history.save(rows(), source.states.values() if name != "opencode" else (),
-                 source.compaction_times)
+    history.save(rows(), changed if name != "opencode" else (), source.compaction_times)
     source.stats.records = counted[0]
     return source.stats
+
+
+def seed_agent_source(live, history):
+    """A live agent source resumed from the history: its files' read state and the
+    requests stored for it, keyed again so that later lines de-duplicate against them."""
+    source = live.source
+    name = source.agent
+    if name != "opencode":
+        for path in agent_files(name):
+            source.states[path] = history.file_state(path)
+    for _, key, size, msg, req in history.rows("agent:" + name):
+        if key.startswith("cc:"):
+            number = int(key[3:], 16)
+            source.keyed[number] = (size, req)
+            if not req.sidechain:
+                source.main_ids.add(key_message_part(number))
+        elif name in ("gemini", "opencode"):
+            parts = key.split(":", 2)
+            source.keyed[tuple(parts[1:]) if name == "gemini" else parts[1]] = (size, req)
+        else:
+            source.loose.setdefault("history", []).append(req)
+    for session, times in history.compactions().items():
+        source.compaction_times.extend((session, ts) for ts in times)
+
+
+def seed_file_source(live, history):
+    """A live request-log source resumed from the history."""
+    live.state = history.file_state(live.path)
+    live.requests = [req for _, _, _, _, req in history.rows("file:" + live.path)]
+    live.stats.records = len(live.requests)
+
+
+class LiveStoredSource(object):
+    """What the history holds of sources not read now (logs since deleted)."""
+
+    def __init__(self, history, skip_labels):
+        self.stats = SourceStats("history:%s" % history.path)
+        self.requests = [req for label, _, _, _, req in history.rows()
+                         if label not in skip_labels]
+        self.stats.records = len(self.requests)
+        self.generation, self.fresh = 0, True
+
+    def poll(self):
+        fresh, self.fresh = self.fresh, False
+        return fresh
+
+    def compaction_times(self):
+        return ()
 
 
 def ingest_stream(history, stream, stats):
@@ -5543,7 +5610,10 @@ def threading_lock():
 def run_watch(args, prices, since, until):
     """--once --duration: read the sources as they grow for that long (serving
     --metrics-listen meanwhile), then print the snapshot of all that was read."""
-    model = LiveModel(live_sources(args, time.time(), keys_from_tty=False), prices)
+    sources = live_sources(args, time.time(), keys_from_tty=False)
+    if not sources:
+        raise CatopError(no_data_message())
+    model = LiveModel(sources, prices)
     lock = threading_lock()
     if args.metrics_listen:
         serve_metrics(parse_listen_address(args.metrics_listen),
@@ -5609,8 +5679,6 @@ def live_sources(args, now, keys_from_tty=True):
     if args.scan_agents or not (args.file or args.demo or agents or args.otlp_listen or
                                 args.litellm_url):
         agents = [name for name in AGENTS if agent_present(name)] or agents
-        if not (args.file or args.demo or agents or args.otlp_listen or args.litellm_url):
-            raise CatopError(no_data_message())
     sources.extend(LiveAgentSource(name) for name in agents)
     if args.otlp_listen:
         sources.append(LiveOtlpSource(parse_listen_address(args.otlp_listen)))
@@ -5696,6 +5764,39 @@ def metrics_renderer(model, group_by, prices, lock):
     return render
 
 
+def resume_from_history(args, sources):
+    """Brings the history up to date, then starts each live source where it stopped,
+    holding what it stored; with no source named, the rest of the history too."""
+    try:
+        history = open_history(args)
+    except Exception as error:
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is None or not isinstance(error, sqlite3.Error):
+            raise
+        warn("the history cannot be read (%s): the live view runs without it" % error)
+        return sources
+    if history is None:
+        return sources
+    try:
+        labels = set()
+        for source in sources:
+            if isinstance(source, LiveAgentSource):
+                ingest_agent(history, source.source.agent)
+                seed_agent_source(source, history)
+                labels.add("agent:" + source.source.agent)
+            elif isinstance(source, LiveFileSource):
+                ingest_request_file(history, source.path, SourceStats(""))
+                seed_file_source(source, history)
+                labels.add("file:" + source.path)
+        if not (args.file or args.demo or args.agent or args.litellm_url or args.otlp_listen):
+            stored = LiveStoredSource(history, labels)
+            if stored.requests:
+                sources.append(stored)
+    finally:
+        history.close()
+    return sources
+
+
 def run_live(args, prices, since, until):
     """The live view; None when the terminal cannot host it (the caller prints a
     snapshot instead)."""
@@ -5714,7 +5815,12 @@ def run_live(args, prices, since, until):
     except locale.Error:
         pass
     unicode_ok = "utf" in locale.getpreferredencoding(False).lower()
-    model = LiveModel(live_sources(args, time.time()), prices)
+    sources = live_sources(args, time.time())
+    if not args.no_history:
+        sources = resume_from_history(args, sources)
+    if not sources:
+        raise CatopError(no_data_message())
+    model = LiveModel(sources, prices)
     view = View(args.group_by or ("model",), args.window, args.sort, not args.ascending)
     view.bounds = (since, until) if (args.since or args.until) else (None, None)
     if args.session:

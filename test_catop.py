@@ -2276,6 +2276,56 @@ class HistoryTests(IsolatedEnv):
         totals = self.report("--agent", "claude-code")["totals"]
         self.assertEqual((totals["requests"], totals["output_tokens"]), (1, 500))
 
+    def live_model(self, *argv):
+        args = catop.build_parser().parse_args(list(argv) + ["--offline"])
+        args.file = catop.expand_file_args(args.file)
+        sources = catop.resume_from_history(args, catop.live_sources(args, NOW))
+        model = catop.LiveModel(sources, PRICES)
+        model.poll()
+        return model, sources
+
+    def live_totals(self, model):
+        t = catop.Tally()
+        for entry in model.timeline.since(None):
+            t.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
+        return t.as_dict()
+
+    def test_live_view_resumes_from_the_history(self):
+        root = os.path.join(self.tmp, "claude")
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, "claude"), root)
+        os.environ["CLAUDE_CONFIG_DIR"] = root
+        fresh = self.run_json("--agent", "claude-code")["totals"]
+        self.report("--agent", "claude-code")              # fills the history
+        model, sources = self.live_model("--agent", "claude-code")
+        self.assertEqual(self.live_totals(model), fresh)
+        self.assertEqual(len(sources), 1)
+        # msg_D grows after the history was written; a new response arrives too
+        path = os.path.join(root, "projects", "-home-dev-shop",
+                            "1111aaaa-2222-4bbb-8ccc-333333333333.jsonl")
+        with open(path, "a") as handle:
+            handle.write("\n")  # ends the truncated line the example closes with
+            for mid, rid, output in (("msg_D", "req_D", 900), ("msg_F", "req_F", 5)):
+                handle.write(json.dumps({
+                    "type": "assistant", "sessionId": "1111aaaa-2222-4bbb-8ccc-333333333333",
+                    "requestId": rid, "timestamp": "2026-03-10T08:06:00.000Z",
+                    "message": {"id": mid, "model": "claude-opus-4-5", "usage": {
+                        "input_tokens": 8, "cache_creation_input_tokens": 9000,
+                        "output_tokens": output}}}) + "\n")
+        self.assertTrue(model.poll())
+        totals = self.live_totals(model)
+        self.assertEqual(totals["requests"], fresh["requests"] + 1)
+        self.assertEqual(totals["output_tokens"], fresh["output_tokens"] - 150 + 900 + 5)
+
+    def test_live_view_shows_deleted_logs_with_no_source_named(self):
+        root = os.path.join(self.tmp, "codex")
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, "codex"), root)
+        os.environ["CODEX_HOME"] = root
+        before = self.report("--agent", "codex")["totals"]
+        shutil.rmtree(root)
+        model, sources = self.live_model()
+        self.assertEqual([s.stats.name for s in sources], ["history:" + self.store])
+        self.assertEqual(self.live_totals(model)["requests"], before["requests"])
+
     def test_deleted_logs_are_still_reported(self):
         root = os.path.join(self.tmp, "codex")
         shutil.copytree(os.path.join(AGENT_EXAMPLES, "codex"), root)
