@@ -5532,11 +5532,19 @@ def open_history(args):
     if args.no_history:
         return None
     try:
-        import sqlite3  # noqa: F401
+        import sqlite3
     except ImportError:
         warn("this Python has no sqlite3 module: running without a history")
         return None
-    return History(args.history or history_path())
+    path = args.history or history_path()
+    try:
+        return History(path)
+    except (OSError, sqlite3.Error) as error:
+        if args.history:  # named on purpose: not having it is an error
+            raise CatopError("cannot use the history %s: %s" % (path, error))
+        # a read-only home (a CI image, a container): the report does not need it
+        warn("cannot keep a history at %s (%s): running without one" % (path, error))
+        return None
 
 
 def export_history(history, kind, out):

@@ -2389,6 +2389,22 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], catop.HISTORY_SCHEMA)
         db.close()
 
+    def test_unwritable_history_place(self):
+        blocker = os.path.join(self.tmp, "not-a-folder")
+        open(blocker, "w").close()
+        os.environ["XDG_STATE_HOME"] = blocker      # the default place cannot be made
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write(self.line(100))
+        code, out, err = self.run_main("--file", path, "--offline", "--format", "json")
+        self.assertEqual(code, 0)
+        self.assertIn("running without one", err)
+        self.assertEqual(json.loads(out)["totals"]["input_tokens"], 100)
+        code, _, err = self.run_main("--file", path, "--offline", "--history",
+                                     os.path.join(blocker, "h.sqlite3"))
+        self.assertEqual(code, 1)
+        self.assertIn("cannot use the history", err)
+
     def test_prune_export_stdin_and_no_sqlite(self):
         path = os.path.join(self.tmp, "log.jsonl")
         with open(path, "w") as handle:
