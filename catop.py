@@ -50,7 +50,7 @@ USER_AGENT = "catop/%s (+https://github.com/catop/catop)" % __version__
 TIER_THRESHOLD_TOKENS = 200000
 MAX_TOKENS_PER_FIELD = 10 ** 9      # more than any context window: a corrupt count
 MAX_LINE_BYTES = 64 * 1024 * 1024   # a longer line is skipped, not held in memory
-READ_BLOCK_BYTES = 1 << 20
+READ_BLOCK_BYTES = 1 << 18
 PARALLEL_MIN_BYTES = 24 * 1024 * 1024
 
 GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day", "week", "month")
@@ -1545,6 +1545,10 @@ class CacheBreak(object):
         self.session, self.ts, self.model, self.cause = session, ts, model, cause
         self.expected, self.read, self.rewritten = expected, read, rewritten
         self.gap_s, self.cost = gap_s, cost
+
+    def __reduce__(self):
+        # workers send thousands of breaks back: a tuple each, not a state dict each
+        return (CacheBreak, tuple(getattr(self, k) for k in self.__slots__))
 
     def as_dict(self):
         return {"session": self.session, "ts": iso_utc(self.ts), "model": self.model,
