@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import sqlite3
@@ -580,6 +581,15 @@ class LineReadingTests(unittest.TestCase):
         self.assertEqual(results[0], results[1])
         self.assertTrue(results[0][4])  # the repeated sessions do break across the cut
         self.assertEqual(results[0][2], 40 * 18)
+
+    def test_break_survives_the_trip_from_a_worker(self):
+        found = catop.CacheBreak("s1", 1700000000.5, "gpt-4o", "ttl_expired", 12000, 100,
+                                 11900, 400.25, 0.0123456789)
+        back = pickle.loads(pickle.dumps(found, pickle.HIGHEST_PROTOCOL))
+        self.assertEqual(back.as_dict(), {
+            "session": "s1", "ts": "2023-11-14T22:13:20Z", "model": "gpt-4o",
+            "cause": "ttl_expired", "expected_read_tokens": 12000, "read_tokens": 100,
+            "rewritten_tokens": 11900, "gap_s": 400.25, "cost_usd": 0.012345679})
 
 
 # ------------------------------------------------------------------- agents
