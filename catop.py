@@ -3256,6 +3256,7 @@ class LiveOtlpSource(object):
 
     def close(self):
         self.server.shutdown()
+        self.server.server_close()  # and free the port
 
 
 # a LiteLLM proxy's spend logs over HTTP: a whole team's traffic

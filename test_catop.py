@@ -1588,6 +1588,7 @@ class MetricsServerTests(IsolatedEnv):
             return answers[0]
 
         server = catop.serve_metrics(("127.0.0.1", 0), render)
+        self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
         base = "http://127.0.0.1:%d" % server.server_address[1]
         with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
@@ -2030,6 +2031,7 @@ class SpendLogTests(IsolatedEnv):
     def setUp(self):
         super().setUp()
         self.proxy = SpendServer()
+        self.addCleanup(self.proxy.server.server_close)
         self.addCleanup(self.proxy.server.shutdown)
         os.environ["LITELLM_API_KEY"] = "sk-team"
         claude = {"request_id": "r1", "model": "claude-sonnet-4-5", "spend": 0.0279,
@@ -2359,7 +2361,8 @@ class HistoryTests(IsolatedEnv):
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                    for path in logs]
         for worker in workers:
-            self.assertEqual(worker.wait(timeout=60), 0, worker.stderr.read())
+            _, err = worker.communicate(timeout=60)
+            self.assertEqual(worker.returncode, 0, err)
         totals = self.report()["totals"]
         self.assertEqual(totals["requests"], 6000)
 
