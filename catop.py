@@ -2696,7 +2696,6 @@ class AgentSource(object):
         self.stats = SourceStats("agent:%s" % agent)
         self.states = {}
         self.keyed = {}          # dedup key -> (size, Request)
-        self.main_ids = set()    # Claude Code message ids seen outside a sidechain
         self.loose = {}          # path -> requests that need no cross-file de-duplication
         self.compactions = {}    # session -> count
         self.compaction_times = []  # (session, ts)
@@ -2762,7 +2761,6 @@ class AgentSource(object):
         self.stats.error = self.stats.error or other.stats.error
         for path, requests in other.loose.items():
             self.loose.setdefault(path, []).extend(requests)
-        self.main_ids.update(other.main_ids)
         for session, count in other.compactions.items():
             self.compactions[session] = self.compactions.get(session, 0) + count
         self.compaction_times.extend(other.compaction_times)
@@ -2826,8 +2824,6 @@ class AgentSource(object):
         if key is None:
             self.loose.setdefault(path, []).append(req)
             return
-        if not req.sidechain:
-            self.main_ids.add(key_message_part(key))
         self._hold(key, size, req)
 
     def _hold(self, key, size, req):
@@ -2887,18 +2883,29 @@ class AgentSource(object):
         for requests in self.loose.values():
             for req in requests:
                 yield req
+        replayed = self._replayed_message_ids()
         for key, (_, req) in self.keyed.items():
-            if not self._is_sidechain_replay(key, req):
+            if not (replayed and req.sidechain and key_message_part(key) in replayed):
                 yield req
 
-    def _is_sidechain_replay(self, key, req):
-        """A Claude Code subagent file replaying a response its parent counted."""
-        return (self.agent == "claude-code" and req.sidechain
-                and key_message_part(key) in self.main_ids)
+    def _replayed_message_ids(self):
+        """Claude Code responses that a subagent file replays and the parent
+        conversation counted too.  Worked out when asked, from the few subagent
+        responses, rather than kept as a set of every main-conversation id."""
+        if self.agent != "claude-code":
+            return frozenset()
+        side = set(key_message_part(key) for key, (_, req) in self.keyed.items()
+                   if req.sidechain)
+        if not side:
+            return side
+        return set(part for part in (key_message_part(key) for key, (_, req)
+                                     in self.keyed.items() if not req.sidechain)
+                   if part in side)
 
     def sidechain_replays(self):
+        replayed = self._replayed_message_ids()
         return sum(1 for key, (_, req) in self.keyed.items()
-                   if self._is_sidechain_replay(key, req))
+                   if replayed and req.sidechain and key_message_part(key) in replayed)
 
 
 def read_json_file(path):
@@ -3790,8 +3797,6 @@ def seed_agent_source(live, history):
         if key.startswith("cc:"):
             number = int(key[3:], 16)
             source.keyed[number] = (size, req)
-            if not req.sidechain:
-                source.main_ids.add(key_message_part(number))
         elif name in ("gemini", "opencode"):
             parts = key.split(":", 2)
             source.keyed[tuple(parts[1:]) if name == "gemini" else parts[1]] = (size, req)
