@@ -785,7 +785,7 @@ def decode_anthropic_usage(usage):
 
 
 def parse_claude_code(record, ctx):
-    """(dedup key, size, Request) of an assistant line; 'compact' for a compaction."""
+    """(dedup key, Request) of an assistant line; 'compact' for a compaction."""
     kind = record.get("type")
     if kind == "system" and record.get("subtype") == "compact_boundary":
         return "compact"
@@ -810,7 +810,7 @@ def parse_claude_code(record, ctx):
                   as_money(record.get("costUSD")), sidechain)
     message_id = message.get("id")
     key = dedup_key(message_id, record.get("requestId") or "") if message_id else None
-    return key, miss + read + write_5m + write_1h + output, req
+    return key, req
 
 
 def dedup_key(message_id, request_id):
@@ -830,6 +830,13 @@ except ImportError:
 def _stable_hash(text):
     return int.from_bytes(_blake2b(str(text).encode("utf-8", "replace"),
                                    digest_size=8).digest(), "big")
+
+
+def _line_size(key, req):
+    """What decides between two lines of one response: for Claude Code (an int key)
+    the larger line wins; Gemini CLI and OpenCode rewrite a message whole, so every
+    line weighs 0 and the last write wins."""
+    return req.input + req.output if type(key) is int else 0
 
 
 def key_message_part(key):
@@ -2695,7 +2702,7 @@ class AgentSource(object):
         self.agent = agent
         self.stats = SourceStats("agent:%s" % agent)
         self.states = {}
-        self.keyed = {}          # dedup key -> (size, Request)
+        self.keyed = {}          # dedup key -> Request
         self.loose = {}          # path -> requests that need no cross-file de-duplication
         self.compactions = {}    # session -> count
         self.compaction_times = []  # (session, ts)
@@ -2765,8 +2772,8 @@ class AgentSource(object):
             self.compactions[session] = self.compactions.get(session, 0) + count
         self.compaction_times.extend(other.compaction_times)
         self.version += other.version + 1
-        for key, (size, req) in other.keyed.items():
-            self._hold(key, size, req)
+        for key, req in other.keyed.items():
+            self._hold(key, req)
 
     def _scan_one(self, state, final):
         if self.agent == "gemini" and state.path.endswith(".json"):
@@ -2814,34 +2821,34 @@ class AgentSource(object):
                 self.stats.skip("duplicate")
             elif isinstance(result, Request):
                 self.loose.setdefault(path, []).append(result)
-            elif len(result) == 3:
+            elif self.agent == "claude-code":
                 self._keep_largest(path, *result)
             else:
                 self._keep_latest(session, *result)
 
-    def _keep_largest(self, path, key, size, req):
+    def _keep_largest(self, path, key, req):
         """Claude Code: one response on several lines; the largest line wins."""
         if key is None:
             self.loose.setdefault(path, []).append(req)
             return
-        self._hold(key, size, req)
+        self._hold(key, req)
 
-    def _hold(self, key, size, req):
+    def _hold(self, key, req):
         """Keeps one request per key: the largest, the later one on a tie (Gemini and
         OpenCode rewrite a message, size 0: the last write wins)."""
         held = self.keyed.get(key)
         if held is not None:
             self.stats.skip("duplicate")
-            if size < held[0]:
+            if _line_size(key, req) < _line_size(key, held):
                 return
-        self.keyed[key] = (size, req)
+        self.keyed[key] = req
 
     def _keep_latest(self, session, message_id, req):
         """Gemini CLI and OpenCode: the same message written again; the last wins."""
         key = (session, message_id)
         if key in self.keyed:
             self.stats.skip("duplicate")
-        self.keyed[key] = (0, req)
+        self.keyed[key] = req
 
     def _scan_opencode(self, paths):
         signature = []
@@ -2876,7 +2883,7 @@ class AgentSource(object):
                 if message_id in self.keyed:
                     self.stats.skip("duplicate")  # the database and a legacy file
                     continue
-                self.keyed[message_id] = (0, req)
+                self.keyed[message_id] = req
 
     def requests(self):
         """The de-duplicated requests read so far."""
@@ -2884,7 +2891,7 @@ class AgentSource(object):
             for req in requests:
                 yield req
         replayed = self._replayed_message_ids()
-        for key, (_, req) in self.keyed.items():
+        for key, req in self.keyed.items():
             if not (replayed and req.sidechain and key_message_part(key) in replayed):
                 yield req
 
@@ -2894,17 +2901,17 @@ class AgentSource(object):
         responses, rather than kept as a set of every main-conversation id."""
         if self.agent != "claude-code":
             return frozenset()
-        side = set(key_message_part(key) for key, (_, req) in self.keyed.items()
+        side = set(key_message_part(key) for key, req in self.keyed.items()
                    if req.sidechain)
         if not side:
             return side
-        return set(part for part in (key_message_part(key) for key, (_, req)
+        return set(part for part in (key_message_part(key) for key, req
                                      in self.keyed.items() if not req.sidechain)
                    if part in side)
 
     def sidechain_replays(self):
         replayed = self._replayed_message_ids()
-        return sum(1 for key, (_, req) in self.keyed.items()
+        return sum(1 for key, req in self.keyed.items()
                    if replayed and req.sidechain and key_message_part(key) in replayed)
 
 
@@ -3759,10 +3766,10 @@ def ingest_agent(history, name):
     counted = [0]
 
     def rows():  # streamed into executemany: the rows never all sit in memory at once
-        for key, (size, req) in source.keyed.items():
+        for key, req in source.keyed.items():
             counted[0] += 1
             if isinstance(key, int):
-                yield history_row(label, "cc:%032x" % key, req, size,
+                yield history_row(label, "cc:%032x" % key, req, _line_size(key, req),
                                   "%016x" % key_message_part(key))
             elif isinstance(key, tuple):   # Gemini CLI: (session, message id)
                 yield history_row(label, "%s:%s:%s" % (name, key[0], key[1]), req, 0)
@@ -3793,13 +3800,12 @@ def seed_agent_source(live, history):
     if name != "opencode":
         for path in agent_files(name):
             source.states[path] = history.file_state(path)
-    for _, key, size, msg, req in history.rows("agent:" + name):
+    for _, key, _, _, req in history.rows("agent:" + name):
         if key.startswith("cc:"):
-            number = int(key[3:], 16)
-            source.keyed[number] = (size, req)
+            source.keyed[int(key[3:], 16)] = req
         elif name in ("gemini", "opencode"):
             parts = key.split(":", 2)
-            source.keyed[tuple(parts[1:]) if name == "gemini" else parts[1]] = (size, req)
+            source.keyed[tuple(parts[1:]) if name == "gemini" else parts[1]] = req
         else:
             source.loose.setdefault("history", []).append(req)
     for session, times in history.compactions().items():

@@ -643,6 +643,30 @@ class AgentTests(IsolatedEnv):
         self.assertEqual(doc["totals"]["requests"], 6)
         self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 4)
 
+    def test_claude_code_keeps_the_largest_line_even_when_it_comes_first(self):
+        def line(output, read):
+            return json.dumps({
+                "type": "assistant", "sessionId": "s-big", "requestId": "req_big",
+                "timestamp": "2026-03-10T09:00:00Z", "cwd": "/p",
+                "message": {"id": "msg_big", "model": "claude-sonnet-4-5", "usage": {
+                    "input_tokens": 10, "cache_read_input_tokens": read,
+                    "cache_creation_input_tokens": 0, "output_tokens": output}}}) + "\n"
+        folder = os.path.join(self.tmp, "claude", "projects", "-p")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "a.jsonl"), "w") as handle:
+            handle.write(line(800, 5000) + line(3, 5000))   # complete line first
+        with open(os.path.join(folder, "b.jsonl"), "w") as handle:
+            handle.write(line(5, 5000))                     # a partial copy elsewhere
+        os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(self.tmp, "claude")
+        for threshold in (10 ** 12, 1):   # one process, then a worker reading b.jsonl
+            with mock.patch.object(catop, "PARALLEL_MIN_BYTES", threshold), \
+                    mock.patch.object(catop, "worker_count", return_value=2):
+                doc = self.run_json("--agent", "claude-code")
+            t = doc["totals"]
+            self.assertEqual((t["requests"], t["miss_tokens"], t["cache_read_tokens"],
+                              t["output_tokens"]), (1, 10, 5000, 800))
+            self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 2)
+
     def test_codex(self):
         doc = self.agent_totals("codex", "--group-by", "model,session")
         t = doc["totals"]
