@@ -2885,15 +2885,18 @@ class AgentSource(object):
                     continue
                 self.keyed[message_id] = req
 
-    def requests(self):
-        """The de-duplicated requests read so far."""
-        for requests in self.loose.values():
-            for req in requests:
-                yield req
+    def deduplicated(self):
+        """(the de-duplicated requests read so far, how many subagent replays of a
+        response the parent conversation counted were left out)."""
+        held = [req for requests in self.loose.values() for req in requests]
         replayed = self._replayed_message_ids()
+        replays = 0
         for key, req in self.keyed.items():
-            if not (replayed and req.sidechain and key_message_part(key) in replayed):
-                yield req
+            if replayed and req.sidechain and key_message_part(key) in replayed:
+                replays += 1
+            else:
+                held.append(req)
+        return held, replays
 
     def _replayed_message_ids(self):
         """Claude Code responses that a subagent file replays and the parent
@@ -2908,11 +2911,6 @@ class AgentSource(object):
         return set(part for part in (key_message_part(key) for key, req
                                      in self.keyed.items() if not req.sidechain)
                    if part in side)
-
-    def sidechain_replays(self):
-        replayed = self._replayed_message_ids()
-        return sum(1 for key, req in self.keyed.items()
-                   if replayed and req.sidechain and key_message_part(key) in replayed)
 
 
 def read_json_file(path):
@@ -2950,13 +2948,13 @@ def scan_agent(name, aggregate):
     """Reads one agent's logs into aggregate; returns its SourceStats."""
     source = AgentSource(name)
     source.scan()
-    replays = source.sidechain_replays()
+    ordered, replays = source.deduplicated()
     source.stats.skip("duplicate", replays)
     for session, ts in source.compaction_times:
         if ts is not None:
             aggregate.effects.compactions.setdefault(session, []).append(ts)
     # in time order: what a request did to the cache is judged from the next one
-    ordered = sorted(source.requests(), key=lambda r: (r.ts is None, r.ts or 0.0))
+    ordered.sort(key=lambda r: (r.ts is None, r.ts or 0.0))
     source.keyed.clear()  # the sorted list holds them now: halve the peak memory
     source.loose.clear()
     for req in ordered:
@@ -3047,6 +3045,7 @@ class LiveAgentSource(object):
         self.paths = None
         self.discovered_at = 0.0
         self.version = -1
+        self.replays_counted = 0
 
     @property
     def stats(self):
@@ -3054,7 +3053,12 @@ class LiveAgentSource(object):
 
     @property
     def requests(self):
-        return list(self.source.requests())
+        held, replays = self.source.deduplicated()
+        stats = self.source.stats
+        stats.records = len(held)  # counted as --once counts them
+        stats.skip("duplicate", replays - self.replays_counted)
+        self.replays_counted = replays
+        return held
 
     def poll(self, rediscover=False):
         now = self.clock()
@@ -3478,8 +3482,9 @@ class LiveModel(object):
     def rebuild(self):
         requests = []
         for index, source in enumerate(self.sources):
-            requests.extend(source.requests)
-            self.seen[index] = (getattr(source, "generation", None), len(source.requests))
+            held = source.requests  # an agent source works its list out afresh each time
+            requests.extend(held)
+            self.seen[index] = (getattr(source, "generation", None), len(held))
         entries = price_entries(requests, self.prices)
         self.timeline = Timeline(entries)
         self.buckets = RateBuckets()
@@ -3502,15 +3507,20 @@ class LiveModel(object):
 
     def _chain(self, requests):
         """Adds requests to their sessions' chains; returns the chains touched."""
-        touched = {}
+        touched, out_of_order = {}, set()
         for req in requests:
-            if req.session and req.ts is not None:
-                chain = self.chains.setdefault(req.session, [])
+            session = req.session
+            if session and req.ts is not None:
+                chain = self.chains.get(session)
+                if chain is None:
+                    chain = self.chains[session] = []
+                elif req.ts < chain[-1].ts:
+                    out_of_order.add(session)
                 chain.append(req)
-                if len(chain) > 1 and req.ts < chain[-2].ts:
-                    chain.sort(key=lambda r: r.ts)  # nearly sorted: timsort is linear
-                    self.checked[req.session] = 0   # check the whole chain again
-                touched[req.session] = chain
+                touched[session] = chain
+        for session in out_of_order:  # sorted once, however many came late
+            touched[session].sort(key=lambda r: r.ts)
+            self.checked[session] = 0   # check the whole chain again
         return touched
 
     def _find_breaks(self, chains):

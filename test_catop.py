@@ -800,7 +800,7 @@ class AgentTests(IsolatedEnv):
         os.environ["CLAUDE_CONFIG_DIR"] = root
         source = catop.AgentSource("claude-code")
         source.scan(final=False)
-        self.assertEqual(len(list(source.requests())), 6)
+        self.assertEqual(len(source.deduplicated()[0]), 6)
         path = os.path.join(root, "projects", "-home-dev-legacy",
                             "2222bbbb-0000-4000-8000-000000000002.jsonl")
         with open(path, "a") as handle:
@@ -809,7 +809,7 @@ class AgentTests(IsolatedEnv):
                                                  "usage": {"input_tokens": 5,
                                                            "output_tokens": 7}}}) + "\n")
         source.scan(final=False)
-        self.assertEqual(len(list(source.requests())), 7)
+        self.assertEqual(len(source.deduplicated()[0]), 7)
 
 
 # ------------------------------------------------------------------- render
@@ -1385,6 +1385,19 @@ class TailTests(unittest.TestCase):
             clock[0] += catop.LiveAgentSource.DISCOVERY_INTERVAL_S
             self.assertTrue(source.poll())
             self.assertEqual(len(source.requests), 8)
+
+    def test_live_agent_source_counts_as_once_does(self):
+        # the sources line of the live view (and --once --duration) shows these figures
+        with mock.patch.dict(os.environ, {"CLAUDE_CONFIG_DIR":
+                                          os.path.join(AGENT_EXAMPLES, "claude")}):
+            source = catop.LiveAgentSource("claude-code", clock=lambda: NOW)
+            model = catop.LiveModel([source], PRICES)
+            self.assertTrue(model.poll())
+            self.assertFalse(model.poll())
+        stats = model.stats()[0]
+        self.assertEqual(len(model.timeline.timed), 6)
+        self.assertEqual(stats.records, 6)
+        self.assertEqual(stats.skipped["duplicate"], 3)  # 2 repeated lines + 1 subagent replay
 
     def test_stream_source_reads_a_pipe_without_blocking(self):
         read, write = os.pipe()
