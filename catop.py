@@ -2224,24 +2224,35 @@ def _build_table(entries, view):
 def _add_to_table(table, entries, view):
     totals, unpriced = table["totals"], table["unpriced"]
     for entry in entries:
-        totals.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
         if not entry.priced:
             unpriced.add(entry.req.model or "(unknown model)")
     if view.level() == "timeline":
+        for entry in entries:
+            totals.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
         rows = table["rows"] + [(e.req, e.cost) for e in entries]
         table["rows"] = sorted(rows, key=lambda row: (row[0].ts is None, row[0].ts or 0))
         return
     key_of = group_key_function(view.grouping())
     groups, details = table["groups"], table["details"]
+    added = {}  # group -> Tally of these entries: the totals take a few merges, not an add each
     for entry in entries:
-        key = key_of(entry.req)
-        tally = groups.get(key)
+        req = entry.req
+        key = key_of(req)
+        tally = added.get(key)
         if tally is None:
-            tally = groups[key] = Tally()
-            details[key] = (set(), set())
-        tally.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
-        details[key][0].add(entry.req.model)
-        details[key][1].add(entry.req.project)
+            tally = added[key] = Tally()
+        tally.add(req, entry.cost, entry.no_cache_cost, entry.priced)
+        detail = details.get(key)
+        if detail is None:
+            detail = details[key] = (set(), set())
+        detail[0].add(req.model)
+        detail[1].add(req.project)
+    for key, tally in added.items():
+        totals.merge(tally)
+        if key in groups:
+            groups[key].merge(tally)
+        else:
+            groups[key] = tally
 
 
 def _filtered_rows(groups, view):
@@ -3480,6 +3491,10 @@ class LiveModel(object):
         return bool(fresh)
 
     def rebuild(self):
+        with gc_paused():  # tens of thousands of new objects, none in a cycle
+            self._rebuild()
+
+    def _rebuild(self):
         requests = []
         for index, source in enumerate(self.sources):
             held = source.requests  # an agent source works its list out afresh each time
@@ -5864,7 +5879,8 @@ def run_live(args, prices, since, until):
     unicode_ok = "utf" in locale.getpreferredencoding(False).lower()
     sources = live_sources(args, time.time())
     if not args.no_history:
-        sources = resume_from_history(args, sources)
+        with gc_paused():
+            sources = resume_from_history(args, sources)
     if not sources:
         raise CatopError(no_data_message())
     model = LiveModel(sources, prices)
