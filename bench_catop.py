@@ -16,7 +16,9 @@ Figures:
             most a quarter of the first).
   codex     a ~70 MB Codex folder, with ccusage's totals beside catop's.
   live      the live view's CPU per tick: idle over the Claude folder (target < 20 ms),
-            and with 5,000 lines a second appended for 30 s.
+            and with 5,000 lines a second appended for 30 s; its first frame, cold and
+            resuming from the history (target < 0.3 s), the latter also timed from
+            launching catop in a pseudo-terminal.
 
 Peak memory is the largest sum over catop and its worker processes of their
 proportional set size (PSS: shared pages split between the processes that share
