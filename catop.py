@@ -3453,9 +3453,10 @@ class LiveModel(object):
     again only in the sessions they touch.  Anything else (an agent folder, a file
     read again from the start) rebuilds the model."""
 
-    def __init__(self, sources, prices):
+    def __init__(self, sources, prices, clock=time.time):
         self.sources = sources
         self.prices = prices
+        self.clock = clock       # the view's: rolling figures look back an hour from it
         self.timeline = Timeline([])
         self.breaks = []
         self.version = 0
@@ -3503,7 +3504,7 @@ class LiveModel(object):
         entries = price_entries(requests, self.prices)
         self.timeline = Timeline(entries)
         self.buckets = RateBuckets()
-        self.buckets.add(entries)
+        self.buckets.add(self.timeline.since(self.clock() - HIT_SERIES_SPAN_S - 1))
         self.chains, self.checked, self.session_breaks = {}, {}, {}
         self._chain(requests)
         self._find_breaks(self.chains)
@@ -3514,7 +3515,7 @@ class LiveModel(object):
         entries = price_entries(requests, self.prices)
         self.timeline.extend(entries)
         self.buckets.add(entries)
-        self.buckets.prune(time.time())
+        self.buckets.prune(self.clock())
         touched = self._chain(requests)
         self._find_breaks(touched)
         self.appended = entries

@@ -1073,7 +1073,7 @@ class FakeSource(object):
 
 
 def live_model(requests):
-    model = catop.LiveModel([FakeSource(requests)], PRICES)
+    model = catop.LiveModel([FakeSource(requests)], PRICES, clock=lambda: NOW)
     model.poll()
     return model
 
@@ -1192,7 +1192,7 @@ class LiveModelTests(unittest.TestCase):
         m = "claude-sonnet-4-5"
         source = FakeSource(chain((0, m, 5, 10000, 2000, 0), (60, m, 5, 12000, 500, 0)))
         source.generation = 0
-        model = catop.LiveModel([source], PRICES)
+        model = catop.LiveModel([source], PRICES, clock=lambda: NOW)
         model.poll()
         self.assertEqual(model.breaks, [])
         source.requests.extend(chain((400, m, 5, 0, 12500, 0), (30, m, 5, 11000, 1000, 0)))
@@ -1202,6 +1202,17 @@ class LiveModelTests(unittest.TestCase):
         self.assertEqual([e.req.ts - NOW for e in model.timeline.timed], [0, 30, 60, 400])
         self.assertEqual([(b.cause, b.ts - NOW) for b in model.breaks], [("ttl_expired", 400)])
         self.assertEqual(model.buckets.sums(NOW, NOW + 401)[0], 4)
+
+
+    def test_rate_buckets_hold_only_the_last_hour_of_the_models_clock(self):
+        m = "claude-sonnet-4-5"
+        old_and_new = chain((-7200, m, 5, 0, 100, 0), (-3000, m, 5, 100, 0, 0),
+                            (-10, m, 5, 100, 0, 0), session="t")
+        model = catop.LiveModel([FakeSource(old_and_new)], PRICES, clock=lambda: NOW)
+        model.poll()
+        self.assertEqual(sorted(model.buckets.seconds), [int(NOW) - 3000, int(NOW) - 10])
+        self.assertEqual(len(model.timeline.timed), 3)   # the table still has all three
+        self.assertEqual(catop.rolling_rates(model.buckets, NOW)[0][0], 1.0)
 
 
 class KeyTests(unittest.TestCase):
