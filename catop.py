@@ -3734,15 +3734,21 @@ class History(object):
                                    row[4] or "", row[5] or "", row[6], row[7], row[8], row[9],
                                    row[10], row[11], row[12], bool(row[13]))
 
-    def rows(self, label=None):
-        """(key, size, msg, Request) of the stored requests of one source (all: None)."""
+    def rows(self, label=None, exclude=()):
+        """(source, key, Request) of the stored requests of one source (label), or of
+        every source but those in exclude."""
         # the columns in the order Request takes them: a row becomes one directly
-        query = ("SELECT source, key, size, msg, ts, agent, provider, model, project, session,"
+        query = ("SELECT source, key, ts, agent, provider, model, project, session,"
                  " miss, read, w5, w1, output, reasoning, observed, sidechain FROM requests")
-        cursor = self.db.execute(query + (" WHERE source = ?" if label else ""),
-                                 (label,) if label else ())
-        for row in cursor:
-            yield row[0], row[1], row[2], row[3], Request(*row[4:])
+        if label:
+            query, values = query + " WHERE source = ?", (label,)
+        elif exclude:
+            values = tuple(exclude)
+            query += " WHERE source NOT IN (%s)" % ", ".join("?" * len(values))
+        else:
+            values = ()
+        for row in self.db.execute(query, values):
+            yield row[0], row[1], Request(*row[2:])
 
     def has_requests(self):
         return self.db.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is not None
@@ -3826,7 +3832,7 @@ def seed_agent_source(live, history):
     if name != "opencode":
         for path in agent_files(name):
             source.states[path] = history.file_state(path)
-    for _, key, _, _, req in history.rows("agent:" + name):
+    for _, key, req in history.rows("agent:" + name):
         if key.startswith("cc:"):
             source.keyed[int(key[3:], 16)] = req
         elif name in ("gemini", "opencode"):
@@ -3841,7 +3847,7 @@ def seed_agent_source(live, history):
 def seed_file_source(live, history):
     """A live request-log source resumed from the history."""
     live.state = history.file_state(live.path)
-    live.requests = [req for _, _, _, _, req in history.rows("file:" + live.path)]
+    live.requests = [req for _, _, req in history.rows("file:" + live.path)]
     live.stats.records = len(live.requests)
 
 
@@ -3850,8 +3856,7 @@ class LiveStoredSource(object):
 
     def __init__(self, history, skip_labels):
         self.stats = SourceStats("history:%s" % history.path)
-        self.requests = [req for label, _, _, _, req in history.rows()
-                         if label not in skip_labels]
+        self.requests = [req for _, _, req in history.rows(exclude=skip_labels)]
         self.stats.records = len(self.requests)
         self.generation, self.fresh = 0, True
 

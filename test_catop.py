@@ -2386,6 +2386,21 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual([s.stats.name for s in sources], ["history:" + self.store])
         self.assertEqual(self.live_totals(model)["requests"], before["requests"])
 
+    def test_stored_source_holds_only_what_no_live_source_reads(self):
+        roots = {}
+        for agent, folder, variable in (("codex", "codex", "CODEX_HOME"),
+                                        ("claude-code", "claude", "CLAUDE_CONFIG_DIR")):
+            roots[agent] = os.path.join(self.tmp, folder)
+            shutil.copytree(os.path.join(AGENT_EXAMPLES, folder), roots[agent])
+            os.environ[variable] = roots[agent]
+            self.assertEqual(self.report("--agent", agent)["totals"]["requests"], 6)
+        shutil.rmtree(roots["codex"])
+        model, sources = self.live_model()
+        names = [s.stats.name for s in sources]
+        self.assertEqual(names, ["agent:claude-code", "history:" + self.store])
+        self.assertEqual(sorted(r.agent for r in sources[1].requests), ["codex"] * 6)
+        self.assertEqual(self.live_totals(model)["requests"], 12)
+
     def test_deleted_logs_are_still_reported(self):
         root = os.path.join(self.tmp, "codex")
         shutil.copytree(os.path.join(AGENT_EXAMPLES, "codex"), root)
