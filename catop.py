@@ -3735,10 +3735,10 @@ class History(object):
                                    row[10], row[11], row[12], bool(row[13]))
 
     def rows(self, label=None, exclude=()):
-        """(source, key, Request) of the stored requests of one source (label), or of
-        every source but those in exclude."""
+        """(key, Request) of the stored requests of one source (label), or of every
+        source but those in exclude."""
         # the columns in the order Request takes them: a row becomes one directly
-        query = ("SELECT source, key, ts, agent, provider, model, project, session,"
+        query = ("SELECT key, ts, agent, provider, model, project, session,"
                  " miss, read, w5, w1, output, reasoning, observed, sidechain FROM requests")
         if label:
             query, values = query + " WHERE source = ?", (label,)
@@ -3748,7 +3748,7 @@ class History(object):
         else:
             values = ()
         for row in self.db.execute(query, values):
-            yield row[0], row[1], Request(*row[2:])
+            yield row[0], Request(*row[1:])
 
     def has_requests(self):
         return self.db.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is not None
@@ -3832,7 +3832,7 @@ def seed_agent_source(live, history):
     if name != "opencode":
         for path in agent_files(name):
             source.states[path] = history.file_state(path)
-    for _, key, req in history.rows("agent:" + name):
+    for key, req in history.rows("agent:" + name):
         if key.startswith("cc:"):
             source.keyed[int(key[3:], 16)] = req
         elif name in ("gemini", "opencode"):
@@ -3847,7 +3847,7 @@ def seed_agent_source(live, history):
 def seed_file_source(live, history):
     """A live request-log source resumed from the history."""
     live.state = history.file_state(live.path)
-    live.requests = [req for _, _, req in history.rows("file:" + live.path)]
+    live.requests = [req for _, req in history.rows("file:" + live.path)]
     live.stats.records = len(live.requests)
 
 
@@ -3856,7 +3856,7 @@ class LiveStoredSource(object):
 
     def __init__(self, history, skip_labels):
         self.stats = SourceStats("history:%s" % history.path)
-        self.requests = [req for _, _, req in history.rows(exclude=skip_labels)]
+        self.requests = [req for _, req in history.rows(exclude=skip_labels)]
         self.stats.records = len(self.requests)
         self.generation, self.fresh = 0, True
 
