@@ -88,6 +88,15 @@ class IsolatedEnv(unittest.TestCase):
         self.assertEqual(code, 0, err)
         return json.loads(out)
 
+    def copy_agent_examples(self, folder, variable=None):
+        """A writable copy of examples/agents/<folder>; variable, if given, points the
+        agent at it."""
+        root = os.path.join(self.tmp, folder)
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, folder), root)
+        if variable:
+            os.environ[variable] = root
+        return root
+
     def point_agents_at_examples(self):
         os.environ.update(
             CLAUDE_CONFIG_DIR=os.path.join(AGENT_EXAMPLES, "claude"),
@@ -633,8 +642,7 @@ class AgentTests(IsolatedEnv):
 
     def test_claude_code_dedup_is_global_across_files(self):
         self.point_agents_at_examples()
-        copy = os.path.join(self.tmp, "claude")
-        shutil.copytree(os.path.join(AGENT_EXAMPLES, "claude"), copy)
+        copy = self.copy_agent_examples("claude")
         shutil.copy(os.path.join(copy, "projects", "-home-dev-legacy",
                                  "2222bbbb-0000-4000-8000-000000000002.jsonl"),
                     os.path.join(copy, "projects", "-home-dev-legacy", "copy.jsonl"))
@@ -699,8 +707,7 @@ class AgentTests(IsolatedEnv):
 
     def test_opencode_database_and_legacy_files_counted_once(self):
         self.point_agents_at_examples()
-        data = os.path.join(self.tmp, "opencode")
-        shutil.copytree(os.path.join(AGENT_EXAMPLES, "opencode"), data)
+        data = self.copy_agent_examples("opencode")
         with open(os.path.join(data, "storage", "message", "ses_oc", "msg_oc1.json")) as handle:
             legacy = handle.read()
         reasoning = {"id": "msg_oc2", "sessionID": "ses_oc", "role": "assistant",
@@ -795,9 +802,7 @@ class AgentTests(IsolatedEnv):
 
     def test_appended_lines_are_read_on_rescan(self):
         self.point_agents_at_examples()
-        root = os.path.join(self.tmp, "claude")
-        shutil.copytree(os.path.join(AGENT_EXAMPLES, "claude"), root)
-        os.environ["CLAUDE_CONFIG_DIR"] = root
+        root = self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
         source = catop.AgentSource("claude-code")
         source.scan(final=False)
         self.assertEqual(len(source.deduplicated()[0]), 6)
@@ -1636,8 +1641,7 @@ class MetricsServerTests(IsolatedEnv):
             return answers[0]
 
         server = catop.serve_metrics(("127.0.0.1", 0), render)
-        self.addCleanup(server.server_close)
-        self.addCleanup(server.shutdown)
+        self.addCleanup(stop_server, server)
         base = "http://127.0.0.1:%d" % server.server_address[1]
         with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
             self.assertEqual(response.read(), b"catop_requests_total 3\n")
@@ -1672,6 +1676,31 @@ class MetricsServerTests(IsolatedEnv):
         self.assertEqual(doc["sources"][0]["records"], 3)
 
 
+def serve_on_loopback(handler):
+    """(server, base URL) of an HTTP server on a free loopback port, answering on a
+    thread of its own; stop it with stop_server."""
+    import http.server
+    import threading
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, "http://127.0.0.1:%d" % server.server_address[1]
+
+
+def stop_server(server):
+    server.shutdown()
+    server.server_close()  # and free the port
+
+
+def quiet_handler():
+    """A request handler base that writes no access log into the test output."""
+    import http.server
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    return Quiet
+
+
 class FakeProviders(object):
     """OpenAI- and Anthropic-compatible endpoints on 127.0.0.1 for the real LiteLLM SDK."""
 
@@ -1690,11 +1719,9 @@ class FakeProviders(object):
                                               "ephemeral_1h_input_tokens": 2000}}}
 
     def __init__(self):
-        import http.server
-        import threading
         answers = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(quiet_handler()):
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 anthropic = self.path.endswith("/v1/messages")
@@ -1705,12 +1732,7 @@ class FakeProviders(object):
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.base = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.server, self.base = serve_on_loopback(Handler)
 
 
 class LiteLLMCallbackTests(IsolatedEnv):
@@ -1726,7 +1748,7 @@ class LiteLLMCallbackTests(IsolatedEnv):
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
         self.log = os.path.join(self.tmp, "state", "catop", "litellm.jsonl")
         self.providers = FakeProviders()
-        self.addCleanup(self.providers.server.shutdown)
+        self.addCleanup(stop_server, self.providers.server)
 
     def lines(self, count, timeout=15.0):
         deadline = time.time() + timeout
@@ -1773,7 +1795,8 @@ class LiteLLMCallbackTests(IsolatedEnv):
                           second["usage"]["cache_read_input_tokens"]), (50, 20000))
         self.assertNotIn("session_id", second)  # LiteLLM's per-call trace id is not a session
         self.assertEqual(third["usage"], first["usage"])
-        text = open(self.log).read()
+        with open(self.log) as handle:
+            text = handle.read()
         for secret in ("secret", "sk-test", "api_key", "messages"):
             self.assertNotIn(secret, text)
         self.assertEqual(os.stat(self.log).st_mode & 0o777, 0o600)
@@ -1804,7 +1827,7 @@ class LiteLLMProxyTests(IsolatedEnv):
         import socket
         import urllib.request
         providers = FakeProviders()
-        self.addCleanup(providers.server.shutdown)
+        self.addCleanup(stop_server, providers.server)
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -1859,7 +1882,8 @@ class LiteLLMProxyTests(IsolatedEnv):
                          [("gpt-4o", "s-proxy"), ("claude", None)])
         self.assertEqual(records[1]["usage"]["cache_creation"],
                          {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000})
-        text = open(log).read()
+        with open(log) as handle:
+            text = handle.read()
         self.assertNotIn("private words", text)
         self.assertNotIn("sk-master", text)
         doc = self.run_json("--litellm-proxy-log", log)
@@ -2039,8 +2063,6 @@ class SpendServer(object):
     """A LiteLLM proxy's /spend/logs/v2 on 127.0.0.1, pages and failures set by the test."""
 
     def __init__(self):
-        import http.server
-        import threading
         import urllib.parse
         owner = self
         self.pages = {}
@@ -2048,7 +2070,7 @@ class SpendServer(object):
         self.hits = 0
         self.keys = []
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(quiet_handler()):
             def do_GET(self):
                 owner.hits += 1
                 owner.keys.append(self.headers.get("Authorization"))
@@ -2066,12 +2088,7 @@ class SpendServer(object):
                 except OSError:
                     pass  # the client gave up (the timeout test)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.server, self.url = serve_on_loopback(Handler)
 
 
 class SpendLogTests(IsolatedEnv):
@@ -2079,8 +2096,7 @@ class SpendLogTests(IsolatedEnv):
     def setUp(self):
         super().setUp()
         self.proxy = SpendServer()
-        self.addCleanup(self.proxy.server.server_close)
-        self.addCleanup(self.proxy.server.shutdown)
+        self.addCleanup(stop_server, self.proxy.server)
         os.environ["LITELLM_API_KEY"] = "sk-team"
         claude = {"request_id": "r1", "model": "claude-sonnet-4-5", "spend": 0.0279,
                   "startTime": "2026-03-10T08:00:00Z", "user": "alice", "team_id": "t1",
@@ -2351,9 +2367,7 @@ class HistoryTests(IsolatedEnv):
         return t.as_dict()
 
     def test_live_view_resumes_from_the_history(self):
-        root = os.path.join(self.tmp, "claude")
-        shutil.copytree(os.path.join(AGENT_EXAMPLES, "claude"), root)
-        os.environ["CLAUDE_CONFIG_DIR"] = root
+        root = self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
         fresh = self.run_json("--agent", "claude-code")["totals"]
         self.report("--agent", "claude-code")              # fills the history
         model, sources = self.live_model("--agent", "claude-code")
@@ -2377,9 +2391,7 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(totals["output_tokens"], fresh["output_tokens"] - 150 + 900 + 5)
 
     def test_live_view_shows_deleted_logs_with_no_source_named(self):
-        root = os.path.join(self.tmp, "codex")
-        shutil.copytree(os.path.join(AGENT_EXAMPLES, "codex"), root)
-        os.environ["CODEX_HOME"] = root
+        root = self.copy_agent_examples("codex", "CODEX_HOME")
         before = self.report("--agent", "codex")["totals"]
         shutil.rmtree(root)
         model, sources = self.live_model()
@@ -2387,14 +2399,11 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(self.live_totals(model)["requests"], before["requests"])
 
     def test_stored_source_holds_only_what_no_live_source_reads(self):
-        roots = {}
-        for agent, folder, variable in (("codex", "codex", "CODEX_HOME"),
-                                        ("claude-code", "claude", "CLAUDE_CONFIG_DIR")):
-            roots[agent] = os.path.join(self.tmp, folder)
-            shutil.copytree(os.path.join(AGENT_EXAMPLES, folder), roots[agent])
-            os.environ[variable] = roots[agent]
+        codex = self.copy_agent_examples("codex", "CODEX_HOME")
+        self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
+        for agent in ("codex", "claude-code"):
             self.assertEqual(self.report("--agent", agent)["totals"]["requests"], 6)
-        shutil.rmtree(roots["codex"])
+        shutil.rmtree(codex)
         model, sources = self.live_model()
         names = [s.stats.name for s in sources]
         self.assertEqual(names, ["agent:claude-code", "history:" + self.store])
@@ -2402,9 +2411,7 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(self.live_totals(model)["requests"], 12)
 
     def test_deleted_logs_are_still_reported(self):
-        root = os.path.join(self.tmp, "codex")
-        shutil.copytree(os.path.join(AGENT_EXAMPLES, "codex"), root)
-        os.environ["CODEX_HOME"] = root
+        root = self.copy_agent_examples("codex", "CODEX_HOME")
         before = self.report("--agent", "codex")["totals"]
         shutil.rmtree(root)
         os.makedirs(root)
