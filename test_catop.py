@@ -228,10 +228,150 @@ class UsageShapeTests(unittest.TestCase):
             with self.subTest(value=value):
                 self.assertEqual(catop.parse_timestamp(value), expected)
 
+    def test_a_damaged_second_is_not_read_from_the_cached_minute(self):
+        self.assertEqual(catop.parse_timestamp("2026-03-10T08:00:00Z"), 1773129600.0)
+        for text, expected in (("2026-03-10T08:00:nanZ", None), ("2026-03-10T08:00:1e9Z", None),
+                               ("2026-03-10T08:00:-5Z", None), ("2026-03-10T08:00:07.Z", None),
+                               ("2026-03-10T08:00:07,5Z", 1773129607.5),
+                               ("2026-03-10T08:00:07.123456789Z", 1773129607.123456789)):
+            with self.subTest(text=text):
+                self.assertEqual(catop.parse_timestamp(text), expected)
+        # the first sight of a minute (parsed in full) and the later ones (cached) agree
+        first = catop._parse_iso("2026-03-11T08:00:07.123456789Z")
+        self.assertEqual(catop.parse_timestamp("2026-03-11T08:00:07.123456789Z"), first)
+
+    def test_json_lines_decode_exactly_as_json_loads(self):
+        lines = [b'{"a": 1}', b'  {"a": 1}', b'{"a": 1}  \r', b'{"a": 1} x', b'{"a": 1}\x0c',
+                 b'{"a": 1}{"b": 2}', b'[1, 2]', b'"text"', b'NaN', b'{"a": Infinity}',
+                 b'{"a": 1e999}', b'', b'   ', b'{"a": 1', b'\xff{"a": 1}', b'{"\xc3\xa9": 1}',
+                 b'{"a": "\\ud800"}', b'{"a":1,"a":2}', b'\t{"a": [1, {"b": null}]}\n', b'x']
+        for line in lines:
+            with self.subTest(line=line):
+                try:
+                    expected = ("value", json.loads(line.decode("utf-8")))
+                except ValueError as error:
+                    expected = ("error", type(error).__mro__[-3])  # ValueError
+                try:
+                    got = ("value", catop.decode_json_line(line))
+                except ValueError as error:
+                    got = ("error", type(error).__mro__[-3])
+                self.assertEqual(repr(got), repr(expected))
+
+    def test_compiled_shapes_agree_with_the_interpreter(self):
+        records = []
+        for name in sorted(os.listdir(EXAMPLES)):
+            with open(example(name), "rb") if name.endswith(".jsonl") else io.BytesIO() as lines:
+                for line in lines:
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        pass
+        records = [record for record in records if type(record) is dict]
+        records += random_records(seed=11, count=600)
+        wanted_sets = (catop.ALL_ATTRIBUTES, frozenset({"model", "provider", "time", "cost"}),
+                       frozenset({"agent", "project", "session"}))
+        compared = produced = 0
+        functions = {}
+        for record in records:
+            usage, attributes = record.get("usage"), None
+            if type(usage) is not dict or not usage:
+                usage, attributes = catop.find_usage(record)
+                if usage is None:
+                    continue
+            for wanted in wanted_sets:
+                interpreted = outcome(catop.interpret_record, record, usage, attributes, wanted)
+                shape = (wanted, tuple(record), tuple(usage))
+                if shape not in functions:
+                    functions[shape] = catop.compile_shape(*shape)
+                compiled = outcome(functions[shape], record, usage, attributes)
+                self.assertEqual(compiled, interpreted, record)
+                compared += 1
+                produced += interpreted[0] == "request"
+        self.assertGreater(compared, 1000)
+        self.assertGreater(produced, 150)  # the generator makes real requests, not only junk
+
+    def test_a_frequent_shape_is_compiled_and_reads_the_same(self):
+        record = {"model": "gpt-4o", "shape-of-this-test": 1,
+                  "usage": {"prompt_tokens": 1000, "completion_tokens": 10,
+                            "prompt_tokens_details": {"cached_tokens": 800}}}
+        shape = (catop.ALL_ATTRIBUTES, tuple(record), tuple(record["usage"]))
+        first = catop.normalize_record(record)
+        for _ in range(catop.COMPILE_AFTER_SIGHTINGS):
+            self.assertEqual(catop.normalize_record(record), first)
+        self.assertIn(shape, catop._COMPILED_SHAPES)
+        self.assertEqual(usage_tuple(first), (200, 800, 0, 0, 10, 0))
+
     def test_clean_removes_control_and_bidi_characters(self):
         self.assertEqual(catop.clean("a\x1b]0;x\x07b\x1b[2Jc\u202ed\x9be\r\n"), "a]0;xb[2Jcde")
         self.assertEqual(catop.clean(None), "")
         self.assertEqual(catop.clean(12), "12")
+
+
+def outcome(function, *args):
+    """("request", Request) / ("none", None) / ("error", kind) of a call."""
+    try:
+        result = function(*args)
+    except (ValueError, TypeError, OverflowError) as error:
+        return ("error", type(error).__name__)
+    return ("none", None) if result is None else ("request", result)
+
+
+def random_records(seed, count):
+    """Log records of random shapes with damaged, missing and odd values in every place
+    a usage or an attribute can sit."""
+    import random
+    rng = random.Random(seed)
+    usage_keys = sorted(set(catop._USAGE_KEYS) | {
+        path[0] for path in catop._CACHE_READ_PATHS + catop._CACHE_WRITE_PATHS
+        + catop._REASONING_PATHS} | {"cache_creation", "prompt_cache_miss_tokens",
+                                     "thoughtsTokenCount", "cost", "total_tokens"})
+    inner_keys = ["cached_tokens", "cache_write_tokens", "reasoning_tokens", "read", "write",
+                  "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "total",
+                  "response_cost"]
+    attribute_keys = sorted(set(catop._MODEL_KEYS + catop._PROVIDER_KEYS + catop._PROJECT_KEYS
+                                + catop._SESSION_KEYS + catop._TIME_KEYS + catop._COST_KEYS
+                                + ("agent",)))
+
+    def value(depth=0):
+        roll = rng.random()
+        if roll < 0.35:
+            return rng.choice([0, 1, 7, 12345, 10 ** 9, 10 ** 9 + 1, -3])
+        if roll < 0.45:
+            return rng.choice(["12", " 40 ", "1e3", "x", "", "3.5", "nan", "-1"])
+        if roll < 0.55:
+            return rng.choice([1.0, 2.5, float("nan"), float("inf"), 7.0])
+        if roll < 0.6:
+            return rng.choice([True, False, None])
+        if roll < 0.7:
+            return rng.choice(["gpt-4o", "claude-sonnet-4-5", "s1", "2026-03-10T00:01:08.509Z",
+                               1773102626.9])
+        if roll < 0.8 and depth < 2:
+            return {rng.choice(inner_keys + attribute_keys): value(depth + 1)
+                    for _ in range(rng.randint(0, 3))}
+        return [1, 2] if roll < 0.85 else rng.randint(0, 500000)
+
+    def usage():
+        return {key: value() for key in rng.sample(usage_keys, rng.randint(0, 6))}
+
+    records = []
+    for _ in range(count):
+        record = {key: value() for key in rng.sample(attribute_keys, rng.randint(0, 6))}
+        for place in rng.sample(["metadata", "response", "message", "standard_logging_object",
+                                 "attributes"], rng.randint(0, 3)):
+            inner = {key: value() for key in rng.sample(attribute_keys, rng.randint(0, 5))}
+            if rng.random() < 0.3:
+                inner["usage"] = usage()
+            if place == "standard_logging_object" and rng.random() < 0.5:
+                inner["metadata"] = {key: value() for key in rng.sample(attribute_keys, 3)}
+                if rng.random() < 0.5:
+                    inner["metadata"]["usage_object"] = usage()
+            record[place] = inner if rng.random() > 0.1 else value()
+        if rng.random() < 0.7:
+            record["usage"] = usage()
+        elif rng.random() < 0.5:
+            record.update(usage())
+        records.append(record)
+    return records
 
 
 # ------------------------------------------------------------------ pricing
@@ -923,6 +1063,23 @@ class CliTests(IsolatedEnv):
         # litellm 0.017325 + 0.0003564 ; hostile: gpt-4o 120 x 2.5e-6 + 7 x 1e-5
         self.assertAlmostEqual(t["cost_usd"], 0.017325 + 0.0003564 + 0.00037, places=9)
         self.assertAlmostEqual(t["observed_cost_usd"], 0.0162, places=9)
+
+    def test_breaks_are_written_exactly_as_json_dumps_would(self):
+        from datetime import datetime, timezone
+        for ts in (0.0, 1773129600.0, 1773129600.9999994, 1773129600.9999995, 1773129600.9999996,
+                   1773129601.5, 4102444800.25):
+            with self.subTest(ts=ts):
+                self.assertEqual(catop.iso_utc(ts), datetime.fromtimestamp(ts, timezone.utc)
+                                 .strftime("%Y-%m-%dT%H:%M:%SZ"))
+        texts = ["sess-1", "\u00e9\u2028\"\\\x1b[31m", "", "\u65e5\u672c", "\ud800x"]
+        numbers = [0, 12345, 10 ** 12, 1.5, 2.0 ** 70, float("nan"), float("inf"), -0.0, 1e-12]
+        for index in range(len(texts) * len(numbers)):
+            text, number = texts[index % len(texts)], numbers[index % len(numbers)]
+            item = catop.CacheBreak(text, None if index % 7 == 0 else 1773129600.5 + index,
+                                    texts[-1 - index % len(texts)], "idle", number, index,
+                                    number, None if index % 3 == 0 else number, number)
+            with self.subTest(item=repr(catop.break_json(item))):
+                self.assertEqual(catop.break_json(item), json.dumps(item.as_dict()))
 
     def test_csv_rows_and_totals_row(self):
         code, out, _ = self.run_main("--file", example("openai-chat.jsonl"), "--format", "csv",
