@@ -1778,7 +1778,7 @@ def break_cause(before, after, compaction_times):
     if after.model != before.model:
         return "model_switch"
     if before.ts is not None and after.ts is not None:
-        if any(before.ts < ts <= after.ts for ts in compaction_times):
+        if compaction_times and any(before.ts < ts <= after.ts for ts in compaction_times):
             return "compaction"
         if after.ts - before.ts > ttl_in_force(before):
             return "ttl_expired"
@@ -2001,7 +2001,10 @@ class CacheEffects(object):
         rates = _write_rates(after, self.prices)
         if rates is None:
             return
-        group = self.pair_deltas.setdefault(self.key_of(after), _empty_what_if())
+        key = self.key_of(after)
+        group = self.pair_deltas.get(key)
+        if group is None:
+            group = self.pair_deltas[key] = _empty_what_if()
         for policy, ttl in TTL_POLICIES:
             delta, avoided, added = pair_what_if(before, after, found, rates, policy, ttl)
             group[policy][0] += delta
@@ -5064,14 +5067,19 @@ def _json_scalar(value):
 def break_json(item):
     """json.dumps(item.as_dict()), without building the dict: a large log holds
     tens of thousands of breaks, and this is most of the time spent writing them."""
-    ts, gap, cost = iso_utc(item.ts), item.gap_s, round(item.cost, 9)
+    ts, gap, scalar, text = iso_utc(item.ts), item.gap_s, _json_scalar, _JSON_STRING
+    session, model, expected, read, rewritten = (
+        item.session, item.model, item.expected, item.read, item.rewritten)
     return RawJSON(
         '{"session": %s, "ts": %s, "model": %s, "cause": %s, "expected_read_tokens": %s, '
         '"read_tokens": %s, "rewritten_tokens": %s, "gap_s": %s, "cost_usd": %s}' % (
-            _json_scalar(item.session), "null" if ts is None else '"%s"' % ts,
-            _json_scalar(item.model), _json_scalar(item.cause), _json_scalar(item.expected),
-            _json_scalar(item.read), _json_scalar(item.rewritten),
-            "null" if gap is None else _json_scalar(round(gap, 3)), _json_scalar(cost)))
+            text(session) if type(session) is str else scalar(session),
+            "null" if ts is None else '"%s"' % ts,
+            text(model) if type(model) is str else scalar(model), scalar(item.cause),
+            repr(expected) if type(expected) is int else scalar(expected),
+            repr(read) if type(read) is int else scalar(read),
+            repr(rewritten) if type(rewritten) is int else scalar(rewritten),
+            "null" if gap is None else scalar(round(gap, 3)), scalar(round(item.cost, 9))))
 
 
 def report_dict(report):
