@@ -2632,6 +2632,14 @@ def _scan_range_worker(job):
     return aggregate, stats
 
 
+def learn_shapes(path, wanted, head_bytes=1 << 16):
+    """Compiles the record shapes of the file's first lines before the workers are
+    forked: each inherits them instead of compiling its own."""
+    with open(path, "rb") as handle:
+        lines = handle.read(head_bytes).split(b"\n")[:-1]
+    scan_request_lines(lines, SourceStats(""), lambda req: None, wanted)
+
+
 def worker_count():
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -2656,6 +2664,7 @@ def scan_request_file(path, aggregate, stats):
     if size >= PARALLEL_MIN_BYTES and workers > 1:
         points = split_points(path, size, workers)
         jobs = [(path, points[i], points[i + 1]) for i in range(len(points) - 1)]
+        learn_shapes(path, aggregate.wanted_attributes())
         _WORKER_CONTEXT.update(prices=aggregate.prices, aggregate=aggregate)
         pool = fork_pool(len(jobs) - 1) if len(jobs) > 1 else None
         if pool is not None:
