@@ -32,6 +32,7 @@ import signal
 import sys
 import tempfile
 import time
+import unicodedata
 from datetime import datetime, timedelta, timezone
 
 # ---------------------------------------------------------------- constants
@@ -4393,13 +4394,47 @@ def fmt_age(seconds):
     return "fresh"
 
 
+def char_width(char):
+    """Terminal columns of one character: East Asian wide and fullwidth take two,
+    combining marks and format characters none."""
+    if unicodedata.east_asian_width(char) in ("W", "F"):
+        return 2
+    return 0 if unicodedata.category(char) in ("Mn", "Me", "Cf") else 1
+
+
+def display_width(text):
+    """Terminal columns a text takes (a model or project name may be Chinese)."""
+    if text.isascii():
+        return len(text)
+    return sum(char_width(char) for char in text)
+
+
 def fit(text, width, ellipsis="~"):
-    """Text cut to width columns (no wrapping, ever)."""
+    """Text cut to width terminal columns (no wrapping, ever)."""
     if width <= 0:
         return ""
-    if len(text) <= width:
+    if width <= len(ellipsis):
+        ellipsis = ""  # no room for a mark: the text alone, cut
+    if text.isascii():
+        if len(text) <= width:
+            return text
+        return text[:width - len(ellipsis)] + ellipsis
+    if display_width(text) <= width:
         return text
-    return text[:width - 1] + ellipsis if width > 1 else text[:width]
+    room, kept, used = width - len(ellipsis), [], 0
+    for char in text:
+        used += char_width(char)
+        if used > room:
+            break
+        kept.append(char)
+    return "".join(kept) + ellipsis
+
+
+def pad(text, width, right=False):
+    """Text padded with spaces to width terminal columns: str.ljust (or rjust, with
+    right) counting columns, not characters."""
+    room = " " * max(0, width - display_width(text))
+    return room + text if right else text + room
 
 
 def short_project(path):
@@ -4437,7 +4472,8 @@ def table_columns(cells, headers, rows, width, optional=()):
     columns (by index, first given up first), then label width down to 16, then
     numeric columns by priority, then labels down to 6.
     Returns (label widths, of which 0 means dropped; numeric columns; compact?)."""
-    label_widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    label_widths = [max([len(h)] + [display_width(row[i]) for row in cells])
+                    for i, h in enumerate(headers)]
     columns = _table_columns_for(rows)
 
     def overflow(compact):
@@ -4532,7 +4568,7 @@ def group_table(rows, labels, width, totals=None, ellipsis="~"):
     table = [(None, [(headers[i].ljust(label_widths[i]), "") for i in shown] +
               [(h.rjust(w), h) for (h, _, _, _, _), w in zip(columns, widths)])]
     for row, (_, tally) in zip(cells, tallies):
-        table.append((tally, [(fit(row[i], label_widths[i], ellipsis).ljust(label_widths[i]),
+        table.append((tally, [(pad(fit(row[i], label_widths[i], ellipsis), label_widths[i]),
                                "") for i in shown] +
                       [((short if compact else full)(getter(tally)).rjust(w), h)
                        for (h, getter, short, full, _), w in zip(columns, widths)]))
@@ -4641,7 +4677,8 @@ def render_timeline(report, width=80, ellipsis="~"):
     for compact in (False, True):
         rows = [_timeline_cells(req, cost, len(days) > 1, compact)
                 for req, cost, _ in entries]
-        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+        widths = [max([len(h)] + [display_width(r[i]) for r in rows])
+                  for i, h in enumerate(header)]
         overflow = sum(widths) + 2 * (len(widths) - 1) - width
         if overflow <= 0:
             break
@@ -4651,7 +4688,7 @@ def render_timeline(report, width=80, ellipsis="~"):
                  width, ellipsis)]
     for cells, (req, _, cause) in zip([header] + rows, [(None, None, "")] + entries):
         text = "  ".join(
-            fit(cell, w, ellipsis).ljust(w) if i < 2 else cell.rjust(w)
+            pad(fit(cell, w, ellipsis), w) if i < 2 else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(cells, widths)))
         if cause:
             text += "  break: " + cause
@@ -4687,10 +4724,9 @@ def fit_segments(segments, width, ellipsis="~"):
         if used >= width:
             break
         room = width - used
-        if len(text) > room:
-            text = fit(text, room, ellipsis)
+        text = fit(text, room, ellipsis)
         out.append((text, style))
-        used += len(text)
+        used += display_width(text)
     return out
 
 
@@ -4802,7 +4838,7 @@ def _timeline_lines(frame, view, width, rows_room, ellipsis):
     header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST", "BREAK"]
     cells = [_timeline_cells(req, cost, len(days) > 1, True) +
              [marks.get((req.session, req.ts), "")] for req, cost in frame.rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [display_width(c[i]) for c in cells]) for i, h in enumerate(header)]
     overflow = sum(widths) + 2 * (len(widths) - 1) - width
     if overflow > 0:
         widths[1] = max(8, widths[1] - overflow)
@@ -4810,7 +4846,7 @@ def _timeline_lines(frame, view, width, rows_room, ellipsis):
                      enumerate(zip(header, widths))])]
     for (req, _), row in zip(frame.rows, cells):
         hit = req.cache_read / req.input if req.input else None
-        table.append((_RowHit(hit), [(fit(c, w, ellipsis).ljust(w) if i in (0, 1, 8) else
+        table.append((_RowHit(hit), [(pad(fit(c, w, ellipsis), w) if i in (0, 1, 8) else
                                       c.rjust(w), header[i]) for i, (c, w) in
                                      enumerate(zip(row, widths))]))
     return _scrolled(table, view, rows_room, width, ellipsis)
@@ -4847,7 +4883,7 @@ def _breaks_lines(frame, view, width, rows_room, ellipsis):
     cells = [[fmt_stamp(b.ts), clean(b.session), clean(b.model), b.cause,
               fmt_tokens(b.expected, True), fmt_tokens(b.read, True), fmt_gap(b.gap_s),
               fmt_usd(b.cost)] for b in latest]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [display_width(c[i]) for c in cells]) for i, h in enumerate(header)]
     for index in (1, 2):  # session and model give way first
         overflow = sum(widths) + 2 * (len(widths) - 1) - width
         if overflow > 0:
@@ -4856,7 +4892,7 @@ def _breaks_lines(frame, view, width, rows_room, ellipsis):
                      enumerate(zip(header, widths))])]
     for item, row in zip(latest, cells):
         table.append((_RowHit(0.0 if item.cost > 0 else None),
-                      [(fit(c, w, ellipsis).ljust(w) if i < 4 else c.rjust(w), header[i])
+                      [(pad(fit(c, w, ellipsis), w) if i < 4 else c.rjust(w), header[i])
                        for i, (c, w) in enumerate(zip(row, widths))]))
     return _scrolled(table, view, rows_room, width, ellipsis)
 
@@ -5367,12 +5403,12 @@ def draw_lines(window, lines, styles):
             room = limit - column
             if room <= 0:
                 break
-            text = clean(text)[:room]
+            text = fit(clean(text), room, "")
             try:
                 window.addstr(row, column, text, styles.get(style, 0))
             except curses.error:
                 pass
-            column += len(text)
+            column += display_width(text)
     window.noutrefresh()
     curses.doupdate()
 

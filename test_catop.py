@@ -987,6 +987,30 @@ TOTAL                    6   230k  8,000  53.6k  6,850  78.8%  $0.3015   $0.5099
                                          report.aggregate.totals)
         self.assertEqual("\n".join(lines) + "\n", self.GOLDEN_80)
 
+    def test_wide_characters_keep_the_columns_aligned(self):
+        self.assertEqual(catop.display_width("\u6a21\u578b\U0001f680e\u0301"), 7)
+        self.assertEqual(catop.fit("\u7528\u6237\u9879\u76ee", 5), "\u7528\u6237~")
+        self.assertEqual(catop.fit("\u7528\u6237\u9879\u76ee", 4), "\u7528~")
+        self.assertEqual(catop.pad("\u7528~", 4), "\u7528~ ")
+        self.assertEqual(catop.fit("abcdef", 4, ""), "abcd")
+        agg = catop.Aggregate(PRICES, ("project", "model"))
+        for project, model in (("/home/\u7528\u6237/\u6570\u636e\u9879\u76ee", "gpt-4o"),
+                               ("/home/me/plain", "gpt-4o"),
+                               ("/srv/\uff46\uff55\uff4c\uff4c/\u30d7\u30ed\u30b8\u30a7"
+                                "\u30af\u30c8\u540d\u524d\u304c\u9577\u3044\u9577\u3044",
+                                "\u6a21\u578b\U0001f680e\u0301")):
+            agg.add(catop.Request(ts=1773129600.0, project=project, model=model,
+                                  provider="openai", miss=1000, cache_read=800, output=10))
+        rows = catop.sorted_groups(agg.groups, "cost", True)
+        for width in (40, 60, 80, 200):
+            lines = catop.render_group_table(rows, catop.group_labels(("project", "model")),
+                                             width, agg.totals)
+            with self.subTest(width=width):
+                # the last column is right-aligned: every row ends at the same column
+                self.assertEqual({catop.display_width(line) for line in lines},
+                                 {catop.display_width(lines[0])})
+                self.assertLessEqual(catop.display_width(lines[0]), width)
+
     def test_full_numbers_when_wide(self):
         report = self.report()
         lines = catop.render_group_table(report.rows, catop.group_labels(("model",)), 200,
