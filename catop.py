@@ -765,13 +765,14 @@ def interpret_record(record, usage, attributes, wanted):
 _COMPILED_SHAPES = {}     # (wanted, record keys, usage keys) -> function
 _SHAPE_SIGHTINGS = {}
 COMPILE_AFTER_SIGHTINGS = 8
+COMPILED_SHAPES_LIMIT = 256  # a compile takes up to 2 ms: a log of a thousand shapes is odd
 
 
 def _compile_when_frequent(shape):
     """The compiled function of a shape seen often enough; None before that, or when
     the log has more shapes than are worth compiling."""
     seen = _SHAPE_SIGHTINGS.get(shape, 0) + 1
-    if seen < COMPILE_AFTER_SIGHTINGS or len(_COMPILED_SHAPES) >= _PLAN_CACHE_LIMIT:
+    if seen < COMPILE_AFTER_SIGHTINGS or len(_COMPILED_SHAPES) >= COMPILED_SHAPES_LIMIT:
         if len(_SHAPE_SIGHTINGS) < _PLAN_CACHE_LIMIT:
             _SHAPE_SIGHTINGS[shape] = seen
         return None

@@ -301,6 +301,19 @@ class UsageShapeTests(unittest.TestCase):
         self.assertIn(shape, catop._COMPILED_SHAPES)
         self.assertEqual(usage_tuple(first), (200, 800, 0, 0, 10, 0))
 
+    def test_a_log_of_many_shapes_compiles_only_a_few_and_reads_them_all(self):
+        lines = [json.dumps({"model": "gpt-4o", "key-%d" % shape: 1,
+                             "usage": {"prompt_tokens": 100 + shape, "completion_tokens": 5}}
+                            ).encode() for shape in range(6) for _ in range(10)]
+        with mock.patch.object(catop, "_COMPILED_SHAPES", {}), \
+                mock.patch.object(catop, "_SHAPE_SIGHTINGS", {}), \
+                mock.patch.object(catop, "COMPILED_SHAPES_LIMIT", 2):
+            requests = []
+            catop.scan_request_lines(lines, catop.SourceStats("x"), requests.append)
+            self.assertEqual(len(catop._COMPILED_SHAPES), 2)
+        self.assertEqual(len(requests), 60)
+        self.assertEqual(sum(req.miss for req in requests), 10 * sum(range(100, 106)))
+
     def test_clean_removes_control_and_bidi_characters(self):
         self.assertEqual(catop.clean("a\x1b]0;x\x07b\x1b[2Jc\u202ed\x9be\r\n"), "a]0;xb[2Jcde")
         self.assertEqual(catop.clean(None), "")
