@@ -783,7 +783,10 @@ def _compile_when_frequent(shape):
 
 def compile_shape(wanted, record_keys, usage_keys):
     """A function (record, usage, attributes) -> Request or None for records with
-    these keys and usage keys, equal to interpret_record."""
+    these keys and usage keys, equal to interpret_record.
+
+    The log's keys only decide which of catop's own key names go into the source:
+    no text from the log is ever part of the code compiled."""
     plan = UsagePlan(usage_keys) if _USAGE_KEYS.intersection(usage_keys) else None
     if plan is None:
         body = ["return None"]
