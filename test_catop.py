@@ -301,6 +301,17 @@ class UsageShapeTests(unittest.TestCase):
         self.assertIn(shape, catop._COMPILED_SHAPES)
         self.assertEqual(usage_tuple(first), (200, 800, 0, 0, 10, 0))
 
+    def test_no_text_of_the_log_reaches_compiled_code(self):
+        hostile = "x'); __import__('os').system('false') #"
+        record = {hostile: 1, "model": "gpt-4o", "usage": {hostile: 2, "prompt_tokens": 10}}
+        plan = catop.UsagePlan(tuple(record["usage"]))
+        source = "\n".join(catop._usage_source(plan) + catop._attribution_source(
+            catop.attribution_plan(tuple(record), catop.ALL_ATTRIBUTES)))
+        self.assertNotIn("__import__", source)
+        self.assertNotIn("system", source)
+        compiled = catop.compile_shape(catop.ALL_ATTRIBUTES, tuple(record), tuple(record["usage"]))
+        self.assertEqual(compiled(record, record["usage"], None).miss, 10)
+
     def test_a_log_of_many_shapes_compiles_only_a_few_and_reads_them_all(self):
         lines = [json.dumps({"model": "gpt-4o", "key-%d" % shape: 1,
                              "usage": {"prompt_tokens": 100 + shape, "completion_tokens": 5}}
