@@ -1248,6 +1248,19 @@ class CliTests(IsolatedEnv):
         self.assertNotIn(b"Traceback", result.stderr)
         self.assertIn(b"stdin: 3 records (skipped 9 malformed, 1 no usage)", result.stdout)
 
+    def test_run_as_a_module_reads_as_the_script_does(self):
+        outputs = []
+        for launcher in ([os.path.join(HERE, "catop.py")], ["-m", "catop"]):
+            result = subprocess.run(
+                [sys.executable] + launcher + ["--file", example("litellm.jsonl"), "--offline",
+                                               "--no-history", "--format", "csv"],
+                cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"), timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            outputs.append(result.stdout)
+        self.assertEqual(outputs[0], outputs[1])
+        self.assertIn(b"anthropic/claude-sonnet-4-5,1,12000,500,9000,2500,", outputs[1])
+
     def test_closed_pipe_is_quiet(self):
         script = ("import subprocess, sys; p = subprocess.Popen([sys.executable, %r, '--demo', "
                   "'--offline', '--group-by', 'session', '--width', '200'], "
