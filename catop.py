@@ -2606,12 +2606,12 @@ class StreamReader(object):
         raise OSError("a stream cannot seek")
 
 
-def split_points(path, size, parts):
-    """Offsets that cut a file into `parts` ranges, each starting at a line start."""
-    points = [0]
+def split_points(path, size, parts, start=0):
+    """Offsets that cut a file from start into `parts` ranges, each at a line start."""
+    points = [start]
     with open(path, "rb") as handle:
         for i in range(1, parts):
-            handle.seek(size * i // parts)
+            handle.seek(start + (size - start) * i // parts)
             handle.readline()
             position = handle.tell()
             if points[-1] < position < size:
@@ -2637,10 +2637,11 @@ def _scan_range_worker(job):
     return aggregate, stats
 
 
-def learn_shapes(path, wanted, head_bytes=1 << 16):
-    """Compiles the record shapes of the file's first lines before the workers are
-    forked: each inherits them instead of compiling its own."""
+def learn_shapes(path, wanted, start=0, head_bytes=1 << 16):
+    """Compiles the record shapes of the file's first lines (from start) before the
+    workers are forked: each inherits them instead of compiling its own."""
     with open(path, "rb") as handle:
+        handle.seek(start)
         lines = handle.read(head_bytes).split(b"\n")[:-1]
     scan_request_lines(lines, SourceStats(""), lambda req: None, wanted)
 
@@ -4093,41 +4094,95 @@ class LiveStoredSource(object):
         return ()
 
 
+HISTORY_SAVE_ROWS = 20000   # rows stored a transaction: memory stays flat on a big log
+
+
 def ingest_stream(history, stream, stats):
     """Standard input into the history (only with --history): a key a line's content."""
     rows = []
+    key = [None]
+    keep = lambda req: rows.append(history_row("stdin", key[0], req))  # noqa: E731
     splitter = LineSplitter()
     for block in iter_blocks(stream):
         for line in splitter.feed(block):
-            key = "s:%032x" % _stable_hash(line)
-            scan_request_lines([line], stats,
-                               lambda req: rows.append(history_row("stdin", key, req)))
+            key[0] = "s:%032x" % _stable_hash(line)
+            scan_request_lines((line,), stats, keep)
+            if len(rows) >= HISTORY_SAVE_ROWS:
+                history.save(rows)
+                del rows[:]
     history.save(rows)
 
 
 def ingest_request_file(history, path, stats):
     """Reads what is new in a request log into the history: a key a line (the file, its
-    identity and the line's offset), so the same log read twice counts once."""
+    identity and the line's offset), so the same log read twice counts once.  A big
+    file is read by byte ranges across the cores, each process storing its own."""
     state = history.file_state(path)
     info = os.stat(path)
     if (info.st_dev, info.st_ino) != (state.device, state.inode) or info.st_size < state.offset:
         state.restarts += 1 if state.device is not None else 0
         state.device, state.inode, state.offset = info.st_dev, info.st_ino, 0
     state.size, state.mtime = info.st_size, info.st_mtime
-    rows = []
-    real = os.path.realpath(path)
-    position = state.offset
+    job = ("f:%s:%d:%d:" % (os.path.realpath(path), state.inode, state.restarts),
+           "file:" + path, path)
+    workers = worker_count()
+    if info.st_size - state.offset >= PARALLEL_MIN_BYTES and workers > 1:
+        points = split_points(path, info.st_size, workers, start=state.offset)
+        ranges = list(zip(points, points[1:]))
+        learn_shapes(path, ALL_ATTRIBUTES, state.offset)
+        _WORKER_CONTEXT.update(history_path=history.path)
+        pool = fork_pool(len(ranges) - 1) if len(ranges) > 1 else None
+        if pool is not None:
+            try:
+                later = pool.map_async(_ingest_range_worker, [job + r for r in ranges[1:]])
+                ingest_range(history, job, ranges[0], stats)
+                for part_stats, reached in later.get():
+                    stats.merge(part_stats)
+            finally:
+                pool.terminate()
+                _WORKER_CONTEXT.clear()
+            state.offset = reached  # the last range's end: its last complete line
+            history.save([], [state])
+            return
+    ingest_range(history, job, (state.offset, None), stats, state)
+
+
+def _ingest_range_worker(job):
+    history = History(_WORKER_CONTEXT["history_path"])
+    try:
+        stats = SourceStats("")
+        reached = ingest_range(history, job[:3], job[3:], stats)
+        return stats, reached
+    finally:
+        history.close()
+
+
+def ingest_range(history, job, byte_range, stats, state=None):
+    """Stores the requests of a request log's lines from start up to end (None: to
+    its last complete line), a slice a transaction so memory stays flat; with state,
+    each slice also stores how far the file is read, so an interrupted run resumes
+    from the last slice stored.  Returns the offset reached."""
+    (prefix, label, path), (start, end) = job, byte_range
+    rows, key = [], [None]
+    keep = lambda req: rows.append(history_row(label, key[0], req))  # noqa: E731
+    position = start
     with open(path, "rb") as handle:
         handle.seek(position)
         for line in handle:
-            if not line.endswith(b"\n"):
-                break  # a line still being written: the next run reads it whole
-            key = "f:%s:%d:%d:%d" % (real, state.inode, state.restarts, position)
+            if (end is not None and position >= end) or not line.endswith(b"\n"):
+                break  # past the range, or a line still being written: read it next time
+            key[0] = prefix + str(position)
             position += len(line)
-            scan_request_lines([line.rstrip(b"\n")], stats,
-                               lambda req: rows.append(history_row("file:" + path, key, req)))
-    state.offset = position
-    history.save(rows, [state])
+            scan_request_lines((line.rstrip(b"\n"),), stats, keep)
+            if len(rows) >= HISTORY_SAVE_ROWS:
+                if state is not None:
+                    state.offset = position
+                history.save(rows, [state] if state is not None else ())
+                del rows[:]
+    if state is not None:
+        state.offset = position
+    history.save(rows, [state] if state is not None else ())
+    return position
 
 
 # prices: the only code that touches the network

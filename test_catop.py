@@ -2523,6 +2523,40 @@ class HistoryTests(IsolatedEnv):
             handle.write(self.line(5))
         self.assertEqual(self.report("--file", path)["totals"]["input_tokens"], 1362)
 
+    def test_a_big_request_log_is_stored_in_parallel_exactly_as_serially(self):
+        path = os.path.join(self.tmp, "big.jsonl")
+        lines = [self.line(100 + n, NOW + n) for n in range(300)] + ["{broken\n"]
+        with open(path, "w") as handle:
+            handle.write("".join(lines) + '{"model": "gpt-4o", "usage": {"prompt_t')
+        stored = []
+        for threshold, name in ((10 ** 12, "serial.sqlite3"), (1, "parallel.sqlite3")):
+            store = os.path.join(self.tmp, name)
+            history = catop.History(store)
+            stats = catop.SourceStats("file")
+            with mock.patch.object(catop, "PARALLEL_MIN_BYTES", threshold), \
+                    mock.patch.object(catop, "worker_count", return_value=3), \
+                    mock.patch.object(catop, "HISTORY_SAVE_ROWS", 40):
+                catop.ingest_request_file(history, path, stats)
+            rows = sorted(history.db.execute("SELECT * FROM requests"))
+            offset = history.file_state(path).offset
+            stored.append((rows, offset, stats.records, dict(stats.skipped)))
+            history.close()
+        self.assertEqual(stored[0], stored[1])
+        rows, offset, records, skipped = stored[1]
+        self.assertEqual((len(rows), records, skipped["malformed"]), (300, 300, 1))
+        self.assertEqual(offset, len("".join(lines)))  # the partial last line waits
+        self.assertEqual(sum(row[8] for row in rows), sum(range(100, 400)))
+        with open(path, "a") as handle:                   # completed, then more appended
+            handle.write('okens": 7}}\n' + self.line(1000))
+        history = catop.History(os.path.join(self.tmp, "parallel.sqlite3"))
+        stats = catop.SourceStats("file")
+        with mock.patch.object(catop, "PARALLEL_MIN_BYTES", 1), \
+                mock.patch.object(catop, "worker_count", return_value=2):
+            catop.ingest_request_file(history, path, stats)
+        total = history.db.execute("SELECT count(*), sum(miss) FROM requests").fetchone()
+        history.close()
+        self.assertEqual((stats.records, total), (2, (302, sum(range(100, 400)) + 1007)))
+
     def test_agents_match_a_fresh_read_and_warm_runs_read_nothing(self):
         self.point_agents_at_examples()
         for name in catop.AGENTS:
