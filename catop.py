@@ -902,7 +902,7 @@ def _attribution_source(plan):
     names = ("model", "provider", "project", "session", "agent", "when", "cost")
     for name, pairs in zip(names, plan):
         lines += ["%s = None" % name] if pairs else []
-        for place, keys in _runs_by_place(pairs):
+        for index, (place, keys) in enumerate(_runs_by_place(pairs)):
             holder = "record" if place == _RECORD else "p%d" % place
             run = []
             for key in keys:
@@ -912,11 +912,11 @@ def _attribution_source(plan):
                         "    %s = v" % name]
                 run += (["if %s is None:" % name] + ["    " + line for line in step]
                         if run else step)
-            guard = "%s is None" % name if len(lines) and lines[-1] != "%s = None" % name \
-                else ""
+            guard = ["%s is None" % name] if index else []  # found in an earlier place?
             if place != _RECORD:  # most nested places are empty: one test skips them
-                guard = "%s and %s" % (guard, holder) if guard else holder
-            lines += (["if %s:" % guard] + ["    " + line for line in run]) if guard else run
+                guard.append(holder)
+            lines += (["if %s:" % " and ".join(guard)] + ["    " + line for line in run]
+                      if guard else run)
     searched = dict(zip(names, plan))
 
     def text_of(name):  # _text, its common case (a name seen before) inline
