@@ -380,6 +380,20 @@ def best_of(runs, argv, env=None):
     return seconds, pss, rss, out
 
 
+def best_of_alternating(runs, first, second, env=None):
+    """best_of for two commands whose times are compared, run by turns: on a shared
+    machine the speed drifts, and timing one after the other would read the drift."""
+    times = ([], [])
+    for _ in range(runs):
+        times[0].append(run_timed(first)[0])
+        times[1].append(run_timed(second, env)[0])
+    results = []
+    for argv, seconds, command_env in ((first, times[0], None), (second, times[1], env)):
+        _, pss, rss, out = run_measured(argv, command_env)
+        results.append((min(seconds), pss, rss, out))
+    return results
+
+
 def bench_requests(folder, target_mb, runs):
     path = os.path.join(folder, "requests.jsonl")
     if not os.path.exists(path):
@@ -387,9 +401,10 @@ def bench_requests(folder, target_mb, runs):
         make_request_log(path, target_mb)
     size_mb = os.path.getsize(path) / MB
     env = dict(os.environ, XDG_CACHE_HOME=os.path.join(folder, "cache"))
-    bare = best_of(runs, [sys.executable, "-c", BARE_LOOP, path])
-    mine = best_of(runs, [sys.executable, CATOP, "--file", path, "--once", "--format", "json",
-                          "--offline", "--no-history"], env)
+    bare, mine = best_of_alternating(
+        runs, [sys.executable, "-c", BARE_LOOP, path],
+        [sys.executable, CATOP, "--file", path, "--once", "--format", "json", "--offline",
+         "--no-history"], env)
     doc = json.loads(mine[3])
     print("\nrequest log: %.0f MB, %s requests" % (size_mb, "{:,}".format(doc["totals"]["requests"])))
     print("  %-34s %7.2f s  %6.0f MB/s  peak %5.1f MB (largest process %5.1f MB)" % (
