@@ -1493,6 +1493,8 @@ class Aggregate(object):
             mine[1].update(projects)
         self.timeline.extend(other.timeline)
         self.outside_window += other.outside_window
+        if self.budgets is not None and other.budgets is not None:
+            self.budgets.merge(other.budgets)
         if self.trend is not None and other.trend is not None:
             self.trend.merge(other.trend)
         self.effects.merge(other.effects, self.in_window)
@@ -1549,6 +1551,17 @@ class BudgetTracker(object):
         for period, start in self.starts.items():
             if ts >= start:
                 self.spent[period] += cost
+
+    def empty_copy(self):
+        """The same budgets and periods with nothing spent (for a worker's part)."""
+        copy = BudgetTracker.__new__(BudgetTracker)
+        copy.limits, copy.starts = dict(self.limits), dict(self.starts)
+        copy.spent = dict.fromkeys(self.limits, 0.0)
+        return copy
+
+    def merge(self, other):
+        for period, spent in other.spent.items():
+            self.spent[period] += spent
 
     def status(self):
         """[(period, limit, spent, share, state)], state ok / warning / over."""
@@ -2630,6 +2643,8 @@ def _scan_range_worker(job):
                           template.until, template.session)
     if template.trend is not None:
         aggregate.trend = DailyTrend(time.time())
+    if template.budgets is not None:  # spend in the worker's range counts too
+        aggregate.budgets = template.budgets.empty_copy()
     stats = SourceStats("")
     with open(path, "rb") as handle:
         scan_request_stream(handle, stats, aggregate.add, start, end,

@@ -755,6 +755,27 @@ class LineReadingTests(unittest.TestCase):
         self.assertTrue(results[0][4])  # the repeated sessions do break across the cut
         self.assertEqual(results[0][2], 40 * 18)
 
+    def test_budgets_count_the_spend_read_by_workers(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "today.jsonl")
+        with open(path, "w") as handle:
+            for n in range(200):  # gpt-4o: 1,000 input tokens at $2.50 and 10 output at $10 a million
+                handle.write(json.dumps({"timestamp": NOW - 60 - n, "model": "gpt-4o",
+                                         "usage": {"prompt_tokens": 1000,
+                                                   "completion_tokens": 10}}) + "\n")
+        spent = []
+        for threshold in (10 ** 12, 1):
+            with mock.patch.object(catop, "PARALLEL_MIN_BYTES", threshold), \
+                    mock.patch.object(catop, "worker_count", return_value=2):
+                agg = catop.Aggregate(PRICES)
+                agg.budgets = catop.BudgetTracker({"daily": 1.0, "monthly": 10.0}, NOW)
+                catop.scan_request_file(path, agg, catop.SourceStats("x"))
+                spent.append({period: round(value, 9) for period, value
+                              in agg.budgets.spent.items()})
+        self.assertEqual(spent[0], {"daily": 0.52, "monthly": 0.52})  # 200 x $0.0026
+        self.assertEqual(spent[1], spent[0])
+
     def test_break_survives_the_trip_from_a_worker(self):
         found = catop.CacheBreak("s1", 1700000000.5, "gpt-4o", "ttl_expired", 12000, 100,
                                  11900, 400.25, 0.0123456789)
