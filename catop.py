@@ -1419,6 +1419,16 @@ class Aggregate(object):
         """Closes the stream: the last writes of each session that expired unread."""
         self.effects.finish(now)
 
+    def empty_part(self):
+        """A fresh Aggregate viewing requests as this one does, for a part of the same
+        stream read apart (a worker's byte range), to be merged back in order."""
+        part = Aggregate(self.prices, self.group_by, self.since, self.until, self.session)
+        if self.trend is not None:
+            part.trend = self.trend.empty_copy()
+        if self.budgets is not None:  # the spend in the part counts too
+            part.budgets = self.budgets.empty_copy()
+        return part
+
     def wanted_attributes(self):
         """The attributes of a request this view needs (the rest need not be looked up)."""
         wanted = {"model", "provider", "time", "cost", "session"}  # sessions: breaks
@@ -1628,6 +1638,13 @@ class DailyTrend(object):
         slot[1] += no_cache_cost
         slot[2] += cache_read
         slot[3] += input_tokens
+
+    def empty_copy(self):
+        """The same days with nothing in them (for a worker's part)."""
+        copy = DailyTrend.__new__(DailyTrend)
+        copy.offset_s, copy.today, copy.first, copy.days = (
+            self.offset_s, self.today, self.first, {})
+        return copy
 
     def merge(self, other):
         for day, (cost, no_cache, read, total) in other.days.items():
@@ -2083,6 +2100,19 @@ class CacheEffects(object):
             for policy in group:
                 mine[policy] = [a + b for a, b in zip(mine[policy], group[policy])]
         self.unordered += other.unordered
+
+
+def sessions_go_back(effects, parts):
+    """Whether, merging parts (CacheEffects, in stream order) after effects, some
+    session's first request in a part is older than its last request before it."""
+    last_ts = {session: held.ts for session, held in effects.last.items()}
+    for part in parts:
+        for session, first in part.first.items():
+            ts = last_ts.get(session)
+            if ts is not None and first.ts < ts:
+                return True
+        last_ts.update((session, held.ts) for session, held in part.last.items())
+    return False
 
 
 def _empty_what_if():
@@ -2638,13 +2668,13 @@ _WORKER_CONTEXT = {}
 
 def _scan_range_worker(job):
     path, start, end = job
-    template = _WORKER_CONTEXT["aggregate"]
-    aggregate = Aggregate(_WORKER_CONTEXT["prices"], template.group_by, template.since,
-                          template.until, template.session)
-    if template.trend is not None:
-        aggregate.trend = DailyTrend(time.time())
-    if template.budgets is not None:  # spend in the worker's range counts too
-        aggregate.budgets = template.budgets.empty_copy()
+    return scan_range(_WORKER_CONTEXT["aggregate"], path, start, end)
+
+
+def scan_range(template, path, start, end):
+    """(Aggregate, SourceStats) of one byte range of a request log, read into a fresh
+    aggregate viewing it as template does."""
+    aggregate = template.empty_part()
     stats = SourceStats("")
     with open(path, "rb") as handle:
         scan_request_stream(handle, stats, aggregate.add, start, end,
@@ -2686,22 +2716,24 @@ def scan_request_file(path, aggregate, stats):
         points = split_points(path, size, workers)
         jobs = [(path, points[i], points[i + 1]) for i in range(len(points) - 1)]
         learn_shapes(path, aggregate.wanted_attributes())
-        _WORKER_CONTEXT.update(prices=aggregate.prices, aggregate=aggregate)
+        _WORKER_CONTEXT.update(aggregate=aggregate)
         pool = fork_pool(len(jobs) - 1) if len(jobs) > 1 else None
         if pool is not None:
             # this process reads the first range itself: one process fewer in memory
             try:
                 later = pool.map_async(_scan_range_worker, jobs[1:])
-                with open(path, "rb") as handle:
-                    scan_request_stream(handle, stats, aggregate.add, jobs[0][1], jobs[0][2],
-                                        aggregate.wanted_attributes())
-                for part, part_stats in later.get():
-                    aggregate.merge(part)
-                    stats.merge(part_stats)
+                parts = [scan_range(aggregate, *jobs[0])] + later.get()
             finally:
                 pool.terminate()
                 _WORKER_CONTEXT.clear()
-            return
+            if not sessions_go_back(aggregate.effects, [part.effects for part, _ in parts]):
+                for part, part_stats in parts:
+                    aggregate.merge(part)
+                    stats.merge(part_stats)
+                return
+            # A session goes back in time across a cut: its pairs, read apart, would
+            # differ from those of one pass (which leaves the late requests unpaired).
+            # Read the file in one pass, so the answer never depends on the cores.
     with open(path, "rb") as handle:
         scan_request_stream(handle, stats, aggregate.add, wanted=aggregate.wanted_attributes())
 

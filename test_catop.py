@@ -737,9 +737,10 @@ class LineReadingTests(unittest.TestCase):
         with open(path, "wb") as handle:
             handle.write(b"".join(lines) * 40)
         results = []
-        for threshold in (10 ** 12, 1):
+        for threshold, workers in ((10 ** 12, 1), (1, 2), (1, 3), (1, 5)):
+            # the examples repeated go back in time: every cut falls inside a session
             with mock.patch.object(catop, "PARALLEL_MIN_BYTES", threshold), \
-                    mock.patch.object(catop, "worker_count", return_value=2):
+                    mock.patch.object(catop, "worker_count", return_value=workers):
                 agg = catop.Aggregate(PRICES, ("model",))
                 stats = catop.SourceStats("x")
                 catop.scan_request_file(path, agg, stats)
@@ -751,9 +752,24 @@ class LineReadingTests(unittest.TestCase):
                                 {k: {p: [round(v[0], 12)] + v[1:] for p, v in g.items()}
                                  for k, g in effects.what_if.items()},
                                 {k: [v[0], round(v[1], 12)] for k, v in effects.wasted.items()}))
-        self.assertEqual(results[0], results[1])
+        for result in results[1:]:
+            self.assertEqual(result, results[0])
         self.assertTrue(results[0][4])  # the repeated sessions do break across the cut
         self.assertEqual(results[0][2], 40 * 18)
+
+    def test_sessions_going_back_across_a_cut_are_seen(self):
+        def effects(*requests):
+            part = catop.CacheEffects(PRICES, lambda req: ())
+            for session, ts in requests:
+                part.add(catop.Request(ts=ts, session=session, provider="openai",
+                                       model="gpt-4o", miss=100))
+            return part
+        before = effects(("a", 10.0), ("b", 10.0))
+        self.assertFalse(catop.sessions_go_back(before, [effects(("a", 11.0), ("c", 1.0)),
+                                                         effects(("c", 2.0), ("b", 10.0))]))
+        self.assertTrue(catop.sessions_go_back(before, [effects(("a", 9.0))]))
+        self.assertTrue(catop.sessions_go_back(before, [effects(("c", 5.0)),
+                                                        effects(("c", 4.0))]))
 
     def test_budgets_count_the_spend_read_by_workers(self):
         folder = tempfile.mkdtemp()
