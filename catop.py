@@ -1501,13 +1501,15 @@ class Aggregate(object):
             mine = self.details.setdefault(key, (set(), set()))
             mine[0].update(models)
             mine[1].update(projects)
-        self.timeline.extend(other.timeline)
         self.outside_window += other.outside_window
         if self.budgets is not None and other.budgets is not None:
             self.budgets.merge(other.budgets)
         if self.trend is not None and other.trend is not None:
             self.trend.merge(other.trend)
-        self.effects.merge(other.effects, self.in_window)
+        causes = self.effects.merge(other.effects, self.in_window)
+        # a break found only now, at the cut, marks its request in the timeline too
+        self.timeline.extend((req, cost, causes.get(id(req), cause))
+                             for req, cost, cause in other.timeline)
 
 
 # budgets: spend in the current local day, week and month against a limit
@@ -2076,14 +2078,18 @@ class CacheEffects(object):
         self.what_if, self.policy_cost, self.wasted = what_if, policy_cost, wasted
 
     def merge(self, other, in_window):
-        """Takes in a later part of the same stream (a worker's byte range)."""
+        """Takes in a later part of the same stream (a worker's byte range); returns
+        {id(request): cause} of the breaks found where the parts meet."""
+        causes = {}
         for session, first in other.first.items():
             held = self.last.get(session)
             if held is None:
                 self.first[session] = first
             elif first.ts >= held.ts:
                 # the worker took `first` for a session's start, and accounted it already
-                self._pair(held, first, in_window(first.ts), reprice=False)
+                found = self._pair(held, first, in_window(first.ts), reprice=False)
+                if found is not None:
+                    causes[id(first)] = found.cause
             else:
                 self.unordered += 1
         self.last.update(other.last)
@@ -2100,6 +2106,7 @@ class CacheEffects(object):
             for policy in group:
                 mine[policy] = [a + b for a, b in zip(mine[policy], group[policy])]
         self.unordered += other.unordered
+        return causes
 
 
 def sessions_go_back(effects, parts):

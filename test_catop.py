@@ -757,6 +757,34 @@ class LineReadingTests(unittest.TestCase):
         self.assertTrue(results[0][4])  # the repeated sessions do break across the cut
         self.assertEqual(results[0][2], 40 * 18)
 
+    def test_a_break_at_the_cut_is_marked_in_the_session_timeline(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "cut.jsonl")
+
+        def write(break_at):
+            with open(path, "w") as handle:
+                for n in range(20):
+                    read = 0 if n == break_at else 1000 * n
+                    line = json.dumps({"timestamp": NOW + n, "model": "gpt-4o",
+                                       "session_id": "s", "usage": {
+                                           "prompt_tokens": 1000 * n + 2000,
+                                           "completion_tokens": 1,
+                                           "prompt_tokens_details": {"cached_tokens": read}}})
+                    handle.write(line.ljust(200) + "\n")  # lines alike: the cut is known
+        write(None)
+        cut = catop.split_points(path, os.path.getsize(path), 2)[1] // 201
+        write(cut)
+        timelines = []
+        for threshold in (10 ** 12, 1):
+            with mock.patch.object(catop, "PARALLEL_MIN_BYTES", threshold), \
+                    mock.patch.object(catop, "worker_count", return_value=2):
+                agg = catop.Aggregate(PRICES, session="s")
+                catop.scan_request_file(path, agg, catop.SourceStats("x"))
+                timelines.append(sorted((req.ts, cause) for req, _, cause in agg.timeline))
+        self.assertEqual(timelines[1], timelines[0])
+        self.assertEqual([ts - NOW for ts, cause in timelines[0] if cause], [cut])
+
     def test_sessions_going_back_across_a_cut_are_seen(self):
         def effects(*requests):
             part = catop.CacheEffects(PRICES, lambda req: ())
