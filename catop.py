@@ -1462,7 +1462,7 @@ class Aggregate(object):
         if not priced:
             name = req.model or "(unknown model)"
             self.unpriced_models[name] = self.unpriced_models.get(name, 0) + 1
-        key = self.key_of(req) if self.group_by else ()
+        key = self.key_of(req)
         tally = self.tallies.get(key)
         if tally is None:
             tally = self.tallies[key] = Tally()
@@ -1965,7 +1965,7 @@ class CacheEffects(object):
         held = last.get(session)
         if held is None:
             last[session] = self.first[session] = req
-            if in_window:
+            if in_window and self._applies(req.provider):
                 self._account(req, cost)
             return None
         if ts < held.ts:
@@ -1975,14 +1975,14 @@ class CacheEffects(object):
         return self._pair(held, req, in_window, cost=cost)
 
     def _account(self, req, cost):
-        """What the TTL policies re-price: a request's cost and its writes."""
-        if self._applies(req.provider):
-            if cost is None:
-                cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
-            slot = self._sums(req)
-            slot[0] += cost
-            slot[1] += req.cache_write_5m
-            slot[2] += req.cache_write_1h
+        """What the TTL policies re-price (where they apply): a request's cost and
+        its writes."""
+        if cost is None:
+            cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
+        slot = self._sums(req)
+        slot[0] += cost
+        slot[1] += req.cache_write_5m
+        slot[2] += req.cache_write_1h
 
     def _pair(self, before, after, in_window, reprice=True, cost=None):
         writes = before.cache_write_5m + before.cache_write_1h
