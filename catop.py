@@ -4188,24 +4188,26 @@ def ingest_request_file(history, path, stats):
         pool = fork_pool(len(ranges) - 1) if len(ranges) > 1 else None
         if pool is not None:
             try:
-                later = pool.map_async(_ingest_range_worker, [job + r for r in ranges[1:]])
+                later = pool.map_async(_ingest_range_worker, [(job, r) for r in ranges[1:]])
                 ingest_range(history, job, ranges[0], stats)
-                for part_stats, reached in later.get():
-                    stats.merge(part_stats)
+                results = later.get()
             finally:
                 pool.terminate()
                 _WORKER_CONTEXT.clear()
-            state.offset = reached  # the last range's end: its last complete line
+            for part_stats, _ in results:
+                stats.merge(part_stats)
+            state.offset = results[-1][1]  # the last range's end: its last complete line
             history.save([], [state])
             return
     ingest_range(history, job, (state.offset, None), stats, state)
 
 
-def _ingest_range_worker(job):
+def _ingest_range_worker(task):
+    job, byte_range = task
     history = History(_WORKER_CONTEXT["history_path"])
     try:
         stats = SourceStats("")
-        reached = ingest_range(history, job[:3], job[3:], stats)
+        reached = ingest_range(history, job, byte_range, stats)
         return stats, reached
     finally:
         history.close()
@@ -4543,11 +4545,10 @@ def fit(text, width, ellipsis="~"):
     return "".join(kept) + ellipsis
 
 
-def pad(text, width, right=False):
-    """Text padded with spaces to width terminal columns: str.ljust (or rjust, with
-    right) counting columns, not characters."""
-    room = " " * max(0, width - display_width(text))
-    return room + text if right else text + room
+def pad(text, width):
+    """Text padded with spaces to width terminal columns: str.ljust counting
+    columns, not characters."""
+    return text + " " * max(0, width - display_width(text))
 
 
 def short_project(path):
@@ -5205,41 +5206,6 @@ def iso_utc(ts):
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class RawJSON(str):
-    """Text already encoded as JSON, written out as it is."""
-
-
-_JSON_STRING = json.encoder.encode_basestring_ascii   # what json.dumps uses for a str
-
-
-def _json_scalar(value):
-    """json.dumps of one str, int or float, the common cases without its machinery."""
-    kind = type(value)
-    if kind is str:
-        return _JSON_STRING(value)
-    if kind is int or kind is float and -math.inf < value < math.inf:
-        return repr(value)
-    return json.dumps(value)
-
-
-def break_json(item):
-    """json.dumps(item.as_dict()), without building the dict: a large log holds
-    tens of thousands of breaks, and this is most of the time spent writing them."""
-    ts, gap, scalar, text = iso_utc(item.ts), item.gap_s, _json_scalar, _JSON_STRING
-    session, model, expected, read, rewritten = (
-        item.session, item.model, item.expected, item.read, item.rewritten)
-    return RawJSON(
-        '{"session": %s, "ts": %s, "model": %s, "cause": %s, "expected_read_tokens": %s, '
-        '"read_tokens": %s, "rewritten_tokens": %s, "gap_s": %s, "cost_usd": %s}' % (
-            text(session) if type(session) is str else scalar(session),
-            "null" if ts is None else '"%s"' % ts,
-            text(model) if type(model) is str else scalar(model), scalar(item.cause),
-            repr(expected) if type(expected) is int else scalar(expected),
-            repr(read) if type(read) is int else scalar(read),
-            repr(rewritten) if type(rewritten) is int else scalar(rewritten),
-            "null" if gap is None else scalar(round(gap, 3)), scalar(round(item.cost, 9))))
-
-
 def report_dict(report):
     """The JSON document of design.md (field names are a contract); its long
     lists (groups, timeline) are generators, written out one item at a time."""
@@ -5255,7 +5221,7 @@ def report_dict(report):
         "groups": (dict([("key", dict(zip(agg.group_by, key)))] + list(t.as_dict().items()))
                    for key, t in report.rows),
         "unpriced_models": sorted(agg.unpriced_models),
-        "breaks": (break_json(item) for item in agg.effects.breaks),
+        "breaks": (item.as_dict() for item in agg.effects.breaks),
         "break_summary": break_summary(agg.effects.breaks),
         "what_if": what_if_dict(agg),
         "wasted_writes": wasted_dict(agg),
@@ -5292,7 +5258,7 @@ def iter_json(report):
         opening = "  %s: [" % dumps(name)
         separator = "\n    "
         for item in value:
-            yield opening + separator + (item if type(item) is RawJSON else dumps(item))
+            yield opening + separator + dumps(item)
             opening, separator = "", ",\n    "
         yield (opening + "]" if opening else "\n  ]") + ending
     yield "}\n"
