@@ -1387,7 +1387,7 @@ class Aggregate(object):
     once, in its group (the group () without --group-by); totals sum the groups.
     """
 
-    def __init__(self, prices, group_by=(), since=None, until=None, session=None):
+    def __init__(self, prices, group_by=(), since=None, until=None, session=None, part=False):
         self.prices = prices
         self.group_by = tuple(group_by)
         self.since = since
@@ -1397,7 +1397,7 @@ class Aggregate(object):
         self.tallies = {}
         # grouped by session: each group's (models, projects), for the session listing
         self.details = {} if "session" in self.group_by else None
-        self.effects = CacheEffects(prices, self.key_of)
+        self.effects = CacheEffects(prices, self.key_of, part=part)
         self.budgets = None      # a BudgetTracker when budgets are set
         self.trend = None        # a DailyTrend for the table's sparklines
         self.unpriced_models = {}
@@ -1422,7 +1422,8 @@ class Aggregate(object):
     def empty_part(self):
         """A fresh Aggregate viewing requests as this one does, for a part of the same
         stream read apart (a worker's byte range), to be merged back in order."""
-        part = Aggregate(self.prices, self.group_by, self.since, self.until, self.session)
+        part = Aggregate(self.prices, self.group_by, self.since, self.until, self.session,
+                         part=True)
         if self.trend is not None:
             part.trend = self.trend.empty_copy()
         if self.budgets is not None:  # the spend in the part counts too
@@ -1920,11 +1921,13 @@ class CacheEffects(object):
     kept per (group, model, provider, tier) and priced once, in finish(): the hot
     path does a few comparisons and dictionary updates a request."""
 
-    def __init__(self, prices, key_of, compactions=None):
+    def __init__(self, prices, key_of, compactions=None, part=False):
         self.prices = prices
         self.key_of = key_of
         self.compactions = compactions if compactions is not None else {}
-        self.first = {}          # session -> its first request here (for merging)
+        # a part of a stream read apart keeps each session's first request, for merging
+        # it back; a whole stream need not (a log of a session per request doubles it)
+        self.first = {} if part else None
         self.last = {}           # session -> its last request here
         self.breaks = []
         self.sums = {}           # (group, model, provider, tier) -> [cost, w5, w1,
@@ -1964,7 +1967,9 @@ class CacheEffects(object):
         last = self.last
         held = last.get(session)
         if held is None:
-            last[session] = self.first[session] = req
+            last[session] = req
+            if self.first is not None:
+                self.first[session] = req
             if in_window and self._applies(req.provider):
                 self._account(req, cost)
             return None
@@ -2084,7 +2089,8 @@ class CacheEffects(object):
         for session, first in other.first.items():
             held = self.last.get(session)
             if held is None:
-                self.first[session] = first
+                if self.first is not None:
+                    self.first[session] = first
             elif first.ts >= held.ts:
                 # the worker took `first` for a session's start, and accounted it already
                 found = self._pair(held, first, in_window(first.ts), reprice=False)

@@ -640,7 +640,7 @@ class AggregationTests(unittest.TestCase):
     def test_merge_equals_sequential(self):
         whole = catop.Aggregate(PRICES, ("model", "project"))
         left = catop.Aggregate(PRICES, ("model", "project"))
-        right = catop.Aggregate(PRICES, ("model", "project"))
+        right = catop.Aggregate(PRICES, ("model", "project"), part=True)
         for index, req in enumerate(self.requests() * 3):
             whole.add(req)
             (left if index % 2 else right).add(req)
@@ -787,7 +787,7 @@ class LineReadingTests(unittest.TestCase):
 
     def test_sessions_going_back_across_a_cut_are_seen(self):
         def effects(*requests):
-            part = catop.CacheEffects(PRICES, lambda req: ())
+            part = catop.CacheEffects(PRICES, lambda req: (), part=True)
             for session, ts in requests:
                 part.add(catop.Request(ts=ts, session=session, provider="openai",
                                        model="gpt-4o", miss=100))
