@@ -807,15 +807,16 @@ def _count_source(target, value="v"):
         target, value, value, value, value)
 
 
-def _first_count_source(target, paths):
-    """Lines setting target to _first_count(usage, paths) (None when none is present)."""
-    lines = ["%s = None" % target]
-    for path in paths:
+def _first_count_source(target, paths, declare=True):
+    """Lines setting target to _first_count(usage, paths) (None when none is present);
+    declare=False when target is None already."""
+    lines = ["%s = None" % target] if declare else []
+    for index, path in enumerate(paths):
         step = ["v = get(%r)" % path[0]]
         if len(path) == 2:
             step.append("v = v.get(%r) if type(v) is dict else None" % path[1])
         step += ["if v is not None:", "    " + _count_source(target)]
-        if len(lines) > 1:
+        if index:
             step = ["if %s is None:" % target] + ["    " + line for line in step]
         lines += step
     return lines
@@ -863,7 +864,7 @@ def _usage_source(plan):
                   "    " + _count_source("w5"),
                   "    v = split.get('ephemeral_1h_input_tokens') or 0",
                   "    " + _count_source("w1")]
-    flat = _first_count_source("w5", plan.write_paths) + ["w5, w1 = w5 or 0, 0"]
+    flat = _first_count_source("w5", plan.write_paths, declare=False) + ["w5, w1 = w5 or 0, 0"]
     lines += ["if w5 is None:"] + ["    " + line for line in flat]
     lines += ["if inp is None:", "    miss = 0",
               "elif inclusive:", "    miss = max(0, inp - read - w5 - w1)",
