@@ -785,6 +785,33 @@ class LineReadingTests(unittest.TestCase):
         self.assertEqual(timelines[1], timelines[0])
         self.assertEqual([ts - NOW for ts, cause in timelines[0] if cause], [cut])
 
+    def test_merged_parts_pair_as_one_stream_does(self):
+        # each part numbers its models and sums keys itself: the merge must translate
+        def request(session, ts, model):
+            return catop.Request(ts=NOW + ts, session=session, provider="anthropic",
+                                 model=model, miss=10, cache_read=0, cache_write_5m=5000)
+        stream = [[request("s", 0, "claude-sonnet-4-5"), request("t", 1, "claude-haiku-4-5")],
+                  [request("t", 60, "claude-haiku-4-5"), request("s", 61, "claude-haiku-4-5")],
+                  [request("s", 62, "claude-haiku-4-5")]]
+        serial = catop.CacheEffects(PRICES, lambda req: ())
+        merged = catop.CacheEffects(PRICES, lambda req: ())
+        for requests in stream:
+            part = catop.CacheEffects(PRICES, lambda req: (), part=True)
+            for req in requests:
+                serial.add(req)
+                part.add(req)
+            merged.merge(part, lambda ts: True)
+        for effects in (serial, merged):
+            effects.finish(None)
+            self.assertEqual([(b.session, b.ts - NOW, b.cause) for b in effects.breaks],
+                             [("t", 60, "prefix_changed"), ("s", 61, "model_switch"),
+                              ("s", 62, "prefix_changed")])
+            tokens, premium = effects.wasted[()]
+            self.assertEqual(tokens, 25000)  # every write, none read back
+            # 5m writes at 1.25x the input rate: the premium is a quarter of it
+            self.assertAlmostEqual(premium, 5000 * (0.75 + 0.25 + 0.25 + 0.25 + 0.25) * 1e-6,
+                                   places=12)
+
     def test_sessions_going_back_across_a_cut_are_seen(self):
         def effects(*requests):
             part = catop.CacheEffects(PRICES, lambda req: (), part=True)
@@ -1176,6 +1203,42 @@ class CliTests(IsolatedEnv):
         # litellm 0.017325 + 0.0003564 ; hostile: gpt-4o 120 x 2.5e-6 + 7 x 1e-5
         self.assertAlmostEqual(t["cost_usd"], 0.017325 + 0.0003564 + 0.00037, places=9)
         self.assertAlmostEqual(t["observed_cost_usd"], 0.0162, places=9)
+
+    def test_item_encoder_writes_as_json_dumps(self):
+        dumps = catop.item_encoder()
+        for value in [{"session": "s\u00e9\x1b[2J\"", "ts": "2026-03-10T08:00:00Z", "n": 12,
+                       "cost": 0.1 + 0.2, "gap": None, "ok": True, "list": [1, "a", {}]},
+                      float("nan"), float("-inf"), 1e300, -0.0, "text", [], {}, None, 10 ** 30]:
+            self.assertEqual(dumps(value), json.dumps(value))
+
+    def test_long_lists_are_written_an_item_a_line_in_chunks(self):
+        agg = catop.Aggregate(PRICES, group_by=("session",))
+        for index in range(7):
+            agg.add(catop.Request(ts=NOW + index, session="s%d" % index, provider="openai",
+                                  model="gpt-4o", miss=100))
+        agg.finish(NOW)
+        report = catop.Report(agg, [], PRICES, NOW)
+        for chunk in (2, 3, 7, 500):
+            text = "".join(catop.iter_json(report, chunk_items=chunk))
+            lines = text.split("\n")
+            start = lines.index('  "groups": [')
+            self.assertEqual([json.loads(line.rstrip(","))["key"]["session"]
+                              for line in lines[start + 1:start + 8]],
+                             ["s%d" % i for i in range(7)])
+            self.assertEqual(lines[start + 8], "  ],")
+            self.assertIn('  "breaks": [],', lines)
+            self.assertEqual(json.loads(text)["totals"]["requests"], 7)
+
+    def test_the_script_exits_with_the_gate_status(self):
+        result = subprocess.run(
+            [sys.executable, os.path.join(HERE, "catop.py"), "--file", example("litellm.jsonl"),
+             "--offline", "--no-history", "--format", "csv", "--max-cost", "0.001"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(result.returncode, 3)
+        self.assertTrue(result.stdout.endswith(
+            b"\ngpt-4o-mini,1,3000,952,2048,0,0,100,0,0.682667,0.0003564,0.00051,0.0001536,"
+            b"0.0004,0\n"), result.stdout)
+        self.assertEqual(result.stderr, b"catop: gate: cost $0.0177 exceeds --max-cost $0.0010\n")
 
     def test_utc_times_are_written_as_datetime_would(self):
         from datetime import datetime, timezone
