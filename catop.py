@@ -24,6 +24,7 @@ import gc
 import io
 import json
 import math
+import operator
 import os
 import random
 import re
@@ -117,7 +118,7 @@ class Request(object):
 
     def __reduce__(self):
         # a plain tuple pickles several times faster than the slots protocol
-        return (Request, tuple(getattr(self, k) for k in self.__slots__))
+        return (Request, _REQUEST_FIELDS(self))
 
     def __repr__(self):
         return "Request(%s)" % ", ".join(
@@ -126,6 +127,9 @@ class Request(object):
     def __eq__(self, other):
         return isinstance(other, Request) and all(
             getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+
+_REQUEST_FIELDS = operator.attrgetter(*Request.__slots__)  # all of them, as a tuple
 
 
 class Tally(object):
@@ -165,7 +169,7 @@ class Tally(object):
                 self.last_ts = ts
 
     def __reduce__(self):
-        return (_tally_from, (tuple(getattr(self, k) for k in self.__slots__),))
+        return (_tally_from, (_TALLY_FIELDS(self),))
 
     def merge(self, other):
         self.requests += other.requests
@@ -220,6 +224,9 @@ class Tally(object):
             "observed_cost_usd": round(self.observed_cost, 9) if self.observed_requests else None,
             "unpriced_requests": self.unpriced_requests,
         }
+
+
+_TALLY_FIELDS = operator.attrgetter(*Tally.__slots__)
 
 
 def _tally_from(values):
@@ -1792,7 +1799,7 @@ class CacheBreak(object):
 
     def __reduce__(self):
         # workers send thousands of breaks back: a tuple each, not a state dict each
-        return (CacheBreak, tuple(getattr(self, k) for k in self.__slots__))
+        return (CacheBreak, _BREAK_FIELDS(self))
 
     def as_dict(self):
         return {"session": self.session, "ts": iso_utc(self.ts), "model": self.model,
@@ -1800,6 +1807,9 @@ class CacheBreak(object):
                 "read_tokens": self.read, "rewritten_tokens": self.rewritten,
                 "gap_s": None if self.gap_s is None else round(self.gap_s, 3),
                 "cost_usd": round(self.cost, 9)}
+
+
+_BREAK_FIELDS = operator.attrgetter(*CacheBreak.__slots__)
 
 
 def ttl_in_force(req):
