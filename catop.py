@@ -1385,6 +1385,13 @@ _CALENDAR_KEYS = {"day": local_day, "week": local_week, "month": local_month}
 
 def group_key_function(group_by):
     """req -> its group key, a tuple of the group_by fields (day: the local date)."""
+    if not group_by:
+        return lambda req: ()
+    if not _CALENDAR_KEYS.keys() & set(group_by):  # plain attributes: read in C
+        if len(group_by) > 1:
+            return operator.attrgetter(*group_by)
+        get = operator.attrgetter(group_by[0])
+        return lambda req: (get(req),)
     getters = [(lambda req, of=_CALENDAR_KEYS[field]: of(req.ts)) if field in _CALENDAR_KEYS
                else (lambda req, field=field: getattr(req, field)) for field in group_by]
     if len(getters) == 1:
@@ -2603,7 +2610,9 @@ class LineSplitter(object):
         self.oversized = 0
 
     def feed(self, block):
-        lines = (self.partial + block).split(b"\n") if self.partial else block.split(b"\n")
+        lines = block.split(b"\n")
+        if self.partial:  # joined to its rest alone, not to the whole block
+            lines[0] = self.partial + lines[0]
         self.partial = lines.pop()
         if self.skipping and lines:
             lines[0] = b""
@@ -2655,7 +2664,7 @@ def decode_json_line(line):
 
 def scan_request_lines(lines, stats, sink, wanted=ALL_ATTRIBUTES):
     """Parses generic request-log lines, counting what is skipped and why."""
-    decode = decode_json_line
+    decode, normalize, records = decode_json_line, normalize_record, 0
     for line in lines:
         if not line:
             continue
@@ -2669,15 +2678,16 @@ def scan_request_lines(lines, stats, sink, wanted=ALL_ATTRIBUTES):
             stats.skipped["malformed"] += 1
             continue
         try:
-            req = normalize_record(record, wanted)
+            req = normalize(record, wanted)
         except (ValueError, TypeError, RecursionError, OverflowError):
             stats.skipped["malformed"] += 1
             continue
         if req is None:
             stats.skipped["no_usage"] += 1
             continue
-        stats.records += 1
+        records += 1
         sink(req)
+    stats.records += records
 
 
 def scan_request_stream(handle, stats, sink, start=0, end=None, wanted=ALL_ATTRIBUTES):

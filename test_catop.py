@@ -785,6 +785,16 @@ class LineReadingTests(unittest.TestCase):
         self.assertEqual(timelines[1], timelines[0])
         self.assertEqual([ts - NOW for ts, cause in timelines[0] if cause], [cut])
 
+    def test_group_keys_are_tuples_of_the_fields(self):
+        req = catop.Request(ts=time.mktime((2026, 3, 11, 15, 30, 0, 0, 0, -1)), agent="a",
+                            provider="p", model="m", project="x", session="s")
+        self.assertEqual(catop.group_key_function(())(req), ())
+        self.assertEqual(catop.group_key_function(("model",))(req), ("m",))
+        self.assertEqual(catop.group_key_function(("project", "session", "agent"))(req),
+                         ("x", "s", "a"))
+        self.assertEqual(catop.group_key_function(("model", "day"))(req), ("m", "2026-03-11"))
+        self.assertEqual(catop.group_key_function(("week",))(req), ("2026-W11",))
+
     def test_merged_parts_pair_as_one_stream_does(self):
         # each part numbers its models and sums keys itself: the merge must translate
         def request(session, ts, model):
