@@ -5277,6 +5277,9 @@ class Report(object):
         self.hidden_groups = len(every) - len(self.rows)
 
 
+_UTC_MINUTES = {}  # epoch minute -> its "YYYY-MM-DDTHH:MM:" (thousands of breaks a minute)
+
+
 def iso_utc(ts):
     if ts is None:
         return None
@@ -5284,7 +5287,13 @@ def iso_utc(ts):
         whole = int(ts)
         # datetime rounds to the microsecond, half to even: only then can it carry
         if (ts - whole) * 1e6 < 999999.5:
-            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole))
+            minute, second = divmod(whole, 60)
+            prefix = _UTC_MINUTES.get(minute)
+            if prefix is None:
+                prefix = time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(whole))
+                if len(_UTC_MINUTES) < 100000:
+                    _UTC_MINUTES[minute] = prefix
+            return "%s%02dZ" % (prefix, second)
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

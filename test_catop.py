@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import random
 import re
 import shutil
 import sqlite3
@@ -343,7 +344,6 @@ def outcome(function, *args):
 def random_records(seed, count):
     """Log records of random shapes with damaged, missing and odd values in every place
     a usage or an attribute can sit."""
-    import random
     rng = random.Random(seed)
     usage_keys = sorted(set(catop._USAGE_KEYS) | {
         path[0] for path in catop._CACHE_READ_PATHS + catop._CACHE_WRITE_PATHS
@@ -1257,6 +1257,12 @@ class CliTests(IsolatedEnv):
             with self.subTest(ts=ts):
                 self.assertEqual(catop.iso_utc(ts), datetime.fromtimestamp(ts, timezone.utc)
                                  .strftime("%Y-%m-%dT%H:%M:%SZ"))
+        rng = random.Random(5)
+        times = [1773129540 + step * 0.7 for step in range(400)]  # minutes, from the cache too
+        times += [rng.uniform(0, 4102444800) for _ in range(300)]
+        for ts in times + times:
+            self.assertEqual(catop.iso_utc(ts), datetime.fromtimestamp(ts, timezone.utc)
+                             .strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     def test_csv_rows_and_totals_row(self):
         code, out, _ = self.run_main("--file", example("openai-chat.jsonl"), "--format", "csv",
