@@ -1472,7 +1472,8 @@ class Aggregate(object):
         in_window = self.since is None and self.until is None or self.in_window(req.ts)
         rates = self.prices.rates(req.model, req.provider)
         cost, no_cache_cost = request_cost(req, rates)
-        cause = self.effects.add(req, in_window, cost)  # even outside: it may precede one
+        key = self.key_of(req)
+        cause = self.effects.add(req, in_window, cost, key)  # even outside: it may precede one
         if self.budgets is not None:
             self.budgets.add(req.ts, cost)  # budgets follow the calendar, not the window
         if self.trend is not None:
@@ -1484,7 +1485,6 @@ class Aggregate(object):
         if not priced:
             name = req.model or "(unknown model)"
             self.unpriced_models[name] = self.unpriced_models.get(name, 0) + 1
-        key = self.key_of(req)
         tally = self.tallies.get(key)
         if tally is None:
             tally = self.tallies[key] = Tally()
@@ -1941,15 +1941,13 @@ def pair_what_if(before_ts, after, found, rates, policy, ttl):
 
 
 # What a session's last request leaves for the next one to be paired with, kept
-# unboxed in a bytearray per session.  A held Request (with its numbers) would be
-# freed thousands of requests later, its memory gone cold by then: on a big log
-# that costs more than all the pairing does.
+# unboxed, every session's side by side in one bytearray.  A held Request (with its
+# numbers) would be freed thousands of requests later, its memory gone cold by
+# then, and scattered states are each a cache miss: on a big log either costs more
+# than all the pairing does.
 _HELD = struct.Struct("dqqqqqii")  # ts, expected read, read, 5m writes, 1h writes,
 #                                    TTL, model id, sums key id (-1: no writes)
-
-
-def held_ts(state):
-    return _HELD.unpack_from(state)[0]
+_NO_HELD = bytes(_HELD.size)
 
 
 class CacheEffects(object):
@@ -1969,13 +1967,13 @@ class CacheEffects(object):
         # a part of a stream read apart keeps each session's first request, for merging
         # it back; a whole stream need not (a log of a session per request doubles it)
         self.first = {} if part else None
-        self.last = {}           # session -> bytearray: _HELD of its last request
+        self.last = {}           # session -> where its last request's _HELD is in held
+        self.held = bytearray()
         self.models = []         # model id -> model name
-        self.sum_keys = []       # sums key id -> sums key
-        self._model_ids, self._sum_key_ids = {}, {}
+        self.sum_keys = []       # sums id -> (group, model, provider, tier)
+        self.sums = []           # sums id -> [cost, w5, w1, unread w5, unread w1], or None
+        self._model_ids, self._sum_ids = {}, {}
         self.breaks = []
-        self.sums = {}           # (group, model, provider, tier) -> [cost, w5, w1,
-        #                          unread w5, unread w1]
         self.pair_deltas = {}    # group -> {policy: [delta, avoided, added]}
         self.unordered = 0
         self.what_if, self.policy_cost, self.wasted = {}, {}, {}   # set by finish()
@@ -1985,6 +1983,11 @@ class CacheEffects(object):
         state = dict(self.__dict__)
         state["prices"] = state["key_of"] = None
         return state
+
+    def last_times(self):
+        """{session: the time of its last request}."""
+        unpack = _HELD.unpack_from
+        return {session: unpack(self.held, offset)[0] for session, offset in self.last.items()}
 
     def _provider(self, provider):
         """(does the TTL choice apply, the default TTL) of a provider, remembered."""
@@ -2002,135 +2005,139 @@ class CacheEffects(object):
             self.models.append(model)
         return found
 
-    def _sum_key_id(self, key):
-        found = self._sum_key_ids.get(key)
+    def _sum_id(self, key):
+        found = self._sum_ids.get(key)
         if found is None:
-            found = self._sum_key_ids[key] = len(self.sum_keys)
+            found = self._sum_ids[key] = len(self.sum_keys)
             self.sum_keys.append(key)
+            self.sums.append(None)  # summed from the first figure on
         return found
 
-    def _sum_key(self, req):
-        return (self.key_of(req), req.model, req.provider,
-                req.miss + req.cache_read + req.cache_write_5m + req.cache_write_1h
-                > TIER_THRESHOLD_TOKENS)
+    def _sum_id_of(self, req, group):
+        """The id of req's sums: per group, model, provider and price tier."""
+        return self._sum_id((group, req.model, req.provider,
+                             req.miss + req.cache_read + req.cache_write_5m
+                             + req.cache_write_1h > TIER_THRESHOLD_TOKENS))
 
-    def _slot(self, key):
-        slot = self.sums.get(key)
+    def _slot(self, sum_id):
+        slot = self.sums[sum_id]
         if slot is None:
-            slot = self.sums[key] = [0.0, 0, 0, 0, 0]
+            slot = self.sums[sum_id] = [0.0, 0, 0, 0, 0]
         return slot
 
-    def add(self, req, in_window=True, cost=None):
+    def add(self, req, in_window=True, cost=None, group=None):
         """Pairs req with its session's previous request; returns its break or None.
-        cost: the request's cost, when the caller has it already."""
+        cost, group: the request's cost and group key, when the caller has them."""
         session, ts = req.session, req.ts
         if not session or ts is None:
             return None
-        state = self.last.get(session)
-        if state is None:
-            found, sum_key = None, None
+        offset = self.last.get(session)
+        if offset is None:
             if self.first is not None:
                 self.first[session] = req
-            if in_window and self._provider(req.provider)[0]:
-                sum_key = self._account(req, cost)
-            state = self.last[session] = bytearray(_HELD.size)
-        else:
-            held = _HELD.unpack_from(state)
-            if ts < held[0]:
-                self.unordered += 1
-                return None
-            found, sum_key = self._pair(held, req, in_window, cost=cost)
-        self._hold(state, req, sum_key)
-        return found
+            offset = self.last[session] = self._new_held()
+            return self._step(req, offset, None, in_window, cost, group)
+        before = _HELD.unpack_from(self.held, offset)
+        if ts < before[0]:
+            self.unordered += 1
+            return None
+        return self._step(req, offset, before, in_window, cost, group)
 
-    def _hold(self, state, req, sum_key):
-        """Keeps in state what req leaves for the next request of its session."""
+    def _new_held(self):
+        offset = len(self.held)
+        self.held += _NO_HELD
+        return offset
+
+    def _step(self, req, offset, before, in_window, cost=None, group=None, reprice=True):
+        """Pairs req with `before`, the _HELD values its session's last request left
+        (None: it starts its session), then holds its own at offset instead.
+        Returns its break or None.  One function: this runs for every request."""
         read, w5, w1 = req.cache_read, req.cache_write_5m, req.cache_write_1h
         applies, ttl = self._facts.get(req.provider) or self._provider(req.provider)
+        if group is None:
+            group = self.key_of(req)
+        found = sum_id = None
+        if in_window and reprice and applies:
+            sum_id = self._account(req, cost, group)
+        if before is not None and in_window:
+            before_ts, expected, before_read, before_w5, before_w1, before_ttl, model_id, \
+                key_id = before
+            if expected >= BREAK_MIN_EXPECTED_TOKENS and read * 2 < expected:
+                found = make_break(req, before_ts, self.models[model_id] != req.model,
+                                   before_ttl, expected, self.prices,
+                                   self.compactions.get(req.session, ()))
+                self.breaks.append(found)
+            gap = req.ts - before_ts
+            if key_id >= 0:
+                # the writes before that req did not read back before they expired
+                writes = before_w5 + before_w1
+                if gap > before_ttl:
+                    self._unread(key_id, before_w5, before_w1, 1.0)
+                elif read - before_read < writes:
+                    unread = writes - max(0, read - before_read)
+                    self._unread(key_id, before_w5, before_w1, unread / float(writes))
+            if applies and (found is not None or gap > _SHORTEST_TTL_POLICY_S):
+                self._what_if_step(before_ts, req, found, group)
         if w5 or w1:
             expected = read + w5 + w1
-            ttl = 3600 if w1 > w5 else ttl  # ttl_in_force
-            key_id = self._sum_key_id(sum_key or self._sum_key(req))
+            if w1 > w5:
+                ttl = 3600  # ttl_in_force
+            key_id = sum_id if sum_id is not None else self._sum_id_of(req, group)
         else:
             expected = read if applies else req.miss + read  # expected_cached
             key_id = -1
         model_id = self._model_ids.get(req.model)
         if model_id is None:
             model_id = self._model_id(req.model)
-        _HELD.pack_into(state, 0, req.ts, expected, read, w5, w1, ttl, model_id, key_id)
+        _HELD.pack_into(self.held, offset, req.ts, expected, read, w5, w1, ttl, model_id,
+                        key_id)
+        return found
 
-    def _account(self, req, cost):
+    def _account(self, req, cost, group):
         """What the TTL policies re-price (where they apply): a request's cost and
-        its writes.  Returns the request's sums key."""
+        its writes.  Returns the id of its sums."""
         if cost is None:
             cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
-        key = self._sum_key(req)
-        slot = self._slot(key)
+        sum_id = self._sum_id_of(req, group)
+        slot = self._slot(sum_id)
         slot[0] += cost
         slot[1] += req.cache_write_5m
         slot[2] += req.cache_write_1h
-        return key
+        return sum_id
 
-    def _pair(self, held, after, in_window, reprice=True, cost=None):
-        """(its break or None, its sums key when accounted) of `after`, paired with
-        the _HELD values of the request before it."""
-        before_ts, expected, read, w5, w1, ttl, model_id, key_id = held
-        found = sum_key = None
-        if expected >= BREAK_MIN_EXPECTED_TOKENS and after.cache_read * 2 < expected:
-            found = make_break(after, before_ts, self.models[model_id] != after.model, ttl,
-                               expected, self.prices, self.compactions.get(after.session, ()))
-        if not in_window:
-            return None, None
-        if found is not None:
-            self.breaks.append(found)
-        applies = (self._facts.get(after.provider) or self._provider(after.provider))[0]
-        if reprice and applies:
-            sum_key = self._account(after, cost)
-        gap = after.ts - before_ts
-        if key_id >= 0:
-            # the writes before that `after` did not read back before they expired
-            writes = w5 + w1
-            if gap > ttl:
-                self._unread(self.sum_keys[key_id], w5, w1, 1.0)
-            elif after.cache_read - read < writes:
-                unread = writes - max(0, after.cache_read - read)
-                self._unread(self.sum_keys[key_id], w5, w1, unread / float(writes))
-        if applies and (found is not None or gap > _SHORTEST_TTL_POLICY_S):
-            self._what_if_step(before_ts, after, found)
-        return found, sum_key
-
-    def _unread(self, key, w5, w1, share):
+    def _unread(self, sum_id, w5, w1, share):
         """Counts a share of a request's writes (w5, w1) as never read back."""
-        slot = self._slot(key)
+        slot = self._slot(sum_id)
         slot[3] += w5 * share
         slot[4] += w1 * share
 
-    def _what_if_step(self, before_ts, after, found):
+    def _what_if_step(self, before_ts, after, found, group):
         rates = _write_rates(after, self.prices)
         if rates is None:
             return
-        key = self.key_of(after)
-        group = self.pair_deltas.get(key)
-        if group is None:
-            group = self.pair_deltas[key] = _empty_what_if()
+        figures = self.pair_deltas.get(group)
+        if figures is None:
+            figures = self.pair_deltas[group] = _empty_what_if()
         for policy, ttl in TTL_POLICIES:
             delta, avoided, added = pair_what_if(before_ts, after, found, rates, policy, ttl)
-            group[policy][0] += delta
-            group[policy][1] += avoided
-            group[policy][2] += added
+            figures[policy][0] += delta
+            figures[policy][1] += avoided
+            figures[policy][2] += added
 
     def finish(self, now):
         """Counts the writes of each session's last request that expired unread (not
         those that may still be read), then prices every sum once."""
-        for state in self.last.values():
-            ts, _, _, w5, w1, ttl, _, key_id = _HELD.unpack_from(state)
+        for offset in self.last.values():
+            ts, _, _, w5, w1, ttl, _, key_id = _HELD.unpack_from(self.held, offset)
             if key_id >= 0 and (now is None or now - ts > ttl):
-                self._unread(self.sum_keys[key_id], w5, w1, 1.0)
+                self._unread(key_id, w5, w1, 1.0)
         self.breaks.sort(key=lambda b: b.ts)
         what_if = {key: {policy: list(v) for policy, v in group.items()}
                    for key, group in self.pair_deltas.items()}
         policy_cost, wasted = {}, {}
-        for (group, model, provider, tiered), slot in self.sums.items():
+        for (group, model, provider, tiered), slot in zip(self.sum_keys, self.sums):
+            if slot is None:
+                continue
             cost, w5, w1, unread5, unread1 = slot
             probe = Request(model=model, provider=provider,
                             miss=TIER_THRESHOLD_TOKENS + 1 if tiered else 0)
@@ -2153,31 +2160,33 @@ class CacheEffects(object):
         {id(request): cause} of the breaks found where the parts meet."""
         causes = {}
         for session, first in other.first.items():
-            state = self.last.get(session)
-            if state is None:
+            offset = self.last.get(session)
+            if offset is None:
                 if self.first is not None:
                     self.first[session] = first
                 continue
-            held = _HELD.unpack_from(state)
-            if first.ts >= held[0]:
-                # the worker took `first` for a session's start, and accounted it already
-                found = self._pair(held, first, in_window(first.ts), reprice=False)[0]
+            before = _HELD.unpack_from(self.held, offset)
+            if first.ts >= before[0]:
+                # the worker took `first` for a session's start, and accounted it already;
+                # what this holds in its place is overwritten below by the part's last
+                found = self._step(first, offset, before, in_window(first.ts), reprice=False)
                 if found is not None:
                     causes[id(first)] = found.cause
             else:
                 self.unordered += 1
-        for session, state in other.last.items():  # its ids are the part's own
-            ts, expected, read, w5, w1, ttl, model_id, key_id = _HELD.unpack_from(state)
+        for session, theirs in other.last.items():  # its ids are the part's own
+            ts, expected, read, w5, w1, ttl, model_id, key_id = _HELD.unpack_from(other.held,
+                                                                                  theirs)
             model_id = self._model_id(other.models[model_id])
-            key_id = self._sum_key_id(other.sum_keys[key_id]) if key_id >= 0 else -1
-            _HELD.pack_into(state, 0, ts, expected, read, w5, w1, ttl, model_id, key_id)
-            self.last[session] = state
+            key_id = self._sum_id(other.sum_keys[key_id]) if key_id >= 0 else -1
+            offset = self.last.get(session)
+            if offset is None:
+                offset = self.last[session] = self._new_held()
+            _HELD.pack_into(self.held, offset, ts, expected, read, w5, w1, ttl, model_id, key_id)
         self.breaks.extend(other.breaks)
-        for key, slot in other.sums.items():
-            mine = self.sums.get(key)
-            if mine is None:
-                self.sums[key] = list(slot)
-            else:
+        for key, slot in zip(other.sum_keys, other.sums):
+            if slot is not None:
+                mine = self._slot(self._sum_id(key))
                 for index, value in enumerate(slot):
                     mine[index] += value
         for key, group in other.pair_deltas.items():
@@ -2191,13 +2200,13 @@ class CacheEffects(object):
 def sessions_go_back(effects, parts):
     """Whether, merging parts (CacheEffects, in stream order) after effects, some
     session's first request in a part is older than its last request before it."""
-    last_ts = {session: held_ts(state) for session, state in effects.last.items()}
+    last_ts = effects.last_times()
     for part in parts:
         for session, first in part.first.items():
             ts = last_ts.get(session)
             if ts is not None and first.ts < ts:
                 return True
-        last_ts.update((session, held_ts(state)) for session, state in part.last.items())
+        last_ts.update(part.last_times())
     return False
 
 
