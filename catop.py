@@ -1950,6 +1950,15 @@ _HELD = struct.Struct("dqqqqqii")  # ts, expected read, read, 5m writes, 1h writ
 _NO_HELD = bytes(_HELD.size)
 
 
+def number_of(value, values, numbers):
+    """value's index in values, appended when new; numbers: value -> index."""
+    found = numbers.get(value)
+    if found is None:
+        found = numbers[value] = len(values)
+        values.append(value)
+    return found
+
+
 class CacheEffects(object):
     """Breaks, what-if and wasted writes of a stream of requests, pair by pair.
 
@@ -1999,18 +2008,12 @@ class CacheEffects(object):
         return facts
 
     def _model_id(self, model):
-        found = self._model_ids.get(model)
-        if found is None:
-            found = self._model_ids[model] = len(self.models)
-            self.models.append(model)
-        return found
+        return number_of(model, self.models, self._model_ids)
 
     def _sum_id(self, key):
-        found = self._sum_ids.get(key)
-        if found is None:
-            found = self._sum_ids[key] = len(self.sum_keys)
-            self.sum_keys.append(key)
-            self.sums.append(None)  # summed from the first figure on
+        found = number_of(key, self.sum_keys, self._sum_ids)
+        if found == len(self.sums):
+            self.sums.append(None)  # summed from its first figure on
         return found
 
     def _sum_id_of(self, req, group):
