@@ -6405,6 +6405,11 @@ def run_live(args, prices, since, until):
 
 def run_snapshot(args, prices, since, until, now):
     """--once: read everything, print one report, apply the gates."""
+    with gc_paused():  # one pass, no cycles worth a collection (14 ms on a big log)
+        return snapshot(args, prices, since, until, now)
+
+
+def snapshot(args, prices, since, until, now):
     aggregate = Aggregate(prices, args.group_by, since, until, args.session)
     aggregate.budgets = budget_tracker(args, now)
     if args.format == "table":
