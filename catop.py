@@ -1993,10 +1993,10 @@ class CacheEffects(object):
         state["prices"] = state["key_of"] = None
         return state
 
-    def last_times(self):
-        """{session: the time of its last request}."""
-        unpack = _HELD.unpack_from
-        return {session: unpack(self.held, offset)[0] for session, offset in self.last.items()}
+    def last_time(self, session):
+        """The time of the session's last request here, or None."""
+        offset = self.last.get(session)
+        return None if offset is None else _HELD.unpack_from(self.held, offset)[0]
 
     def _provider(self, provider):
         """(does the TTL choice apply, the default TTL) of a provider, remembered."""
@@ -2162,6 +2162,29 @@ class CacheEffects(object):
         """Takes in a later part of the same stream (a worker's byte range); returns
         {id(request): cause} of the breaks found where the parts meet."""
         causes = {}
+        if not (self.last or self.sum_keys):
+            self._adopt(other)
+        else:
+            causes = self._merge_states(other, in_window)
+        self.breaks.extend(other.breaks)
+        for key, group in other.pair_deltas.items():
+            mine = self.pair_deltas.setdefault(key, _empty_what_if())
+            for policy in group:
+                mine[policy] = [a + b for a, b in zip(mine[policy], group[policy])]
+        self.unordered += other.unordered
+        return causes
+
+    def _adopt(self, other):
+        """Takes the sessions and sums of a part as they are, this stream having none
+        yet (no copy: a log of a session a request holds a state a request)."""
+        if self.first is not None:
+            self.first.update(other.first)
+        self.last, self.held = other.last, other.held
+        self.models, self._model_ids = other.models, other._model_ids
+        self.sum_keys, self.sums, self._sum_ids = other.sum_keys, other.sums, other._sum_ids
+
+    def _merge_states(self, other, in_window):
+        causes = {}
         for session, first in other.first.items():
             offset = self.last.get(session)
             if offset is None:
@@ -2186,30 +2209,27 @@ class CacheEffects(object):
             if offset is None:
                 offset = self.last[session] = self._new_held()
             _HELD.pack_into(self.held, offset, ts, expected, read, w5, w1, ttl, model_id, key_id)
-        self.breaks.extend(other.breaks)
         for key, slot in zip(other.sum_keys, other.sums):
             if slot is not None:
                 mine = self._slot(self._sum_id(key))
                 for index, value in enumerate(slot):
                     mine[index] += value
-        for key, group in other.pair_deltas.items():
-            mine = self.pair_deltas.setdefault(key, _empty_what_if())
-            for policy in group:
-                mine[policy] = [a + b for a, b in zip(mine[policy], group[policy])]
-        self.unordered += other.unordered
         return causes
 
 
 def sessions_go_back(effects, parts):
     """Whether, merging parts (CacheEffects, in stream order) after effects, some
     session's first request in a part is older than its last request before it."""
-    last_ts = effects.last_times()
+    before = [effects]
     for part in parts:
         for session, first in part.first.items():
-            ts = last_ts.get(session)
-            if ts is not None and first.ts < ts:
-                return True
-        last_ts.update(part.last_times())
+            for earlier in reversed(before):  # the latest part that has the session
+                ts = earlier.last_time(session)
+                if ts is not None:
+                    if first.ts < ts:
+                        return True
+                    break
+        before.append(part)
     return False
 
 
@@ -2828,7 +2848,8 @@ def scan_request_file(path, aggregate, stats):
                 pool.terminate()
                 _WORKER_CONTEXT.clear()
             if not sessions_go_back(aggregate.effects, [part.effects for part, _ in parts]):
-                for part, part_stats in parts:
+                while parts:  # each part let go once merged
+                    part, part_stats = parts.pop(0)
                     aggregate.merge(part)
                     stats.merge(part_stats)
                 return
