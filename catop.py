@@ -55,6 +55,8 @@ MAX_TOKENS_PER_FIELD = 10 ** 9      # more than any context window: a corrupt co
 MAX_LINE_BYTES = 64 * 1024 * 1024   # a longer line is skipped, not held in memory
 READ_BLOCK_BYTES = 1 << 18
 PARALLEL_MIN_BYTES = 24 * 1024 * 1024
+PROBE_BYTES = 8 * 1024 * 1024        # of a split file, read before it stays split
+PROBE_MIN_RECORDS = 10000            # ... if they hold that many requests
 
 GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day", "week", "month")
 _CALENDAR_GROUPS = ("day", "week", "month")
@@ -2803,6 +2805,23 @@ def scan_range(template, path, start, end):
     return aggregate, stats
 
 
+def scan_first_range(template, path, start, end):
+    """[(Aggregate, SourceStats)] of the first range of a split file, read here; None
+    when its first PROBE_BYTES start a session nearly every request (the caller then
+    reads the file in one pass: split, each part would hold every request's session
+    twice over, for the merge, and gain no time either)."""
+    with open(path, "rb") as handle:
+        handle.seek(min(end, start + PROBE_BYTES))
+        handle.readline()
+        probe = min(end, handle.tell())
+    part, stats = scan_range(template, path, start, probe)
+    if stats.records >= PROBE_MIN_RECORDS and len(part.effects.last) >= 0.9 * stats.records:
+        return None
+    with open(path, "rb") as handle:
+        scan_request_stream(handle, stats, part.add, probe, end, template.wanted_attributes())
+    return [(part, stats)]
+
+
 def learn_shapes(path, wanted, start=0, head_bytes=1 << 16):
     """Compiles the record shapes of the file's first lines (from start) before the
     workers are forked: each inherits them instead of compiling its own."""
@@ -2843,11 +2862,14 @@ def scan_request_file(path, aggregate, stats):
             # this process reads the first range itself: one process fewer in memory
             try:
                 later = pool.map_async(_scan_range_worker, jobs[1:])
-                parts = [scan_range(aggregate, *jobs[0])] + later.get()
+                parts = scan_first_range(aggregate, *jobs[0])
+                if parts is not None:
+                    parts += later.get()
             finally:
                 pool.terminate()
                 _WORKER_CONTEXT.clear()
-            if not sessions_go_back(aggregate.effects, [part.effects for part, _ in parts]):
+            if parts is not None and not sessions_go_back(
+                    aggregate.effects, [part.effects for part, _ in parts]):
                 while parts:  # each part let go once merged
                     part, part_stats = parts.pop(0)
                     aggregate.merge(part)

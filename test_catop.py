@@ -757,6 +757,55 @@ class LineReadingTests(unittest.TestCase):
         self.assertTrue(results[0][4])  # the repeated sessions do break across the cut
         self.assertEqual(results[0][2], 40 * 18)
 
+    def test_a_log_of_a_session_a_request_is_read_in_one_pass(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+
+        def write(name, sessions):
+            path = os.path.join(folder, name)
+            with open(path, "w") as handle:
+                for n in range(1200):
+                    handle.write(json.dumps({
+                        "timestamp": NOW + n, "model": "claude-sonnet-4-5",
+                        "provider": "anthropic", "trace_id": "t%d" % (n % sessions),
+                        "usage": {"input_tokens": 10, "cache_read_input_tokens": 3000 * (n % 3),
+                                  "cache_creation_input_tokens": 2000,
+                                  "output_tokens": 5}}) + "\n")
+            return path
+
+        unique, long_lived = write("unique.jsonl", 1200), write("long.jsonl", 40)
+
+        def half(path):
+            return catop.split_points(path, os.path.getsize(path), 2)[1]
+        with mock.patch.object(catop, "PROBE_BYTES", 20000), \
+                mock.patch.object(catop, "PROBE_MIN_RECORDS", 50):
+            template = catop.Aggregate(PRICES)
+            self.assertIsNone(catop.scan_first_range(template, unique, 0, half(unique)))
+            parts = catop.scan_first_range(template, long_lived, 0, half(long_lived))
+            # the probe's 20 kB, then the rest of the range, into the same part
+            with open(long_lived, "rb") as handle:
+                lines = handle.read(half(long_lived)).count(b"\n")
+            self.assertGreater(half(long_lived), 20000 * 2)
+            self.assertEqual(parts[0][1].records, lines)
+            self.assertEqual(len(parts[0][0].effects.last), 40)
+            for path in (unique, long_lived):
+                results = []
+                for threshold in (10 ** 12, 1):
+                    with mock.patch.object(catop, "PARALLEL_MIN_BYTES", threshold), \
+                            mock.patch.object(catop, "worker_count", return_value=2):
+                        agg = catop.Aggregate(PRICES, ("model",))
+                        stats = catop.SourceStats("x")
+                        catop.scan_request_file(path, agg, stats)
+                        agg.finish(NOW + 10 ** 6)
+                        results.append((stats.records, agg.totals.as_dict(),
+                                        [b.as_dict() for b in agg.effects.breaks],
+                                        agg.effects.wasted))
+                self.assertEqual(results[1], results[0])
+                self.assertEqual(results[0][0], 1200)
+                # long-lived: a break wherever a request reads 0 after one that read
+                # 6,000 (n % 3 == 0) and is not its session's first (n >= 40): 42..1197
+                self.assertEqual(len(results[0][2]), 0 if path == unique else 386)
+
     def test_a_break_at_the_cut_is_marked_in_the_session_timeline(self):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
