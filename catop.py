@@ -2772,14 +2772,19 @@ class StreamReader(object):
         raise OSError("a stream cannot seek")
 
 
+def next_line_start(handle, offset):
+    """The offset where the line after the one holding offset starts."""
+    handle.seek(offset)
+    handle.readline()
+    return handle.tell()
+
+
 def split_points(path, size, parts, start=0):
     """Offsets that cut a file from start into `parts` ranges, each at a line start."""
     points = [start]
     with open(path, "rb") as handle:
         for i in range(1, parts):
-            handle.seek(start + (size - start) * i // parts)
-            handle.readline()
-            position = handle.tell()
+            position = next_line_start(handle, start + (size - start) * i // parts)
             if points[-1] < position < size:
                 points.append(position)
     points.append(size)
@@ -2811,9 +2816,7 @@ def scan_first_range(template, path, start, end):
     reads the file in one pass: split, each part would hold every request's session
     twice over, for the merge, and gain no time either)."""
     with open(path, "rb") as handle:
-        handle.seek(min(end, start + PROBE_BYTES))
-        handle.readline()
-        probe = min(end, handle.tell())
+        probe = min(end, next_line_start(handle, min(end, start + PROBE_BYTES)))
     part, stats = scan_range(template, path, start, probe)
     if stats.records >= PROBE_MIN_RECORDS and len(part.effects.last) >= 0.9 * stats.records:
         return None
