@@ -1821,19 +1821,29 @@ class CacheBreak(object):
 _BREAK_FIELDS = operator.attrgetter(*CacheBreak.__slots__)
 
 
+def default_ttl(provider):
+    """The TTL of a provider's cache writes, unless they were 1-hour writes."""
+    return CACHE_TTL_S.get(provider.split("_")[0].lower(), DEFAULT_TTL_S)
+
+
+def reports_writes(provider):
+    """Whether a provider reports its cache writes (and so its TTL is a choice)."""
+    return provider.lower().startswith(_WRITE_REPORTING)
+
+
 def ttl_in_force(req):
     """The cache TTL the request's writes bought: 1 hour when they were mostly 1-hour
     writes, else the provider's default."""
     if req.cache_write_1h > req.cache_write_5m:
         return 3600
-    return CACHE_TTL_S.get(req.provider.split("_")[0].lower(), DEFAULT_TTL_S)
+    return default_ttl(req.provider)
 
 
 def expected_cached(req):
     """The prefix a request leaves in the cache for the next one: what it read plus
     what it wrote, or its whole input where the provider does not report writes."""
     writes = req.cache_write_5m + req.cache_write_1h
-    if writes or req.provider.lower().startswith(_WRITE_REPORTING):
+    if writes or reports_writes(req.provider):
         return req.cache_read + writes
     return req.input
 
@@ -2004,9 +2014,7 @@ class CacheEffects(object):
         """(does the TTL choice apply, the default TTL) of a provider, remembered."""
         facts = self._facts.get(provider)
         if facts is None:
-            facts = self._facts[provider] = (
-                provider.lower().startswith(_WRITE_REPORTING),
-                CACHE_TTL_S.get(provider.split("_")[0].lower(), DEFAULT_TTL_S))
+            facts = self._facts[provider] = (reports_writes(provider), default_ttl(provider))
         return facts
 
     def _model_id(self, model):
