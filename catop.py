@@ -149,6 +149,14 @@ class Tally(object):
         self.first_ts = self.last_ts = None
 
     def add(self, req, cost, no_cache_cost, priced):
+        self.count(req)
+        self.cost += cost
+        self.no_cache_cost += no_cache_cost
+        if not priced:
+            self.unpriced_requests += 1
+
+    def count(self, req):
+        """Sums req's tokens, not its cost (a price class sets that once: price_classes)."""
         self.requests += 1
         self.miss += req.miss
         self.cache_read += req.cache_read
@@ -156,10 +164,6 @@ class Tally(object):
         self.cache_write_1h += req.cache_write_1h
         self.output += req.output
         self.reasoning += req.reasoning
-        self.cost += cost
-        self.no_cache_cost += no_cache_cost
-        if not priced:
-            self.unpriced_requests += 1
         if req.observed_cost is not None:
             self.observed_cost += req.observed_cost
             self.observed_requests += 1
@@ -1353,15 +1357,25 @@ def request_cost(req, rates):
     """(cost, no-cache cost) of one request in USD; (0, 0) when unpriced."""
     if rates is None:
         return 0.0, 0.0
+    return tokens_cost(req, tier_rates(rates, req.input > TIER_THRESHOLD_TOKENS))
+
+
+def tier_rates(rates, above_threshold):
+    """The six rates of a (base, 200k tier or None) pair that a request pays."""
     base, tier = rates
-    miss, read, w5, w1 = req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h
-    total_input = miss + read + w5 + w1
-    p_in, p_read, p_w5, p_w1, p_out, p_rsn = \
-        tier if (tier is not None and total_input > TIER_THRESHOLD_TOKENS) else base
-    reasoning = req.reasoning
-    output_cost = (req.output - reasoning) * p_out + reasoning * p_rsn
+    return tier if tier is not None and above_threshold else base
+
+
+def tokens_cost(counts, rates):
+    """(cost, no-cache cost) in USD of the tokens of a Request, or of a Tally of
+    requests of one tier: every term is linear in the tokens."""
+    p_in, p_read, p_w5, p_w1, p_out, p_rsn = rates
+    miss, read = counts.miss, counts.cache_read
+    w5, w1 = counts.cache_write_5m, counts.cache_write_1h
+    reasoning = counts.reasoning
+    output_cost = (counts.output - reasoning) * p_out + reasoning * p_rsn
     cost = miss * p_in + read * p_read + w5 * p_w5 + w1 * p_w1 + output_cost
-    return cost, total_input * p_in + output_cost
+    return cost, (miss + read + w5 + w1) * p_in + output_cost
 
 
 # -------------------------------------------------------------- aggregation
@@ -1402,12 +1416,93 @@ def group_key_function(group_by):
     return lambda req: tuple(getter(req) for getter in getters)
 
 
+class PriceClasses(object):
+    """The token sums of the requests of each price class: one group, model and
+    provider, above the long-context tier or not, paired in a session or not.
+
+    A request's cost is linear in its tokens at its class's rates, so requests are
+    only counted as they come, and each class is priced once, when it is read."""
+
+    def __init__(self):
+        self.keys = []     # class id -> (group, model, provider, above tier, paired)
+        self.tallies = []  # class id -> Tally of its requests in the window, unpriced
+        self.ids = {}      # key -> class id
+
+    def __getstate__(self):
+        return self.keys, self.tallies
+
+    def __setstate__(self, state):
+        self.keys, self.tallies = state
+        self.ids = {key: number for number, key in enumerate(self.keys)}
+
+    def count(self, req, group, in_window, paired):
+        """Counts req in its class (when in the window); returns the class id."""
+        key = (group, req.model, req.provider, req.miss + req.cache_read + req.cache_write_5m
+               + req.cache_write_1h > TIER_THRESHOLD_TOKENS, paired)
+        class_id = self.ids.get(key)
+        if class_id is None:
+            class_id = self._new_class(key, Tally())
+        if in_window:
+            self.tallies[class_id].count(req)
+        return class_id
+
+    def _new_class(self, key, tally):
+        class_id = self.ids[key] = len(self.keys)
+        self.keys.append(key)
+        self.tallies.append(tally)
+        return class_id
+
+    def merge(self, other):
+        """Takes in other's classes (their tallies as they are); returns the list of
+        the ids here of its class ids."""
+        ids = []
+        for key, tally in zip(other.keys, other.tallies):
+            class_id = self.ids.get(key)
+            if class_id is None:
+                class_id = self._new_class(key, tally)
+            else:
+                self.tallies[class_id].merge(tally)
+            ids.append(class_id)
+        return ids
+
+
+def price_classes(classes, prices):
+    """({group: Tally}, {unpriced model: requests}) of the classes with requests,
+    each class priced at its rates (its tally's cost set, which pricing again
+    sets to the same).  A group of one class shares that class's tally."""
+    groups, unpriced, combined = {}, {}, set()
+    for (group, model, provider, above_tier, _), tally in zip(classes.keys, classes.tallies):
+        if not tally.requests:
+            continue
+        rates = prices.rates(model, provider)
+        if rates is None:
+            tally.cost = tally.no_cache_cost = 0.0
+            tally.unpriced_requests = tally.requests
+            name = model or "(unknown model)"
+            unpriced[name] = unpriced.get(name, 0) + tally.requests
+        else:
+            tally.cost, tally.no_cache_cost = tokens_cost(tally, tier_rates(rates, above_tier))
+            tally.unpriced_requests = 0
+        mine = groups.get(group)
+        if mine is None:
+            groups[group] = tally
+            continue
+        if group not in combined:  # a tally of its own, not the first class's
+            combined.add(group)
+            first, mine = mine, Tally()
+            mine.merge(first)
+            groups[group] = mine
+        mine.merge(tally)
+    return groups, unpriced
+
+
 class Aggregate(object):
     """Totals, groups and (optionally) one session's timeline of a stream of requests.
 
-    Holds no request beyond what the view needs: a Tally per group, and the
-    requests of the session asked for with --session.  Each request is tallied
-    once, in its group (the group () without --group-by); totals sum the groups.
+    Holds no request beyond what the view needs: a Tally per price class (of a
+    group: the group () without --group-by), and the requests of the session asked
+    for with --session.  Each request is tallied once, in its class; a group sums
+    its classes, the totals sum the groups.
     """
 
     def __init__(self, prices, group_by=(), since=None, until=None, session=None, part=False):
@@ -1417,20 +1512,21 @@ class Aggregate(object):
         self.until = until
         self.session = session
         self.key_of = group_key_function(self.group_by) if self.group_by else (lambda req: ())
-        self.tallies = {}
         # grouped by session: each group's (models, projects), for the session listing
         self.details = {} if "session" in self.group_by else None
+        # pairs the requests, and counts each in its price class (effects.classes)
         self.effects = CacheEffects(prices, self.key_of, part=part)
         self.budgets = None      # a BudgetTracker when budgets are set
         self.trend = None        # a DailyTrend for the table's sparklines
-        self.unpriced_models = {}
         self.timeline = []
         self.outside_window = 0
+        self._priced = None      # price_classes() of the classes, until they change
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["prices"] = None  # workers send results back; the book stays home
         state["key_of"] = None  # a lambda does not pickle; rebuilt from group_by
+        state["_priced"] = None
         return state
 
     def __setstate__(self, state):
@@ -1472,25 +1568,19 @@ class Aggregate(object):
 
     def add(self, req):
         in_window = self.since is None and self.until is None or self.in_window(req.ts)
-        rates = self.prices.rates(req.model, req.provider)
-        cost, no_cache_cost = request_cost(req, rates)
         key = self.key_of(req)
-        cause = self.effects.add(req, in_window, cost, key)  # even outside: it may precede one
-        if self.budgets is not None:
-            self.budgets.add(req.ts, cost)  # budgets follow the calendar, not the window
-        if self.trend is not None:
-            self.trend.add(req.ts, cost, no_cache_cost, req.cache_read, req.input)
+        # counted in its class (in the window), paired even outside: it may precede one
+        cause = self.effects.add(req, in_window, key)
+        if self.budgets is not None or self.trend is not None:
+            cost, no_cache_cost = self.cost_of(req)
+            if self.budgets is not None:
+                self.budgets.add(req.ts, cost)  # budgets follow the calendar, not the window
+            if self.trend is not None:
+                self.trend.add(req.ts, cost, no_cache_cost, req.cache_read, req.input)
         if not in_window:
             self.outside_window += 1
             return
-        priced = rates is not None
-        if not priced:
-            name = req.model or "(unknown model)"
-            self.unpriced_models[name] = self.unpriced_models.get(name, 0) + 1
-        tally = self.tallies.get(key)
-        if tally is None:
-            tally = self.tallies[key] = Tally()
-        tally.add(req, cost, no_cache_cost, priced)
+        self._priced = None
         if self.details is not None:
             detail = self.details.get(key)
             if detail is None:
@@ -1498,7 +1588,27 @@ class Aggregate(object):
             detail[0].add(req.model)
             detail[1].add(req.project)
         if self.session is not None and req.session.startswith(self.session):
-            self.timeline.append((req, cost, cause.cause if cause is not None else ""))
+            self.timeline.append((req, self.cost_of(req)[0],
+                                  cause.cause if cause is not None else ""))
+
+    def cost_of(self, req):
+        """(cost, no-cache cost) of one request."""
+        return request_cost(req, self.prices.rates(req.model, req.provider))
+
+    @property
+    def tallies(self):
+        """{group key: Tally} of every group (the group () without --group-by)."""
+        return self._priced_classes()[0]
+
+    @property
+    def unpriced_models(self):
+        """{model: requests} of the requests of models with no price."""
+        return self._priced_classes()[1]
+
+    def _priced_classes(self):
+        if self._priced is None:
+            self._priced = price_classes(self.effects.classes, self.prices)
+        return self._priced
 
     @property
     def totals(self):
@@ -1513,14 +1623,7 @@ class Aggregate(object):
         return self.tallies if self.group_by else {}
 
     def merge(self, other):
-        for key, tally in other.tallies.items():
-            mine = self.tallies.get(key)
-            if mine is None:
-                self.tallies[key] = tally
-            else:
-                mine.merge(tally)
-        for name, count in other.unpriced_models.items():
-            self.unpriced_models[name] = self.unpriced_models.get(name, 0) + count
+        self._priced = None
         for key, (models, projects) in (other.details or {}).items():
             mine = self.details.setdefault(key, (set(), set()))
             mine[0].update(models)
@@ -1927,9 +2030,7 @@ def _write_rates(req, prices):
     rates = prices.rates(req.model, req.provider)
     if rates is None:
         return None
-    base, tier = rates
-    chosen = tier if tier is not None and req.input > TIER_THRESHOLD_TOKENS else base
-    return chosen[:4]
+    return tier_rates(rates, req.input > TIER_THRESHOLD_TOKENS)[:4]
 
 
 def pair_what_if(before_ts, after, found, rates, policy, ttl):
@@ -1958,7 +2059,7 @@ def pair_what_if(before_ts, after, found, rates, policy, ttl):
 # then, and scattered states are each a cache miss: on a big log either costs more
 # than all the pairing does.
 _HELD = struct.Struct("dqqqqqii")  # ts, expected read, read, 5m writes, 1h writes,
-#                                    TTL, model id, sums key id (-1: no writes)
+#                                    TTL, model id, price class id (-1: no writes)
 _NO_HELD = bytes(_HELD.size)
 
 
@@ -1977,9 +2078,9 @@ class CacheEffects(object):
     Each session keeps only what its last request left (_HELD): what a request did
     to the cache is known from it and the next one.  Requests must come in time
     order within each session (a late one is not paired, and counted in
-    `unordered`).  Token sums are kept per (group, model, provider, tier) and priced
-    once, in finish(): the hot path does a few comparisons and dictionary updates
-    a request."""
+    `unordered`).  Each request is counted in its price class (`classes`), and the
+    classes are priced once, in finish(): the hot path does a few comparisons and
+    dictionary updates a request."""
 
     def __init__(self, prices, key_of, compactions=None, part=False):
         self.prices = prices
@@ -1991,9 +2092,9 @@ class CacheEffects(object):
         self.last = {}           # session -> where its last request's _HELD is in held
         self.held = bytearray()
         self.models = []         # model id -> model name
-        self.sum_keys = []       # sums id -> (group, model, provider, tier)
-        self.sums = []           # sums id -> [cost, w5, w1, unread w5, unread w1], or None
-        self._model_ids, self._sum_ids = {}, {}
+        self._model_ids = {}
+        self.classes = PriceClasses()
+        self.unread = {}         # class id -> [5m, 1h] writes never read back
         self.breaks = []
         self.pair_deltas = {}    # group -> {policy: [delta, avoided, added]}
         self.unordered = 0
@@ -2020,58 +2121,44 @@ class CacheEffects(object):
     def _model_id(self, model):
         return number_of(model, self.models, self._model_ids)
 
-    def _sum_id(self, key):
-        found = number_of(key, self.sum_keys, self._sum_ids)
-        if found == len(self.sums):
-            self.sums.append(None)  # summed from its first figure on
-        return found
-
-    def _sum_id_of(self, req, group):
-        """The id of req's sums: per group, model, provider and price tier."""
-        return self._sum_id((group, req.model, req.provider,
-                             req.miss + req.cache_read + req.cache_write_5m
-                             + req.cache_write_1h > TIER_THRESHOLD_TOKENS))
-
-    def _slot(self, sum_id):
-        slot = self.sums[sum_id]
-        if slot is None:
-            slot = self.sums[sum_id] = [0.0, 0, 0, 0, 0]
-        return slot
-
-    def add(self, req, in_window=True, cost=None, group=None):
-        """Pairs req with its session's previous request; returns its break or None.
-        cost, group: the request's cost and group key, when the caller has them."""
+    def add(self, req, in_window=True, group=None):
+        """Counts req in its price class and pairs it with its session's previous
+        request; returns its break or None.  group: req's, when the caller has it."""
+        if group is None:
+            group = self.key_of(req)
         session, ts = req.session, req.ts
+        before = None
         if not session or ts is None:
-            return None
-        offset = self.last.get(session)
+            offset = None
+        else:
+            offset = self.last.get(session)
+            if offset is None:
+                if self.first is not None:
+                    self.first[session] = req
+                offset = self.last[session] = self._new_held()
+            else:
+                before = _HELD.unpack_from(self.held, offset)
+                if ts < before[0]:
+                    self.unordered += 1
+                    offset = None
+        # a request not paired is not re-priced by the what-if either
+        class_id = self.classes.count(req, group, in_window, offset is not None)
         if offset is None:
-            if self.first is not None:
-                self.first[session] = req
-            offset = self.last[session] = self._new_held()
-            return self._step(req, offset, None, in_window, cost, group)
-        before = _HELD.unpack_from(self.held, offset)
-        if ts < before[0]:
-            self.unordered += 1
             return None
-        return self._step(req, offset, before, in_window, cost, group)
+        return self._step(req, offset, before, in_window, class_id, group)
 
     def _new_held(self):
         offset = len(self.held)
         self.held += _NO_HELD
         return offset
 
-    def _step(self, req, offset, before, in_window, cost=None, group=None, reprice=True):
+    def _step(self, req, offset, before, in_window, class_id, group):
         """Pairs req with `before`, the _HELD values its session's last request left
         (None: it starts its session), then holds its own at offset instead.
         Returns its break or None.  One function: this runs for every request."""
         read, w5, w1 = req.cache_read, req.cache_write_5m, req.cache_write_1h
         applies, ttl = self._facts.get(req.provider) or self._provider(req.provider)
-        if group is None:
-            group = self.key_of(req)
-        found = sum_id = None
-        if in_window and reprice and applies:
-            sum_id = self._account(req, cost, group)
+        found = None
         if before is not None and in_window:
             before_ts, expected, before_read, before_w5, before_w1, before_ttl, model_id, \
                 key_id = before
@@ -2095,7 +2182,7 @@ class CacheEffects(object):
             expected = read + w5 + w1
             if w1 > w5:
                 ttl = 3600  # ttl_in_force
-            key_id = sum_id if sum_id is not None else self._sum_id_of(req, group)
+            key_id = class_id
         else:
             expected = read if applies else req.miss + read  # expected_cached
             key_id = -1
@@ -2106,23 +2193,13 @@ class CacheEffects(object):
                         key_id)
         return found
 
-    def _account(self, req, cost, group):
-        """What the TTL policies re-price (where they apply): a request's cost and
-        its writes.  Returns the id of its sums."""
-        if cost is None:
-            cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
-        sum_id = self._sum_id_of(req, group)
-        slot = self._slot(sum_id)
-        slot[0] += cost
-        slot[1] += req.cache_write_5m
-        slot[2] += req.cache_write_1h
-        return sum_id
-
-    def _unread(self, sum_id, w5, w1, share):
+    def _unread(self, class_id, w5, w1, share):
         """Counts a share of a request's writes (w5, w1) as never read back."""
-        slot = self._slot(sum_id)
-        slot[3] += w5 * share
-        slot[4] += w1 * share
+        unread = self.unread.get(class_id)
+        if unread is None:
+            unread = self.unread[class_id] = [0, 0]
+        unread[0] += w5 * share
+        unread[1] += w1 * share
 
     def _what_if_step(self, before_ts, after, found, group):
         rates = _write_rates(after, self.prices)
@@ -2148,16 +2225,23 @@ class CacheEffects(object):
         what_if = {key: {policy: list(v) for policy, v in group.items()}
                    for key, group in self.pair_deltas.items()}
         policy_cost, wasted = {}, {}
-        for (group, model, provider, tiered), slot in zip(self.sum_keys, self.sums):
-            if slot is None:
+        for class_id, (group, model, provider, above_tier, paired) in \
+                enumerate(self.classes.keys):
+            tally = self.classes.tallies[class_id]
+            # the TTL policies re-price the writes of the requests paired in sessions
+            repriced = paired and tally.requests and self._provider(provider)[0]
+            unread5, unread1 = self.unread.get(class_id, (0, 0))
+            if not repriced and class_id not in self.unread:
                 continue
-            cost, w5, w1, unread5, unread1 = slot
-            probe = Request(model=model, provider=provider,
-                            miss=TIER_THRESHOLD_TOKENS + 1 if tiered else 0)
-            rates = _write_rates(probe, self.prices)
+            rates = self.prices.rates(model, provider)
             if rates is None:
                 continue
-            p_in, p_read, p_w5, p_w1 = rates
+            rates = tier_rates(rates, above_tier)
+            p_in, p_read, p_w5, p_w1 = rates[:4]
+            cost, w5, w1 = 0.0, 0, 0
+            if repriced:
+                cost = tokens_cost(tally, rates)[0]
+                w5, w1 = tally.cache_write_5m, tally.cache_write_1h
             policy_cost[group] = policy_cost.get(group, 0.0) + cost
             figures = what_if.setdefault(group, _empty_what_if())
             figures["ttl_1h"][0] += w5 * (p_w1 - p_w5)
@@ -2172,7 +2256,7 @@ class CacheEffects(object):
         """Takes in a later part of the same stream (a worker's byte range); returns
         {id(request): cause} of the breaks found where the parts meet."""
         causes = {}
-        if not (self.last or self.sum_keys):
+        if not (self.last or self.classes.keys):
             self._adopt(other)
         else:
             causes = self._merge_states(other, in_window)
@@ -2191,10 +2275,11 @@ class CacheEffects(object):
             self.first.update(other.first)
         self.last, self.held = other.last, other.held
         self.models, self._model_ids = other.models, other._model_ids
-        self.sum_keys, self.sums, self._sum_ids = other.sum_keys, other.sums, other._sum_ids
+        self.classes, self.unread = other.classes, other.unread
 
     def _merge_states(self, other, in_window):
         causes = {}
+        class_ids = self.classes.merge(other.classes)  # its ids -> the ids here
         for session, first in other.first.items():
             offset = self.last.get(session)
             if offset is None:
@@ -2203,9 +2288,10 @@ class CacheEffects(object):
                 continue
             before = _HELD.unpack_from(self.held, offset)
             if first.ts >= before[0]:
-                # the worker took `first` for a session's start, and accounted it already;
+                # the worker took `first` for a session's start, and counted it already;
                 # what this holds in its place is overwritten below by the part's last
-                found = self._step(first, offset, before, in_window(first.ts), reprice=False)
+                found = self._step(first, offset, before, in_window(first.ts), -1,
+                                   self.key_of(first))
                 if found is not None:
                     causes[id(first)] = found.cause
             else:
@@ -2214,16 +2300,13 @@ class CacheEffects(object):
             ts, expected, read, w5, w1, ttl, model_id, key_id = _HELD.unpack_from(other.held,
                                                                                   theirs)
             model_id = self._model_id(other.models[model_id])
-            key_id = self._sum_id(other.sum_keys[key_id]) if key_id >= 0 else -1
+            key_id = class_ids[key_id] if key_id >= 0 else -1
             offset = self.last.get(session)
             if offset is None:
                 offset = self.last[session] = self._new_held()
             _HELD.pack_into(self.held, offset, ts, expected, read, w5, w1, ttl, model_id, key_id)
-        for key, slot in zip(other.sum_keys, other.sums):
-            if slot is not None:
-                mine = self._slot(self._sum_id(key))
-                for index, value in enumerate(slot):
-                    mine[index] += value
+        for class_id, (unread5, unread1) in other.unread.items():
+            self._unread(class_ids[class_id], unread5, unread1, 1.0)
         return causes
 
 

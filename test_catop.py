@@ -649,6 +649,25 @@ class AggregationTests(unittest.TestCase):
         self.assertEqual({k: v.as_dict() for k, v in left.groups.items()},
                          {k: v.as_dict() for k, v in whole.groups.items()})
 
+    def test_a_group_is_priced_class_by_class(self):
+        # one project; gpt-4o, and gemini-2.5-pro under and over its 200k tier
+        def request(model, miss, read, output):
+            return catop.Request(ts=1000.0, model=model, project="a", session="s",
+                                 miss=miss, cache_read=read, output=output)
+        agg = catop.Aggregate(PRICES, ("project",))
+        agg.add(request("gpt-4o", 100, 300, 10))              # 0.00025 + 0.000375 + 0.0001
+        agg.add(request("gemini-2.5-pro", 1000, 100000, 100))  # 0.00125 + 0.0125 + 0.001
+        agg.add(request("gemini-2.5-pro", 150000, 100000, 100))  # 0.375 + 0.025 + 0.0015
+        for _ in range(2):  # read twice: pricing sets a class's cost, never adds to it
+            group = agg.groups[("a",)]
+            self.assertAlmostEqual(group.cost, 0.000725 + 0.01475 + 0.4015, places=12)
+            # no cache: 400 x 2.5e-6 + 0.0001; 101,000 x 1.25e-6 + 0.001; 250,000 x 2.5e-6 + 0.0015
+            self.assertAlmostEqual(group.no_cache_cost, 0.0011 + 0.12725 + 0.6265, places=12)
+            self.assertEqual((group.requests, group.miss, group.cache_read), (3, 151100, 200300))
+        agg.add(request("gemini-2.5-pro", 1000, 100000, 100))  # after a read: priced in too
+        self.assertEqual(agg.totals.requests, 4)
+        self.assertAlmostEqual(agg.totals.cost, 0.000725 + 2 * 0.01475 + 0.4015, places=12)
+
     def test_sort_and_top(self):
         agg = catop.Aggregate(PRICES, ("project",))
         for req in self.requests():
@@ -1922,6 +1941,22 @@ class WhatIfTests(unittest.TestCase):
                                                    (400, m, 5, 0, 12500, 0),
                                                    (460, m, 5, 12500, 500, 0)))
         self.assertAlmostEqual(effects.policy_cost[("a",)], costs)
+
+    def test_only_requests_paired_in_a_session_are_repriced(self):
+        m = "claude-sonnet-4-5"
+        paired = chain((0, m, 5, 10000, 2000, 0), (60, m, 5, 12000, 500, 0))
+        alone = catop.Request(NOW + 30, "a", "anthropic", m, "p", "", 5, 0, 4000, 0, 10)
+        late = catop.Request(NOW + 10, "a", "anthropic", m, "p", "s", 5, 0, 3000, 0, 10)
+        effects = self.effects(paired + [alone, late])
+        self.assertEqual((effects.unordered, effects.breaks), (1, []))
+        self.assertAlmostEqual(effects.policy_cost[("a",)], sum(cost_of(r)[0] for r in paired),
+                               places=12)
+        # one hour: the paired requests' 2,500 5m writes at 6e-6 instead of 3.75e-6
+        self.assertAlmostEqual(effects.what_if[("a",)]["ttl_1h"][0], 2500 * 2.25e-06, places=12)
+        # only the session's last 500 writes expired unread
+        tokens, premium = effects.wasted[("a",)]
+        self.assertEqual(tokens, 500)
+        self.assertAlmostEqual(premium, 500 * (3.75e-06 - 3e-06), places=12)
 
     def test_five_minute_policy_adds_a_break(self):
         m = "claude-sonnet-4-5"
