@@ -1920,6 +1920,25 @@ class CacheBreak(object):
                 "gap_s": None if self.gap_s is None else round(self.gap_s, 3),
                 "cost_usd": round(self.cost, 9)}
 
+    def as_json(self, quote=json.encoder.encode_basestring_ascii):
+        """as_dict() as JSON text, exactly as the item encoder writes it, with no
+        dict made and encoded (a report may list a break every few requests)."""
+        return _BREAK_JSON % (
+            quote(self.session), quote(iso_utc(self.ts)), quote(self.model), quote(self.cause),
+            self.expected, self.read, self.rewritten,
+            "null" if self.gap_s is None else json_float(round(self.gap_s, 3)),
+            json_float(round(self.cost, 9)))
+
+
+_BREAK_JSON = ('{"session": %s, "ts": %s, "model": %s, "cause": %s, '
+               '"expected_read_tokens": %d, "read_tokens": %d, "rewritten_tokens": %d, '
+               '"gap_s": %s, "cost_usd": %s}')
+
+
+def json_float(value):
+    """A float as JSON text, as json.dumps writes it (NaN and infinities included)."""
+    return repr(value) if -math.inf < value < math.inf else json.dumps(value)
+
 
 _BREAK_FIELDS = operator.attrgetter(*CacheBreak.__slots__)
 
@@ -5461,7 +5480,7 @@ def report_dict(report):
         "groups": (dict([("key", dict(zip(agg.group_by, key)))] + list(t.as_dict().items()))
                    for key, t in report.rows),
         "unpriced_models": sorted(agg.unpriced_models),
-        "breaks": (item.as_dict() for item in agg.effects.breaks),
+        "breaks": EncodedItems(item.as_json() for item in agg.effects.breaks),
         "break_summary": break_summary(agg.effects.breaks),
         "what_if": what_if_dict(agg),
         "wasted_writes": wasted_dict(agg),
@@ -5494,6 +5513,16 @@ def item_encoder():
     return lambda value: "".join(encode(value, 0))
 
 
+class EncodedItems(object):
+    """The items of a list of the JSON document, already JSON text each."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def __iter__(self):
+        return iter(self.texts)
+
+
 def iter_json(report, chunk_items=500):
     """The JSON document in pieces, one top-level field a line and one list item a
     line: readable and greppable, never whole in memory, and written by the C
@@ -5507,8 +5536,9 @@ def iter_json(report, chunk_items=500):
             yield "  %s: %s%s" % (dumps(name), dumps(value), ending)
             continue
         opening, items = "  %s: [" % dumps(name), []
+        encode = str if isinstance(value, EncodedItems) else dumps
         for item in value:
-            items.append(dumps(item))
+            items.append(encode(item))
             if len(items) == chunk_items:
                 yield opening + "\n    " + ",\n    ".join(items)
                 opening, items = ",", []

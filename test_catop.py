@@ -1289,6 +1289,15 @@ class CliTests(IsolatedEnv):
                       float("nan"), float("-inf"), 1e300, -0.0, "text", [], {}, None, 10 ** 30]:
             self.assertEqual(dumps(value), json.dumps(value))
 
+    def test_a_break_as_json_is_its_dict_as_json_dumps_writes_it(self):
+        for session, ts, gap, cost in [("s\u00e9\x1b[2J\"\\", NOW + 0.25, 24.5714, 0.01444375),
+                                       ("s", NOW, None, 1e-05), ("s", 86400.0, 0.0, -0.0),
+                                       ("s", NOW, 1e300, float("nan")), ("s", NOW, 3.0, 1e17),
+                                       ("s", NOW, float("inf"), float("-inf"))]:
+            item = catop.CacheBreak(session, ts, "m\u2028", "ttl_expired", 10 ** 30, 0, 12,
+                                    gap, cost)
+            self.assertEqual(item.as_json(), json.dumps(item.as_dict()))
+
     def test_long_lists_are_written_an_item_a_line_in_chunks(self):
         agg = catop.Aggregate(PRICES, group_by=("session",))
         for index in range(7):
