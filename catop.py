@@ -1357,7 +1357,11 @@ def request_cost(req, rates):
     """(cost, no-cache cost) of one request in USD; (0, 0) when unpriced."""
     if rates is None:
         return 0.0, 0.0
-    return tokens_cost(req, tier_rates(rates, req.input > TIER_THRESHOLD_TOKENS))
+    base, tier = rates  # tier_rates, inline: the live view prices every request
+    if tier is not None and (req.miss + req.cache_read + req.cache_write_5m
+                             + req.cache_write_1h > TIER_THRESHOLD_TOKENS):
+        base = tier
+    return tokens_cost(req, base)
 
 
 def tier_rates(rates, above_threshold):
