@@ -668,10 +668,11 @@ _ATTRIBUTION_PLANS = {}
 ALL_ATTRIBUTES = frozenset(name for name, _, _ in _FIELD_SEARCH)
 
 
-def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES):
+def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES, attribute_keys=None):
     """For each attribute, the (place, key) pairs that can exist in a record with
-    these top-level keys, in search order (a nested place may hold any key);
-    none for an attribute the view does not want."""
+    these top-level keys, in search order (a nested place may hold any key, but
+    the OTel attributes only attribute_keys, when they are known); none for an
+    attribute the view does not want."""
     present = frozenset(record_keys)
     plan = []
     for name, places, keys in _FIELD_SEARCH:
@@ -682,6 +683,8 @@ def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES):
         for place in places:
             if place == _RECORD:
                 pairs.extend((place, key) for key in keys if key in present)
+            elif place == _ATTRIBUTES and attribute_keys is not None:
+                pairs.extend((place, key) for key in keys if key in attribute_keys)
             elif place == _USAGE_COST or _PLACE_KEYS[place] in present:
                 pairs.extend((place, key) for key in keys)
         plan.append(pairs)
@@ -737,7 +740,7 @@ def normalize_record(record, wanted=ALL_ATTRIBUTES):
         usage, attributes = find_usage(record, keys)
         if usage is None:
             return None
-    shape = (wanted, keys, tuple(usage))
+    shape = (wanted, keys, tuple(usage), attributes is not None)
     compiled = _COMPILED_SHAPES.get(shape)
     if compiled is None:
         compiled = _compile_when_frequent(shape)
@@ -776,7 +779,7 @@ def interpret_record(record, usage, attributes, wanted):
 # JSON decoding.  A shape seen often is compiled once into one straight-line
 # function that reads exactly what interpret_record would, in the same order.
 
-_COMPILED_SHAPES = {}     # (wanted, record keys, usage keys) -> function
+_COMPILED_SHAPES = {}     # (wanted, record keys, usage keys, usage is attributes) -> function
 _SHAPE_SIGHTINGS = {}
 COMPILE_AFTER_SIGHTINGS = 8
 COMPILED_SHAPES_LIMIT = 256  # a compile takes up to 2 ms: a log of a thousand shapes is odd
@@ -795,9 +798,11 @@ def _compile_when_frequent(shape):
     return compiled
 
 
-def compile_shape(wanted, record_keys, usage_keys):
+def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
     """A function (record, usage, attributes) -> Request or None for records with
-    these keys and usage keys, equal to interpret_record.
+    these keys and usage keys, equal to interpret_record.  find_usage gives the
+    OTel attributes, when it found the usage there, as the usage itself: then
+    their keys are known, else there are none.
 
     The log's keys only decide which of catop's own key names go into the source:
     no text from the log is ever part of the code compiled."""
@@ -806,7 +811,8 @@ def compile_shape(wanted, record_keys, usage_keys):
         body = ["return None"]
     else:
         body = (["get = usage.get"] + _usage_source(plan)
-                + _attribution_source(attribution_plan(record_keys, wanted)))
+                + _attribution_source(attribution_plan(
+                    record_keys, wanted, usage_keys if usage_is_attributes else ())))
     source = "def shape(record, usage, attributes):\n    %s\n" % "\n    ".join(body)
     namespace = {"as_count": as_count, "MAX": MAX_TOKENS_PER_FIELD, "Request": Request,
                  "text": _text, "infer_provider": infer_provider, "as_money": as_money,

@@ -281,7 +281,7 @@ class UsageShapeTests(unittest.TestCase):
                     continue
             for wanted in wanted_sets:
                 interpreted = outcome(catop.interpret_record, record, usage, attributes, wanted)
-                shape = (wanted, tuple(record), tuple(usage))
+                shape = (wanted, tuple(record), tuple(usage), attributes is not None)
                 if shape not in functions:
                     functions[shape] = catop.compile_shape(*shape)
                 compiled = outcome(functions[shape], record, usage, attributes)
@@ -295,7 +295,7 @@ class UsageShapeTests(unittest.TestCase):
         record = {"model": "gpt-4o", "shape-of-this-test": 1,
                   "usage": {"prompt_tokens": 1000, "completion_tokens": 10,
                             "prompt_tokens_details": {"cached_tokens": 800}}}
-        shape = (catop.ALL_ATTRIBUTES, tuple(record), tuple(record["usage"]))
+        shape = (catop.ALL_ATTRIBUTES, tuple(record), tuple(record["usage"]), False)
         first = catop.normalize_record(record)
         for _ in range(catop.COMPILE_AFTER_SIGHTINGS):
             self.assertEqual(catop.normalize_record(record), first)
