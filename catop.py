@@ -1530,7 +1530,7 @@ class Aggregate(object):
         self.trend = None        # a DailyTrend for the table's sparklines
         self.timeline = []
         self.outside_window = 0
-        self._priced = None      # price_classes() of the classes, until they change
+        self._priced = None      # _priced_classes(), until the next request
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -1553,6 +1553,8 @@ class Aggregate(object):
         stream read apart (a worker's byte range), to be merged back in order."""
         part = Aggregate(self.prices, self.group_by, self.since, self.until, self.session,
                          part=True)
+        if self.details is None:
+            part.details = None
         if self.trend is not None:
             part.trend = self.trend.empty_copy()
         if self.budgets is not None:  # the spend in the part counts too
@@ -1615,17 +1617,19 @@ class Aggregate(object):
         """{model: requests} of the requests of models with no price."""
         return self._priced_classes()[1]
 
-    def _priced_classes(self):
-        if self._priced is None:
-            self._priced = price_classes(self.effects.classes, self.prices)
-        return self._priced
-
     @property
     def totals(self):
-        total = Tally()
-        for tally in self.tallies.values():
-            total.merge(tally)
-        return total
+        return self._priced_classes()[2]
+
+    def _priced_classes(self):
+        """(tallies, unpriced models, totals), made once until the next request."""
+        if self._priced is None:
+            tallies, unpriced = price_classes(self.effects.classes, self.prices)
+            total = Tally()
+            for tally in tallies.values():
+                total.merge(tally)
+            self._priced = tallies, unpriced, total
+        return self._priced
 
     @property
     def groups(self):
@@ -1634,10 +1638,11 @@ class Aggregate(object):
 
     def merge(self, other):
         self._priced = None
-        for key, (models, projects) in (other.details or {}).items():
-            mine = self.details.setdefault(key, (set(), set()))
-            mine[0].update(models)
-            mine[1].update(projects)
+        if self.details is not None:
+            for key, (models, projects) in (other.details or {}).items():
+                mine = self.details.setdefault(key, (set(), set()))
+                mine[0].update(models)
+                mine[1].update(projects)
         self.outside_window += other.outside_window
         if self.budgets is not None and other.budgets is not None:
             self.budgets.merge(other.budgets)
@@ -6591,6 +6596,8 @@ def snapshot(args, prices, since, until, now):
     aggregate.budgets = budget_tracker(args, now)
     if args.format == "table":
         aggregate.trend = DailyTrend(now)
+    else:  # only the table lists each session's models and projects
+        aggregate.details = None
     try:
         history = open_history(args)
         try:

@@ -1316,6 +1316,30 @@ class CliTests(IsolatedEnv):
             self.assertIn('  "breaks": [],', lines)
             self.assertEqual(json.loads(text)["totals"]["requests"], 7)
 
+    def test_sessions_read_by_two_processes_list_alike_in_json_and_table(self):
+        path = os.path.join(self.tmp, "sessions.jsonl")
+        with open(path, "w") as handle:
+            for n in range(300):
+                handle.write(json.dumps({
+                    "timestamp": NOW - 3600 + n, "model": "gpt-4o", "project": "p%d" % (n // 150),
+                    "session_id": "s%d" % (n % 3),
+                    "usage": {"prompt_tokens": 1000, "completion_tokens": 10}}) + "\n")
+        with mock.patch.object(catop, "PARALLEL_MIN_BYTES", 1), \
+                mock.patch.object(catop, "worker_count", return_value=2):
+            doc = self.run_json("--file", path, "--group-by", "session", "--window", "all")
+            code, table, err = self.run_main("--file", path, "--group-by", "session",
+                                             "--window", "all", "--offline", "--no-history",
+                                             "--format", "table", "--width", "200")
+        self.assertEqual(sorted((g["key"]["session"], g["requests"]) for g in doc["groups"]),
+                         [("s0", 100), ("s1", 100), ("s2", 100)])
+        self.assertEqual(code, 0, err)
+        # the table lists each session's models and projects: p0 from one half, p1 the other
+        rows = [line for line in table.splitlines() if line.startswith(("s0 ", "s1 ", "s2 "))]
+        self.assertEqual(len(rows), 3)
+        for row in rows:
+            self.assertIn(" gpt-4o ", row)
+            self.assertIn(" p0, p1 ", row)
+
     def test_the_script_exits_with_the_gate_status(self):
         result = subprocess.run(
             [sys.executable, os.path.join(HERE, "catop.py"), "--file", example("litellm.jsonl"),
