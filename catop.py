@@ -1521,7 +1521,7 @@ class Aggregate(object):
         self.since = since
         self.until = until
         self.session = session
-        self.key_of = group_key_function(self.group_by) if self.group_by else (lambda req: ())
+        self.key_of = group_key_function(self.group_by)
         # grouped by session: each group's (models, projects), for the session listing
         self.details = {} if "session" in self.group_by else None
         # pairs the requests, and counts each in its price class (effects.classes)
@@ -1541,7 +1541,7 @@ class Aggregate(object):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.key_of = group_key_function(self.group_by) if self.group_by else (lambda req: ())
+        self.key_of = group_key_function(self.group_by)
         self.effects.prices, self.effects.key_of = self.prices, self.key_of
 
     def finish(self, now):
@@ -1638,11 +1638,10 @@ class Aggregate(object):
 
     def merge(self, other):
         self._priced = None
-        if self.details is not None:
-            for key, (models, projects) in (other.details or {}).items():
-                mine = self.details.setdefault(key, (set(), set()))
-                mine[0].update(models)
-                mine[1].update(projects)
+        for key, (models, projects) in (other.details or {}).items():
+            mine = self.details.setdefault(key, (set(), set()))
+            mine[0].update(models)
+            mine[1].update(projects)
         self.outside_window += other.outside_window
         if self.budgets is not None and other.budgets is not None:
             self.budgets.merge(other.budgets)
