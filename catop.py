@@ -2111,9 +2111,9 @@ class CacheEffects(object):
     Each session keeps only what its last request left (_HELD): what a request did
     to the cache is known from it and the next one.  Requests must come in time
     order within each session (a late one is not paired, and counted in
-    `unordered`).  Each request is counted in its price class (`classes`), and the
-    classes are priced once, in finish(): the hot path does a few comparisons and
-    dictionary updates a request."""
+    `unordered`).  Each request is only counted in its price class (`classes`); the
+    what-if prices the classes once, in finish(): the hot path does a few
+    comparisons and dictionary updates a request."""
 
     def __init__(self, prices, key_of, compactions=None, part=False):
         self.prices = prices
@@ -2263,9 +2263,10 @@ class CacheEffects(object):
             tally = self.classes.tallies[class_id]
             # the TTL policies re-price the writes of the requests paired in sessions
             repriced = paired and tally.requests and self._provider(provider)[0]
-            unread5, unread1 = self.unread.get(class_id, (0, 0))
-            if not repriced and class_id not in self.unread:
+            unread = self.unread.get(class_id)
+            if not repriced and unread is None:
                 continue
+            unread5, unread1 = unread or (0, 0)
             rates = self.prices.rates(model, provider)
             if rates is None:
                 continue
