@@ -3835,16 +3835,100 @@ class LiveOtlpSource(object):
 
 # a LiteLLM proxy's spend logs over HTTP: a whole team's traffic
 
-LITELLM_TIMEOUT_S = 10.0
+LITELLM_TIMEOUT_S = 10.0            # to connect, and for each read
+LITELLM_DEADLINE_S = 120.0          # for the whole walk of pages
 LITELLM_PAGE_SIZE = 1000
+LITELLM_MAX_PAGES = 10000           # ten million rows: a server that never says "last page"
+LITELLM_MAX_PAGE_BYTES = 64 * 1024 * 1024
 
 
 def _spend_date(ts):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
-def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None):
-    """One page of GET /spend/logs/v2 as a dict; raises CatopError with a clear reason."""
+def split_url_credentials(url):
+    """(url without user:pass@, the user:pass text or None, the url safe to print).
+
+    The printable form keeps scheme, host, port and path: never the userinfo or a query,
+    either of which may hold a secret."""
+    import urllib.parse
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+    except ValueError:
+        return url, None, "<an unreadable URL>"
+    userinfo, at, host = netloc.rpartition("@")
+    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    shown = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return bare, (urllib.parse.unquote(userinfo) if at else None), clean(shown)
+
+
+def url_origin(url):
+    """(scheme, host, port) of a URL: where a credential may be sent."""
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+def credential_opener(shown):
+    """A urllib opener that follows a redirect only within the origin it started at.
+
+    urllib copies every header, Authorization included, to wherever a redirect points:
+    a proxy (or whoever answers for it) could send the key to any host."""
+    import urllib.request
+
+    class SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            if url_origin(newurl) != url_origin(req.full_url):
+                fp.close()
+                raise CatopError("the LiteLLM proxy at %s redirected to another host (%s); "
+                                 "catop does not follow it with the key"
+                                 % (shown, split_url_credentials(newurl)[2]))
+            return urllib.request.HTTPRedirectHandler.redirect_request(
+                self, req, fp, code, msg, headers, newurl)
+
+    return urllib.request.build_opener(SameOriginRedirects)
+
+
+def read_bounded(response, deadline, limit_bytes, shown):
+    """The body of an HTTP response, read by pieces so that neither a slow trickle
+    (the socket timeout is per read) nor an endless body outlives the deadline."""
+    sock = getattr(getattr(response, "fp", None), "raw", None)
+    sock = getattr(sock, "_sock", None)
+    pieces, size = [], 0
+    too_slow = CatopError("the LiteLLM proxy at %s took longer than %gs to send its spend "
+                          "logs" % (shown, LITELLM_DEADLINE_S))
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise too_slow
+        if sock is not None:
+            sock.settimeout(min(LITELLM_TIMEOUT_S, left))
+        try:
+            piece = response.read1(1 << 16)
+        except OSError:
+            if sock is not None and left < LITELLM_TIMEOUT_S:
+                raise too_slow      # the read timed out at the deadline, not by itself
+            raise
+        if not piece:
+            return b"".join(pieces)
+        size += len(piece)
+        if size > limit_bytes:
+            raise CatopError("the LiteLLM proxy at %s sent a page of more than %d MB"
+                             % (shown, limit_bytes >> 20))
+        pieces.append(piece)
+
+
+def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None,
+                     deadline=None):
+    """One page of GET /spend/logs/v2 as (dict, raw bytes); raises CatopError with a
+    clear reason, which never holds the key or the URL's user:pass@."""
+    import base64
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -3853,24 +3937,37 @@ def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None):
         query["start_date"] = _spend_date(start)
     if end is not None:
         query["end_date"] = _spend_date(end)
-    url = base_url.rstrip("/") + "/spend/logs/v2?" + urllib.parse.urlencode(query)
+    bare, userinfo, where = split_url_credentials(base_url)
+    url = bare.rstrip("/") + "/spend/logs/v2?" + urllib.parse.urlencode(query)
     headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
     if key:
         headers["Authorization"] = "Bearer " + key
-    where = clean(base_url)
+    elif userinfo:
+        headers["Authorization"] = "Basic " + base64.b64encode(
+            userinfo.encode("utf-8")).decode("ascii")
+    if deadline is None:
+        deadline = time.monotonic() + (timeout_s or LITELLM_TIMEOUT_S)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise CatopError("the LiteLLM proxy at %s took longer than %gs to send its spend logs"
+                         % (where, LITELLM_DEADLINE_S))
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                    timeout=timeout_s or LITELLM_TIMEOUT_S) as response:
-            data = response.read(256 * 1024 * 1024)
+        request = urllib.request.Request(url, headers=headers)
+        with credential_opener(where).open(
+                request, timeout=min(timeout_s or LITELLM_TIMEOUT_S, left)) as response:
+            data = read_bounded(response, deadline, LITELLM_MAX_PAGE_BYTES, where)
     except urllib.error.HTTPError as error:
+        with contextlib.suppress(Exception):
+            error.close()
         if error.code in (401, 403):
             raise CatopError("the LiteLLM proxy at %s refused the key (HTTP %d): set "
                              "LITELLM_API_KEY to a key allowed to read spend logs"
                              % (where, error.code))
         raise CatopError("the LiteLLM proxy at %s answered HTTP %d" % (where, error.code))
-    except (urllib.error.URLError, OSError, ValueError) as error:
+    except (urllib.error.URLError, OSError, ValueError, http_client().HTTPException) as error:
         reason = getattr(error, "reason", error)
-        raise CatopError("cannot read spend logs from %s: %s" % (where, clean(str(reason))))
+        raise CatopError("cannot read spend logs from %s: %s"
+                         % (where, clean(str(reason)).replace(key or "\0", "<key>")))
     try:
         document = json.loads(data)
     except (ValueError, RecursionError):
@@ -3878,11 +3975,27 @@ def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None):
     if type(document) is not dict or type(document.get("data")) is not list:
         raise CatopError("the LiteLLM proxy at %s sent a page without its data list "
                          "(truncated, or not /spend/logs/v2)" % where)
-    return document
+    return document, data
+
+
+def http_client():
+    import http.client
+    return http.client
+
+
+def spend_row_key(row):
+    """A spend row's identity: its request_id, or (a row without one) its content, so
+    that the same row read twice is counted once and two different rows never collide."""
+    request_id = row.get("request_id")
+    if request_id not in (None, ""):
+        return "id:" + str(request_id)
+    import hashlib
+    text = json.dumps(row, sort_keys=True, default=str)
+    return "row:" + hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()
 
 
 def spend_row_request(row):
-    """(request id, Request) of one spend-log row: cache tokens from its usage object."""
+    """(row key, Request) of one spend-log row: cache tokens from its usage object."""
     metadata = row.get("metadata")
     if isinstance(metadata, str):
         try:
@@ -3910,51 +4023,45 @@ def spend_row_request(row):
     req = Request(parse_timestamp(row.get("startTime")), str(row.get("user") or "litellm"),
                   provider, model, str(project), str(session), miss, read, write_5m, write_1h,
                   output, reasoning, as_money(row.get("spend")))
-    return str(row.get("request_id") or id(row)), req
+    return spend_row_key(row), req
 
 
 class LiteLLMSpendSource(object):
     """A LiteLLM proxy's /spend/logs/v2, paged; live, it asks only for rows newer than
-    the last seen, and after a failure retries later and later (up to a minute)."""
+    the last seen, and after a failure retries later and later (up to a minute).
 
-    def __init__(self, base_url, since=None, until=None, clock=time.time):
+    With background=True (the live view) each walk of pages runs on a thread of its
+    own, so a slow or hostile server never holds up the screen, `q` or --duration."""
+
+    def __init__(self, base_url, since=None, until=None, clock=time.time, background=False):
         self.base_url = base_url
         self.key = os.environ.get("LITELLM_API_KEY", "")
         self.since, self.until = since, until
         self.clock = clock
-        self.stats = SourceStats("litellm:%s" % base_url)
+        self.stats = SourceStats("litellm:%s" % split_url_credentials(base_url)[2])
         self.rows = {}
         self.requests = []
         self.generation = 0
         self.newest = None
         self.retry_at = 0.0
         self.backoff_s = 0.0
+        self.background = background
+        self.walk = None         # the thread of a background walk, and its outcome
+        self.outcome = None
 
     def fetch(self, start):
-        """Every page from start on; returns how many rows were new."""
-        fresh, page = 0, 1
+        """Every page from start on, within one deadline; returns how many rows were new.
+        A page seen before in this walk (a server that ignores `page`) ends it."""
+        fresh, page, seen = 0, 1, set()
+        deadline = time.monotonic() + LITELLM_DEADLINE_S
         while True:
-            document = fetch_spend_page(self.base_url, self.key, page, start, self.until)
-            for row in document["data"]:
-                if type(row) is not dict:
-                    self.stats.skip("malformed")
-                    continue
-                try:
-                    found = spend_row_request(row)
-                except (ValueError, TypeError):
-                    self.stats.skip("malformed")
-                    continue
-                if found is None:
-                    self.stats.skip("no_usage")
-                    continue
-                request_id, req = found
-                if request_id in self.rows:
-                    self.stats.skip("duplicate")
-                    continue
-                self.rows[request_id] = req
-                fresh += 1
-                if req.ts is not None and (self.newest is None or req.ts > self.newest):
-                    self.newest = req.ts
+            document, data = fetch_spend_page(self.base_url, self.key, page, start,
+                                              self.until, deadline=deadline)
+            digest = hash(data)
+            if digest in seen:
+                return fresh
+            seen.add(digest)
+            fresh += self.take_rows(document["data"])
             pages = document.get("total_pages")
             if not document["data"]:
                 return fresh
@@ -3963,16 +4070,71 @@ class LiteLLMSpendSource(object):
                     return fresh
             elif len(document["data"]) < LITELLM_PAGE_SIZE:
                 return fresh
+            if page >= LITELLM_MAX_PAGES:
+                raise CatopError("the LiteLLM proxy at %s sent more than %d pages; the rest "
+                                 "were not read" % (split_url_credentials(self.base_url)[2],
+                                                    LITELLM_MAX_PAGES))
             page += 1
+
+    def take_rows(self, rows):
+        fresh = 0
+        for row in rows:
+            if type(row) is not dict:
+                self.stats.skip("malformed")
+                continue
+            try:
+                found = spend_row_request(row)
+            except (ValueError, TypeError, OverflowError):
+                self.stats.skip("malformed")
+                continue
+            if found is None:
+                self.stats.skip("no_usage")
+                continue
+            request_id, req = found
+            if request_id in self.rows:
+                self.stats.skip("duplicate")
+                continue
+            self.rows[request_id] = req
+            fresh += 1
+            if req.ts is not None and (self.newest is None or req.ts > self.newest):
+                self.newest = req.ts
+        return fresh
+
+    def fetch_outcome(self, start):
+        """fetch(), with its CatopError as a value: what a background walk hands back."""
+        try:
+            return self.fetch(start)
+        except CatopError as error:
+            return error
+
+    def next_outcome(self, start):
+        """The outcome of a walk: at once in the foreground; in the background, None
+        until the walk that poll() started has ended."""
+        if not self.background:
+            return self.fetch_outcome(start)
+        if self.walk is None:
+            import threading
+
+            def run():
+                self.outcome = self.fetch_outcome(start)
+            self.walk = threading.Thread(target=run, name="catop-litellm", daemon=True)
+            self.walk.start()
+            return None
+        if self.walk.is_alive():
+            return None
+        self.walk, outcome = None, self.outcome
+        return outcome
 
     def poll(self):
         now = self.clock()
         if now < self.retry_at:
             return False
         start = self.since if self.newest is None else max(self.newest - 1, self.since or 0)
-        try:
-            fresh = self.fetch(start)
-        except CatopError as error:
+        fresh = self.next_outcome(start)
+        if fresh is None:
+            return False
+        if isinstance(fresh, CatopError):
+            error = fresh
             self.backoff_s = min(60.0, max(2.0, self.backoff_s * 2))
             self.retry_at = now + self.backoff_s
             changed = self.stats.error != str(error)
@@ -6417,7 +6579,7 @@ def live_sources(args, now, keys_from_tty=True):
     if args.demo:
         sources.append(LiveDemoSource(args.seed))
     if args.litellm_url:
-        sources.append(LiteLLMSpendSource(args.litellm_url))
+        sources.append(LiteLLMSpendSource(args.litellm_url, background=True))
     agents = list(dict.fromkeys(args.agent))
     if args.scan_agents or not (args.file or args.demo or agents or args.otlp_listen or
                                 args.litellm_url):

@@ -2640,6 +2640,167 @@ class SpendLogTests(IsolatedEnv):
         self.assertFalse(source.poll())          # nothing new: the same rows come back
 
 
+class HostileSpendServerTests(IsolatedEnv):
+    """--litellm-url against servers that redirect, loop, trickle or never end."""
+
+    ROW = {"model": "gpt-4o", "startTime": "2026-03-10T08:00:00Z", "spend": 0.00035,
+           "prompt_tokens": 100, "completion_tokens": 10, "metadata": "{}"}
+
+    def serve(self, answer):
+        """A loopback server whose every GET is answer(handler) -> None; the headers of
+        each request are kept in the list returned beside its URL."""
+        seen = []
+
+        class Handler(quiet_handler()):
+            def do_GET(self):
+                seen.append(dict(self.headers))
+                try:
+                    answer(self)
+                except OSError:
+                    pass  # catop gave up on us: what the test wants
+        server, url = serve_on_loopback(Handler)
+        self.addCleanup(stop_server, server)
+        return url, seen
+
+    @staticmethod
+    def send(handler, status, body, headers=()):
+        handler.send_response(status)
+        for name, value in headers:
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def page(self, rows):
+        return json.dumps({"data": rows, "total_pages": 1}).encode()
+
+    def test_the_key_never_follows_a_redirect_to_another_host(self):
+        os.environ["LITELLM_API_KEY"] = "sk-secret-team-key"
+        other, other_seen = self.serve(lambda h: self.send(h, 200, self.page([self.ROW])))
+        other = other.replace("127.0.0.1", "localhost")   # another origin, same machine
+        first, first_seen = self.serve(
+            lambda h: self.send(h, 302, b"", [("Location", other + h.path)]))
+        code, out, err = self.run_main("--litellm-url", first, "--offline", "--no-history")
+        self.assertEqual(code, 1)
+        self.assertEqual(other_seen, [])                  # not even asked, let alone with the key
+        self.assertEqual(first_seen[0].get("Authorization"), "Bearer sk-secret-team-key")
+        self.assertIn("redirected to another host", err)
+        self.assertNotIn("sk-secret", out + err)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_a_redirect_within_the_origin_keeps_the_key(self):
+        os.environ["LITELLM_API_KEY"] = "sk-team"
+
+        def answer(handler):
+            if handler.path.startswith("/old/"):
+                self.send(handler, 307, b"", [("Location", handler.path[4:])])
+            else:
+                self.send(handler, 200, self.page([self.ROW]))
+        url, seen = self.serve(answer)
+        doc = self.run_json("--litellm-url", url + "/old")
+        self.assertEqual(doc["totals"]["requests"], 1)
+        self.assertEqual([h.get("Authorization") for h in seen], ["Bearer sk-team"] * 2)
+
+    def test_userinfo_is_sent_as_basic_auth_and_never_printed(self):
+        url, seen = self.serve(lambda h: self.send(h, 401, b"{}"))
+        url = url.replace("http://", "http://admin:hunter2@")
+        code, out, err = self.run_main("--litellm-url", url, "--offline", "--no-history")
+        self.assertEqual(code, 1)
+        self.assertIn("refused the key (HTTP 401)", err)
+        self.assertNotIn("hunter2", out + err)
+        self.assertNotIn("admin", out + err)
+        self.assertEqual(seen[0].get("Authorization"), "Basic YWRtaW46aHVudGVyMg==")
+        source = catop.LiteLLMSpendSource(url)
+        self.assertNotIn("hunter2", source.stats.name)
+        self.assertNotIn("hunter2", catop.split_url_credentials(url + "/?key=x")[2])
+        self.assertNotIn("key=x", catop.split_url_credentials(url + "/?key=x")[2])
+
+    def test_a_server_that_repeats_its_page_ends_the_walk(self):
+        rows = [dict(self.ROW, request_id="r%d" % i) for i in range(2)]
+        url, seen = self.serve(lambda h: self.send(h, 200, json.dumps({"data": rows}).encode()))
+        with mock.patch.object(catop, "LITELLM_PAGE_SIZE", 2):
+            doc = self.run_json("--litellm-url", url)
+        self.assertEqual(len(seen), 2)                    # page 2 was page 1 again: stop
+        self.assertEqual(doc["totals"]["requests"], 2)
+
+    def test_a_server_that_never_says_last_page_is_capped(self):
+        counter = iter(range(10 ** 6))
+
+        def answer(handler):
+            rows = [dict(self.ROW, request_id="r%d" % next(counter)) for _ in range(2)]
+            self.send(handler, 200, json.dumps({"data": rows}).encode())
+        url, seen = self.serve(answer)
+        with mock.patch.object(catop, "LITELLM_PAGE_SIZE", 2), \
+                mock.patch.object(catop, "LITELLM_MAX_PAGES", 5):
+            code, out, err = self.run_main("--litellm-url", url, "--offline", "--no-history")
+        self.assertEqual(code, 1)
+        self.assertEqual(len(seen), 5)
+        self.assertIn("more than 5 pages", err)
+
+    def test_a_trickling_body_meets_one_deadline(self):
+        def answer(handler):
+            handler.send_response(200)
+            handler.send_header("Content-Length", "1000")
+            handler.end_headers()
+            for _ in range(100):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(0.1)                           # each read well inside its timeout
+        url, _ = self.serve(answer)
+        started = time.monotonic()
+        with mock.patch.object(catop, "LITELLM_DEADLINE_S", 0.6):
+            code, _, err = self.run_main("--litellm-url", url, "--offline", "--no-history")
+        self.assertLess(time.monotonic() - started, 3.0)
+        self.assertEqual(code, 1)
+        self.assertIn("took longer than", err)
+
+    def test_an_endless_body_is_cut_at_the_page_cap(self):
+        def answer(handler):
+            handler.send_response(200)
+            handler.end_headers()                         # no length: the body never ends
+            while True:
+                handler.wfile.write(b"[" * 65536)
+        url, _ = self.serve(answer)
+        with mock.patch.object(catop, "LITELLM_MAX_PAGE_BYTES", 1 << 20):
+            code, _, err = self.run_main("--litellm-url", url, "--offline", "--no-history")
+        self.assertEqual(code, 1)
+        self.assertIn("a page of more than 1 MB", err)
+
+    def test_rows_without_a_request_id_are_all_counted_once(self):
+        rows = [dict(self.ROW, prompt_tokens=100 + i) for i in range(3)]
+        url, _ = self.serve(lambda h: self.send(h, 200, self.page(rows + rows[:1])))
+        doc = self.run_json("--litellm-url", url)
+        self.assertEqual(doc["totals"]["requests"], 3)
+        self.assertEqual(doc["totals"]["input_tokens"], 303)
+        self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 1)
+
+    def test_a_hanging_server_holds_up_neither_the_live_poll_nor_duration(self):
+        release = __import__("threading").Event()
+        self.addCleanup(release.set)
+
+        def answer(handler):
+            release.wait(10)
+            self.send(handler, 200, self.page([self.ROW]))
+        url, _ = self.serve(answer)
+        source = catop.LiteLLMSpendSource(url, background=True)
+        started = time.monotonic()
+        self.assertFalse(source.poll())                   # the walk started, on its thread
+        self.assertFalse(source.poll())
+        self.assertLess(time.monotonic() - started, 0.5)
+        release.set()
+        for _ in range(100):
+            if source.poll():
+                break
+            time.sleep(0.02)
+        self.assertEqual(len(source.requests), 1)
+        release.clear()
+        started = time.monotonic()
+        code, out, err = self.run_main("--litellm-url", url, "--once", "--duration", "0.3",
+                                       "--offline", "--no-history", "--format", "json")
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(code, 0, err)
+
+
 class TrendTests(unittest.TestCase):
 
     def test_daily_sums_and_sparklines(self):
