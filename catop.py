@@ -269,19 +269,48 @@ class SourceStats(object):
 
 # ------------------------------------------------------------ small helpers
 
+# Controls, bidi marks, and letters that draw nothing (Hangul fillers, the braille
+# blank, the combining grapheme joiner): two labels must never look alike.
 _CONTROL_CHARS = dict.fromkeys(
     list(range(0, 32)) + list(range(127, 160))
     + [0x200E, 0x200F, 0x2028, 0x2029] + list(range(0x202A, 0x202F))
-    + list(range(0x2066, 0x206A)) + [0xFEFF])
+    + list(range(0x2066, 0x206A)) + [0xFEFF]
+    + [0x034F, 0x115F, 0x1160, 0x2800, 0x3164, 0xFFA0])
+
+
+def _visible_char(char):
+    """A character that is not printable by str.isprintable: a space-like one becomes a
+    space; the rest (format characters such as U+00AD, U+200B, U+2060, tags) go."""
+    return " " if unicodedata.category(char) == "Zs" else ""
 
 
 def clean(text):
-    """Text from a log made safe for a terminal: control and bidi characters removed."""
+    """Text from a log made safe for a terminal: controls, bidi marks, format characters
+    (Unicode category Cf) and other invisibles removed."""
     if text is None:
         return ""
     if not isinstance(text, str):
         text = str(text)
-    return text.translate(_CONTROL_CHARS)
+    text = text.translate(_CONTROL_CHARS)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _visible_char(c) for c in text)
+
+
+_CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A CSV cell that a spreadsheet shows as text, never runs as a formula: a string
+    starting with = + - @ tab or CR gets a leading quote (OWASP's CSV injection advice)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    text = clean(value)
+    if value.startswith(_CSV_FORMULA_STARTS) or text.startswith(_CSV_FORMULA_STARTS):
+        return "'" + text       # checked after cleaning too: "\x00=1" cleans to "=1"
+    return text
 
 
 def as_count(value):
@@ -5871,8 +5900,7 @@ def format_csv(report):
     rows = report.rows if agg.group_by else [((), agg.totals)]
     for key, tally in rows:
         values = tally.as_dict()
-        writer.writerow([clean(k) for k in key] +
-                        ["" if values[f] is None else values[f] for f in fields])
+        writer.writerow([csv_cell(k) for k in key] + [csv_cell(values[f]) for f in fields])
     return out.getvalue()
 
 
@@ -6444,7 +6472,7 @@ def export_history(history, kind, out):
                   req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output,
                   req.reasoning, req.observed_cost, req.sidechain, label)
         if writer:
-            writer.writerow(["" if v is None else v for v in values])
+            writer.writerow([csv_cell(v) for v in values])
         else:
             out.write(json.dumps(dict(zip(fields, values))) + "\n")
 

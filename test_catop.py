@@ -331,6 +331,24 @@ class UsageShapeTests(unittest.TestCase):
         self.assertEqual(catop.clean(None), "")
         self.assertEqual(catop.clean(12), "12")
 
+    def test_clean_removes_format_characters_and_invisibles(self):
+        # soft hyphen, Arabic letter mark, zero-width space and joiner, word joiner, a tag
+        # letter, a Hangul filler: each draws nothing, so "gpt-4o" and "gpt-4o" + one of
+        # them would look alike in a table
+        for invisible in "\u00ad\u061c\u200b\u200d\u2060\U000e0041\u3164\u115f\u034f":
+            with self.subTest(char="U+%04X" % ord(invisible)):
+                self.assertEqual(catop.clean("gpt-" + invisible + "4o"), "gpt-4o")
+        self.assertEqual(catop.clean("a\u3000b\u00a0c"), "a b c")    # spaces stay spaces
+        self.assertEqual(catop.clean("\u6a21\u578b e\u0301"), "\u6a21\u578b e\u0301")
+
+    def test_csv_cells_never_start_a_formula(self):
+        cases = [("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"), ("+1", "'+1"), ("-1", "'-1"),
+                 ("@SUM(A1)", "'@SUM(A1)"), ("\t=1+1", "'=1+1"), ("\r=1", "'=1"),
+                 ("\x00=1", "'=1"), ("gpt-4o", "gpt-4o"), (3, 3), (-0.5, -0.5), (None, "")]
+        for value, cell in cases:
+            with self.subTest(value=value):
+                self.assertEqual(catop.csv_cell(value), cell)
+
 
 def outcome(function, *args):
     """("request", Request) / ("none", None) / ("error", kind) of a call."""
@@ -1377,6 +1395,22 @@ class CliTests(IsolatedEnv):
                                      "--offline", "--group-by", "none")
         self.assertEqual(out.splitlines()[1],
                          "2,12000,2500,9500,0,0,2300,1500,0.791667,0.030125,0.044,0.013875,,0")
+
+    def test_csv_of_a_hostile_model_name_is_text_not_a_formula(self):
+        path = os.path.join(self.tmp, "evil.jsonl")
+        with open(path, "w") as handle:
+            for model in ("=cmd|' /C calc'!A0", "\t=1+1"):
+                handle.write(json.dumps({"model": model, "timestamp": 1773129600,
+                                         "usage": {"prompt_tokens": 10}}) + "\n")
+        code, out, _ = self.run_main("--file", path, "--format", "csv", "--offline",
+                                     "--sort", "name")
+        self.assertEqual(code, 0)
+        cells = [row.split(",")[0] for row in out.splitlines()[1:]]
+        self.assertEqual(sorted(cells), ["'=1+1", "'=cmd|' /C calc'!A0"])
+        code, out, _ = self.run_main("--export-history", "csv")
+        self.assertEqual(code, 0)
+        models = sorted(row.split(",")[3] for row in out.splitlines()[1:])
+        self.assertEqual(models, ["'=1+1", "'=cmd|' /C calc'!A0"])
 
     def test_gates(self):
         path = example("openai-chat.jsonl")
