@@ -2784,41 +2784,122 @@ def _filtered_rows(groups, view):
 
 # ----------------------------------------------------------------------- io
 
-class LineSplitter(object):
-    """Cuts a byte stream into lines; a partial last line waits for its newline.
+UTF8_BOM = b"\xef\xbb\xbf"
 
-    A line longer than MAX_LINE_BYTES is dropped (and counted) as it streams by,
-    so one runaway line never has to fit in memory.
-    """
 
-    def __init__(self, max_line_bytes=MAX_LINE_BYTES):
+class LineReader(object):
+    """The one place that decides what a line of a file or stream is, for every reader
+    (snapshots, byte ranges, the history, live tails):
+
+    - a partial last line waits for its newline (finish() hands it out at the end);
+    - a line longer than MAX_LINE_BYTES is dropped and counted as it streams by: never
+      held whole, never cut into a second record;
+    - a UTF-8 byte-order mark at the start of the stream is dropped;
+    - a CR before the newline stays: it is whitespace to the JSON decoder.
+
+    offset is how far the stream is read; line_start, where its pending line starts
+    (where a later read must resume)."""
+
+    __slots__ = ("partial", "limit", "skipping", "oversized", "at_start", "offset",
+                 "line_start")
+
+    def __init__(self, offset=0):
         self.partial = b""
-        self.max_line_bytes = max_line_bytes
-        self.skipping = False
+        self.limit = MAX_LINE_BYTES
+        self.skipping = False     # inside a line already dropped, until its newline
         self.oversized = 0
+        self.at_start = offset == 0
+        self.offset = self.line_start = offset
 
     def feed(self, block):
+        """The whole lines block completes, without newlines (a dropped line is b"")."""
         lines = block.split(b"\n")
+        self.offset += len(block)
         if self.partial:  # joined to its rest alone, not to the whole block
             lines[0] = self.partial + lines[0]
-        self.partial = lines.pop()
-        if self.skipping and lines:
-            lines[0] = b""
-            self.skipping = False
-        if len(self.partial) > self.max_line_bytes:
-            if not self.skipping:
-                self.oversized += 1
-            self.partial = b""
-            self.skipping = True
+        partial = lines.pop()
+        if lines:
+            self.line_start = self.offset - len(partial)
+            self._first_line(lines)
+            if len(lines[0]) > self.limit or (len(lines) > 1 and
+                                              max(map(len, lines)) > self.limit):
+                lines = self._drop_long(lines)
+        elif self.skipping:
+            partial = b""
+        self._hold(partial)
         return lines
 
-    def finish(self):
-        """The last line of a finished stream, which had no newline."""
-        last, self.partial = self.partial, b""
-        if self.skipping:
-            self.skipping = False
+    def feed_located(self, block):
+        """[(offset, line)] of the whole lines block completes (dropped lines left out)."""
+        first, start, dropped = self.line_start, self.offset, self.oversized
+        lines = self.feed(block)
+        if not lines:
+            return []
+        located = [(first, lines[0])]
+        start += block.find(b"\n") + 1
+        # a line dropped inside the block is b"" now: its length comes from the block
+        lengths = (map(len, lines[1:]) if self.oversized == dropped
+                   else map(len, block.split(b"\n")[1:-1]))
+        for line, length in zip(lines[1:], lengths):
+            located.append((start, line))
+            start += length + 1
+        return [(start, line) for start, line in located if line]
+
+    def feed_block(self, block):
+        """The bytes of the whole lines block completes, newlines kept: one buffer, for
+        the parsers that look for their needles in a whole block at once."""
+        self.offset += len(block)
+        data = self.partial + block if self.partial else block
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            self._hold(b"" if self.skipping else data)
             return b""
+        self.line_start = self.offset - (len(data) - cut)
+        partial, data = data[cut:], data[:cut]
+        if self.skipping or self.at_start or cut > self.limit:
+            lines = data.split(b"\n")
+            self._first_line(lines)
+            data = b"\n".join(self._drop_long(lines))
+        self._hold(partial)
+        return data
+
+    def finish(self):
+        """The last line of a finished stream, which had no newline (b"": none)."""
+        last = self.tail()
+        self.partial, self.skipping = b"", False
         return last
+
+    def tail(self):
+        """The line not yet whole, as it is now, left pending: a snapshot reads it, and
+        a later read that finds the rest reads the whole line again from line_start."""
+        if self.skipping:
+            return b""
+        if self.at_start and self.partial.startswith(UTF8_BOM):
+            return self.partial[3:]
+        return self.partial
+
+    def _first_line(self, lines):
+        """The first whole line: the rest of a dropped line, or the stream's first."""
+        if self.skipping:
+            lines[0] = b""
+            self.skipping = False
+        elif self.at_start and lines[0].startswith(UTF8_BOM):
+            lines[0] = lines[0][3:]
+        self.at_start = False
+
+    def _drop_long(self, lines):
+        limit = self.limit
+        kept = [line if len(line) <= limit else b"" for line in lines]
+        self.oversized += sum(1 for line in lines if len(line) > limit)
+        return kept
+
+    def _hold(self, partial):
+        if len(partial) > self.limit:
+            if not self.skipping:
+                self.oversized += 1
+            partial = b""
+            self.skipping = True
+        self.partial = partial
 
 
 def iter_blocks(handle, start=0, end=None, block_bytes=READ_BLOCK_BYTES):
@@ -2880,12 +2961,12 @@ def scan_request_lines(lines, stats, sink, wanted=ALL_ATTRIBUTES):
 
 def scan_request_stream(handle, stats, sink, start=0, end=None, wanted=ALL_ATTRIBUTES):
     """Reads a binary stream of JSON lines between two offsets into sink."""
-    splitter = LineSplitter()
+    reader = LineReader(start)
     with gc_paused():
         for block in iter_blocks(handle, start, end):
-            scan_request_lines(splitter.feed(block), stats, sink, wanted)
-        scan_request_lines([splitter.finish()], stats, sink, wanted)
-    stats.skipped["malformed"] += splitter.oversized
+            scan_request_lines(reader.feed(block), stats, sink, wanted)
+        scan_request_lines([reader.finish()], stats, sink, wanted)
+    stats.skipped["malformed"] += reader.oversized
 
 
 @contextlib.contextmanager
@@ -2927,10 +3008,17 @@ class StreamReader(object):
 
 
 def next_line_start(handle, offset):
-    """The offset where the line after the one holding offset starts."""
+    """The offset where the line after the one holding offset starts (or the end of
+    the file): read by blocks, so a huge line is never held whole."""
     handle.seek(offset)
-    handle.readline()
-    return handle.tell()
+    while True:
+        block = handle.read(READ_BLOCK_BYTES)
+        cut = block.find(b"\n")
+        if cut >= 0:
+            return offset + cut + 1
+        if not block:
+            return offset
+        offset += len(block)
 
 
 def split_points(path, size, parts, start=0):
@@ -3182,57 +3270,81 @@ def candidate_lines(block, needles):
     return lines
 
 
+FILE_HEAD_BYTES = 1024   # a file's first bytes, which tell one file from its refill
+
+
 class FileState(object):
-    """Where reading one file stopped, so a rescan reads only appended bytes."""
+    """Where reading one file stopped, so a rescan reads only appended bytes.
 
-    __slots__ = ("path", "device", "inode", "size", "offset", "partial", "context", "restarts",
-                 "mtime")
+    head is the (length, hash) of the file's first bytes: a file truncated in place
+    and refilled past its old size (copy-truncate rotation) has the same inode and is
+    not smaller, but it does not start the same."""
 
-    def __init__(self, path):
+    __slots__ = ("path", "device", "inode", "size", "mtime", "lines", "context", "restarts",
+                 "head")
+
+    def __init__(self, path, offset=0):
         self.path = path
         self.device = self.inode = None
-        self.size = self.offset = 0
-        self.partial = b""
+        self.size = 0
+        self.mtime = None
+        self.lines = LineReader(offset)
         self.context = FileContext(path)
         self.restarts = 0   # times the file was replaced or truncated under us
-        self.mtime = None
+        self.head = None
+
+    @property
+    def offset(self):
+        """Where a later read resumes: the start of the line not yet whole."""
+        return self.lines.line_start
 
     def reset(self):
         if self.device is not None:
             self.restarts += 1
-        self.offset = 0
-        self.partial = b""
+        self.lines = LineReader()
         self.context = FileContext(self.path)
+        self.head = None
+
+
+def file_head(path, length):
+    """(length, hash) of a file's first `length` bytes (fewer if it is shorter)."""
+    with open(path, "rb") as handle:
+        data = handle.read(length)
+    return len(data), _stable_hash(data.hex())
+
+
+def check_file_identity(state, info):
+    """Starts state over when the file now at its path is not the one read so far:
+    another inode, fewer bytes than were read, or other first bytes (checked only when
+    its size or time changed, so an idle poll costs one stat)."""
+    moved = (info.st_dev, info.st_ino) != (state.device, state.inode)
+    if not moved and state.head is not None and info.st_size >= state.lines.offset and \
+            (info.st_size, info.st_mtime) != (state.size, state.mtime):
+        moved = file_head(state.path, state.head[0]) != state.head
+    if moved or info.st_size < state.lines.offset:
+        state.reset()
+        state.device, state.inode = info.st_dev, info.st_ino
+    if state.head is None or (state.head[0] < FILE_HEAD_BYTES and info.st_size > state.head[0]):
+        state.head = file_head(state.path, FILE_HEAD_BYTES)
+    state.size, state.mtime = info.st_size, info.st_mtime
 
 
 def read_new_blocks(state, final=True, block_bytes=READ_BLOCK_BYTES):
     """Blocks of whole lines appended since the last call; a replaced or truncated
-    file is read again from the start.  With final, an unterminated last line
-    is returned too (the file is taken as complete)."""
-    info = os.stat(state.path)
-    if (info.st_dev, info.st_ino) != (state.device, state.inode) or info.st_size < state.offset:
-        state.reset()
-        state.device, state.inode = info.st_dev, info.st_ino
-    state.size = info.st_size
-    if state.offset >= info.st_size and not (final and state.partial):
-        return
-    with open(state.path, "rb") as handle:
-        handle.seek(state.offset)
-        while True:
-            data = handle.read(block_bytes)
-            if not data:
-                break
-            state.offset += len(data)
-            data = state.partial + data if state.partial else data
-            cut = data.rfind(b"\n") + 1
-            state.partial = data[cut:]
-            if len(state.partial) > MAX_LINE_BYTES:
-                state.partial = b""
-            if cut:
-                yield data[:cut]
-    if final and state.partial:
-        tail, state.partial = state.partial, b""
-        yield tail
+    file is read again from the start.  With final, an unterminated last line is
+    returned too, and left pending: a later call reads it again, whole."""
+    check_file_identity(state, os.stat(state.path))
+    reader = state.lines
+    if reader.offset < state.size:
+        with open(state.path, "rb") as handle:
+            for data in iter_blocks(handle, reader.offset, None, block_bytes):
+                data = reader.feed_block(data)
+                if data:
+                    yield data
+    if final:
+        tail = reader.tail()
+        if tail:
+            yield tail
 
 
 def scan_agent_jsonl(agent, state, final=True):
@@ -3259,6 +3371,8 @@ def scan_agent_jsonl(agent, state, final=True):
                 result = Compaction(parse_timestamp(record.get("timestamp")))
             if result is not None:
                 results.append((ctx.session, result))
+    stats.skip("malformed", state.lines.oversized)
+    state.lines.oversized = 0
     return results, stats
 
 
@@ -3370,9 +3484,9 @@ class AgentSource(object):
         """A legacy Gemini CLI session: one JSON document with messages[]."""
         stats = SourceStats("")
         info = os.stat(state.path)
-        if (info.st_size, info.st_mtime) == (state.size, state.offset):
+        if (info.st_size, info.st_mtime) == (state.size, state.mtime):
             return [], stats
-        state.size, state.offset = info.st_size, info.st_mtime
+        state.size, state.mtime = info.st_size, info.st_mtime
         with open(state.path, "rb") as handle:
             try:
                 document = json.loads(handle.read())
@@ -3562,7 +3676,6 @@ class LiveFileSource(object):
         self.generation = 0      # grows when the requests so far are thrown away
 
     def poll(self):
-        restarts = self.state.restarts
         fresh, stats = [], SourceStats(self.stats.name)
         try:
             for block in read_new_blocks(self.state, final=False):
@@ -3573,10 +3686,10 @@ class LiveFileSource(object):
             return changed
         recovered = self.stats.error is not None
         self.stats.error = None
-        if self.state.restarts != restarts:
-            self.requests, self.stats = [], SourceStats(self.stats.name)
-            self.generation += 1
-            recovered = True
+        stats.skip("malformed", self.state.lines.oversized)
+        self.state.lines.oversized = 0
+        # A file started over (rotated, truncated, refilled) keeps what it held before:
+        # those requests happened, and the history keeps them too (its keys count restarts).
         self.stats.merge(stats)
         self.requests.extend(fresh)
         return bool(fresh) or recovered or any(stats.skipped.values())
@@ -3590,7 +3703,7 @@ class LiveStreamSource(object):
 
     def __init__(self, fd, name="stdin"):
         self.fd = fd
-        self.splitter = LineSplitter()
+        self.reader = LineReader()
         self.stats = SourceStats(name)
         self.requests = []
         self.generation = 0
@@ -3606,11 +3719,13 @@ class LiveStreamSource(object):
             data = os.read(self.fd, READ_BLOCK_BYTES)
             if not data:
                 self.closed = True
-                lines = [self.splitter.finish()]
+                lines = [self.reader.finish()]
             else:
-                lines = self.splitter.feed(data)
+                lines = self.reader.feed(data)
             before = self.stats.records
             scan_request_lines(lines, self.stats, self.requests.append)
+            self.stats.skipped["malformed"] += self.reader.oversized
+            self.reader.oversized = 0
             changed = changed or self.stats.records != before or bool(lines)
         return changed
 
@@ -4305,7 +4420,7 @@ class LiveModel(object):
 # history: every request kept in SQLite, so a report outlives the agents' log
 # pruning and a warm start reads only what changed
 
-HISTORY_SCHEMA = 2
+HISTORY_SCHEMA = 3
 _HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
                     "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
                     "size", "msg")
@@ -4316,7 +4431,7 @@ _HISTORY_TABLES = (
     " sidechain INTEGER, size INTEGER, msg TEXT)",
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
-    " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT)",
+    " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT)",
     "CREATE TABLE IF NOT EXISTS compactions (session TEXT, ts REAL, PRIMARY KEY (session, ts))",
 )
 _CONTEXT_FIELDS = ("session", "project", "model", "start_ts", "fork", "parent_session",
@@ -4395,6 +4510,8 @@ class History(object):
                 db.execute("ALTER TABLE requests ADD COLUMN msg TEXT")
             for statement in _HISTORY_TABLES:
                 db.execute(statement)
+            if "head" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
+                db.execute("ALTER TABLE files ADD COLUMN head TEXT")  # schema 3
             db.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA)
             db.execute("COMMIT")
         except BaseException:
@@ -4408,13 +4525,21 @@ class History(object):
         """A FileState restored from the last run, or a fresh one."""
         if self._files is None:  # one query for all: a folder holds hundreds of files
             self._files = {row[0]: row[1:] for row in self.db.execute(
-                "SELECT path, device, inode, size, offset, generation, context FROM files")}
-        state = FileState(path)
+                "SELECT path, device, inode, size, offset, generation, context, mtime, head"
+                " FROM files")}
         row = self._files.get(path)
-        if row is not None:
-            state.device, state.inode, state.size, state.offset, state.restarts = row[:5]
+        if row is None:
+            return FileState(path)
+        device, inode, size, offset, restarts, context, mtime, head = row
+        state = FileState(path, offset if type(offset) is int and offset >= 0 else 0)
+        state.device, state.inode, state.size, state.restarts = device, inode, size, restarts
+        state.mtime = mtime
+        length, _, digest = (head or "").partition(":")
+        if length.isdigit() and digest.isdigit():
+            state.head = (int(length), int(digest))
+        if True:
             try:
-                saved = json.loads(row[5] or "{}")
+                saved = json.loads(context or "{}")
             except ValueError:
                 saved = {}
             for name in _CONTEXT_FIELDS:
@@ -4436,9 +4561,10 @@ class History(object):
             db.executemany("INSERT INTO requests (%s) VALUES (%s) ON CONFLICT (key) DO UPDATE SET"
                            " %s WHERE excluded.size >= requests.size" % (
                                columns, ", ".join("?" * len(_HISTORY_COLUMNS)), updates), rows)
-            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
-                (s.path, s.device, s.inode, s.size, s.mtime, s.offset - len(s.partial),
-                 s.restarts, json.dumps({n: getattr(s.context, n) for n in _CONTEXT_FIELDS}))
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                (s.path, s.device, s.inode, s.size, s.mtime, s.offset,
+                 s.restarts, json.dumps({n: getattr(s.context, n) for n in _CONTEXT_FIELDS}),
+                 "%d:%d" % s.head if s.head else None)
                 for s in states])
             db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
                            [c for c in compactions if c[1] is not None])
@@ -4528,8 +4654,9 @@ def ingest_agent(history, name):
     if name != "opencode":
         for path in paths:
             state = source.states[path] = history.file_state(path)
-            before[path] = (state.device, state.inode, state.offset, state.restarts)
-    source.scan(final=False, paths=paths)
+            before[path] = (state.device, state.inode, state.offset, state.restarts,
+                            state.size, state.mtime)
+    source.scan(final=True, paths=paths)   # as a snapshot does; the tail stays pending
     label = "agent:" + name
     counted = [0]
 
@@ -4549,7 +4676,8 @@ def ingest_agent(history, name):
                 yield history_row(label, "%s:%s" % (name, _field_key(req)), req)
     changed = [state for state in source.states.values()
                if before.get(state.path) != (state.device, state.inode,
-                                             state.offset - len(state.partial), state.restarts)]
+                                             state.offset, state.restarts,
+                                             state.size, state.mtime)]
     for state in changed:
         try:
             state.mtime = os.path.getmtime(state.path)
@@ -4612,14 +4740,20 @@ def ingest_stream(history, stream, stats):
     rows = []
     key = [None]
     keep = lambda req: rows.append(history_row("stdin", key[0], req))  # noqa: E731
-    splitter = LineSplitter()
+    reader = LineReader()
+
+    def store(lines):
+        for line in lines:
+            if line:
+                key[0] = "s:%032x" % _stable_hash(line)
+                scan_request_lines((line,), stats, keep)
     for block in iter_blocks(stream):
-        for line in splitter.feed(block):
-            key[0] = "s:%032x" % _stable_hash(line)
-            scan_request_lines((line,), stats, keep)
-            if len(rows) >= HISTORY_SAVE_ROWS:
-                history.save(rows)
-                del rows[:]
+        store(reader.feed(block))
+        if len(rows) >= HISTORY_SAVE_ROWS:
+            history.save(rows)
+            del rows[:]
+    store([reader.finish()])
+    stats.skipped["malformed"] += reader.oversized
     history.save(rows)
 
 
@@ -4629,10 +4763,7 @@ def ingest_request_file(history, path, stats):
     file is read by byte ranges across the cores, each process storing its own."""
     state = history.file_state(path)
     info = os.stat(path)
-    if (info.st_dev, info.st_ino) != (state.device, state.inode) or info.st_size < state.offset:
-        state.restarts += 1 if state.device is not None else 0
-        state.device, state.inode, state.offset = info.st_dev, info.st_ino, 0
-    state.size, state.mtime = info.st_size, info.st_mtime
+    check_file_identity(state, info)
     job = ("f:%s:%d:%d:" % (os.path.realpath(path), state.inode, state.restarts),
            "file:" + path, path)
     workers = worker_count()
@@ -4652,7 +4783,7 @@ def ingest_request_file(history, path, stats):
                 _WORKER_CONTEXT.clear()
             for part_stats, _ in results:
                 stats.merge(part_stats)
-            state.offset = results[-1][1]  # the last range's end: its last complete line
+            state.lines = LineReader(results[-1][1])  # the last range's end
             history.save([], [state])
             return
     ingest_range(history, job, (state.offset, None), stats, state)
@@ -4677,24 +4808,27 @@ def ingest_range(history, job, byte_range, stats, state=None):
     (prefix, label, path), (start, end) = job, byte_range
     rows, key = [], [None]
     keep = lambda req: rows.append(history_row(label, key[0], req))  # noqa: E731
-    position = start
+    reader = LineReader(start)
+    saved = [state] if state is not None else ()
     with open(path, "rb") as handle:
-        handle.seek(position)
-        for line in handle:
-            if (end is not None and position >= end) or not line.endswith(b"\n"):
-                break  # past the range, or a line still being written: read it next time
-            key[0] = prefix + str(position)
-            position += len(line)
-            scan_request_lines((line.rstrip(b"\n"),), stats, keep)
+        for block in iter_blocks(handle, start, end):
+            for offset, line in reader.feed_located(block):
+                key[0] = prefix + str(offset)
+                scan_request_lines((line,), stats, keep)
             if len(rows) >= HISTORY_SAVE_ROWS:
                 if state is not None:
-                    state.offset = position
-                history.save(rows, [state] if state is not None else ())
+                    state.lines = LineReader(reader.line_start)
+                history.save(rows, saved)
                 del rows[:]
+    tail_start, tail = reader.line_start, reader.finish()
+    if tail:  # a line still being written: stored as it is now, read again next time
+        key[0] = prefix + str(tail_start)
+        scan_request_lines((tail,), stats, keep)
+    stats.skipped["malformed"] += reader.oversized
     if state is not None:
-        state.offset = position
-    history.save(rows, [state] if state is not None else ())
-    return position
+        state.lines = LineReader(tail_start)
+    history.save(rows, saved)
+    return tail_start
 
 
 # prices: the only code that touches the network

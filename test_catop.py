@@ -722,19 +722,65 @@ class AggregationTests(unittest.TestCase):
 class LineReadingTests(unittest.TestCase):
 
     def test_partial_lines_wait_for_their_newline(self):
-        splitter = catop.LineSplitter()
-        self.assertEqual(splitter.feed(b'{"a"'), [])
-        self.assertEqual(splitter.feed(b': 1}\n{"b": '), [b'{"a": 1}'])
-        self.assertEqual(splitter.feed(b"2}\n"), [b'{"b": 2}'])
-        self.assertEqual(splitter.finish(), b"")
+        reader = catop.LineReader()
+        self.assertEqual(reader.feed(b'{"a"'), [])
+        self.assertEqual(reader.feed(b': 1}\n{"b": '), [b'{"a": 1}'])
+        self.assertEqual(reader.line_start, 9)
+        self.assertEqual(reader.feed(b"2}\n"), [b'{"b": 2}'])
+        self.assertEqual(reader.finish(), b"")
 
     def test_oversized_line_is_dropped_and_counted(self):
-        splitter = catop.LineSplitter(max_line_bytes=10)
-        lines = splitter.feed(b"ok\n" + b"x" * 25)
-        lines += splitter.feed(b"y" * 25)
-        lines += splitter.feed(b"zz\nfine\n")
-        self.assertEqual(lines, [b"ok", b"", b"fine"])
-        self.assertEqual(splitter.oversized, 1)
+        with mock.patch.object(catop, "MAX_LINE_BYTES", 10):
+            reader = catop.LineReader()
+        lines = reader.feed(b"ok\n" + b"x" * 25)
+        lines += reader.feed(b"y" * 25)
+        lines += reader.feed(b"zz\nfine\n" + b"w" * 11 + b"\nlast\n")
+        self.assertEqual(lines, [b"ok", b"", b"fine", b"", b"last"])
+        self.assertEqual(reader.oversized, 2)
+
+    def test_a_bom_is_dropped_at_the_start_only(self):
+        reader = catop.LineReader()
+        self.assertEqual(reader.feed(b"\xef\xbb"), [])       # cut inside the mark
+        self.assertEqual(reader.feed(b"\xbf{}\n\xef\xbb\xbf{}\n"), [b"{}", b"\xef\xbb\xbf{}"])
+        self.assertEqual(catop.LineReader(5).feed(b"\xef\xbb\xbf{}\n"), [b"\xef\xbb\xbf{}"])
+        reader = catop.LineReader()
+        self.assertEqual(reader.feed_block(b"\xef\xbb\xbf{}\n{"), b"{}\n")
+        self.assertEqual(catop.LineReader().finish(), b"")
+
+    def test_every_way_of_reading_lines_equals_a_plain_split(self):
+        """The three outputs of LineReader, fed random data in random pieces, against a
+        reference: split at newlines, drop the first line's BOM, drop lines over the
+        limit; located lines carry the offset where they start in the stream."""
+        bom = catop.UTF8_BOM
+        rng = random.Random(11)
+        for trial in range(1500):
+            limit = rng.choice([3, 5, 10, 50])
+            parts = [bytes(rng.choice(b"ab{}\r") for _ in range(rng.choice([0, 1, 4, 12, 60])))
+                     for _ in range(rng.randint(0, 10))]
+            data = (bom if trial % 3 == 0 else b"") + b"\n".join(parts) + b"\n" * (trial % 2)
+            pieces = data.split(b"\n")
+            if data.startswith(bom) and limit < len(pieces[0]) <= limit + 3:
+                continue  # the mark counts to the limit while the line is incomplete
+            expected, offset = [], 0
+            for index, piece in enumerate(pieces[:-1]):
+                line = piece[3:] if index == 0 and piece.startswith(bom) else piece
+                if line and len(piece) <= limit:
+                    expected.append((offset, line))
+                offset += len(piece) + 1
+            for method in ("feed", "feed_located", "feed_block"):
+                with mock.patch.object(catop, "MAX_LINE_BYTES", limit):
+                    reader = catop.LineReader()
+                got, at = [], 0
+                while at < len(data):
+                    size = rng.randint(1, 7)
+                    out = getattr(reader, method)(data[at:at + size])
+                    at += size
+                    got += (out if method == "feed_located" else
+                            [line for line in (out if method == "feed" else out.split(b"\n"))
+                             if line])
+                want = expected if method == "feed_located" else [l for _, l in expected]
+                self.assertEqual(got, want, (method, data, limit))
+                self.assertEqual(reader.line_start, offset, (method, data, limit))
 
     def test_read_new_blocks_appends_truncation_and_rotation(self):
         folder = tempfile.mkdtemp()
@@ -1151,6 +1197,39 @@ class AgentTests(IsolatedEnv):
             doc.pop("generated_at")
             doc["prices"].pop("age_s")
         self.assertEqual(serial, parallel)
+
+    def test_a_bom_at_the_start_of_any_file_changes_nothing(self):
+        """Editors on Windows write one: it cost the first record of a request log, and
+        a forked Codex rollout its fork marker (the parent's history counted again)."""
+        self.point_agents_at_examples()
+        plain = self.run_json("--agent", "codex", "--agent", "claude-code", "--agent",
+                              "gemini", "--agent", "openclaw", "--group-by", "session")
+        copy = os.path.join(self.tmp, "bom")
+        shutil.copytree(AGENT_EXAMPLES, copy)
+        for folder, _, names in os.walk(copy):
+            for name in names:
+                if name.endswith(".jsonl"):
+                    path = os.path.join(folder, name)
+                    with open(path, "rb") as handle:
+                        data = handle.read()
+                    with open(path, "wb") as handle:
+                        handle.write(catop.UTF8_BOM + data)
+        os.environ.update(CLAUDE_CONFIG_DIR=os.path.join(copy, "claude"),
+                          CODEX_HOME=os.path.join(copy, "codex"),
+                          GEMINI_DATA_DIR=os.path.join(copy, "gemini", "tmp"),
+                          OPENCLAW_DIR=os.path.join(copy, "openclaw"))
+        with_bom = self.run_json("--agent", "codex", "--agent", "claude-code", "--agent",
+                                 "gemini", "--agent", "openclaw", "--group-by", "session")
+        self.assertEqual(with_bom["totals"], plain["totals"])
+        self.assertEqual(with_bom["groups"], plain["groups"])
+        for name in sorted(os.listdir(EXAMPLES)):
+            if name.endswith(".jsonl"):
+                with self.subTest(log=name):
+                    path = os.path.join(self.tmp, name)
+                    with open(example(name), "rb") as source, open(path, "wb") as out:
+                        out.write(catop.UTF8_BOM + source.read())
+                    self.assertEqual(self.run_json("--file", path)["totals"],
+                                     self.run_json("--file", example(name))["totals"])
 
     def test_appended_lines_are_read_on_rescan(self):
         self.point_agents_at_examples()
@@ -1857,11 +1936,11 @@ class TailTests(unittest.TestCase):
         self.assertTrue(source.poll())
         self.assertEqual([r.miss for r in source.requests], [100, 200])
         self.assertFalse(source.poll())
-        with open(self.path, "w") as handle:     # truncated and rewritten
-            handle.write(self.line(7) + "\n")
+        with open(self.path, "w") as handle:     # truncated and rewritten: what it held
+            handle.write(self.line(7) + "\n")    # before happened, and is kept
         self.assertTrue(source.poll())
-        self.assertEqual([r.miss for r in source.requests], [7])
-        self.assertEqual(source.stats.records, 1)
+        self.assertEqual([r.miss for r in source.requests], [100, 200, 7])
+        self.assertEqual(source.stats.records, 3)
         os.rename(self.path, self.path + ".1")   # rotated: gone for a moment
         self.assertTrue(source.poll())
         self.assertIn("unreadable", source.stats.error)
@@ -1869,8 +1948,21 @@ class TailTests(unittest.TestCase):
         with open(self.path, "w") as handle:
             handle.write(self.line(8) + "\n" + self.line(9) + "\n")
         self.assertTrue(source.poll())
-        self.assertEqual([r.miss for r in source.requests], [8, 9])
+        self.assertEqual([r.miss for r in source.requests], [100, 200, 7, 8, 9])
         self.assertIsNone(source.stats.error)
+
+    def test_copy_truncate_refilled_past_the_old_size_is_read_from_the_start(self):
+        source = catop.LiveFileSource(self.path)
+        with open(self.path, "w") as handle:
+            handle.write("".join(self.line(100 + n) + "\n" for n in range(50)))
+        source.poll()
+        with open(self.path, "r+") as handle:   # copied away, truncated in place, refilled
+            handle.truncate(0)
+            handle.write("".join(self.line(1000 + n) + "\n" for n in range(100)))
+        source.poll()
+        self.assertEqual(len(source.requests), 150)
+        self.assertEqual(sum(r.miss for r in source.requests),
+                         sum(range(100, 150)) + sum(range(1000, 1100)))
 
     def test_new_agent_files_appear(self):
         clock = [1000.0]
@@ -2970,6 +3062,30 @@ class HistoryTests(IsolatedEnv):
             handle.write(self.line(5))
         self.assertEqual(self.report("--file", path)["totals"]["input_tokens"], 1362)
 
+    def test_copy_truncate_and_long_lines_give_what_no_history_gives(self):
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write("".join(self.line(100 + n) for n in range(50)))
+        self.report("--file", path)
+        with open(path, "r+") as handle:        # copied away, truncated in place, refilled
+            handle.truncate(0)
+            handle.write("".join(self.line(1000 + n) for n in range(100)))
+        doc = self.report("--file", path)
+        self.assertEqual(doc["totals"]["requests"], 150)
+        self.assertEqual(doc["totals"]["input_tokens"],
+                         sum(range(100, 150)) + sum(range(1000, 1100)))
+        long_log = os.path.join(self.tmp, "long.jsonl")
+        padded = json.dumps({"model": "gpt-4o", "timestamp": NOW, "pad": "x" * 1500,
+                             "usage": {"prompt_tokens": 9, "completion_tokens": 1}})
+        with open(long_log, "w") as handle:
+            handle.write(self.line(5) + padded + "\n" + self.line(6))
+        with mock.patch.object(catop, "MAX_LINE_BYTES", 1000):
+            plain = self.report("--file", long_log, "--no-history")
+            stored = self.report("--file", long_log)
+        for doc in (plain, stored):
+            self.assertEqual(doc["totals"]["input_tokens"], 11)
+            self.assertEqual(doc["sources"][0]["skipped"]["malformed"], 1)
+
     def test_a_big_request_log_is_stored_in_parallel_exactly_as_serially(self):
         path = os.path.join(self.tmp, "big.jsonl")
         lines = [self.line(100 + n, NOW + n) for n in range(300)] + ["{broken\n"]
@@ -2990,8 +3106,9 @@ class HistoryTests(IsolatedEnv):
             history.close()
         self.assertEqual(stored[0], stored[1])
         rows, offset, records, skipped = stored[1]
-        self.assertEqual((len(rows), records, skipped["malformed"]), (300, 300, 1))
-        self.assertEqual(offset, len("".join(lines)))  # the partial last line waits
+        # the cut last line is malformed in this run, as --no-history says, and waits
+        self.assertEqual((len(rows), records, skipped["malformed"]), (300, 300, 2))
+        self.assertEqual(offset, len("".join(lines)))
         self.assertEqual(sum(row[8] for row in rows), sum(range(100, 400)))
         with open(path, "a") as handle:                   # completed, then more appended
             handle.write('okens": 7}}\n' + self.line(1000))
