@@ -93,12 +93,12 @@ class Request(object):
 
     __slots__ = ("ts", "agent", "provider", "model", "project", "session",
                  "miss", "cache_read", "cache_write_5m", "cache_write_1h",
-                 "output", "reasoning", "observed_cost", "sidechain")
+                 "output", "reasoning", "observed_cost", "sidechain", "origin")
 
     def __init__(self, ts=None, agent="", provider="", model="", project="",
                  session="", miss=0, cache_read=0, cache_write_5m=0,
                  cache_write_1h=0, output=0, reasoning=0, observed_cost=None,
-                 sidechain=False):
+                 sidechain=False, origin=None):
         self.ts = ts
         self.agent = agent
         self.provider = provider
@@ -113,6 +113,7 @@ class Request(object):
         self.reasoning = reasoning
         self.observed_cost = observed_cost
         self.sidechain = sidechain
+        self.origin = origin     # the log file it was read from (agents), else None
 
     @property
     def input(self):
@@ -128,10 +129,11 @@ class Request(object):
 
     def __eq__(self, other):
         return isinstance(other, Request) and all(
-            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+            getattr(self, k) == getattr(other, k) for k in _REQUEST_VALUES)
 
 
 _REQUEST_FIELDS = operator.attrgetter(*Request.__slots__)  # all of them, as a tuple
+_REQUEST_VALUES = Request.__slots__[:-1]   # what the request is: not where it was read
 
 
 class Tally(object):
@@ -1010,6 +1012,7 @@ class FileContext(object):
         self.project = ""
         self.model = ""
         self.start_ts = None
+        self.first_ts = None      # the earliest record's time in the file (its rank)
         self.fork = False
         self.parent_session = ""
         self.previous_total = None
@@ -1185,7 +1188,10 @@ def parse_gemini(record, ctx):
     req = Request(parse_timestamp(record.get("timestamp")), "gemini", "google",
                   str(record.get("model") or "unknown"), ctx.project, ctx.session,
                   prompt - cached, cached, 0, 0, output, thoughts)
-    return str(record.get("id") or id(record)), req
+    message_id = record.get("id")
+    if not message_id:  # the same record read again (or by another process) keys alike
+        message_id = "h%x" % _stable_hash(json.dumps(record, sort_keys=True, default=str))
+    return str(message_id), req
 
 
 def parse_opencode(message, project=""):
@@ -3076,7 +3082,14 @@ def learn_shapes(path, wanted, start=0, head_bytes=1 << 16):
     scan_request_lines(lines, SourceStats(""), lambda req: None, wanted)
 
 
+# --jobs: the processes a run may use, set once by run() (None: the cores available)
+JOBS_LIMIT = [None]
+
+
 def worker_count():
+    """Processes to read with: --jobs, else the cores this process may run on."""
+    if JOBS_LIMIT[0] is not None:
+        return JOBS_LIMIT[0]
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -3155,7 +3168,12 @@ def _home(*parts):
 
 
 def agent_roots(name):
-    """The folders an agent's logs live in, from its environment variable or default."""
+    """The folders an agent's logs live in, from its environment variable or default,
+    as absolute paths (the history stores the files under them)."""
+    return [os.path.abspath(root) for root in _agent_roots(name)]
+
+
+def _agent_roots(name):
     env = os.environ.get
     if name == "claude-code":
         configured = [p.strip() for p in (env("CLAUDE_CONFIG_DIR") or "").split(",") if p.strip()]
@@ -3407,6 +3425,22 @@ class AgentSource(object):
         self.compaction_times = []  # (session, ts)
         self.version = 0         # grows whenever something new was read
         self.opencode_signature = None
+        self.first_ts = {}       # path -> its earliest record's time: the file's rank
+        self.ties = {}           # key -> {path: Request}: equal copies in several files
+
+    def file_rank(self, path):
+        """Which of several files holding equal copies of a response keeps it
+        (formats.md section 3): for Claude Code the file whose earliest record is
+        oldest, then the smaller path (a resumed session copies its parent's lines);
+        for Gemini CLI a .jsonl before the legacy .json it was copied from."""
+        if self.agent == "gemini":
+            return (0.0 if path.endswith(".jsonl") else 1.0), path
+        if path is None:            # stored by an older catop: the file is not known
+            return math.inf, "\U0010ffff"
+        first = self.first_ts.get(path)
+        if first is None:
+            first = self.first_ts[path] = earliest_record_time(path)
+        return first, path
 
     def scan(self, final=True, parallel=True, paths=None):
         """Reads what is new in every file of the agent (or in paths)."""
@@ -3471,8 +3505,14 @@ class AgentSource(object):
             self.compactions[session] = self.compactions.get(session, 0) + count
         self.compaction_times.extend(other.compaction_times)
         self.version += other.version + 1
+        self.first_ts.update(other.first_ts)
         for key, req in other.keyed.items():
             self._hold(key, req)
+        for key, copies in other.ties.items():
+            for req in copies.values():
+                if req is not other.keyed[key]:
+                    self.stats.skip("duplicate", -1)   # counted in other's stats already
+                    self._hold(key, req)
 
     def _scan_one(self, state, final):
         if self.agent == "gemini" and state.path.endswith(".json"):
@@ -3519,35 +3559,41 @@ class AgentSource(object):
             elif result == "duplicate":
                 self.stats.skip("duplicate")
             elif isinstance(result, Request):
+                result.origin = path
                 self.loose.setdefault(path, []).append(result)
-            elif self.agent == "claude-code":
-                self._keep_largest(path, *result)
             else:
-                self._keep_latest(session, *result)
-
-    def _keep_largest(self, path, key, req):
-        """Claude Code: one response on several lines; the largest line wins."""
-        if key is None:
-            self.loose.setdefault(path, []).append(req)
-            return
-        self._hold(key, req)
+                key, req = result
+                req.origin = path
+                if key is None:   # a Claude Code line without a message id
+                    self.loose.setdefault(path, []).append(req)
+                    continue
+                self._hold(key if self.agent == "claude-code" else (session, key), req)
 
     def _hold(self, key, req):
-        """Keeps one request per key: the largest, the later one on a tie (Gemini and
-        OpenCode rewrite a message, size 0: the last write wins)."""
+        """Keeps one request per key: the largest (Claude Code writes one response on
+        several lines, the early ones partial); of equal ones, within a file the later
+        (Gemini CLI rewrites a message, size 0), across files the one file_rank
+        prefers, settled in deduplicated() once every file is read, so the answer
+        never depends on the order files are read in or on the workers."""
         held = self.keyed.get(key)
         if held is not None:
             self.stats.skip("duplicate")
-            if _line_size(key, req) < _line_size(key, held):
+            size, held_size = _line_size(key, req), _line_size(key, held)
+            if size < held_size:
                 return
+            if size == held_size and req.origin != held.origin:
+                self.ties.setdefault(key, {held.origin: held})[req.origin] = req
+                return
+            if key in self.ties:
+                if size > held_size:
+                    del self.ties[key]
+                else:
+                    self.ties[key][req.origin] = req
         self.keyed[key] = req
 
-    def _keep_latest(self, session, message_id, req):
-        """Gemini CLI and OpenCode: the same message written again; the last wins."""
-        key = (session, message_id)
-        if key in self.keyed:
-            self.stats.skip("duplicate")
-        self.keyed[key] = req
+    def settle_ties(self):
+        for key, copies in self.ties.items():
+            self.keyed[key] = copies[min(copies, key=self.file_rank)]
 
     def _scan_opencode(self, paths):
         signature = []
@@ -3582,11 +3628,13 @@ class AgentSource(object):
                 if message_id in self.keyed:
                     self.stats.skip("duplicate")  # the database and a legacy file
                     continue
+                req.origin = path
                 self.keyed[message_id] = req
 
     def deduplicated(self):
         """(the de-duplicated requests read so far, how many subagent replays of a
         response the parent conversation counted were left out)."""
+        self.settle_ties()
         held = [req for requests in self.loose.values() for req in requests]
         replayed = self._replayed_message_ids()
         replays = 0
@@ -3610,6 +3658,24 @@ class AgentSource(object):
         return set(part for part in (key_message_part(key) for key, req
                                      in self.keyed.items() if not req.sidechain)
                    if part in side)
+
+
+_RECORD_TIME = re.compile(rb'"timestamp"\s*:\s*"([^"\\]{10,40})"')
+EARLIEST_RECORD_BYTES = 1 << 16
+NO_RECORD_TIME = 1e308      # a file with no timestamp ranks last (JSON has no inf)
+
+
+def earliest_record_time(path):
+    """The earliest "timestamp" among the records of a file's first 64 KB (a log
+    is written in time order, so they hold it), NO_RECORD_TIME when there is none."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(EARLIEST_RECORD_BYTES)
+    except OSError:
+        return NO_RECORD_TIME
+    times = [parse_timestamp(found.decode("ascii", "replace"))
+             for found in _RECORD_TIME.findall(head)]
+    return min([ts for ts in times if ts is not None] or [NO_RECORD_TIME])
 
 
 def read_json_file(path):
@@ -4423,18 +4489,27 @@ class LiveModel(object):
 HISTORY_SCHEMA = 3
 _HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
                     "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
-                    "size", "msg")
+                    "size", "msg", "file", "rank")
 _HISTORY_TABLES = (
     "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
     " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT, miss INTEGER,"
     " read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER, reasoning INTEGER, observed REAL,"
-    " sidechain INTEGER, size INTEGER, msg TEXT)",
+    " sidechain INTEGER, size INTEGER, msg TEXT, file TEXT, rank REAL)",
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
     " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT)",
     "CREATE TABLE IF NOT EXISTS compactions (session TEXT, ts REAL, PRIMARY KEY (session, ts))",
 )
-_CONTEXT_FIELDS = ("session", "project", "model", "start_ts", "fork", "parent_session",
+# Of two rows of one key the larger is kept (a streamed response), of equal ones the
+# one from the file of smaller rank, then path (a resumed session's copy): the same
+# choice AgentSource makes, so the history never depends on the order of the runs.
+_HISTORY_KEEPS_NEW = (
+    "excluded.size > requests.size OR (excluded.size = requests.size AND ("
+    "COALESCE(excluded.rank, 1e308) < COALESCE(requests.rank, 1e308) OR ("
+    "COALESCE(excluded.rank, 1e308) = COALESCE(requests.rank, 1e308) AND"
+    " COALESCE(excluded.file, '') <= COALESCE(requests.file, ''))))")
+_CONTEXT_FIELDS = ("session", "project", "model", "start_ts", "first_ts", "fork",
+                   "parent_session",
                    "previous_total", "sidechain")
 
 
@@ -4510,13 +4585,27 @@ class History(object):
                 db.execute("ALTER TABLE requests ADD COLUMN msg TEXT")
             for statement in _HISTORY_TABLES:
                 db.execute(statement)
-            if "head" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
-                db.execute("ALTER TABLE files ADD COLUMN head TEXT")  # schema 3
+            self._migrate_to_3(db)
             db.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _migrate_to_3(db):
+        """Schema 3 keeps, per request, the file it came from and that file's rank
+        (which of two copies of one response wins), and per file its first bytes.
+        Every file is read again once, from the start, to fill them in: the keys
+        are the same, so nothing is counted twice."""
+        added = False
+        for table, column, kind in (("requests", "file", "TEXT"), ("requests", "rank", "REAL"),
+                                    ("files", "head", "TEXT")):
+            if column not in [row[1] for row in db.execute("PRAGMA table_info(%s)" % table)]:
+                db.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, kind))
+                added = True
+        if added:
+            db.execute("UPDATE files SET offset = 0, context = NULL, device = NULL")
 
     def close(self):
         self.db.close()
@@ -4559,8 +4648,8 @@ class History(object):
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT INTO requests (%s) VALUES (%s) ON CONFLICT (key) DO UPDATE SET"
-                           " %s WHERE excluded.size >= requests.size" % (
-                               columns, ", ".join("?" * len(_HISTORY_COLUMNS)), updates), rows)
+                           " %s WHERE %s" % (columns, ", ".join("?" * len(_HISTORY_COLUMNS)),
+                                             updates, _HISTORY_KEEPS_NEW), rows)
             db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 (s.path, s.device, s.inode, s.size, s.mtime, s.offset,
                  s.restarts, json.dumps({n: getattr(s.context, n) for n in _CONTEXT_FIELDS}),
@@ -4573,12 +4662,16 @@ class History(object):
             db.execute("ROLLBACK")
             raise
 
-    def requests(self, since=None, until=None):
+    def requests(self, since=None, until=None, scope=None):
         """Stored requests in time order (without time first: only with no bounds);
-        a subagent's replay of a response its parent counted is left out."""
+        a subagent's replay of a response its parent counted is left out.  scope,
+        {label: folders or None}, keeps the rows of those sources only, and of an
+        agent only those read from a file under one of its folders now."""
         where = ["NOT (sidechain = 1 AND msg IS NOT NULL AND msg IN (SELECT msg FROM requests"
                  " WHERE sidechain = 0 AND msg IS NOT NULL))"]
         values = []
+        if scope is not None:
+            where.append(_scope_condition(scope, values))
         if since is not None or until is not None:
             where.append("ts IS NOT NULL")
         if since is not None:
@@ -4601,7 +4694,8 @@ class History(object):
         source but those in exclude."""
         # the columns in the order Request takes them: a row becomes one directly
         query = ("SELECT key, ts, agent, provider, model, project, session,"
-                 " miss, read, w5, w1, output, reasoning, observed, sidechain FROM requests")
+                 " miss, read, w5, w1, output, reasoning, observed, sidechain, file"
+                 " FROM requests")
         if label:
             query, values = query + " WHERE source = ?", (label,)
         elif exclude:
@@ -4631,11 +4725,36 @@ class History(object):
         return count
 
 
-def history_row(source, key, req, size=None, msg=None):
+def _scope_condition(scope, values):
+    """SQL for 'the row is in scope' (see History.requests), its values appended."""
+    alternatives = []
+    for label, folders in sorted(scope.items()):
+        values.append(label)
+        if folders is None:
+            alternatives.append("source = ?")
+            continue
+        under = []
+        for folder in folders:
+            prefix = os.path.join(folder, "")
+            values.extend((len(prefix), prefix))
+            under.append("substr(file, 1, ?) = ?")
+        alternatives.append("(source = ? AND (%s))" % (" OR ".join(under) or "0"))
+    return "(%s)" % (" OR ".join(alternatives) or "0")
+
+
+def history_scope(labels):
+    """{label: folders or None} of the stored sources a run reads: an agent's rows count
+    only from files under the folders it reads now (CLAUDE_CONFIG_DIR=B shows nothing
+    stored from A), a request log's and stdin's from that log."""
+    return {label: agent_roots(label[6:]) if label.startswith("agent:") else None
+            for label in labels}
+
+
+def history_row(source, key, req, size=None, msg=None, rank=None):
     return (key, source, req.ts, req.agent, req.provider, req.model, req.project, req.session,
             req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output,
             req.reasoning, req.observed_cost, int(req.sidechain),
-            req.input + req.output if size is None else size, msg)
+            req.input + req.output if size is None else size, msg, req.origin, rank)
 
 
 def _field_key(req):
@@ -4654,20 +4773,28 @@ def ingest_agent(history, name):
     if name != "opencode":
         for path in paths:
             state = source.states[path] = history.file_state(path)
+            if state.context.first_ts is not None:
+                source.first_ts[path] = state.context.first_ts
             before[path] = (state.device, state.inode, state.offset, state.restarts,
                             state.size, state.mtime)
     source.scan(final=True, paths=paths)   # as a snapshot does; the tail stays pending
+    source.settle_ties()
+    for path, state in source.states.items():
+        if name == "claude-code" and state.context.first_ts is None:
+            state.context.first_ts = source.file_rank(path)[0]
     label = "agent:" + name
     counted = [0]
 
     def rows():  # streamed into executemany: the rows never all sit in memory at once
         for key, req in source.keyed.items():
             counted[0] += 1
+            rank = source.file_rank(req.origin)[0] if req.origin is not None else None
             if isinstance(key, int):
                 yield history_row(label, "cc:%032x" % key, req, _line_size(key, req),
-                                  "%016x" % key_message_part(key))
+                                  "%016x" % key_message_part(key), rank)
             elif isinstance(key, tuple):   # Gemini CLI: (session, message id)
-                yield history_row(label, "%s:%s:%s" % (name, key[0], key[1]), req, 0)
+                yield history_row(label, "%s:%s:%s" % (name, key[0], key[1]), req, 0,
+                                  None, rank)
             else:                          # OpenCode: the message id
                 yield history_row(label, "%s:%s" % (name, key), req, 0)
         for path_requests in source.loose.values():
@@ -4696,6 +4823,9 @@ def seed_agent_source(live, history):
     if name != "opencode":
         for path in agent_files(name):
             source.states[path] = history.file_state(path)
+    for path, state in source.states.items():
+        if state.context.first_ts is not None:
+            source.first_ts[path] = state.context.first_ts
     for key, req in history.rows("agent:" + name):
         if key.startswith("cc:"):
             source.keyed[int(key[3:], 16)] = req
@@ -6430,6 +6560,9 @@ def build_parser():
     view.add_argument("--once", action="store_true",
                       help="print one snapshot and exit (the default when stdout is not a "
                            "terminal)")
+    view.add_argument("--jobs", type=parse_positive(int), metavar="N",
+                      help="processes that read big logs side by side (default: the cores "
+                           "available; 1 never starts another process)")
     view.add_argument("--interval", type=parse_positive(float), default=1.0, metavar="SECONDS",
                       help="live view refresh (default 1)")
     view.add_argument("--duration", type=parse_positive(float), metavar="SECONDS",
@@ -6565,11 +6698,10 @@ def report_history(history, aggregate, labels):
     stats = SourceStats("history:%s" % history.path)
     for session, times in history.compactions().items():
         aggregate.effects.compactions.setdefault(session, []).extend(times)
-    wanted = None if labels is None else set(labels)
-    for label, req in history.requests(aggregate.since, aggregate.until):
-        if wanted is None or label in wanted:
-            stats.records += 1
-            aggregate.add(req)
+    scope = None if labels is None else history_scope(labels)
+    for _, req in history.requests(aggregate.since, aggregate.until, scope):
+        stats.records += 1
+        aggregate.add(req)
     return stats
 
 
@@ -6641,6 +6773,7 @@ def output_width(args):
 
 def run(args):
     now = time.time()
+    JOBS_LIMIT[0] = args.jobs
     try:
         since, until = resolve_window(args.window, args.since, args.until, now)
     except ValueError as error:

@@ -28,6 +28,57 @@ EXAMPLES = os.path.join(HERE, "examples")
 AGENT_EXAMPLES = os.path.join(EXAMPLES, "agents")
 
 
+def real_catop_folders():
+    """The catop folders of the real state and cache homes, which no test may touch."""
+    home = os.path.expanduser("~")
+    return [os.path.join(os.environ.get(variable) or os.path.join(home, *default), "catop")
+            for variable, default in (("XDG_STATE_HOME", (".local", "state")),
+                                      ("XDG_CACHE_HOME", (".cache",)),
+                                      ("XDG_CONFIG_HOME", (".config",)))]
+
+
+def folder_fingerprint(folder):
+    """{relative path: (size, mtime)} of every file under folder ({} if none)."""
+    found = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            found[os.path.relpath(path, folder)] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+_REAL_FOLDERS = {}
+_MODULE_ENV = []
+
+
+def setUpModule():
+    """The whole run gets a home of its own (a test that forgets IsolatedEnv writes
+    there, not into the user's history), and the real one is checked at the end."""
+    for folder in real_catop_folders():
+        _REAL_FOLDERS[folder] = folder_fingerprint(folder)
+    home = tempfile.mkdtemp(prefix="catop-test-home-")
+    patcher = mock.patch.dict(os.environ, {
+        "HOME": home, "XDG_STATE_HOME": os.path.join(home, "state"),
+        "XDG_CACHE_HOME": os.path.join(home, "cache"),
+        "XDG_CONFIG_HOME": os.path.join(home, "config")})
+    patcher.start()
+    _MODULE_ENV.append((patcher, home))
+
+
+def tearDownModule():
+    for patcher, home in _MODULE_ENV:
+        patcher.stop()
+        shutil.rmtree(home, True)
+    touched = [folder for folder, before in _REAL_FOLDERS.items()
+               if folder_fingerprint(folder) != before]
+    if touched:
+        raise AssertionError("a test wrote into the real %s" % ", ".join(touched))
+
+
 def example(name):
     return os.path.join(EXAMPLES, name)
 
@@ -1230,6 +1281,80 @@ class AgentTests(IsolatedEnv):
                         out.write(catop.UTF8_BOM + source.read())
                     self.assertEqual(self.run_json("--file", path)["totals"],
                                      self.run_json("--file", example(name))["totals"])
+
+    @staticmethod
+    def claude_line(session, message_id, ts, tokens, kind="assistant"):
+        return json.dumps({"type": kind, "cwd": "/w", "sessionId": session,
+                           "requestId": "r-" + message_id, "timestamp": ts,
+                           "message": {"id": message_id, "model": "claude-sonnet-4-5",
+                                       "usage": {"input_tokens": tokens,
+                                                 "output_tokens": 10}}}) + "\n"
+
+    def resumed_home(self, original_name):
+        """A Claude Code home: a session S1 (in original_name), then S2 resumed from it,
+        whose file starts with a verbatim copy of S1's response m1 (same ids, same
+        usage, its own sessionId), and a third session that has nothing to do with it."""
+        folder = os.path.join(self.tmp, "claude", "projects", "-w")
+        os.makedirs(folder)
+        files = {original_name: [self.claude_line("S1", "m0", "2026-03-10T08:00:00Z", 1,
+                                                  "user"),
+                                 self.claude_line("S1", "m1", "2026-03-10T08:01:00Z", 1000)],
+                 "5-resumed.jsonl": [self.claude_line("S2", "m1", "2026-03-10T08:01:00Z", 1000),
+                                     self.claude_line("S2", "m2", "2026-03-10T09:00:00Z", 10)],
+                 "0-other.jsonl": [self.claude_line("S0", "m9", "2026-03-10T07:00:00Z", 1)]}
+        for name, lines in files.items():
+            with open(os.path.join(folder, name), "w") as handle:
+                handle.write("".join(lines))
+        os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(self.tmp, "claude")
+
+    def sessions(self, *argv):
+        doc = self.run_main(*(("--agent", "claude-code", "--group-by", "session", "--format",
+                               "json", "--offline") + argv))
+        self.assertEqual(doc[0], 0, doc[2])
+        return {g["key"]["session"]: g["input_tokens"] for g in json.loads(doc[1])["groups"]}
+
+    def test_a_resumed_sessions_copies_belong_to_the_session_that_made_them(self):
+        """formats.md section 3: among equal copies, the file whose earliest record is
+        oldest keeps the response; on a tie the smaller path.  Whatever the order of
+        reading, the number of processes and the history."""
+        for original, owner in (("9-original.jsonl", "S1"), ("1-original.jsonl", "S1")):
+            with self.subTest(original=original):
+                shutil.rmtree(os.path.join(self.tmp, "claude"), True)
+                self.resumed_home(original)
+                want = {owner: 1000, "S2": 10, "S0": 1}
+                history = os.path.join(self.tmp, "h-%s.sqlite3" % original)
+                with mock.patch.object(catop, "PARALLEL_MIN_BYTES", 1):
+                    for jobs in ("1", "2", "3"):
+                        self.assertEqual(self.sessions("--no-history", "--jobs", jobs), want)
+                    self.assertEqual(self.sessions("--history", history, "--jobs", "2"), want)
+                    self.assertEqual(self.sessions("--history", history), want)     # warm
+                    self.assertEqual(self.sessions("--history", history + "2", "--jobs",
+                                                   "1"), want)
+        # the original's first record (a user line, 08:00) is older than any of the
+        # resumed file's; copy it too, and the two files tie: the smaller path keeps m1
+        shutil.rmtree(os.path.join(self.tmp, "claude"), True)
+        self.resumed_home("9-original.jsonl")
+        resumed = os.path.join(self.tmp, "claude", "projects", "-w", "5-resumed.jsonl")
+        with open(resumed) as handle:
+            lines = handle.read()
+        with open(resumed, "w") as handle:
+            handle.write(self.claude_line("S2", "m0", "2026-03-10T08:00:00Z", 1, "user") + lines)
+        for jobs in ("1", "2"):
+            with mock.patch.object(catop, "PARALLEL_MIN_BYTES", 1):
+                self.assertEqual(self.sessions("--no-history", "--jobs", jobs),
+                                 {"S2": 1010, "S0": 1})
+
+    def test_the_history_shows_only_what_lies_under_the_folders_read_now(self):
+        self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
+        self.assertEqual(len(self.sessions()), 2)
+        other = os.path.join(self.tmp, "other", "projects", "-x")
+        os.makedirs(other)
+        with open(os.path.join(other, "b.jsonl"), "w") as handle:
+            handle.write(self.claude_line("B", "mb", "2026-03-10T08:00:00Z", 7))
+        os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(self.tmp, "other")
+        self.assertEqual(self.sessions(), {"B": 7})           # A's rows stay stored, unshown
+        code, out, _ = self.run_main("--format", "json", "--offline")   # no source: all
+        self.assertEqual(json.loads(out)["totals"]["requests"], 6 + 1)
 
     def test_appended_lines_are_read_on_rescan(self):
         self.point_agents_at_examples()
@@ -3287,6 +3412,44 @@ class HistoryTests(IsolatedEnv):
         db = sqlite3.connect(self.store)
         self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], catop.HISTORY_SCHEMA)
         db.close()
+
+    def test_migration_from_schema_two_reads_every_file_again_once(self):
+        """Schema 3 stores each request's file (the history's scope) and its rank: an
+        agent's files are read again from the start to fill them in, under the same
+        keys, so nothing is counted twice and nothing read before is lost."""
+        self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
+        first = self.report("--agent", "claude-code")
+        fresh = first["totals"]
+        db = sqlite3.connect(self.store)     # back to how schema 2 kept the same rows
+        db.execute("CREATE TABLE r2 (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
+                   " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT,"
+                   " miss INTEGER, read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER,"
+                   " reasoning INTEGER, observed REAL, sidechain INTEGER, size INTEGER,"
+                   " msg TEXT)")
+        db.execute("INSERT INTO r2 SELECT key, source, ts, agent, provider, model, project,"
+                   " session, miss, read, w5, w1, output, reasoning, observed, sidechain,"
+                   " size, msg FROM requests")
+        db.execute("DROP TABLE requests")
+        db.execute("ALTER TABLE r2 RENAME TO requests")
+        db.execute("CREATE TABLE f2 (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
+                   " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT)")
+        db.execute("INSERT INTO f2 SELECT path, device, inode, size, mtime, offset,"
+                   " generation, context FROM files")
+        db.execute("DROP TABLE files")
+        db.execute("ALTER TABLE f2 RENAME TO files")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+        db.close()
+        upgraded = self.report("--agent", "claude-code")
+        self.assertEqual(upgraded["totals"], fresh)
+        self.assertEqual(upgraded["sources"][0]["records"],          # read again, once
+                         first["sources"][0]["records"])
+        db = sqlite3.connect(self.store)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)
+        self.assertEqual(db.execute("SELECT count(*) FROM requests WHERE file IS NULL")
+                         .fetchone()[0], 0)
+        db.close()
+        self.assertEqual(self.report("--agent", "claude-code")["totals"], fresh)
 
     def test_unwritable_history_place(self):
         blocker = os.path.join(self.tmp, "not-a-folder")
