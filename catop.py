@@ -1583,6 +1583,14 @@ class Aggregate(object):
         """Closes the stream: the last writes of each session that expired unread."""
         self.effects.finish(now)
 
+    def start_over(self):
+        """Forgets every request, keeping the view (grouping, window, budgets, trend)."""
+        fresh = Aggregate(self.prices, self.group_by, self.since, self.until, self.session)
+        fresh.details = None if self.details is None else {}
+        fresh.trend = None if self.trend is None else self.trend.empty_copy()
+        fresh.budgets = None if self.budgets is None else self.budgets.empty_copy()
+        self.__dict__.update(fresh.__dict__)
+
     def empty_part(self):
         """A fresh Aggregate viewing requests as this one does, for a part of the same
         stream read apart (a worker's byte range), to be merged back in order."""
@@ -2166,6 +2174,7 @@ class CacheEffects(object):
         self.breaks = []
         self.pair_deltas = {}    # group -> {policy: [delta, avoided, added]}
         self.unordered = 0
+        self.late = set()        # sessions with a request older than one before it
         self.what_if, self.policy_cost, self.wasted = {}, {}, {}   # set by finish()
         self._facts = {}         # provider -> (does the TTL choice apply, default TTL)
 
@@ -2208,6 +2217,7 @@ class CacheEffects(object):
                 before = _HELD.unpack_from(self.held, offset)
                 if ts < before[0]:
                     self.unordered += 1
+                    self.late.add(session)
                     offset = None
         # a request not paired is not re-priced by the what-if either
         class_id = self.classes.count(req, group, in_window, offset is not None)
@@ -2289,7 +2299,7 @@ class CacheEffects(object):
             ts, _, _, w5, w1, ttl, _, key_id = _HELD.unpack_from(self.held, offset)
             if key_id >= 0 and (now is None or now - ts > ttl):
                 self._unread(key_id, w5, w1, 1.0)
-        self.breaks.sort(key=lambda b: b.ts)
+        self.breaks.sort(key=lambda b: (b.ts, b.session))
         what_if = {key: {policy: list(v) for policy, v in group.items()}
                    for key, group in self.pair_deltas.items()}
         policy_cost, wasted = {}, {}
@@ -2335,6 +2345,7 @@ class CacheEffects(object):
             for policy in group:
                 mine[policy] = [a + b for a, b in zip(mine[policy], group[policy])]
         self.unordered += other.unordered
+        self.late |= other.late
         return causes
 
     def _adopt(self, other):
@@ -2365,6 +2376,7 @@ class CacheEffects(object):
                     causes[id(first)] = found.cause
             else:
                 self.unordered += 1
+                self.late.add(session)
         for session, theirs in other.last.items():  # its ids are the part's own
             ts, expected, read, w5, w1, ttl, model_id, key_id = _HELD.unpack_from(other.held,
                                                                                   theirs)
@@ -2990,13 +3002,21 @@ def gc_paused():
 
 class StreamReader(object):
     """A binary stream read block by block until EOF, or until a deadline passes
-    (--once --duration on a stream that never ends)."""
+    (--once --duration on a stream that never ends); with spool, a file that keeps
+    a copy of what was read (a stream cannot be read twice)."""
 
-    def __init__(self, stream, deadline=None):
+    def __init__(self, stream, deadline=None, spool=None):
         self.stream = stream
         self.deadline = deadline
+        self.spool = spool
 
     def read(self, size):
+        data = self._read(size)
+        if self.spool is not None:
+            self.spool.write(data)
+        return data
+
+    def _read(self, size):
         if self.deadline is None:
             return self.stream.read(size)
         import select
@@ -3138,6 +3158,40 @@ def scan_request_file(path, aggregate, stats):
             # Read the file in one pass, so the answer never depends on the cores.
     with open(path, "rb") as handle:
         scan_request_stream(handle, stats, aggregate.add, wanted=aggregate.wanted_attributes())
+
+
+def read_again_in_time_order(logs, aggregate):
+    """Request logs read once more, when a session in them went back in time: what a
+    request did to the cache is judged from the next one in time, so the requests of
+    those sessions are held back and added in time order, the rest as they come.  The
+    answer is then the one of every sorted path (the history, the live view, agents);
+    only those sessions' requests are ever held in memory."""
+    late = aggregate.effects.late
+    aggregate.start_over()
+    held = []
+    add = aggregate.add
+
+    def sink(req):
+        if req.session in late:
+            held.append(req)
+        else:
+            add(req)
+    for log in logs:
+        if isinstance(log, str):
+            handle = open(log, "rb")
+        else:  # standard input, spooled while it was read
+            handle, _ = log, log.seek(0)
+        with handle:
+            scan_request_stream(handle, SourceStats(""), sink,
+                                wanted=aggregate.wanted_attributes())
+    held.sort(key=request_order)
+    for req in held:
+        add(req)
+
+
+def request_order(req):
+    """The order requests are paired in: by time, those without one last."""
+    return (req.ts is None, req.ts or 0.0)
 
 
 def expand_file_args(paths):
@@ -3719,7 +3773,7 @@ def scan_agent(name, aggregate):
         if ts is not None:
             aggregate.effects.compactions.setdefault(session, []).append(ts)
     # in time order: what a request did to the cache is judged from the next one
-    ordered.sort(key=lambda r: (r.ts is None, r.ts or 0.0))
+    ordered.sort(key=request_order)
     source.keyed.clear()  # the sorted list holds them now: halve the peak memory
     source.loose.clear()
     for req in ordered:
@@ -4353,7 +4407,7 @@ class LiteLLMSpendSource(object):
         recovered = self.stats.error is not None
         self.stats.error, self.backoff_s, self.retry_at = None, 0.0, 0.0
         if fresh:
-            self.requests = sorted(self.rows.values(), key=lambda r: (r.ts is None, r.ts or 0))
+            self.requests = sorted(self.rows.values(), key=request_order)
             self.generation += 1
             self.stats.records = len(self.requests)
         return bool(fresh) or recovered
@@ -6640,7 +6694,7 @@ def warn(message):
 def collect_sources(args, aggregate, now, history=None):
     """Feeds every requested source into aggregate; returns their SourceStats.  With
     a history, logs are read into it (only what changed) and the report comes from it."""
-    sources, stored = [], []
+    sources, stored, streamed = [], [], []
     for path in args.file:
         stats = SourceStats("stdin" if path == "-" else "file:%s" % path)
         try:
@@ -6649,16 +6703,21 @@ def collect_sources(args, aggregate, now, history=None):
                 stored.append("stdin")
             elif path == "-":
                 deadline = time.time() + args.duration if args.duration else None
-                scan_request_stream(StreamReader(sys.stdin.buffer, deadline), stats,
+                spool = tempfile.TemporaryFile(prefix="catop-stdin-")
+                scan_request_stream(StreamReader(sys.stdin.buffer, deadline, spool), stats,
                                     aggregate.add, wanted=aggregate.wanted_attributes())
+                streamed.append(spool)
             elif history is not None:
                 ingest_request_file(history, path, stats)
                 stored.append(stats.name)
             else:
                 scan_request_file(path, aggregate, stats)
+                streamed.append(path)
         except OSError as error:
             raise SourceError("cannot read %s: %s" % (clean(path), error.strerror or error))
         sources.append(stats)
+    if aggregate.effects.late:
+        read_again_in_time_order(streamed, aggregate)
     if args.demo:
         stats = SourceStats("demo (seed %d)" % args.seed)
         requests, compactions = demo_traffic(args.seed, now)
@@ -6671,7 +6730,7 @@ def collect_sources(args, aggregate, now, history=None):
     if args.litellm_url:
         source = LiteLLMSpendSource(args.litellm_url, aggregate.since, aggregate.until)
         source.fetch(aggregate.since)
-        for req in sorted(source.rows.values(), key=lambda r: (r.ts is None, r.ts or 0.0)):
+        for req in sorted(source.rows.values(), key=request_order):
             source.stats.records += 1
             aggregate.add(req)
         sources.append(source.stats)

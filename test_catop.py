@@ -3052,6 +3052,118 @@ class HostileSpendServerTests(IsolatedEnv):
         self.assertEqual(code, 0, err)
 
 
+class ConsistencyMatrixTests(IsolatedEnv):
+    """One question, one answer: the same logs through every path catop has give the
+    same totals, groups, breaks, what-if and wasted writes."""
+
+    COMPARED = ("totals", "groups", "breaks", "break_summary", "what_if", "wasted_writes")
+
+    def request_log(self):
+        """Three sessions, one of them with a late request (its time between two that
+        came before it) and one going back across the middle of the file, a line over
+        the (lowered) limit, a BOM, CRLF line ends, a record without usage."""
+        m = "claude-sonnet-4-5-20250929"
+
+        def line(session, dt, read, write, miss=50, end="\n"):
+            return json.dumps({"timestamp": NOW + dt, "model": m, "session_id": session,
+                               "usage": {"input_tokens": miss, "cache_read_input_tokens": read,
+                                         "cache_creation_input_tokens": write,
+                                         "output_tokens": 100}}) + end
+        lines = [line("s1", 0, 0, 10000), line("s1", 60, 10000, 500),
+                 line("s2", 10, 0, 4000, end="\r\n"), line("s1", 400, 0, 10500),
+                 line("s1", 30, 0, 10000),                              # late
+                 json.dumps({"model": m, "pad": "x" * 3000}) + "\n",    # over the limit
+                 json.dumps({"timestamp": NOW, "model": m}) + "\n"]    # no usage
+        lines += [line("s3", 1000 + 20 * n, 2000 * n, 2000) for n in range(30)]
+        lines += [line("s2", 5, 0, 4000), line("s2", 100, 4000, 100)]  # back in time
+        path = os.path.join(self.tmp, "logs", "requests.jsonl")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as handle:
+            handle.write(catop.UTF8_BOM + "".join(lines).encode())
+        return path
+
+    def compared(self, doc):
+        return {name: doc[name] for name in self.COMPARED}
+
+    def snapshot(self, *argv):
+        code, out, err = self.run_main(*(argv + ("--format", "json", "--offline",
+                                                 "--group-by", "session,model")))
+        self.assertEqual(code, 0, err)
+        return self.compared(json.loads(out))
+
+    def live_model_in_chunks(self, path, chunk_bytes):
+        """The live model tailing a copy of the log that grows chunk_bytes at a time."""
+        with open(path, "rb") as handle:
+            data = handle.read()
+        grown = os.path.join(self.tmp, "grown.jsonl")
+        open(grown, "wb").close()
+        model = catop.LiveModel([catop.LiveFileSource(grown)], PRICES)
+        for start in range(0, len(data), chunk_bytes):
+            with open(grown, "ab") as handle:
+                handle.write(data[start:start + chunk_bytes])
+            model.poll()
+        now = time.time()
+        aggregate = catop.aggregate_model(model, ("session", "model"), None, None, None, now)
+        report = catop.Report(aggregate, model.stats(), PRICES, now)
+        return self.compared(json.loads("".join(catop.iter_json(report))))
+
+    def test_a_request_log_by_every_path(self):
+        path = self.request_log()
+        history = os.path.join(self.tmp, "h.sqlite3")
+        with mock.patch.object(catop, "MAX_LINE_BYTES", 1000), \
+                mock.patch.object(catop, "PARALLEL_MIN_BYTES", 1), \
+                mock.patch.object(catop, "PROBE_MIN_RECORDS", 10 ** 9):
+            reference = self.snapshot("--file", path, "--no-history", "--jobs", "1")
+            paths = {
+                "two processes": self.snapshot("--file", path, "--no-history", "--jobs", "2"),
+                "three processes": self.snapshot("--file", path, "--no-history", "--jobs", "3"),
+                "history cold": self.snapshot("--file", path, "--history", history),
+                "history warm": self.snapshot("--file", path, "--history", history),
+                "history, two processes": self.snapshot("--file", path, "--history",
+                                                        history + "2", "--jobs", "2"),
+                "--duration": self.snapshot("--file", path, "--no-history", "--once",
+                                            "--duration", "0.2", "--interval", "0.1"),
+                "stdin": None,
+                "live, 7-byte chunks": self.live_model_in_chunks(path, 7),
+                "live, 1,000-byte chunks": self.live_model_in_chunks(path, 1000),
+            }
+            with open(path, "rb") as handle:
+                with mock.patch.object(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+                        handle.read()))):
+                    paths["stdin"] = self.snapshot("--stdin", "--no-history")
+            os.remove(path)
+            paths["history, the log deleted"] = self.snapshot("--history", history)
+        self.assertEqual(reference["totals"]["requests"], 37)
+        # by hand: s2's second request (at +10 s, read 0 of the 4,000 written at +5 s),
+        # s1's late one (+30 s, read 0 of 10,000 written at +0 s) and s1's +400 s one
+        # (340 s after the last, past the 5-minute TTL)
+        self.assertEqual([(b["session"], b["cause"]) for b in reference["breaks"]],
+                         [("s2", "prefix_changed"), ("s1", "prefix_changed"),
+                          ("s1", "ttl_expired")])
+        for name, doc in paths.items():
+            with self.subTest(path=name):
+                for part in self.COMPARED:
+                    self.assertEqual(doc[part], reference[part], part)
+
+    def test_agent_logs_by_every_path(self):
+        self.point_agents_at_examples()
+        agents = ("--agent", "claude-code", "--agent", "codex", "--agent", "gemini",
+                  "--agent", "openclaw", "--agent", "opencode")
+        history = os.path.join(self.tmp, "h.sqlite3")
+        with mock.patch.object(catop, "PARALLEL_MIN_BYTES", 1):
+            reference = self.snapshot(*agents, "--no-history", "--jobs", "1")
+            paths = {"two processes": self.snapshot(*agents, "--no-history", "--jobs", "2"),
+                     "history cold": self.snapshot(*agents, "--history", history),
+                     "history warm": self.snapshot(*agents, "--history", history),
+                     "--duration": self.snapshot(*agents, "--no-history", "--once",
+                                                 "--duration", "0.2", "--interval", "0.1")}
+        self.assertGreater(reference["totals"]["requests"], 10)
+        for name, doc in paths.items():
+            with self.subTest(path=name):
+                for part in self.COMPARED:
+                    self.assertEqual(doc[part], reference[part], part)
+
+
 class TrendTests(unittest.TestCase):
 
     def test_daily_sums_and_sparklines(self):
