@@ -2056,34 +2056,6 @@ def break_cost(after, rewritten, prices):
     return written * (p_write - p_read) + (rewritten - written) * (p_in - p_read)
 
 
-def detect_breaks(requests, prices, compactions=None):
-    """Every cache break in a set of requests, session by session in time order.
-    compactions: {session: [ts, ...]}."""
-    compactions = compactions or {}
-    by_session = {}
-    for req in requests:
-        if req.session and req.ts is not None:
-            by_session.setdefault(req.session, []).append(req)
-    found = []
-    for session, chain in by_session.items():
-        chain.sort(key=lambda r: r.ts)
-        found.extend(chain_breaks(chain, prices, compactions.get(session, ())))
-    found.sort(key=lambda b: b.ts)
-    return found
-
-
-def chain_breaks(chain, prices, compaction_times=(), start=1):
-    """The breaks of one session's requests (in time order) at chain[start:]."""
-    found = []
-    for index in range(max(1, start), len(chain)):
-        before, after = chain[index - 1], chain[index]
-        expected = expected_cached(before)
-        if expected >= BREAK_MIN_EXPECTED_TOKENS and after.cache_read * 2 < expected:
-            found.append(make_break(after, before.ts, after.model != before.model,
-                                    ttl_in_force(before), expected, prices, compaction_times))
-    return found
-
-
 def make_break(after, before_ts, switched, ttl, expected, prices, compaction_times):
     """The CacheBreak of `after`, which read less than half the `expected` prefix
     (break_cause tells the rest)."""
@@ -4418,24 +4390,21 @@ class LiteLLMSpendSource(object):
 
 class LiveModel(object):
     """Every request of every live source, priced, in time order, with its breaks.
-
     Sources that only ever append (files, streams, the demo) are taken in
-    incrementally: only their new requests are priced, and breaks are looked for
-    again only in the sessions they touch.  Anything else (an agent folder, a file
-    read again from the start) rebuilds the model."""
+    incrementally: only their new requests are priced and paired.  Anything else (an
+    agent folder, a request older than its session's last) pairs everything again.
+    Breaks come from the CacheEffects every snapshot uses: one engine."""
 
     def __init__(self, sources, prices, clock=time.time):
         self.sources = sources
         self.prices = prices
         self.clock = clock       # the view's: rolling figures look back an hour from it
         self.timeline = Timeline([])
+        self.effects = CacheEffects(prices, _NO_GROUP)
         self.breaks = []
         self.version = 0
         self.appended = None     # the entries the last change added, if it only added
         self.seen = {}           # source index -> (generation, requests taken)
-        self.chains = {}         # session -> requests in time order
-        self.checked = {}        # session -> requests of its chain checked for breaks
-        self.session_breaks = {}
         self.buckets = RateBuckets()
 
     def poll(self, rediscover=False):
@@ -4476,9 +4445,7 @@ class LiveModel(object):
         self.timeline = Timeline(entries)
         self.buckets = RateBuckets()
         self.buckets.add(self.timeline.since(self.clock() - HIT_SERIES_SPAN_S - 1))
-        self.chains, self.checked, self.session_breaks = {}, {}, {}
-        self._chain(requests)
-        self._find_breaks(self.chains)
+        self._pair_all()
         self.appended = None
         self.version += 1
 
@@ -4487,54 +4454,52 @@ class LiveModel(object):
         self.timeline.extend(entries)
         self.buckets.add(entries)
         self.buckets.prune(self.clock())
-        touched = self._chain(requests)
-        self._find_breaks(touched)
+        self._pair(requests)
         self.appended = entries
         self.version += 1
 
-    def _chain(self, requests):
-        """Adds requests to their sessions' chains; returns the chains touched."""
-        touched, out_of_order = {}, set()
-        for req in requests:
-            session = req.session
-            if session and req.ts is not None:
-                chain = self.chains.get(session)
-                if chain is None:
-                    chain = self.chains[session] = []
-                elif req.ts < chain[-1].ts:
-                    out_of_order.add(session)
-                chain.append(req)
-                touched[session] = chain
-        for session in out_of_order:  # sorted once, however many came late
-            touched[session].sort(key=lambda r: r.ts)
-            self.checked[session] = 0   # check the whole chain again
-        return touched
+    def _pair_all(self):
+        """Every request paired afresh, in time order."""
+        self.effects = CacheEffects(self.prices, _NO_GROUP, self.compactions())
+        for entry in self.timeline.timed:
+            self.effects.add(entry.req)
+        self.breaks = sorted(self.effects.breaks, key=_break_order)
 
-    def _find_breaks(self, chains):
-        compactions = {}
+    def _pair(self, requests):
+        """New requests paired after those before them; if one is older than its
+        session's last (it came late), everything is paired again in time order."""
+        effects = self.effects
+        ordered = sorted((r for r in requests if r.session and r.ts is not None),
+                         key=request_order)
+        for req in ordered:
+            last = effects.last_time(req.session)
+            if last is not None and req.ts < last:
+                self._pair_all()
+                return
+        effects.compactions = self.compactions()
+        found = len(effects.breaks)
+        for req in ordered:
+            effects.add(req)
+        merge_into_sorted(self.breaks, effects.breaks[found:], _break_order)
+
+    def compactions(self):
+        """{session: [ts]} of the compactions every source has seen."""
+        found = {}
         for source in self.sources:
             for session, ts in source.compaction_times():
-                if session in chains:
-                    compactions.setdefault(session, []).append(ts)
-        replaced, added = False, []
-        for session, chain in chains.items():
-            checked = self.checked.get(session, 0)
-            found = chain_breaks(chain, self.prices, compactions.get(session, ()), checked)
-            if not checked:
-                replaced = replaced or bool(self.session_breaks.get(session))
-                self.session_breaks[session] = found
-            else:
-                self.session_breaks.setdefault(session, []).extend(found)
-            added.extend(found)
-            self.checked[session] = len(chain)
-        if replaced:
-            self.breaks = sorted((b for found in self.session_breaks.values() for b in found),
-                                 key=lambda b: b.ts)
-        elif added:
-            merge_into_sorted(self.breaks, added, lambda b: b.ts)
+                if ts is not None:
+                    found.setdefault(session, []).append(ts)
+        return found
 
     def stats(self):
         return [source.stats for source in self.sources]
+
+
+_NO_GROUP = group_key_function(())
+
+
+def _break_order(item):
+    return (item.ts, item.session)
 
 
 # history: every request kept in SQLite, so a report outlives the agents' log

@@ -2143,11 +2143,95 @@ def chain(*specs, session="s", provider="anthropic"):
             for t, model, miss, read, w5, w1 in specs]
 
 
+def detect_breaks(requests, prices, compactions=None):
+    """The plain reference of the break engine: every break, session by session in
+    time order, each request compared with the one before it.  CacheEffects (held
+    state, price classes, parts merged across processes) is pinned to it."""
+    compactions = compactions or {}
+    by_session = {}
+    for req in requests:
+        if req.session and req.ts is not None:
+            by_session.setdefault(req.session, []).append(req)
+    found = []
+    for session, requests_of_session in by_session.items():
+        requests_of_session.sort(key=lambda r: r.ts)
+        for before, after in zip(requests_of_session, requests_of_session[1:]):
+            expected = catop.expected_cached(before)
+            if expected >= catop.BREAK_MIN_EXPECTED_TOKENS and after.cache_read * 2 < expected:
+                found.append(catop.make_break(after, before.ts, after.model != before.model,
+                                              catop.ttl_in_force(before), expected, prices,
+                                              compactions.get(session, ())))
+    found.sort(key=lambda b: (b.ts, b.session))
+    return found
+
+
+def break_tuples(breaks):
+    return [(b.session, b.ts, b.model, b.cause, b.expected, b.read, b.rewritten, b.gap_s,
+             round(b.cost, 12)) for b in breaks]
+
+
+class BreakEngineTests(unittest.TestCase):
+    """CacheEffects, the --once snapshot and the live model against the reference."""
+
+    def random_stream(self, seed):
+        rng = random.Random(seed)
+        models = ["claude-sonnet-4-5", "claude-opus-4-5", "gpt-4o", "gemini-2.5-pro"]
+        requests, compactions = [], {}
+        for session in ["s%d" % n for n in range(rng.randint(1, 6))]:
+            ts, cached = NOW + rng.uniform(0, 1000), 0
+            for _ in range(rng.randint(1, 25)):
+                ts += rng.choice([1, 20, 200, 299, 301, 900, 4000])
+                model = rng.choice(models[:2]) if rng.random() < 0.9 else rng.choice(models)
+                read = cached if rng.random() < 0.7 else rng.randint(0, cached)
+                write = rng.choice([0, 500, 5000, 20000])
+                requests.append(catop.Request(ts, "a", catop.infer_provider(model), model, "p",
+                                              session, rng.randint(0, 300), read,
+                                              write if rng.random() < 0.8 else 0,
+                                              write if rng.random() < 0.2 else 0, 50))
+                cached = read + write
+                if rng.random() < 0.05:
+                    compactions.setdefault(session, []).append(ts + 1)
+        rng.shuffle(requests)
+        late = rng.sample(requests, min(3, len(requests)))   # the rest in time order
+        on_time = sorted((r for r in requests if r not in late), key=lambda r: r.ts)
+        return on_time + late, compactions
+
+    def test_every_engine_equals_the_reference_on_random_streams(self):
+        for seed in range(150):
+            requests, compactions = self.random_stream(seed)
+            want = break_tuples(detect_breaks(requests, PRICES, compactions))
+            with self.subTest(seed=seed):
+                effects = catop.CacheEffects(PRICES, catop._NO_GROUP, dict(compactions))
+                for req in sorted(requests, key=catop.request_order):
+                    effects.add(req)
+                effects.finish(NOW + 10 ** 6)
+                self.assertEqual(break_tuples(effects.breaks), want)
+
+                class Source(object):      # appends, as a file tail does
+                    generation, stats = 0, catop.SourceStats("x")
+
+                    def __init__(self):
+                        self.requests, self.pending = [], list(requests)
+
+                    def poll(self):
+                        self.requests.extend(self.pending[:7])
+                        del self.pending[:7]
+                        return True
+
+                    def compaction_times(self):
+                        return [(s, t) for s, times in compactions.items() for t in times]
+                source = Source()
+                model = catop.LiveModel([source], PRICES)
+                while source.pending:
+                    model.poll()
+                self.assertEqual(break_tuples(model.breaks), want)
+
+
 class BreakTests(unittest.TestCase):
 
     def causes(self, requests, compactions=None):
         return [(b.cause, b.expected, b.read, b.rewritten) for b in
-                catop.detect_breaks(requests, PRICES, compactions)]
+                detect_breaks(requests, PRICES, compactions)]
 
     def test_each_cause(self):
         m = "claude-sonnet-4-5"
@@ -2184,17 +2268,17 @@ class BreakTests(unittest.TestCase):
     def test_break_cost(self):
         m = "claude-sonnet-4-5"
         idle = chain((0, m, 5, 10000, 2000, 0), (400, m, 5, 0, 12500, 0))
-        item = catop.detect_breaks(idle, PRICES)[0]
+        item = detect_breaks(idle, PRICES)[0]
         # 12,000 tokens rewritten at the 5-minute write rate instead of the read rate
         self.assertAlmostEqual(item.cost, 12000 * (3.75e-06 - 3e-07))
         mixed = chain((0, m, 5, 10000, 2000, 0), (400, m, 2000, 0, 5000, 5000))
         # rewritten = min(12,000, 10,000 written + 2,000 missed); writes at their 5m/1h mix
-        item = catop.detect_breaks(mixed, PRICES)[0]
+        item = detect_breaks(mixed, PRICES)[0]
         self.assertAlmostEqual(item.cost, 5000 * (3.75e-06 - 3e-07) + 5000 * (6e-06 - 3e-07) +
                                2000 * (3e-06 - 3e-07))
         openai = chain((0, "gpt-4o", 4000, 0, 0, 0), (900, "gpt-4o", 4200, 0, 0, 0),
                        provider="openai")
-        item = catop.detect_breaks(openai, PRICES)[0]
+        item = detect_breaks(openai, PRICES)[0]
         self.assertEqual((item.cause, item.rewritten), ("ttl_expired", 4000))
         self.assertAlmostEqual(item.cost, 4000 * (2.5e-06 - 1.25e-06))
 
@@ -2316,7 +2400,7 @@ class WhatIfTests(unittest.TestCase):
         by_session = {}
         for session, ts in compactions:
             by_session.setdefault(session, []).append(ts)
-        causes = {b.cause for b in catop.detect_breaks(requests, PRICES, by_session)}
+        causes = {b.cause for b in detect_breaks(requests, PRICES, by_session)}
         self.assertEqual(causes, set(catop.BREAK_CAUSES))
 
 
