@@ -1511,14 +1511,43 @@ class PriceClasses(object):
         return ids
 
 
+def _classes_by_rate(classes):
+    """[(group, model, provider, above tier), Tally] of the classes with requests."""
+    by_rate, merged = {}, set()
+    for key, tally in zip(classes.keys, classes.tallies):
+        if not tally.requests:
+            continue
+        rate = key[:4]
+        mine = by_rate.get(rate)
+        if mine is None:
+            by_rate[rate] = tally
+            continue
+        if rate not in merged:  # a tally of its own, not the first class's
+            merged.add(rate)
+            first, mine = mine, Tally()
+            mine.merge(first)
+            by_rate[rate] = mine
+        mine.merge(tally)
+    return by_rate.items()
+
+
+def priced_groups(classes, prices):
+    """(tallies by group, unpriced models, totals) of price classes."""
+    tallies, unpriced = price_classes(classes, prices)
+    total = Tally()
+    for tally in tallies.values():
+        total.merge(tally)
+    return tallies, unpriced, total
+
+
 def price_classes(classes, prices):
     """({group: Tally}, {unpriced model: requests}) of the classes with requests,
     each class priced at its rates (its tally's cost set, which pricing again
-    sets to the same).  A group of one class shares that class's tally."""
+    sets to the same).  A group of one class shares that class's tally.  The paired
+    and unpaired classes of one rate are summed before pricing, so that a table that
+    pairs nothing (the live view's) prices to the same cent, to the last digit."""
     groups, unpriced, combined = {}, {}, set()
-    for (group, model, provider, above_tier, _), tally in zip(classes.keys, classes.tallies):
-        if not tally.requests:
-            continue
+    for (group, model, provider, above_tier), tally in _classes_by_rate(classes):
         rates = prices.rates(model, provider)
         if rates is None:
             tally.cost = tally.no_cache_cost = 0.0
@@ -1667,11 +1696,7 @@ class Aggregate(object):
     def _priced_classes(self):
         """(tallies, unpriced models, totals), made once until the next request."""
         if self._priced is None:
-            tallies, unpriced = price_classes(self.effects.classes, self.prices)
-            total = Tally()
-            for tally in tallies.values():
-                total.merge(tally)
-            self._priced = tallies, unpriced, total
+            self._priced = priced_groups(self.effects.classes, self.prices)
         return self._priced
 
     @property
@@ -2676,9 +2701,9 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None
     elif cache.get("shape") == shape and cache.get("version") == model.version - 1 and \
             model.appended is not None and until is None and view.level() != "timeline":
         table = cache["table"]
-        _add_to_table(table, _in_view(model.appended, view, start), view)
+        _add_to_table(table, _in_view(model.appended, view, start), view, model.prices)
     else:
-        table = _build_table(timeline.since(start, until), view)
+        table = _build_table(timeline.since(start, until), view, model.prices)
     cache["shape"], cache["version"], cache["table"] = shape, model.version, table
     if view.level() == "timeline":
         frame.rows = table["rows"]
@@ -2721,46 +2746,34 @@ def _in_view(entries, view, start=None):
     return entries
 
 
-def _build_table(entries, view):
+def _build_table(entries, view, prices):
     """The view's table of entries: {groups, details, rows (a timeline), totals,
-    unpriced}; grouped tables are sorted and filtered when shown."""
-    table = {"groups": {}, "details": {}, "rows": [], "totals": Tally(), "unpriced": set()}
-    _add_to_table(table, _in_view(entries, view), view)
+    unpriced}; grouped tables are sorted and filtered when shown.  Its requests are
+    counted in price classes and priced as a snapshot prices them (one engine)."""
+    table = {"classes": PriceClasses(), "details": {}, "rows": []}
+    _add_to_table(table, _in_view(entries, view), view, prices)
     return table
 
 
-def _add_to_table(table, entries, view):
-    totals, unpriced = table["totals"], table["unpriced"]
-    for entry in entries:
-        if not entry.priced:
-            unpriced.add(entry.req.model or "(unknown model)")
+def _add_to_table(table, entries, view, prices):
+    classes, details = table["classes"], table["details"]
     if view.level() == "timeline":
         for entry in entries:
-            totals.add(entry.req, entry.cost, entry.no_cache_cost, entry.priced)
+            classes.count(entry.req, (), True, False)
         rows = table["rows"] + [(e.req, e.cost) for e in entries]
-        table["rows"] = sorted(rows, key=lambda row: (row[0].ts is None, row[0].ts or 0))
-        return
-    key_of = group_key_function(view.grouping())
-    groups, details = table["groups"], table["details"]
-    added = {}  # group -> Tally of these entries: the totals take a few merges, not an add each
-    for entry in entries:
-        req = entry.req
-        key = key_of(req)
-        tally = added.get(key)
-        if tally is None:
-            tally = added[key] = Tally()
-        tally.add(req, entry.cost, entry.no_cache_cost, entry.priced)
-        detail = details.get(key)
-        if detail is None:
-            detail = details[key] = (set(), set())
-        detail[0].add(req.model)
-        detail[1].add(req.project)
-    for key, tally in added.items():
-        totals.merge(tally)
-        if key in groups:
-            groups[key].merge(tally)
-        else:
-            groups[key] = tally
+        table["rows"] = sorted(rows, key=lambda row: request_order(row[0]))
+    else:
+        key_of = group_key_function(view.grouping())
+        for entry in entries:
+            req = entry.req
+            key = key_of(req)
+            classes.count(req, key, True, False)
+            detail = details.get(key)
+            if detail is None:
+                detail = details[key] = (set(), set())
+            detail[0].add(req.model)
+            detail[1].add(req.project)
+    table["groups"], table["unpriced"], table["totals"] = priced_groups(classes, prices)
 
 
 def _filtered_rows(groups, view):

@@ -3229,6 +3229,28 @@ class ConsistencyMatrixTests(IsolatedEnv):
                 for part in self.COMPARED:
                     self.assertEqual(doc[part], reference[part], part)
 
+    def test_the_live_table_prices_as_the_snapshot_does(self):
+        """The screen's table and its totals, grown by appends, to the last digit."""
+        path = self.request_log()
+        model = catop.LiveModel([catop.LiveFileSource(path)], PRICES)
+        model.poll()
+        snapshot = catop.aggregate_model(model, ("session", "model"), None, None, None, NOW)
+        view = catop.View(("session", "model"))
+        cache = {}
+        frame = catop.build_frame(model, view, NOW, cache=cache)
+        with open(path, "a") as handle:     # appended: the cached table takes it in
+            handle.write(json.dumps({"timestamp": NOW + 5000, "model": "gpt-4o",
+                                     "session_id": "s9", "usage": {"prompt_tokens": 1234,
+                                                                   "completion_tokens": 5}})
+                         + "\n")
+        model.poll()
+        frame = catop.build_frame(model, view, NOW, cache=cache)
+        snapshot = catop.aggregate_model(model, ("session", "model"), None, None, None, NOW)
+        self.assertEqual(frame.totals.as_dict(), snapshot.totals.as_dict())
+        self.assertEqual({key: tally.as_dict() for key, tally in frame.rows},
+                         {key: tally.as_dict() for key, tally in snapshot.tallies.items()})
+        self.assertEqual(frame.totals.requests, 38)
+
     def test_agent_logs_by_every_path(self):
         self.point_agents_at_examples()
         agents = ("--agent", "claude-code", "--agent", "codex", "--agent", "gemini",
