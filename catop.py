@@ -247,7 +247,7 @@ def _tally_from(values):
 class SourceStats(object):
     """What one source read and what it skipped, by reason."""
 
-    __slots__ = ("name", "records", "skipped", "compactions", "error")
+    __slots__ = ("name", "records", "skipped", "compactions", "error", "refused")
 
     def __init__(self, name):
         self.name = name
@@ -255,6 +255,7 @@ class SourceStats(object):
         self.skipped = dict.fromkeys(SKIP_KINDS, 0)
         self.compactions = 0
         self.error = None
+        self.refused = None   # a worker's REFUSED_VALUES, carried home (see in_worker)
 
     def skip(self, kind, count=1):
         self.skipped[kind] += count
@@ -340,17 +341,41 @@ def as_count(value):
     return number
 
 
+MAX_COST_USD = 1e9                # more than any one request or budget: a damaged field
+MAX_RATE_USD = 1e3                # a per-token or per-call rate in a price map
+TS_MAX = 253402128000.0           # 9999-12-30 UTC: every local calendar still has it
+# Numbers from data that were refused (not a number, or out of range), by kind: the
+# field is taken as absent and counted here; a report says how many.
+REFUSED_VALUES = {}
+
+
+def bounded_number(value, low, high, kind):
+    """value (an int, float or numeric string of JSON) as a float in [low, high]; None
+    when it is absent, or refused (not a number, NaN, infinite, out of range; counted
+    under kind).  Never raises: the one conversion for numbers read from data."""
+    if value is None:
+        return None
+    kind_of = type(value)
+    if kind_of is float:
+        if low <= value <= high:    # NaN compares false
+            return value
+    elif kind_of is int:
+        if low <= value <= high:    # compared as an int: a 400-digit one never overflows
+            return float(value)
+    elif kind_of is str and len(value) <= 64:
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and low <= number <= high:
+            return number
+    REFUSED_VALUES[kind] = REFUSED_VALUES.get(kind, 0) + 1
+    return None
+
+
 def as_money(value):
     """A reported cost in USD, or None when absent or unusable."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if number != number or number in (math.inf, -math.inf) or abs(number) > 1e9:
-        return None
-    return number
+    return bounded_number(value, -MAX_COST_USD, MAX_COST_USD, "cost")
 
 
 _MINUTE_CACHE = {}
@@ -375,10 +400,12 @@ def parse_timestamp(value):
         if not text:
             return None
         if text[0].isdigit() and text.replace(".", "", 1).isdigit():
-            return parse_timestamp(float(text))
+            return parse_timestamp(bounded_number(text, 0.0, 1e21, "timestamp"))
         return _parse_iso(text)
     if kind is int or kind is float:
-        if value != value or value in (math.inf, -math.inf) or value <= 0:
+        if not 0 < value < 1e21:    # NaN too; a 400-digit int is compared, not converted
+            if value != 0:
+                REFUSED_VALUES["timestamp"] = REFUSED_VALUES.get("timestamp", 0) + 1
             return None
         if value > 1e17:
             value = value / 1e9
@@ -386,6 +413,9 @@ def parse_timestamp(value):
             value = value / 1e6
         elif value > 1e11:
             value = value / 1e3
+        if value > TS_MAX:
+            REFUSED_VALUES["timestamp"] = REFUSED_VALUES.get("timestamp", 0) + 1
+            return None
         return float(value)
     return None
 
@@ -405,6 +435,9 @@ def _parse_iso(text):
         sign = -1 if zone[0] == "+" else 1
         digits = zone[1:].replace(":", "")
         base += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+        if not 0 < base <= TS_MAX:  # 9999-12-31 in -14:00 is year 10000 in UTC
+            REFUSED_VALUES["timestamp"] = REFUSED_VALUES.get("timestamp", 0) + 1
+            return None
     elif zone in ("Z", "z") and hour is not None and len(_MINUTE_CACHE) < 100000:
         _MINUTE_CACHE[text[:16]] = base
     # the same sum as the cached minute's path, so a time reads alike either way
@@ -1298,11 +1331,8 @@ def embedded_price_map():
 
 
 def _rate(entry, key, fallback):
-    value = entry.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-            or value < 0 or value in (math.inf,):
-        return fallback
-    return float(value)
+    rate = bounded_number(entry.get(key), 0.0, MAX_RATE_USD, "rate")
+    return fallback if rate is None else rate
 
 
 def rates_from_entry(entry):
@@ -1932,7 +1962,10 @@ def parse_time_bound(text, now):
     """Epoch seconds from an ISO date/time (naive = local time) or a span back from now."""
     match = _SPAN_RE.match(text)
     if match:
-        return now - float(match.group(1)) * _SPAN_SECONDS[match.group(2).lower()]
+        span = float(match.group(1)) * _SPAN_SECONDS[match.group(2).lower()]
+        if not span <= now:
+            raise ValueError("a span back from now reaches before 1970: %r" % text)
+        return now - span
     text = text.strip()
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -2018,8 +2051,20 @@ _BREAK_JSON = ('{"session": %s, "ts": %s, "model": %s, "cause": %s, '
 
 
 def json_float(value):
-    """A float as JSON text, as json.dumps writes it (NaN and infinities included)."""
-    return repr(value) if -math.inf < value < math.inf else json.dumps(value)
+    """A float as JSON text, as json.dumps writes it; NaN and infinities, which are
+    not JSON, as null."""
+    return repr(value) if -math.inf < value < math.inf else "null"
+
+
+def finite_json(value):
+    """value with every NaN or infinite float in it replaced by None (JSON's null)."""
+    if type(value) is float:
+        return value if -math.inf < value < math.inf else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
 
 
 _BREAK_FIELDS = operator.attrgetter(*CacheBreak.__slots__)
@@ -3047,9 +3092,35 @@ def split_points(path, size, parts, start=0):
 _WORKER_CONTEXT = {}
 
 
+def worker_result(result):
+    """A worker's result, carrying home on its SourceStats the numbers the worker
+    refused (counted there by take_home; each task starts its count afresh)."""
+    stats_of(result).refused = dict(REFUSED_VALUES)
+    REFUSED_VALUES.clear()
+    return result
+
+
+def stats_of(result):
+    """The SourceStats of a worker's result: (aggregate, stats), (stats, offset) or
+    an AgentSource."""
+    if isinstance(result, tuple):
+        return result[1] if isinstance(result[1], SourceStats) else result[0]
+    return result.stats
+
+
+def take_home(result):
+    """Counts here what a worker's result says it refused."""
+    stats = stats_of(result)
+    for kind, count in (stats.refused or {}).items():
+        REFUSED_VALUES[kind] = REFUSED_VALUES.get(kind, 0) + count
+    stats.refused = None
+    return result
+
+
 def _scan_range_worker(job):
+    REFUSED_VALUES.clear()    # what the parent counted before the fork is its own
     path, start, end = job
-    return scan_range(_WORKER_CONTEXT["aggregate"], path, start, end)
+    return worker_result(scan_range(_WORKER_CONTEXT["aggregate"], path, start, end))
 
 
 def scan_range(template, path, start, end):
@@ -3115,6 +3186,7 @@ def scan_request_file(path, aggregate, stats):
     """One request-log file into aggregate; large files are split across the cores."""
     size = os.path.getsize(path)
     workers = worker_count()
+    refused_before = dict(REFUSED_VALUES)
     if size >= PARALLEL_MIN_BYTES and workers > 1:
         points = split_points(path, size, workers)
         jobs = [(path, points[i], points[i + 1]) for i in range(len(points) - 1)]
@@ -3134,13 +3206,15 @@ def scan_request_file(path, aggregate, stats):
             if parts is not None and not sessions_go_back(
                     aggregate.effects, [part.effects for part, _ in parts]):
                 while parts:  # each part let go once merged
-                    part, part_stats = parts.pop(0)
+                    part, part_stats = take_home(parts.pop(0))
                     aggregate.merge(part)
                     stats.merge(part_stats)
                 return
             # A session goes back in time across a cut: its pairs, read apart, would
             # differ from those of one pass (which leaves the late requests unpaired).
             # Read the file in one pass, so the answer never depends on the cores.
+            REFUSED_VALUES.clear()
+            REFUSED_VALUES.update(refused_before)
     with open(path, "rb") as handle:
         scan_request_stream(handle, stats, aggregate.add, wanted=aggregate.wanted_attributes())
 
@@ -3152,6 +3226,7 @@ def read_again_in_time_order(logs, aggregate):
     answer is then the one of every sorted path (the history, the live view, agents);
     only those sessions' requests are ever held in memory."""
     late = aggregate.effects.late
+    refused = dict(REFUSED_VALUES)   # counted in the first reading: not again
     aggregate.start_over()
     held = []
     add = aggregate.add
@@ -3172,6 +3247,8 @@ def read_again_in_time_order(logs, aggregate):
     held.sort(key=request_order)
     for req in held:
         add(req)
+    REFUSED_VALUES.clear()
+    REFUSED_VALUES.update(refused)
 
 
 def request_order(req):
@@ -3436,9 +3513,10 @@ def scan_agent_jsonl(agent, state, final=True):
 def _scan_file_worker(job):
     """One file read in a worker process, de-duplicated within itself."""
     agent, path = job
+    REFUSED_VALUES.clear()
     source = AgentSource(agent)
     source.scan(paths=[path], parallel=False)
-    return source
+    return worker_result(source)
 
 
 def _total_size(paths):
@@ -3529,7 +3607,7 @@ class AgentSource(object):
                 self.stats.merge(stats)
                 self._take(results, path)
             for part in later:
-                self.merge(part)
+                self.merge(take_home(part))
         finally:
             pool.terminate()
 
@@ -4943,7 +5021,7 @@ def ingest_request_file(history, path, stats):
             finally:
                 pool.terminate()
                 _WORKER_CONTEXT.clear()
-            for part_stats, _ in results:
+            for part_stats, _ in map(take_home, results):
                 stats.merge(part_stats)
             state.lines = LineReader(results[-1][1])  # the last range's end
             history.save([], [state])
@@ -4953,11 +5031,12 @@ def ingest_request_file(history, path, stats):
 
 def _ingest_range_worker(task):
     job, byte_range = task
+    REFUSED_VALUES.clear()
     history = History(_WORKER_CONTEXT["history_path"])
     try:
         stats = SourceStats("")
         reached = ingest_range(history, job, byte_range, stats)
-        return stats, reached
+        return worker_result((stats, reached))
     finally:
         history.close()
 
@@ -5527,10 +5606,20 @@ def render_report(report, width=80, ellipsis="~"):
         lines.append("")
         lines.append(fit("unpriced: %s - tokens counted, cost shown as $0; "
                          "give --prices or drop --offline" % names, width, ellipsis))
+    if report.refused:
+        lines.append("")
+        lines.append(fit("refused: %s - out of range or not a number, each taken as absent"
+                         % ", ".join("%s %s" % (fmt_int(n), plural(n, kind)) for kind, n
+                                     in sorted(report.refused.items())), width, ellipsis))
     if agg.totals.requests == 0:
         lines.append("")
         lines.append("no requests in this window")
     return lines
+
+
+def plural(count, word):
+    """word for one, word + "s" for any other count."""
+    return word if count == 1 else word + "s"
 
 
 def render_timeline(report, width=80, ellipsis="~"):
@@ -5935,9 +6024,11 @@ class Report(object):
     """Everything one snapshot shows: the aggregate, its sources, prices and rows."""
 
     def __init__(self, aggregate, sources, prices, now, sort="cost", descending=True,
-                 top=None):
+                 top=None, refused=None):
         self.aggregate = aggregate
         self.sources = sources
+        # {kind: numbers from data refused}, read when written: pricing, lazy, adds rates
+        self.refused = {} if refused is None else refused
         self.compactions = {session: len(set(times)) for session, times in
                             aggregate.effects.compactions.items()}
         self.prices = prices
@@ -5986,6 +6077,7 @@ def report_dict(report):
         "break_summary": break_summary(agg.effects.breaks),
         "what_if": what_if_dict(agg),
         "wasted_writes": wasted_dict(agg),
+        "refused_values": dict(sorted(report.refused.items())),
     }
     if agg.budgets is not None:
         doc["budgets"] = budget_dicts(agg.budgets)
@@ -6009,10 +6101,16 @@ def item_encoder():
     a new one at each call, which costs more than encoding a break does)."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return json.dumps
+        return lambda value: json.dumps(finite_json(value), allow_nan=False)
     encode = make(None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii,
-                  None, ": ", ", ", False, False, True)
-    return lambda value: "".join(encode(value, 0))
+                  None, ": ", ", ", False, False, False)   # NaN and inf refused: not JSON
+
+    def dumps(value):
+        try:
+            return "".join(encode(value, 0))
+        except ValueError:
+            return "".join(encode(finite_json(value), 0))
+    return dumps
 
 
 class EncodedItems(object):
@@ -6811,6 +6909,7 @@ def output_width(args):
 def run(args):
     now = time.time()
     JOBS_LIMIT[0] = args.jobs
+    REFUSED_VALUES.clear()
     try:
         since, until = resolve_window(args.window, args.since, args.until, now)
     except ValueError as error:
@@ -7135,7 +7234,8 @@ def print_report(args, aggregate, sources, prices, now):
                               if args.session not in ambiguous or e[0].session == args.session]
         if not aggregate.timeline:
             raise CatopError("no requests of session %s in this window" % clean(args.session))
-    report = Report(aggregate, sources, prices, now, args.sort, not args.ascending, args.top)
+    report = Report(aggregate, sources, prices, now, args.sort, not args.ascending, args.top,
+                    REFUSED_VALUES)
     ellipsis = "\u2026" if (sys.stdout.encoding or "").lower().replace("-", "") == "utf8" else "~"
     if args.format == "json":
         pieces = iter_json(report)

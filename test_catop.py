@@ -1487,7 +1487,8 @@ class CliTests(IsolatedEnv):
         doc = self.run_json("--file", example("litellm.jsonl"), "--file", example("hostile.jsonl"))
         self.assertEqual(list(doc), ["catop_version", "generated_at", "window", "sources",
                                      "prices", "totals", "groups", "unpriced_models", "breaks",
-                                     "break_summary", "what_if", "wasted_writes"])
+                                     "break_summary", "what_if", "wasted_writes",
+                                     "refused_values"])
         self.assertEqual(list(doc["window"]), ["since", "until"])
         self.assertEqual(list(doc["prices"]), ["origin", "models", "age_s"])
         self.assertEqual(doc["prices"]["origin"], "file:prices.json")
@@ -1509,7 +1510,10 @@ class CliTests(IsolatedEnv):
         for value in [{"session": "s\u00e9\x1b[2J\"", "ts": "2026-03-10T08:00:00Z", "n": 12,
                        "cost": 0.1 + 0.2, "gap": None, "ok": True, "list": [1, "a", {}]},
                       float("nan"), float("-inf"), 1e300, -0.0, "text", [], {}, None, 10 ** 30]:
-            self.assertEqual(dumps(value), json.dumps(value))
+            # as json.dumps writes it, but NaN and infinities (not JSON) as null
+            self.assertEqual(dumps(value), json.dumps(catop.finite_json(value)))
+        self.assertEqual(dumps({"a": [1.5, float("inf")], "b": float("nan")}),
+                         '{"a": [1.5, null], "b": null}')
 
     def test_a_break_as_json_is_its_dict_as_json_dumps_writes_it(self):
         for session, ts, gap, cost in [("s\u00e9\x1b[2J\"\\", NOW + 0.25, 24.5714, 0.01444375),
@@ -1518,7 +1522,8 @@ class CliTests(IsolatedEnv):
                                        ("s", NOW, float("inf"), float("-inf"))]:
             item = catop.CacheBreak(session, ts, "m\u2028", "ttl_expired", 10 ** 30, 0, 12,
                                     gap, cost)
-            self.assertEqual(item.as_json(), json.dumps(item.as_dict()))
+            self.assertEqual(item.as_json(), json.dumps(catop.finite_json(item.as_dict()),
+                                                        allow_nan=False))
 
     def test_long_lists_are_written_an_item_a_line_in_chunks(self):
         agg = catop.Aggregate(PRICES, group_by=("session",))
@@ -3134,6 +3139,114 @@ class HostileSpendServerTests(IsolatedEnv):
                                        "--offline", "--no-history", "--format", "json")
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual(code, 0, err)
+
+
+def strict_json(text):
+    """json.loads that refuses NaN and infinities (they are not JSON)."""
+    def refuse(constant):
+        raise ValueError("not JSON: " + constant)
+    return json.loads(text, parse_constant=refuse)
+
+
+class HostileNumberTests(IsolatedEnv):
+    """A number from data out of every range is a field refused and counted: never an
+    exception, never NaN or Infinity in the JSON, the good records' totals untouched."""
+
+    BIG = int("9" * 400)
+
+    def good_line(self, session="s1"):
+        return json.dumps({"timestamp": "2026-03-10T08:00:00Z", "model": "gpt-4o",
+                           "session_id": session, "usage": {"prompt_tokens": 100,
+                                                            "completion_tokens": 10}}) + "\n"
+
+    def test_timestamps_and_costs_of_a_request_log(self):
+        path = os.path.join(self.tmp, "t.jsonl")
+        hostile = [{"timestamp": 1e26}, {"timestamp": self.BIG}, {"timestamp": -self.BIG},
+                   {"timestamp": "9999-12-31T23:59:59-14:00"},
+                   {"timestamp": "0001-01-01T00:00:00+14:00"}, {"timestamp": "1" * 300},
+                   {"cost": self.BIG, "timestamp": NOW}, {"cost": "1e999", "timestamp": NOW}]
+        with open(path, "w") as handle:
+            handle.write(self.good_line())
+            for extra in hostile:
+                handle.write(json.dumps(dict({"model": "gpt-4o", "session_id": "s1",
+                                              "usage": {"prompt_tokens": 7}}, **extra)) + "\n")
+        for argv in (("--group-by", "day"), ("--group-by", "week"), ("--group-by", "month"),
+                     ("--group-by", "session"), ("--session", "s1"), ("--group-by", "model")):
+            with self.subTest(argv=argv):
+                code, out, err = self.run_main("--file", path, "--offline", "--no-history",
+                                               "--format", "json", *argv)
+                self.assertEqual(code, 0, err)
+                doc = strict_json(out)
+                self.assertEqual(doc["totals"]["requests"], 9)
+                self.assertEqual(doc["totals"]["input_tokens"], 100 + 8 * 7)
+                # 100 x 2.5e-6 + 10 x 1e-5 + 8 x 7 x 2.5e-6, no cost refused into it
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.00049, places=12)
+                self.assertEqual(doc["refused_values"], {"cost": 2, "timestamp": 6})
+                code, out, err = self.run_main("--file", path, "--offline", "--no-history",
+                                               *argv)
+                self.assertEqual(code, 0, err)
+                self.assertIn("refused: 2 costs, 6 timestamps", out)
+        code, out, err = self.run_main("--file", path, "--offline")   # stored, then exported
+        self.assertEqual(code, 0, err)
+        code, out, err = self.run_main("--export-history", "csv")
+        self.assertEqual((code, len(out.splitlines())), (0, 10), err)
+
+    def test_agent_logs_prices_and_spend_rows(self):
+        big = self.BIG
+        claude = os.path.join(self.tmp, "claude", "projects", "p")
+        os.makedirs(claude)
+        with open(os.path.join(claude, "s.jsonl"), "w") as handle:
+            handle.write(json.dumps({"type": "system", "subtype": "compact_boundary",
+                                     "sessionId": "s", "timestamp": big}) + "\n")
+            handle.write(json.dumps({"type": "assistant", "sessionId": "s", "costUSD": big,
+                                     "timestamp": "2026-03-01T00:00:00Z", "message": {
+                                         "id": "m1", "model": "claude-sonnet-4-5",
+                                         "usage": {"input_tokens": 10,
+                                                   "output_tokens": 5}}}) + "\n")
+        gemini = os.path.join(self.tmp, "gemini", "x", "chats")
+        os.makedirs(gemini)
+        with open(os.path.join(gemini, "session-1.json"), "w") as handle:
+            json.dump({"sessionId": "g", "messages": [{"id": "g0", "type": "gemini",
+                                                       "timestamp": big, "model": "gemini-2.5-flash",
+                                                       "tokens": {"input": 10, "output": 5}}]},
+                      handle)
+        opencode = os.path.join(self.tmp, "opencode", "storage", "message", "s")
+        os.makedirs(opencode)
+        for name, created, cost in (("a", big, 0.1), ("b", 1773136799000, big)):
+            with open(os.path.join(opencode, name + ".json"), "w") as handle:
+                json.dump({"id": name, "sessionID": "s", "role": "assistant",
+                           "modelID": "gpt-4o", "time": {"created": created}, "cost": cost,
+                           "tokens": {"input": 10, "output": 5, "cache": {"read": 0,
+                                                                         "write": 0}}}, handle)
+        os.environ.update(CLAUDE_CONFIG_DIR=os.path.join(self.tmp, "claude"),
+                          GEMINI_DATA_DIR=os.path.join(self.tmp, "gemini"),
+                          OPENCODE_DATA_DIR=os.path.join(self.tmp, "opencode"))
+        code, out, err = self.run_main("--agent", "claude-code", "--agent", "gemini", "--agent",
+                                       "opencode", "--offline", "--no-history", "--format",
+                                       "json", "--group-by", "day")
+        self.assertEqual(code, 0, err)
+        doc = strict_json(out)
+        self.assertEqual((doc["totals"]["requests"], doc["totals"]["input_tokens"]), (4, 40))
+        self.assertEqual(doc["refused_values"], {"cost": 2, "timestamp": 3})
+        prices = os.path.join(self.tmp, "prices.json")
+        log = os.path.join(self.tmp, "one.jsonl")
+        with open(log, "w") as handle:
+            handle.write(self.good_line())
+        for rate in (big, 1e308, -1, "lots"):
+            with self.subTest(rate=rate):
+                with open(prices, "w") as handle:
+                    json.dump({"gpt-4o": {"input_cost_per_token": rate,
+                                          "output_cost_per_token": 1e-5}}, handle)
+                code, out, err = self.run_main("--file", log, "--prices", prices, "--offline",
+                                               "--no-history", "--format", "json")
+                self.assertEqual(code, 0, err)
+                doc = strict_json(out)
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], 10 * 1e-5, places=12)
+                self.assertEqual(doc["refused_values"].get("rate"), 1)
+        found = catop.spend_row_request({"request_id": "r", "model": "gpt-4o", "spend": big,
+                                         "startTime": big, "prompt_tokens": 10,
+                                         "completion_tokens": 5})
+        self.assertEqual((found[1].ts, found[1].observed_cost, found[1].miss), (None, None, 10))
 
 
 class ConsistencyMatrixTests(IsolatedEnv):
