@@ -3988,6 +3988,18 @@ class LiveDemoSource(object):
 # OpenTelemetry over HTTP (JSON encoding): Claude Code and Codex telemetry
 
 OTLP_MAX_BODY_BYTES = 10 * 1024 * 1024
+OTLP_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024
+
+
+def _otlp_objects(container, key):
+    """The objects of container[key], which OTLP makes a list of objects; ValueError
+    (the payload is not OTLP) when it is anything else."""
+    items = container.get(key)
+    if items is None:
+        return ()
+    if type(items) is not list or any(type(item) is not dict for item in items):
+        raise ValueError("%s is not a list of objects" % key)
+    return items
 
 
 def _attr_count(attributes, key):
@@ -3999,11 +4011,9 @@ def otlp_log_requests(payload):
     """[(dedup key, Request)] of the api_request / response.completed events in an
     OTLP logs payload; numbers may come as strings of any value kind."""
     found = []
-    for resource_logs in payload.get("resourceLogs") or ():
-        for scope_logs in (resource_logs or {}).get("scopeLogs") or ():
-            for record in (scope_logs or {}).get("logRecords") or ():
-                if type(record) is not dict:
-                    continue
+    for resource_logs in _otlp_objects(payload, "resourceLogs"):
+        for scope_logs in _otlp_objects(resource_logs, "scopeLogs"):
+            for record in _otlp_objects(scope_logs, "logRecords"):
                 attributes = flatten_attributes(record.get("attributes"))
                 name = attributes.get("event.name") or otlp_value(record.get("body")) or ""
                 ts = parse_timestamp(attributes.get("event.timestamp") or
@@ -4051,13 +4061,15 @@ _METRIC_KINDS = {"input": "miss", "output": "output", "cacheRead": "cache_read",
 def otlp_metric_points(payload):
     """{(session, model, ts): {field: tokens}} from claude_code.token.usage (deltas)."""
     points = {}
-    for resource_metrics in payload.get("resourceMetrics") or ():
-        for scope_metrics in (resource_metrics or {}).get("scopeMetrics") or ():
-            for metric in (scope_metrics or {}).get("metrics") or ():
-                if type(metric) is not dict or metric.get("name") != "claude_code.token.usage":
+    for resource_metrics in _otlp_objects(payload, "resourceMetrics"):
+        for scope_metrics in _otlp_objects(resource_metrics, "scopeMetrics"):
+            for metric in _otlp_objects(scope_metrics, "metrics"):
+                if metric.get("name") != "claude_code.token.usage":
                     continue
                 data = metric.get("sum") or metric.get("gauge") or {}
-                for point in data.get("dataPoints") or ():
+                if type(data) is not dict:
+                    raise ValueError("a metric's sum is not an object")
+                for point in _otlp_objects(data, "dataPoints"):
                     attributes = flatten_attributes(point.get("attributes"))
                     field = _METRIC_KINDS.get(attributes.get("type"))
                     value = point.get("asInt", point.get("asDouble"))
@@ -4089,6 +4101,7 @@ class LiveOtlpSource(object):
         self.pending = False
         self.requests = []
         self.generation = 0
+        self.body_bytes = 0      # of the bodies being read now
         self.server = self._serve(address)
 
     def _serve(self, address):
@@ -4106,33 +4119,52 @@ class LiveOtlpSource(object):
             return 404, '{"error": "only /v1/logs and /v1/metrics"}'
         if "protobuf" in (headers.get("Content-Type") or ""):
             return 415, '{"error": "send OTLP as JSON (OTEL_EXPORTER_OTLP_PROTOCOL=http/json)"}'
+        if headers.get("Transfer-Encoding") or headers.get("Content-Length") is None:
+            return 411, '{"error": "send the body with a Content-Length (no chunks)"}'
+        length = headers.get("Content-Length").strip()
+        if not (length.isdigit() and len(length) < 12):
+            return 400, '{"error": "Content-Length is not a number"}'
+        length = int(length)
+        if length > OTLP_MAX_BODY_BYTES:
+            return 413, '{"error": "body over %d MB"}' % (OTLP_MAX_BODY_BYTES >> 20)
+        if not self.take_body_bytes(length):
+            return 503, '{"error": "too many bodies at once: send again later"}'
         try:
-            length = int(headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= OTLP_MAX_BODY_BYTES:
-            return 413, '{"error": "body too large or without a length"}'
+            data = body.read(length)
+        finally:
+            self.take_body_bytes(-length)
         try:
-            payload = json.loads(body.read(length) or b"{}")
+            payload = json.loads(data or b"{}")
             if type(payload) is not dict:
-                raise ValueError("not an object")
-        except (ValueError, RecursionError):
+                raise ValueError("the body is not a JSON object")
+            if route == "/v1/logs":
+                found, metrics = otlp_log_requests(payload), {}
+            else:
+                found, metrics = (), otlp_metric_points(payload)
+        except (ValueError, TypeError, AttributeError, RecursionError) as error:
             with self.lock:
                 self.stats.skip("malformed")
-            return 400, '{"error": "not OTLP JSON"}'
+            return 400, json.dumps({"error": "not OTLP JSON: %s" % clean(str(error))[:200]})
         with self.lock:
-            if route == "/v1/logs":
-                for key, req in otlp_log_requests(payload):
-                    if key in self.events:
-                        self.stats.skip("duplicate")
-                    self.events[key] = req
-            else:
-                for key, fields in otlp_metric_points(payload).items():
-                    slot = self.points.setdefault(key, {})
-                    for field, tokens in fields.items():
-                        slot[field] = slot.get(field, 0) + tokens
+            for key, req in found:
+                if key in self.events:
+                    self.stats.skip("duplicate")
+                self.events[key] = req
+            for key, fields in metrics.items():
+                slot = self.points.setdefault(key, {})
+                for field, tokens in fields.items():
+                    slot[field] = slot.get(field, 0) + tokens
             self.pending = True
         return 200, "{}"
+
+    def take_body_bytes(self, count):
+        """Reserves (or, negative, frees) body bytes in memory at once: False when
+        OTLP_BODY_BYTES_IN_FLIGHT would be passed."""
+        with self.lock:
+            if count > 0 and self.body_bytes + count > OTLP_BODY_BYTES_IN_FLIGHT:
+                return False
+            self.body_bytes += count
+            return True
 
     def poll(self):
         with self.lock:
@@ -7034,32 +7066,81 @@ def parse_listen_address(text, default_host="127.0.0.1"):
     return host, number
 
 
+HTTP_CONNECTION_TIMEOUT_S = 10.0   # a connection that sends nothing for this long is closed
+HTTP_MAX_CONNECTIONS = 32          # handled at once; more are answered 503 and closed
+
+
 def start_http_server(address, name, respond):
     """A threaded HTTP server on a daemon thread.  respond(method, path, headers,
-    body file) returns (status, content type, body bytes) for every request."""
+    body file) returns (status, content type, body bytes) for every request.
+
+    Every request gets a reply, a failure of respond() a 500; nothing is ever
+    written to the terminal (the screen belongs to the live view): errors are
+    counted on the server (server.errors).  Idle connections time out, and at most
+    HTTP_MAX_CONNECTIONS are handled at once."""
     import http.server
     import threading
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def answer(self):
-            status, kind, body = respond(self.command, self.path, self.headers, self.rfile)
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        timeout = HTTP_CONNECTION_TIMEOUT_S
 
-        do_GET = do_POST = answer
+        def answer(self):
+            try:
+                status, kind, body = respond(self.command, self.path, self.headers, self.rfile)
+            except Exception as error:   # a bug here must not cost the client its reply
+                self.server.errors += 1
+                status, kind = 500, "application/json"
+                body = json.dumps({"error": "catop failed: %s" % type(error).__name__}).encode()
+            self.reply(status, kind, body)
+
+        def reply(self, status, kind, body):
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                if status >= 400:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                self.server.errors += 1   # the client went away
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = answer
 
         def log_message(self, *args):
             pass  # the screen belongs to the live view
 
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 64
+        errors = 0
+        slots = threading.BoundedSemaphore(HTTP_MAX_CONNECTIONS)
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                with contextlib.suppress(OSError):
+                    request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0"
+                                    b"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+                self.shutdown_request(request)
+                return
+            http.server.ThreadingHTTPServer.process_request(self, request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                http.server.ThreadingHTTPServer.process_request_thread(
+                    self, request, client_address)
+            finally:
+                self.slots.release()
+
+        def handle_error(self, request, client_address):
+            self.errors += 1      # never a traceback on the terminal
+
     try:
-        server = http.server.ThreadingHTTPServer(address, Handler)
+        server = Server(address, Handler)
     except OSError as error:
         raise CatopError("cannot listen on %s:%d: %s" % (address[0], address[1],
                                                          error.strerror or error))
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server
 

@@ -2841,6 +2841,86 @@ class OtlpTests(IsolatedEnv):
         self.assertEqual(len(self.source.requests), 1)
         self.assertEqual(self.source.stats.skipped["malformed"], 1)
 
+    def raw_exchange(self, data, wait=5.0):
+        """Bytes sent on one connection, and the reply's status line (b"" if none)."""
+        import socket
+        connection = socket.create_connection(self.source.server.server_address, timeout=wait)
+        try:
+            connection.sendall(data)
+            reply = b""
+            while b"\r\n" not in reply:
+                piece = connection.recv(4096)
+                if not piece:
+                    break
+                reply += piece
+            return reply.split(b"\r\n")[0]
+        finally:
+            connection.close()
+
+    def test_hostile_bodies_each_get_a_reply_and_nothing_reaches_the_terminal(self):
+        big = "9" * 400
+        cases = [({"resourceLogs": 5}, 400), ({"resourceLogs": [{"scopeLogs": 5}]}, 400),
+                 ({"resourceLogs": [{"scopeLogs": [5]}]}, 400),
+                 ({"resourceMetrics": 5}, 400, "/v1/metrics"),
+                 (otlp_logs(claude_event("s", 1, input_tokens=1, output_tokens=1,
+                                         cost_usd=big)), 200),
+                 (otlp_logs(dict(claude_event("s", 2, input_tokens=2, output_tokens=1),
+                                 timeUnixNano=big)), 200)]
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            for payload, status, *path in cases:
+                with self.subTest(payload=str(payload)[:60]):
+                    self.assertEqual(self.post((path or ["/v1/logs"])[0], payload), status)
+            chunked = (b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                       b"Content-Type: application/json\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+            self.assertIn(b" 411 ", self.raw_exchange(chunked))
+            self.assertIn(b" 400 ", self.raw_exchange(
+                b"POST /v1/logs HTTP/1.1\r\nContent-Length: 12x\r\n\r\n"))
+            import socket
+            gone = socket.create_connection(self.source.server.server_address)
+            gone.sendall(b"POST /v1/logs HTTP/1.1\r\nContent-Length: 9\r\n\r\n{}")
+            gone.close()                   # away before the body is whole
+            time.sleep(0.2)
+        self.assertEqual(stderr.getvalue(), "")
+        self.assertTrue(self.source.poll())
+        self.assertEqual(sorted(r.miss for r in self.source.requests), [1, 2])
+        self.assertEqual([r.observed_cost for r in self.source.requests], [None, None])
+
+    def test_connections_are_capped_and_idle_ones_time_out(self):
+        import socket
+        import threading
+        before = threading.active_count()
+        with mock.patch.object(catop, "HTTP_CONNECTION_TIMEOUT_S", 0.5), \
+                mock.patch.object(catop, "HTTP_MAX_CONNECTIONS", 4):
+            source = catop.LiveOtlpSource(("127.0.0.1", 0))
+            self.addCleanup(source.close)
+            address = source.server.server_address
+            idle = [socket.create_connection(address) for _ in range(6)]   # half-open
+            time.sleep(0.2)
+            self.assertLessEqual(threading.active_count() - before, 1 + 4)
+            for connection in idle[4:]:    # beyond the cap: answered at once, and closed
+                connection.settimeout(2)
+                self.assertIn(b" 503 ", connection.recv(200))
+            time.sleep(0.8)                # the other four time out
+            self.assertLessEqual(threading.active_count() - before, 1)
+            for connection in idle:
+                connection.close()
+            self.assertEqual(self.post_to(address, otlp_logs(claude_event(
+                "s", 3, input_tokens=3, output_tokens=1))), 200)
+
+    def post_to(self, address, payload):
+        self.url = "http://%s:%d" % address
+        return self.post("/v1/logs", payload)
+
+    def test_bodies_in_memory_at_once_are_capped(self):
+        with mock.patch.object(catop, "OTLP_BODY_BYTES_IN_FLIGHT", 100):
+            self.assertTrue(self.source.take_body_bytes(60))
+            self.assertEqual(self.post("/v1/logs", {"resourceLogs": []}), 200)   # 22 bytes
+            self.assertEqual(self.post("/v1/logs", None, raw=b" " * 50), 503)
+            self.source.take_body_bytes(-60)
+            self.assertEqual(self.post("/v1/logs", None, raw=b" " * 50 + b"{}"), 200)
+        self.assertEqual(self.source.body_bytes, 0)
+
     def test_once_duration_listens_then_prints(self):
         import socket
         probe = socket.socket()
