@@ -30,6 +30,7 @@ import random
 import re
 import shutil
 import signal
+import stat
 import struct
 import sys
 import tempfile
@@ -1116,6 +1117,58 @@ except ImportError:
     from hashlib import blake2b as _blake2b
 
 
+def open_regular(path):
+    """path opened to read bytes, if it is a regular file (a link to one is): a FIFO
+    there would hang catop, a device such as /dev/zero never end.  Raises OSError."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)   # no wait for a FIFO's writer: the check below refuses it
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(22, "not a regular file (%s)" % file_kind(mode), path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode):
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO or pipe"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def read_regular(path, limit_bytes=256 * 1024 * 1024):
+    """The bytes of a regular file of at most limit_bytes; OSError otherwise."""
+    with open_regular(path) as handle:
+        data = handle.read(limit_bytes + 1)
+    if len(data) > limit_bytes:
+        raise OSError(27, "larger than %d MB" % (limit_bytes >> 20), path)
+    return data
+
+
+def make_private_folder(folder):
+    """folder (and its parents) made if missing; one catop makes is 0700 whatever the
+    umask (os.makedirs's mode is filtered by it)."""
+    if folder and not os.path.isdir(folder):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.chmod(folder, 0o700)
+
+
+def create_private_file(path):
+    """path created 0600 if missing, never through a symbolic link at its place."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_size == 0:
+            os.fchmod(fd, 0o600)     # new (or empty): 0600 whatever the umask
+    finally:
+        os.close(fd)
+
+
 def _stable_hash(text):
     return int.from_bytes(_blake2b(str(text).encode("utf-8", "replace"),
                                    digest_size=8).digest(), "big")
@@ -1767,7 +1820,7 @@ def load_budget_config(path=None, warn=None):
     """{period: USD} from config.json ({"budgets": {"daily": 20, ...}}); bad input warns."""
     path = path or os.path.join(xdg_dir("XDG_CONFIG_HOME", (".config",)), "config.json")
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             document = json.loads(handle.read())
     except OSError:
         return {}
@@ -2846,13 +2899,15 @@ class LineReader(object):
     - a CR before the newline stays: it is whitespace to the JSON decoder.
 
     offset is how far the stream is read; line_start, where its pending line starts
-    (where a later read must resume)."""
+    (where a later read must resume).  The pending line is kept in pieces, joined
+    once when its newline comes: a long line costs its length, not its square."""
 
-    __slots__ = ("partial", "limit", "skipping", "oversized", "at_start", "offset",
-                 "line_start")
+    __slots__ = ("pieces", "pending", "limit", "skipping", "oversized", "at_start",
+                 "offset", "line_start")
 
     def __init__(self, offset=0):
-        self.partial = b""
+        self.pieces = []          # the pending line (no newline yet), in pieces
+        self.pending = 0          # its length
         self.limit = MAX_LINE_BYTES
         self.skipping = False     # inside a line already dropped, until its newline
         self.oversized = 0
@@ -2863,18 +2918,19 @@ class LineReader(object):
         """The whole lines block completes, without newlines (a dropped line is b"")."""
         lines = block.split(b"\n")
         self.offset += len(block)
-        if self.partial:  # joined to its rest alone, not to the whole block
-            lines[0] = self.partial + lines[0]
+        if len(lines) == 1:
+            self._grow(block)
+            return []
+        if self.pieces:  # joined to its rest alone, not to the whole block, in one copy
+            self.pieces.append(lines[0])
+            lines[0] = b"".join(self.pieces)
+            self.pieces = []
         partial = lines.pop()
-        if lines:
-            self.line_start = self.offset - len(partial)
-            self._first_line(lines)
-            if len(lines[0]) > self.limit or (len(lines) > 1 and
-                                              max(map(len, lines)) > self.limit):
-                lines = self._drop_long(lines)
-        elif self.skipping:
-            partial = b""
-        self._hold(partial)
+        self.line_start = self.offset - len(partial)
+        self._first_line(lines)
+        if len(lines[0]) > self.limit or (len(lines) > 1 and max(map(len, lines)) > self.limit):
+            lines = self._drop_long(lines)
+        self._restart(partial)
         return lines
 
     def feed_located(self, block):
@@ -2897,24 +2953,28 @@ class LineReader(object):
         """The bytes of the whole lines block completes, newlines kept: one buffer, for
         the parsers that look for their needles in a whole block at once."""
         self.offset += len(block)
-        data = self.partial + block if self.partial else block
-        cut = data.rfind(b"\n") + 1
+        cut = block.rfind(b"\n") + 1
         if not cut:
-            self._hold(b"" if self.skipping else data)
+            self._grow(block)
             return b""
-        self.line_start = self.offset - (len(data) - cut)
-        partial, data = data[cut:], data[:cut]
-        if self.skipping or self.at_start or cut > self.limit:
+        partial = block[cut:]
+        self.line_start = self.offset - len(partial)
+        data = block[:cut]
+        if self.pieces:
+            self.pieces.append(data)
+            data = b"".join(self.pieces)
+            self.pieces = []
+        if self.skipping or self.at_start or len(data) > self.limit:
             lines = data.split(b"\n")
             self._first_line(lines)
             data = b"\n".join(self._drop_long(lines))
-        self._hold(partial)
+        self._restart(partial)
         return data
 
     def finish(self):
         """The last line of a finished stream, which had no newline (b"": none)."""
         last = self.tail()
-        self.partial, self.skipping = b"", False
+        self.pieces, self.pending, self.skipping = [], 0, False
         return last
 
     def tail(self):
@@ -2922,9 +2982,10 @@ class LineReader(object):
         a later read that finds the rest reads the whole line again from line_start."""
         if self.skipping:
             return b""
-        if self.at_start and self.partial.startswith(UTF8_BOM):
-            return self.partial[3:]
-        return self.partial
+        last = b"".join(self.pieces)
+        if self.at_start and last.startswith(UTF8_BOM):
+            return last[3:]
+        return last
 
     def _first_line(self, lines):
         """The first whole line: the rest of a dropped line, or the stream's first."""
@@ -2941,13 +3002,24 @@ class LineReader(object):
         self.oversized += sum(1 for line in lines if len(line) > limit)
         return kept
 
-    def _hold(self, partial):
-        if len(partial) > self.limit:
-            if not self.skipping:
-                self.oversized += 1
-            partial = b""
-            self.skipping = True
-        self.partial = partial
+    def _restart(self, partial):
+        """A new pending line after a newline: what the block left after its last."""
+        self.pieces, self.pending = ([partial], len(partial)) if partial else ([], 0)
+        if self.pending > self.limit:
+            self._drop_pending()
+
+    def _grow(self, piece):
+        """More of the pending line (a block without a newline)."""
+        if self.skipping:
+            return
+        self.pieces.append(piece)
+        self.pending += len(piece)
+        if self.pending > self.limit:
+            self._drop_pending()
+
+    def _drop_pending(self):
+        self.oversized += 1
+        self.pieces, self.pending, self.skipping = [], 0, True
 
 
 def iter_blocks(handle, start=0, end=None, block_bytes=READ_BLOCK_BYTES):
@@ -3080,7 +3152,7 @@ def next_line_start(handle, offset):
 def split_points(path, size, parts, start=0):
     """Offsets that cut a file from start into `parts` ranges, each at a line start."""
     points = [start]
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for i in range(1, parts):
             position = next_line_start(handle, start + (size - start) * i // parts)
             if points[-1] < position < size:
@@ -3128,7 +3200,7 @@ def scan_range(template, path, start, end):
     aggregate viewing it as template does."""
     aggregate = template.empty_part()
     stats = SourceStats("")
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         scan_request_stream(handle, stats, aggregate.add, start, end,
                             template.wanted_attributes())
     return aggregate, stats
@@ -3139,12 +3211,12 @@ def scan_first_range(template, path, start, end):
     when its first PROBE_BYTES start a session nearly every request (the caller then
     reads the file in one pass: split, each part would hold every request's session
     twice over, for the merge, and gain no time either)."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         probe = min(end, next_line_start(handle, min(end, start + PROBE_BYTES)))
     part, stats = scan_range(template, path, start, probe)
     if stats.records >= PROBE_MIN_RECORDS and len(part.effects.last) >= 0.9 * stats.records:
         return None
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         scan_request_stream(handle, stats, part.add, probe, end, template.wanted_attributes())
     return [(part, stats)]
 
@@ -3152,7 +3224,7 @@ def scan_first_range(template, path, start, end):
 def learn_shapes(path, wanted, start=0, head_bytes=1 << 16):
     """Compiles the record shapes of the file's first lines (from start) before the
     workers are forked: each inherits them instead of compiling its own."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         handle.seek(start)
         lines = handle.read(head_bytes).split(b"\n")[:-1]
     scan_request_lines(lines, SourceStats(""), lambda req: None, wanted)
@@ -3215,7 +3287,7 @@ def scan_request_file(path, aggregate, stats):
             # Read the file in one pass, so the answer never depends on the cores.
             REFUSED_VALUES.clear()
             REFUSED_VALUES.update(refused_before)
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         scan_request_stream(handle, stats, aggregate.add, wanted=aggregate.wanted_attributes())
 
 
@@ -3238,7 +3310,7 @@ def read_again_in_time_order(logs, aggregate):
             add(req)
     for log in logs:
         if isinstance(log, str):
-            handle = open(log, "rb")
+            handle = open_regular(log)
         else:  # standard input, spooled while it was read
             handle, _ = log, log.seek(0)
         with handle:
@@ -3264,9 +3336,13 @@ def expand_file_args(paths):
             candidates = ["-"]
         elif os.path.isdir(path):
             candidates = sorted(os.path.join(path, name) for name in os.listdir(path)
-                                if name.endswith(".jsonl"))
-        elif os.path.exists(path):
+                                if name.endswith(".jsonl") and
+                                os.path.isfile(os.path.join(path, name)))
+        elif os.path.isfile(path):
             candidates = [path]
+        elif os.path.exists(path):
+            raise SourceError("%s is %s, not a log file: pipe a stream in with --stdin"
+                              % (clean(path), file_kind(os.stat(path).st_mode)))
         else:
             raise SourceError("no such file or folder: %s" % clean(path))
         for candidate in candidates:
@@ -3312,7 +3388,9 @@ def _walk_files(root, suffixes, depth=8):
     for folder, dirs, files in os.walk(root):
         if folder.count(os.sep) - base_depth >= depth:
             dirs[:] = []
-        found.extend(os.path.join(folder, f) for f in files if f.endswith(suffixes))
+        found.extend(path for path in (os.path.join(folder, f) for f in files
+                                       if f.endswith(suffixes))
+                     if os.path.isfile(path))   # no FIFO or device: a read would hang
     return sorted(found)
 
 
@@ -3442,7 +3520,7 @@ class FileState(object):
 
 def file_head(path, length):
     """(length, hash) of a file's first `length` bytes (fewer if it is shorter)."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         data = handle.read(length)
     return len(data), _stable_hash(data.hex())
 
@@ -3470,7 +3548,7 @@ def read_new_blocks(state, final=True, block_bytes=READ_BLOCK_BYTES):
     check_file_identity(state, os.stat(state.path))
     reader = state.lines
     if reader.offset < state.size:
-        with open(state.path, "rb") as handle:
+        with open_regular(state.path) as handle:
             for data in iter_blocks(handle, reader.offset, None, block_bytes):
                 data = reader.feed_block(data)
                 if data:
@@ -3644,7 +3722,7 @@ class AgentSource(object):
         if (info.st_size, info.st_mtime) == (state.size, state.mtime):
             return [], stats
         state.size, state.mtime = info.st_size, info.st_mtime
-        with open(state.path, "rb") as handle:
+        with open_regular(state.path) as handle:
             try:
                 document = json.loads(handle.read())
             except (ValueError, RecursionError):
@@ -3786,7 +3864,7 @@ def earliest_record_time(path):
     """The earliest "timestamp" among the records of a file's first 64 KB (a log
     is written in time order, so they hold it), NO_RECORD_TIME when there is none."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             head = handle.read(EARLIEST_RECORD_BYTES)
     except OSError:
         return NO_RECORD_TIME
@@ -3796,8 +3874,7 @@ def earliest_record_time(path):
 
 
 def read_json_file(path):
-    with open(path, "rb") as handle:
-        return json.loads(handle.read())
+    return json.loads(read_regular(path))
 
 
 def read_opencode_database(path):
@@ -4659,17 +4736,13 @@ _CONTEXT_FIELDS = ("session", "project", "model", "start_ts", "first_ts", "fork"
 def _file_lock(path):
     """An exclusive advisory lock on path while the block runs (none where the OS has
     no flock: there, SQLite's own locking is all there is)."""
+    create_private_file(path)
+    handle = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    handle = open(path, "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+        with _held_lock(handle):
+            yield
     finally:
-        handle.close()
+        os.close(handle)
 
 
 def history_path():
@@ -4687,9 +4760,9 @@ class History(object):
         self.path = path
         self._files = None       # path -> stored read state, loaded on first use
         report = report or warn
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        make_private_folder(os.path.dirname(os.path.abspath(path)))
         with _file_lock(path + ".lock"):  # one process at a time creates or migrates
+            create_private_file(path)     # SQLite gives its -wal and -shm the same mode
             try:
                 self.db = self._open()
             except sqlite3.OperationalError:
@@ -5083,7 +5156,7 @@ def ingest_range(history, job, byte_range, stats, state=None):
     keep = lambda req: rows.append(history_row(label, key[0], req))  # noqa: E731
     reader = LineReader(start)
     saved = [state] if state is not None else ()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for block in iter_blocks(handle, start, end):
             for offset, line in reader.feed_located(block):
                 key[0] = prefix + str(offset)
@@ -5118,8 +5191,8 @@ def price_cache_path():
 def write_atomic(path, data):
     """Writes bytes to path through a temporary file and os.replace."""
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    make_private_folder(folder)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")   # 0600
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
@@ -5159,7 +5232,7 @@ def fetch_prices(url=PRICES_URL, timeout_s=PRICE_FETCH_TIMEOUT_S):
 def _read_cached_prices(path, warn):
     """(table, mtime) from the user's price cache, or None (a bad cache is a miss)."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             data = handle.read()
         mtime = os.path.getmtime(path)
     except OSError:
@@ -5212,7 +5285,7 @@ def load_prices(prices_path=None, offline=False, refresh=False, now=None,
     warn = warn or (lambda message: None)
     if prices_path:
         try:
-            with open(prices_path, "rb") as handle:
+            with open_regular(prices_path) as handle:
                 data = handle.read()
             mtime = os.path.getmtime(prices_path)
         except OSError as error:
@@ -5231,7 +5304,7 @@ def load_prices(prices_path=None, offline=False, refresh=False, now=None,
         return PriceBook(cached[0], "cache:%s (stale)" % cache, max(0.0, now - cached[1]))
     bundled = bundled_prices_path()
     try:
-        with open(bundled, "rb") as handle:
+        with open_regular(bundled) as handle:
             table = parse_price_map(handle.read(), bundled)
         return PriceBook(table, "file:prices.json", max(0.0, now - os.path.getmtime(bundled)))
     except (OSError, PriceError):
@@ -6598,15 +6671,9 @@ class _LogAppender(object):
     def append(self, record):
         try:
             path = litellm_log_path()
-            folder = os.path.dirname(path)
-            if folder and not os.path.isdir(folder):
-                os.makedirs(folder, mode=0o700, exist_ok=True)
+            make_private_folder(os.path.dirname(path))
             line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            append_whole_line(path, line)
         except Exception as error:
             if not self.warned:
                 self.warned = True
@@ -6620,6 +6687,45 @@ class _LogAppender(object):
             record = None
         if record is not None:
             self.append(record)
+
+
+def append_whole_line(path, line):
+    """Appends line to path (made 0600, never through a link) in one write, or not at
+    all: a short write (a full disk) is cut back off, so the next record is never
+    glued to half a line.  Raises OSError when the line is not there whole."""
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) |
+             getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, flags, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file", path)
+        with _held_lock(fd):
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+            except OSError:
+                written = -1
+            if written != len(line):
+                os.ftruncate(fd, size)
+                raise OSError(28, "a short write (is the disk full?)", path)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _held_lock(fd):
+    """An exclusive flock on an open file while the block runs (none where there is
+    no flock): appenders in several proxy workers take turns."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def make_litellm_handler():

@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -2731,6 +2732,35 @@ class LogAppenderTests(IsolatedEnv):
             appender.append({"a": 2})
         self.assertEqual(err.getvalue().count("cannot write the LiteLLM log"), 1)
 
+    def test_a_short_write_is_cut_back_and_warned_at_once(self):
+        path = os.path.join(self.tmp, "log.jsonl")
+        os.environ["CATOP_LITELLM_LOG"] = path
+        appender = catop._LogAppender()
+        appender.append({"n": 1})
+        real_write = os.write
+        err = io.StringIO()
+        with mock.patch.object(catop.os, "write", lambda fd, data: real_write(fd, data[:7])), \
+                contextlib.redirect_stderr(err):
+            appender.append({"n": 2, "pad": "x" * 100})     # the disk fills after 7 bytes
+        appender.append({"n": 3})
+        with open(path) as handle:
+            self.assertEqual([json.loads(line)["n"] for line in handle], [1, 3])
+        self.assertIn("a short write", err.getvalue())
+
+    def test_a_link_at_the_log_path_is_never_followed(self):
+        victim = os.path.join(self.tmp, "victim.txt")
+        with open(victim, "w") as handle:
+            handle.write("keep me\n")
+        link = os.path.join(self.tmp, "log.jsonl")
+        os.symlink(victim, link)
+        os.environ["CATOP_LITELLM_LOG"] = link
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            catop._LogAppender().append({"n": 1})
+        with open(victim) as handle:
+            self.assertEqual(handle.read(), "keep me\n")
+        self.assertIn("cannot write the LiteLLM log", err.getvalue())
+
     def test_import_without_litellm_and_record_fields(self):
         record = catop.litellm_log_record(
             {"standard_logging_object": {
@@ -3327,6 +3357,75 @@ class HostileNumberTests(IsolatedEnv):
                                          "startTime": big, "prompt_tokens": 10,
                                          "completion_tokens": 5})
         self.assertEqual((found[1].ts, found[1].observed_cost, found[1].miss), (None, None, 10))
+
+
+class HostileFileTests(IsolatedEnv):
+    """FIFOs, devices and links where catop reads or writes; modes whatever the umask."""
+
+    def run_bounded(self, *argv):
+        """catop in a process of its own, given 20 s (a hang fails, it does not stall)."""
+        process = subprocess.run([sys.executable, os.path.join(HERE, "catop.py")] + list(argv),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20,
+                                 env=dict(os.environ), stdin=subprocess.DEVNULL)
+        return process.returncode, process.stdout.decode(), process.stderr.decode()
+
+    def log(self):
+        path = os.path.join(self.tmp, "one.jsonl")
+        with open(path, "w") as handle:
+            handle.write(json.dumps({"timestamp": NOW, "model": "gpt-4o",
+                                     "usage": {"prompt_tokens": 100}}) + "\n")
+        return path
+
+    def test_a_fifo_or_device_at_the_price_cache_is_a_miss_not_a_hang(self):
+        cache = os.path.join(self.tmp, "cache", "catop")
+        os.makedirs(cache)
+        for make in (lambda p: os.mkfifo(p), lambda p: os.symlink("/dev/zero", p)):
+            target = os.path.join(cache, "prices.json")
+            make(target)
+            code, out, err = self.run_bounded("--file", self.log(), "--offline",
+                                              "--no-history", "--format", "json")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(json.loads(out)["totals"]["input_tokens"], 100)
+            os.remove(target)
+
+    def test_a_fifo_or_device_named_as_a_log_is_refused_with_the_way_to_do_it(self):
+        fifo = os.path.join(self.tmp, "pipe.jsonl")
+        os.mkfifo(fifo)
+        for path, kind in ((fifo, "a FIFO or pipe"), ("/dev/zero", "a character device")):
+            code, out, err = self.run_bounded("--file", path, "--offline", "--no-history")
+            self.assertEqual(code, 1)
+            self.assertEqual(err, "catop: %s is %s, not a log file: pipe a stream in with "
+                                  "--stdin\n" % (path, kind))
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        os.mkfifo(os.path.join(folder, "a.jsonl"))       # in a folder: passed over
+        shutil.copy(self.log(), os.path.join(folder, "b.jsonl"))
+        code, out, err = self.run_bounded("--file", folder, "--offline", "--no-history",
+                                          "--format", "json")
+        self.assertEqual((code, json.loads(out)["totals"]["requests"]), (0, 1), err)
+        claude = os.path.join(self.tmp, "claude", "projects", "p")
+        os.makedirs(claude)
+        os.mkfifo(os.path.join(claude, "s.jsonl"))        # an agent's: passed over too
+        os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(self.tmp, "claude")
+        code, out, err = self.run_bounded("--agent", "claude-code", "--offline",
+                                          "--no-history", "--format", "json")
+        self.assertEqual((code, json.loads(out)["totals"]["requests"]), (0, 0), err)
+
+    def test_what_catop_creates_is_private_whatever_the_umask(self):
+        old = os.umask(0)
+        try:
+            code, _, err = self.run_bounded("--file", self.log(), "--format", "json")
+            self.assertEqual(code, 0, err)
+            catop.write_atomic(os.path.join(self.tmp, "cache", "catop", "prices.json"), b"{}")
+        finally:
+            os.umask(old)
+        mode = lambda path: stat.S_IMODE(os.stat(path).st_mode)   # noqa: E731
+        state = os.path.join(self.tmp, "state", "catop")
+        self.assertEqual(mode(state), 0o700)
+        self.assertEqual(mode(os.path.join(state, "history.sqlite3")), 0o600)
+        self.assertEqual(mode(os.path.join(state, "history.sqlite3.lock")), 0o600)
+        self.assertEqual(mode(os.path.join(self.tmp, "cache", "catop")), 0o700)
+        self.assertEqual(mode(os.path.join(self.tmp, "cache", "catop", "prices.json")), 0o600)
 
 
 class ConsistencyMatrixTests(IsolatedEnv):
