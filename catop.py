@@ -4745,6 +4745,32 @@ def _file_lock(path):
         os.close(handle)
 
 
+def move_history_aside(path):
+    """path (and its -wal and -shm) renamed to path.corrupt-<time>; the new name."""
+    moved = "%s.corrupt-%d" % (path, int(time.time()))
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, moved + suffix)
+    return moved
+
+
+def history_trouble(error):
+    """What a SQLite error of the history means: "full" (the disk), "busy" (another
+    process holds it past the timeout), "damaged" (the file: moved aside), or
+    "unusable" (read-only, gone, ...)."""
+    text = str(error).lower()
+    code = getattr(error, "sqlite_errorcode", None)
+    if code == 13 or "disk is full" in text or "database or disk is full" in text:
+        return "full"
+    if "locked" in text or "busy" in text:
+        return "busy"
+    operational = type(error).__name__ == "OperationalError"
+    if not operational or any(word in text for word in ("malformed", "decode", "not a "
+                                                        "database", "disk image", "corrupt")):
+        return "damaged"
+    return "unusable"
+
+
 def history_path():
     return os.path.join(xdg_dir("XDG_STATE_HOME", (".local", "state")), "history.sqlite3")
 
@@ -4768,12 +4794,9 @@ class History(object):
             except sqlite3.OperationalError:
                 raise  # locked or unwritable: not corruption, never moved aside
             except sqlite3.DatabaseError as error:
-                moved = "%s.corrupt-%d" % (path, int(time.time()))
-                for suffix in ("", "-wal", "-shm"):
-                    if os.path.exists(path + suffix):
-                        os.replace(path + suffix, moved + suffix)
+                moved = move_history_aside(path)
                 report("the history %s could not be read (%s): moved to %s; rebuilding it "
-                       "from the logs still present" % (path, error, moved))
+                       "from the logs still present" % (path, clean(error), moved))
                 self.db = self._open()
 
     def _open(self):
@@ -4804,8 +4827,15 @@ class History(object):
             db.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._roll_back(db)
             raise
+
+    def _roll_back(self, db):
+        """Undoes the open transaction, if SQLite has not already (it does on a full
+        disk): a failed ROLLBACK must never hide the error that called for it."""
+        if db.in_transaction:
+            with contextlib.suppress(self.sqlite3.Error):
+                db.execute("ROLLBACK")
 
     @staticmethod
     def _migrate_to_3(db):
@@ -4874,7 +4904,7 @@ class History(object):
                            [c for c in compactions if c[1] is not None])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._roll_back(db)
             raise
 
     def requests(self, since=None, until=None, scope=None):
@@ -4934,10 +4964,30 @@ class History(object):
         """Deletes requests older than days; returns how many."""
         cutoff = now - days * 86400
         self.db.execute("BEGIN IMMEDIATE")
-        count = self.db.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
-        self.db.execute("DELETE FROM compactions WHERE ts < ?", (cutoff,))
-        self.db.execute("COMMIT")
+        try:
+            count = self.db.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
+            self.db.execute("DELETE FROM compactions WHERE ts < ?", (cutoff,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self._roll_back(self.db)
+            raise
         return count
+
+    def damaged_rows(self):
+        """How many rows no run would ever show: their source does not match their
+        key (SQLite has no checksums; a flipped byte in a label would drop a row
+        from every report without a word)."""
+        return self.db.execute(
+            "SELECT count(*) FROM requests WHERE NOT ("
+            "(source LIKE 'file:%' AND key LIKE 'f:%') OR (source = 'stdin' AND key LIKE 's:%')"
+            " OR (source = 'agent:claude-code' AND key LIKE 'cc:%')"
+            " OR source = 'agent:' || substr(key, 1, instr(key, ':') - 1))").fetchone()[0]
+
+    def move_aside(self, error):
+        """Moves the store (and its -wal and -shm) aside; returns the new path."""
+        with contextlib.suppress(self.sqlite3.Error, AttributeError):
+            self.db.close()
+        return move_history_aside(self.path)
 
 
 def _scope_condition(scope, values):
@@ -6975,6 +7025,11 @@ def report_history(history, aggregate, labels):
     for _, req in history.requests(aggregate.since, aggregate.until, scope):
         stats.records += 1
         aggregate.add(req)
+    damaged = history.damaged_rows()
+    if damaged:
+        stats.skip("malformed", damaged)
+        warn("the history %s holds %s damaged %s (its source does not match its key), "
+             "left out" % (history.path, fmt_int(damaged), plural(damaged, "row")))
     return stats
 
 
@@ -7119,6 +7174,13 @@ def maintain_history(args, now):
                 fmt_int(count), args.prune_history))
         if args.export_history:
             export_history(history, args.export_history, sys.stdout)
+    except Exception as error:
+        if not is_sqlite_error(error):
+            raise
+        raise CatopError(history_failure(history.path, error).replace(
+            "this report and the next history come from the logs still present",
+            "the next run starts a new one from the logs").replace(
+            "; this report comes from the logs", ""))
     finally:
         history.close()
     return EXIT_OK
@@ -7296,27 +7358,41 @@ def resume_from_history(args, sources):
         sqlite3 = sys.modules.get("sqlite3")
         if sqlite3 is None or not isinstance(error, sqlite3.Error):
             raise
-        warn("the history cannot be read (%s): the live view runs without it" % error)
+        warn("the history cannot be read (%s): the live view runs without it" % clean(error))
         return sources
     if history is None:
         return sources
     try:
-        labels = set()
-        for source in sources:
+        return _resume_from(history, args, sources)
+    except Exception as error:
+        if not is_sqlite_error(error):
+            raise
+        warn(history_failure(history.path, error).replace("this report", "the live view"))
+        for source in sources:   # what the store had begun to hand them is dropped
             if isinstance(source, LiveAgentSource):
-                ingest_agent(history, source.source.agent)
-                seed_agent_source(source, history)
-                labels.add("agent:" + source.source.agent)
+                source.source = AgentSource(source.source.agent)
             elif isinstance(source, LiveFileSource):
-                ingest_request_file(history, source.path, SourceStats(""))
-                seed_file_source(source, history)
-                labels.add("file:" + source.path)
-        if not (args.file or args.demo or args.agent or args.litellm_url or args.otlp_listen):
-            stored = LiveStoredSource(history, labels)
-            if stored.requests:
-                sources.append(stored)
+                source.__init__(source.path)
+        return [source for source in sources if not isinstance(source, LiveStoredSource)]
     finally:
         history.close()
+
+
+def _resume_from(history, args, sources):
+    labels = set()
+    for source in sources:
+        if isinstance(source, LiveAgentSource):
+            ingest_agent(history, source.source.agent)
+            seed_agent_source(source, history)
+            labels.add("agent:" + source.source.agent)
+        elif isinstance(source, LiveFileSource):
+            ingest_request_file(history, source.path, SourceStats(""))
+            seed_file_source(source, history)
+            labels.add("file:" + source.path)
+    if not (args.file or args.demo or args.agent or args.litellm_url or args.otlp_listen):
+        stored = LiveStoredSource(history, labels)
+        if stored.requests:
+            sources.append(stored)
     return sources
 
 
@@ -7378,6 +7454,7 @@ def snapshot(args, prices, since, until, now):
         aggregate.trend = DailyTrend(now)
     else:  # only the table lists each session's models and projects
         aggregate.details = None
+    history = None
     try:
         history = open_history(args)
         try:
@@ -7386,13 +7463,34 @@ def snapshot(args, prices, since, until, now):
             if history is not None:
                 history.close()
     except Exception as error:
-        sqlite3 = sys.modules.get("sqlite3")
-        if sqlite3 is None or not isinstance(error, sqlite3.Error):
+        if not is_sqlite_error(error):
             raise
-        raise CatopError("the history %s: %s (--no-history runs without it)" % (
-            args.history or history_path(), error))
+        # whatever befell the store, the report comes from the logs
+        warn(history_failure(args.history or history_path(), error))
+        aggregate.start_over()
+        sources = collect_sources(args, aggregate, now, None)
     aggregate.finish(now)
     return print_report(args, aggregate, sources, prices, now)
+
+
+def is_sqlite_error(error):
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3 is not None and isinstance(error, sqlite3.Error)
+
+
+def history_failure(path, error):
+    """The one-line warning for a history that failed while in use; a damaged one
+    is moved aside first (the next run starts a new one from the logs)."""
+    trouble, reason = history_trouble(error), clean(error)
+    if trouble == "damaged":
+        return ("the history %s is damaged (%s): moved to %s; this report and the next "
+                "history come from the logs still present" % (path, reason,
+                                                              move_history_aside(path)))
+    if trouble == "full":
+        return ("the disk is full: the history %s was not updated (%s); this report comes "
+                "from the logs" % (path, reason))
+    return ("the history %s cannot be used (%s); this report comes from the logs"
+            % (path, reason))
 
 
 def budget_limits(args):

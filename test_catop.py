@@ -3887,6 +3887,84 @@ class HistoryTests(IsolatedEnv):
         totals = self.report()["totals"]
         self.assertEqual(totals["requests"], 6000)
 
+    def stored_log(self, count=3000):
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write("".join(self.line(100 + n % 7, NOW + n) for n in range(count)))
+        want = self.report("--file", path)["totals"]
+        self.assertEqual(want["requests"], count)
+        return path, want
+
+    def moved_aside(self):
+        return [name for name in os.listdir(os.path.dirname(self.store)) if ".corrupt-" in name
+                and not name.endswith(("-wal", "-shm"))]
+
+    def test_any_damage_found_while_reading_is_moved_aside_and_the_report_comes_from_logs(self):
+        path, want = self.stored_log()
+        rng = random.Random(7)
+        size = os.path.getsize(self.store)
+        pages = size // 4096
+        for trial in range(12):
+            with self.subTest(trial=trial):
+                page = rng.randrange(1, pages)
+                with open(self.store, "r+b") as handle:
+                    handle.seek(page * 4096)
+                    handle.write(bytes(rng.randrange(256) for _ in range(4096)))
+                code, out, err = self.run_main("--file", path, "--format", "json", "--offline")
+                self.assertEqual(code, 0, err)
+                self.assertEqual(strict_json(out)["totals"], want)   # from the history or logs
+                self.assertNotIn("Traceback", err)
+                self.assertLessEqual(err.count("\n"), 1)
+                again = self.report("--file", path)["totals"]       # and the next run too
+                self.assertEqual(again, want)
+
+    def test_undecodable_text_in_the_store_is_damage_not_a_crash(self):
+        path, want = self.stored_log(200)
+        db = sqlite3.connect(self.store)
+        db.execute("UPDATE requests SET model = CAST(X'FF1B5B324A' AS TEXT) WHERE rowid % 20 = 0")
+        db.commit()
+        db.close()
+        code, out, err = self.run_main("--export-history", "csv")
+        self.assertEqual(code, 1)
+        self.assertIn("is damaged", err)
+        self.assertNotIn("\x1b", err)                       # the file's bytes, cleaned
+        self.assertEqual(len(self.moved_aside()), 1)
+        self.assertEqual(self.report("--file", path)["totals"], want)   # rebuilt from the log
+
+    def test_a_row_no_report_would_show_is_counted_and_said(self):
+        path, want = self.stored_log(50)
+        db = sqlite3.connect(self.store)
+        db.execute("UPDATE requests SET source = 'filf:' || substr(source, 6) WHERE rowid = 7")
+        db.commit()
+        db.close()
+        code, out, err = self.run_main("--file", path, "--format", "json", "--offline")
+        self.assertEqual(code, 0)
+        doc = strict_json(out)
+        self.assertEqual(doc["totals"]["requests"], 49)
+        self.assertEqual(doc["sources"][-1]["skipped"]["malformed"], 1)
+        self.assertIn("holds 1 damaged row", err)
+
+    def test_a_full_disk_says_so_and_still_reports_from_the_logs(self):
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write(self.line(100) + self.line(200))
+        full = sqlite3.OperationalError("database or disk is full")
+        with mock.patch.object(catop.History, "save", side_effect=full):
+            code, out, err = self.run_main("--file", path, "--format", "json", "--offline")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(strict_json(out)["totals"]["input_tokens"], 300)
+        self.assertIn("the disk is full: the history", err)
+        self.assertNotIn("rollback", err)
+        self.assertEqual(self.moved_aside(), [])             # a full disk is not damage
+        db = sqlite3.connect(self.store)
+        db.execute("BEGIN")
+        db.execute("INSERT INTO compactions VALUES ('x', 1)")
+        history = catop.History.__new__(catop.History)
+        history.sqlite3 = sqlite3
+        history._roll_back(db)                               # once: it rolls back
+        history._roll_back(db)                               # twice: nothing to undo, no error
+        db.close()
+
     def test_corrupt_store_is_moved_aside_and_rebuilt(self):
         os.makedirs(os.path.dirname(self.store))
         with open(self.store, "wb") as handle:
