@@ -3428,6 +3428,122 @@ class HostileFileTests(IsolatedEnv):
         self.assertEqual(mode(os.path.join(self.tmp, "cache", "catop", "prices.json")), 0o600)
 
 
+def mutate_value(value, rng, depth=0):
+    """value with one random hostile change somewhere inside it."""
+    hostile = [10 ** 400, -10 ** 400, 1e308, 1e26, "1e26", -1.0, -5, 0, float("inf"), "1e999",
+               "", "\x1b[2J\u202e", True, None, [], {}, "9" * 300, 2 ** 63, [[[[1]]]],
+               "9999-12-31T23:59:59-14:00"]
+    if isinstance(value, dict) and value and depth < 6:
+        leaves = sorted(k for k, v in value.items() if not isinstance(v, (dict, list)))
+        key = rng.choice(leaves if leaves and rng.random() < 0.6 else sorted(value))
+        copy = dict(value)
+        copy[key] = mutate_value(value[key], rng, depth + 1)
+        return copy
+    if isinstance(value, list) and value and depth < 6:
+        copy = list(value)
+        index = rng.randrange(len(copy))
+        copy[index] = mutate_value(copy[index], rng, depth + 1)
+        return copy
+    return rng.choice(hostile)
+
+
+def mutate_line(line, rng):
+    """One line of a log, damaged in one of the ways logs are: values, bytes, nesting,
+    encodings, truncation."""
+    kind = rng.randrange(7)
+    if kind <= 2:
+        try:
+            return json.dumps(mutate_value(json.loads(line), rng)).encode()
+        except ValueError:
+            return line
+    if kind == 3:
+        data = bytearray(line)
+        for _ in range(rng.randint(1, 5)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        return bytes(data)
+    if kind == 4:
+        return line[:rng.randrange(len(line))]
+    if kind == 5:
+        return b"[" * 20000 + b"]" * 20000
+    return rng.choice([line.decode("utf-8", "replace").encode("utf-16"),
+                       line.replace(b'"', b"\x00", 1), b"\xff\xfe" + line])
+
+
+class FuzzTests(IsolatedEnv):
+    """Seeded, bounded: every example, damaged line by line, through every source."""
+
+    def totals(self, *argv):
+        code, out, err = self.run_main(*(argv + ("--format", "json", "--offline")))
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("internal error", err)
+        return strict_json(out)["totals"]
+
+    def damaged_copy(self, source, target, rng, share=0.3):
+        """target: source with about a share of its lines damaged; returns the lines
+        left untouched."""
+        with open(source, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        kept, out = [], []
+        for line in lines:
+            if line and rng.random() < share:
+                out.append(mutate_line(line, rng).replace(b"\n", b" "))
+            else:
+                out.append(line)
+                kept.append(line)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as handle:
+            handle.write(b"\n".join(out))
+        return kept
+
+    def test_request_logs_keep_every_untouched_record(self):
+        fields = ("requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
+                  "output_tokens")
+        for seed in range(6):
+            rng = random.Random(seed)
+            for name in sorted(os.listdir(EXAMPLES)):
+                if not name.endswith(".jsonl"):
+                    continue
+                with self.subTest(seed=seed, log=name):
+                    damaged = os.path.join(self.tmp, "d%d" % seed, name)
+                    kept = self.damaged_copy(example(name), damaged, rng)
+                    untouched = damaged + ".kept"
+                    with open(untouched, "wb") as handle:
+                        handle.write(b"\n".join(kept))
+                    floor = self.totals("--file", untouched, "--no-history")
+                    for argv in (("--no-history", "--group-by", "day,session"),
+                                 ("--history", os.path.join(self.tmp, "h.sqlite3"),
+                                  "--group-by", "week,month")):
+                        got = self.totals("--file", damaged, *argv)
+                        for field in fields:   # a damaged record may count, never subtract
+                            self.assertGreaterEqual(got[field], floor[field], field)
+                    with open(damaged, "rb") as handle:
+                        stdin = io.TextIOWrapper(io.BytesIO(handle.read()))
+                    with mock.patch.object(sys, "stdin", stdin):
+                        got = self.totals("--stdin", "--no-history", "--group-by", "session")
+                    self.assertGreaterEqual(got["requests"], floor["requests"])
+
+    def test_agent_homes_never_fail(self):
+        for seed in range(8):
+            rng = random.Random(100 + seed)
+            home = os.path.join(self.tmp, "home%d" % seed)
+            for folder, _, names in os.walk(AGENT_EXAMPLES):
+                for name in names:
+                    source = os.path.join(folder, name)
+                    target = os.path.join(home, os.path.relpath(source, AGENT_EXAMPLES))
+                    self.damaged_copy(source, target, rng, share=0.5)
+            os.environ.update(CLAUDE_CONFIG_DIR=os.path.join(home, "claude"),
+                              CODEX_HOME=os.path.join(home, "codex"),
+                              GEMINI_DATA_DIR=os.path.join(home, "gemini", "tmp"),
+                              OPENCODE_DATA_DIR=os.path.join(home, "opencode"),
+                              OPENCLAW_DIR=os.path.join(home, "openclaw"))
+            with self.subTest(seed=seed):
+                for argv in (("--no-history", "--group-by", "day,session"),
+                             ("--history", os.path.join(home, "h.sqlite3"), "--group-by",
+                              "week,month")):
+                    self.totals("--scan-agents", *argv)
+
+
 class ConsistencyMatrixTests(IsolatedEnv):
     """One question, one answer: the same logs through every path catop has give the
     same totals, groups, breaks, what-if and wasted writes."""
