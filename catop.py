@@ -279,7 +279,8 @@ _CONTROL_CHARS = dict.fromkeys(
     list(range(0, 32)) + list(range(127, 160))
     + [0x200E, 0x200F, 0x2028, 0x2029] + list(range(0x202A, 0x202F))
     + list(range(0x2066, 0x206A)) + [0xFEFF]
-    + [0x034F, 0x115F, 0x1160, 0x2800, 0x3164, 0xFFA0])
+    + [0x034F, 0x115F, 0x1160, 0x2800, 0x3164, 0xFFA0]
+    + list(range(0xFE00, 0xFE10)) + list(range(0xE0100, 0xE01F0)))  # variation selectors
 
 
 def _visible_char(char):
@@ -788,9 +789,11 @@ def _text(value):
         value = str(value)
     shared = _SHARED_TEXT.get(value)
     if shared is None:
-        if len(_SHARED_TEXT) >= 100000:
-            return value
-        shared = _SHARED_TEXT[value] = value
+        # cleaned once, at its first sighting: "gpt-4o" and "gpt-4o" with a zero-width
+        # space are one model, priced alike, never two rows that look the same
+        shared = clean(value)
+        if len(_SHARED_TEXT) < 100000:
+            _SHARED_TEXT[value] = shared
     return shared
 
 
@@ -1091,11 +1094,9 @@ def parse_claude_code(record, ctx):
     if not (miss or read or write_5m or write_1h or output):
         return None
     sidechain = bool(record.get("isSidechain")) or ctx.sidechain
-    intern = sys.intern
     req = Request(parse_timestamp(record.get("timestamp")), "claude-code", "anthropic",
-                  intern(model if isinstance(model, str) else str(model)),
-                  intern(str(record.get("cwd") or ctx.project)),
-                  intern(str(record.get("sessionId") or "")),
+                  _text(model), _text(record.get("cwd") or ctx.project),
+                  _text(record.get("sessionId")),
                   miss, read, write_5m, write_1h, output, 0,
                   as_money(record.get("costUSD")), sidechain)
     message_id = message.get("id")

@@ -393,6 +393,15 @@ class UsageShapeTests(unittest.TestCase):
         self.assertEqual(catop.clean("a\u3000b\u00a0c"), "a b c")    # spaces stay spaces
         self.assertEqual(catop.clean("\u6a21\u578b e\u0301"), "\u6a21\u578b e\u0301")
 
+    def test_look_alike_names_are_one_model_priced_as_it(self):
+        records = [{"model": "gpt-4o" + extra, "usage": {"prompt_tokens": 1000}}
+                   for extra in ("", "\u200b", "\u00ad", "\ufe0f", "\U000e0041", "\x1b[0m")]
+        requests = []
+        catop.scan_request_lines([json.dumps(r).encode() for r in records],
+                                 catop.SourceStats("x"), requests.append)
+        self.assertEqual({req.model for req in requests}, {"gpt-4o", "gpt-4o[0m"})
+        self.assertEqual(sum(1 for req in requests if req.model == "gpt-4o"), 5)
+
     def test_csv_cells_never_start_a_formula(self):
         cases = [("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"), ("+1", "'+1"), ("-1", "'-1"),
                  ("@SUM(A1)", "'@SUM(A1)"), ("\t=1+1", "'=1+1"), ("\r=1", "'=1"),
@@ -1498,7 +1507,8 @@ class CliTests(IsolatedEnv):
         self.assertEqual(doc["sources"][1], {
             "name": "file:" + example("hostile.jsonl"), "records": 3,
             "skipped": {"malformed": 9, "no_usage": 1, "duplicate": 0}})
-        self.assertEqual(doc["unpriced_models"], ["evil\x1b]0;pwned\x07\x1b[2J", "my-finetune-7b"])
+        # names are cleaned where they are read: every output shows the same one
+        self.assertEqual(doc["unpriced_models"], ["evil]0;pwned[2J", "my-finetune-7b"])
         self.assertRegex(doc["generated_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         t = doc["totals"]
         self.assertEqual(t["requests"], 5)
