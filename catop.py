@@ -2965,10 +2965,14 @@ class LineReader(object):
             self.pieces.append(data)
             data = b"".join(self.pieces)
             self.pieces = []
-        if self.skipping or self.at_start or len(data) > self.limit:
+        if self.skipping or len(data) > self.limit:
             lines = data.split(b"\n")
             self._first_line(lines)
             data = b"\n".join(self._drop_long(lines))
+        elif self.at_start:
+            if data.startswith(UTF8_BOM):
+                data = data[3:]
+            self.at_start = False
         self._restart(partial)
         return data
 
@@ -3522,14 +3526,18 @@ class FileState(object):
 def file_head(path, length):
     """(length, hash) of a file's first `length` bytes (fewer if it is shorter)."""
     with open_regular(path) as handle:
-        data = handle.read(length)
+        return head_of(handle.read(length))
+
+
+def head_of(data):
     return len(data), _stable_hash(data.hex())
 
 
-def check_file_identity(state, info):
+def check_file_identity(state, info, from_start=False):
     """Starts state over when the file now at its path is not the one read so far:
     another inode, fewer bytes than were read, or other first bytes (checked only when
-    its size or time changed, so an idle poll costs one stat)."""
+    its size or time changed, so an idle poll costs one stat).  from_start: the
+    caller reads a file started over from its first byte, and takes its fingerprint."""
     moved = (info.st_dev, info.st_ino) != (state.device, state.inode)
     if not moved and state.head is not None and info.st_size >= state.lines.offset and \
             (info.st_size, info.st_mtime) != (state.size, state.mtime):
@@ -3537,7 +3545,10 @@ def check_file_identity(state, info):
     if moved or info.st_size < state.lines.offset:
         state.reset()
         state.device, state.inode = info.st_dev, info.st_ino
-    if state.head is None or (state.head[0] < FILE_HEAD_BYTES and info.st_size > state.head[0]):
+    if state.head is None and from_start and state.lines.offset == 0:
+        pass
+    elif state.head is None or (state.head[0] < FILE_HEAD_BYTES and
+                                info.st_size > state.head[0]):
         state.head = file_head(state.path, FILE_HEAD_BYTES)
     state.size, state.mtime = info.st_size, info.st_mtime
 
@@ -3546,11 +3557,13 @@ def read_new_blocks(state, final=True, block_bytes=READ_BLOCK_BYTES):
     """Blocks of whole lines appended since the last call; a replaced or truncated
     file is read again from the start.  With final, an unterminated last line is
     returned too, and left pending: a later call reads it again, whole."""
-    check_file_identity(state, os.stat(state.path))
+    check_file_identity(state, os.stat(state.path), from_start=True)
     reader = state.lines
     if reader.offset < state.size:
         with open_regular(state.path) as handle:
             for data in iter_blocks(handle, reader.offset, None, block_bytes):
+                if state.head is None:   # read from the start: its fingerprint, no second open
+                    state.head = head_of(data[:FILE_HEAD_BYTES])
                 data = reader.feed_block(data)
                 if data:
                     yield data
