@@ -63,7 +63,6 @@ GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day", "week
 _CALENDAR_GROUPS = ("day", "week", "month")
 WINDOWS = ("all", "today", "week", "month", "1h", "24h", "7d", "30d", "90d")
 FORMATS = ("table", "json", "csv", "prometheus")
-AGENTS = ("claude-code", "codex", "gemini", "opencode", "openclaw")
 SKIP_KINDS = ("malformed", "no_usage", "duplicate")
 
 
@@ -1079,6 +1078,9 @@ def decode_anthropic_usage(usage):
 
 def parse_claude_code(record, ctx):
     """(dedup key, Request) of an assistant line; 'compact' for a compaction."""
+    session = record.get("sessionId")
+    if session:
+        ctx.session = str(session)
     kind = record.get("type")
     if kind == "system" and record.get("subtype") == "compact_boundary":
         return "compact"
@@ -3367,21 +3369,7 @@ def _home(*parts):
 def agent_roots(name):
     """The folders an agent's logs live in, from its environment variable or default,
     as absolute paths (the history stores the files under them)."""
-    return [os.path.abspath(root) for root in _agent_roots(name)]
-
-
-def _agent_roots(name):
-    env = os.environ.get
-    if name == "claude-code":
-        configured = [p.strip() for p in (env("CLAUDE_CONFIG_DIR") or "").split(",") if p.strip()]
-        return configured or [_home(".config", "claude"), _home(".claude")]
-    if name == "codex":
-        return [env("CODEX_HOME") or _home(".codex")]
-    if name == "gemini":
-        return [env("GEMINI_DATA_DIR") or _home(".gemini", "tmp")]
-    if name == "opencode":
-        return [env("OPENCODE_DATA_DIR") or _home(".local", "share", "opencode")]
-    return [env("OPENCLAW_DIR") or _home(".openclaw")]
+    return AGENT_TABLE[name].roots()
 
 
 def _walk_files(root, suffixes, depth=8):
@@ -3401,25 +3389,28 @@ def _walk_files(root, suffixes, depth=8):
 
 def agent_files(name):
     """Every log file of an agent, in a stable order (OpenCode: its database first)."""
-    files = []
-    for root in agent_roots(name):
-        if name == "claude-code":
-            files += _walk_files(os.path.join(root, "projects"), (".jsonl",))
-        elif name == "codex":
-            files += _codex_files(root)
-        elif name == "gemini":
-            chats = [p for p in _walk_files(root, (".json", ".jsonl"), 3)
-                     if os.path.basename(os.path.dirname(p)) == "chats"]
-            # a resumed legacy session is copied to .jsonl: read the copy last so it wins
-            files += sorted(chats, key=lambda p: (p.endswith(".jsonl"), p))
-        elif name == "opencode":
-            database = os.path.join(root, "opencode.db")
-            files += [database] if os.path.isfile(database) else []
-            files += _walk_files(os.path.join(root, "storage", "message"), (".json",), 2)
-        else:
-            files += [p for p in _walk_files(os.path.join(root, "agents"), (".jsonl",), 3)
-                      if os.path.basename(os.path.dirname(p)) == "sessions"]
-    return files
+    spec = AGENT_TABLE[name]
+    return [path for root in spec.roots() for path in spec.find(root)]
+
+
+def _claude_files(root):
+    return _walk_files(os.path.join(root, "projects"), (".jsonl",))
+
+
+def _gemini_files(root):
+    return sorted(p for p in _walk_files(root, (".json", ".jsonl"), 3)
+                  if os.path.basename(os.path.dirname(p)) == "chats")
+
+
+def _opencode_files(root):
+    database = os.path.join(root, "opencode.db")
+    return (([database] if os.path.isfile(database) else []) +
+            _walk_files(os.path.join(root, "storage", "message"), (".json",), 2))
+
+
+def _openclaw_files(root):
+    return [p for p in _walk_files(os.path.join(root, "agents"), (".jsonl",), 3)
+            if os.path.basename(os.path.dirname(p)) == "sessions"]
 
 
 def _codex_files(root):
@@ -3445,26 +3436,88 @@ def agent_present(name):
 
 def no_data_message():
     places = []
-    for name in AGENTS:
+    for name in AGENT_TABLE:
         places.append("%s: %s" % (name, ", ".join(agent_roots(name))))
     return ("no data found. Looked for agent logs in\n  " + "\n  ".join(places) +
             "\nTry: python3 catop.py --demo, or --file requests.jsonl, or --agent NAME "
-            "with its folder set (CLAUDE_CONFIG_DIR, CODEX_HOME, GEMINI_DATA_DIR, "
-            "OPENCODE_DATA_DIR, OPENCLAW_DIR).")
+            "with its folder set (%s)." % ", ".join(s.variable for s in AGENT_TABLE.values()))
 
 
-# Lines that can matter to each JSONL agent parser; the rest (prompts, tool
-# output: most of the bytes) are never decoded.
-AGENT_LINE_NEEDLES = {
-    "claude-code": (b'"assistant"', b'compact_boundary'),
-    "codex": (b'"token_count"', b'"session_meta"', b'"turn_context"', b'"compacted"'),
-    "gemini": (b'"gemini"', b'"sessionId"'),
-    "openclaw": (b'"assistant"', b'"session"', b'"compaction"'),
-}
-AGENT_PARSERS = {
-    "claude-code": parse_claude_code, "codex": parse_codex, "gemini": parse_gemini,
-    "openclaw": parse_openclaw,
-}
+class AgentSpec(object):
+    """One entry of the agent table: everything catop knows of one coding agent.
+
+    variable, defaults: where its logs live (the variable's value, comma-separated
+    when listed, else the defaults under the home folder); find(root): its log files
+    under one root; parser(record, FileContext): a JSONL line's Request, (key,
+    Request), "compact" or None, reading only lines holding one of needles;
+    document(path, FileContext): the results of a whole-document file (by suffix);
+    whole: its files are read whole whenever one changes (a database); rank: which
+    of several files holding equal copies of a response keeps it (formats.md
+    section 3); subagent_replays: a subagent file may replay a response of its
+    parent.  history_key(key) / key_from_history(text) store a dedup key and read
+    it back."""
+
+    def __init__(self, name, variable, defaults, find, parser=None, needles=(),
+                 document=None, document_suffix=None, whole=False, listed=False,
+                 rank="time", key_prefix=None, subagent_replays=False, sessions_keyed=True,
+                 keyed=True):
+        self.name, self.variable, self.defaults, self.find = name, variable, defaults, find
+        self.parser, self.needles, self.whole, self.listed = parser, needles, whole, listed
+        self.document, self.document_suffix = document, document_suffix
+        self.rank = rank                      # "time" (earliest record) or "jsonl first"
+        self.key_prefix = key_prefix or name  # of its history keys
+        self.subagent_replays = subagent_replays
+        self.sessions_keyed = sessions_keyed  # a key is (session, id), not the id alone
+        self.keyed = keyed    # its parser gives (id, Request), not a Request alone
+
+    def roots(self):
+        value = os.environ.get(self.variable) or ""
+        configured = ([p.strip() for p in value.split(",") if p.strip()] if self.listed
+                      else [value] if value else [])
+        return [os.path.abspath(root) for root in
+                configured or [_home(*parts) for parts in self.defaults]]
+
+    def reads_document(self, path):
+        return self.document is not None and path.endswith(self.document_suffix)
+
+    def history_key(self, key):
+        """The stored form of a dedup key (ints are Claude Code's message+request)."""
+        if type(key) is int:
+            return "cc:%032x" % key
+        if type(key) is tuple:
+            return "%s:%s:%s" % (self.key_prefix, key[0], key[1])
+        return "%s:%s" % (self.key_prefix, key)
+
+    def key_from_history(self, text):
+        """A stored key read back, or None for a request stored without one."""
+        if text.startswith("cc:"):
+            return int(text[3:], 16)
+        if not self.keyed:
+            return None     # stored under its fields: no id to de-duplicate against
+        parts = text.split(":", 2)
+        return tuple(parts[1:]) if self.sessions_keyed else parts[1]
+
+
+# The agent table: adding an agent is one entry here and one parser.  Lines of a
+# JSONL log that hold none of an agent's needles (prompts, tool output: most of the
+# bytes) are never decoded.
+AGENT_TABLE = dict((spec.name, spec) for spec in (
+    AgentSpec("claude-code", "CLAUDE_CONFIG_DIR", ((".config", "claude"), (".claude",)),
+              _claude_files, parse_claude_code, (b'"assistant"', b'compact_boundary'),
+              listed=True, subagent_replays=True, sessions_keyed=False),
+    AgentSpec("codex", "CODEX_HOME", ((".codex",),), _codex_files, parse_codex,
+              (b'"token_count"', b'"session_meta"', b'"turn_context"', b'"compacted"'),
+              keyed=False),
+    AgentSpec("gemini", "GEMINI_DATA_DIR", ((".gemini", "tmp"),), _gemini_files,
+              parse_gemini, (b'"gemini"', b'"sessionId"'), document_suffix=".json",
+              document=lambda path, ctx: read_gemini_document(path, ctx),
+              rank="jsonl first"),
+    AgentSpec("opencode", "OPENCODE_DATA_DIR", ((".local", "share", "opencode"),),
+              _opencode_files, whole=True, sessions_keyed=False),
+    AgentSpec("openclaw", "OPENCLAW_DIR", ((".openclaw",),), _openclaw_files, parse_openclaw,
+              (b'"assistant"', b'"session"', b'"compaction"'), keyed=False),
+))
+AGENTS = tuple(AGENT_TABLE)   # as shipped; the table itself is what is read
 
 
 def candidate_lines(block, needles):
@@ -3576,7 +3629,8 @@ def read_new_blocks(state, final=True, block_bytes=READ_BLOCK_BYTES):
 def scan_agent_jsonl(agent, state, final=True):
     """(results, stats) of the new lines of one JSONL agent file.  A result is a
     parser's answer: a Request, a keyed tuple, 'compact' or 'duplicate'."""
-    parser, needles = AGENT_PARSERS[agent], AGENT_LINE_NEEDLES[agent]
+    spec = AGENT_TABLE[agent]
+    parser, needles = spec.parser, spec.needles
     stats = SourceStats("")
     results = []
     ctx = state.context
@@ -3587,8 +3641,6 @@ def scan_agent_jsonl(agent, state, final=True):
                 record = decode(line)
                 if type(record) is not dict:
                     raise ValueError("not an object")
-                if agent == "claude-code" and record.get("sessionId"):
-                    ctx.session = str(record["sessionId"])
                 result = parser(record, ctx)
             except (ValueError, TypeError, RecursionError, OverflowError):
                 stats.skip("malformed")
@@ -3626,6 +3678,7 @@ class AgentSource(object):
 
     def __init__(self, agent):
         self.agent = agent
+        self.spec = AGENT_TABLE[agent]
         self.stats = SourceStats("agent:%s" % agent)
         self.states = {}
         self.keyed = {}          # dedup key -> Request
@@ -3637,12 +3690,21 @@ class AgentSource(object):
         self.first_ts = {}       # path -> its earliest record's time: the file's rank
         self.ties = {}           # key -> {path: Request}: equal copies in several files
 
+    def __getstate__(self):      # a worker sends it home: the table entry stays here
+        state = dict(self.__dict__)
+        del state["spec"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.spec = AGENT_TABLE[self.agent]
+
     def file_rank(self, path):
         """Which of several files holding equal copies of a response keeps it
         (formats.md section 3): for Claude Code the file whose earliest record is
         oldest, then the smaller path (a resumed session copies its parent's lines);
         for Gemini CLI a .jsonl before the legacy .json it was copied from."""
-        if self.agent == "gemini":
+        if self.spec.rank == "jsonl first":
             return (0.0 if path.endswith(".jsonl") else 1.0), path
         if path is None:            # stored by an older catop: the file is not known
             return math.inf, "\U0010ffff"
@@ -3654,7 +3716,7 @@ class AgentSource(object):
     def scan(self, final=True, parallel=True, paths=None):
         """Reads what is new in every file of the agent (or in paths)."""
         paths = agent_files(self.agent) if paths is None else paths
-        if self.agent == "opencode":
+        if self.spec.whole:
             self._scan_opencode(paths)
             return
         fresh = [p for p in paths if p not in self.states]
@@ -3724,37 +3786,20 @@ class AgentSource(object):
                     self._hold(key, req)
 
     def _scan_one(self, state, final):
-        if self.agent == "gemini" and state.path.endswith(".json"):
-            return self._scan_gemini_document(state)
+        if self.spec.reads_document(state.path):
+            return self._scan_document(state)
         with gc_paused():
             return scan_agent_jsonl(self.agent, state, final)
 
-    def _scan_gemini_document(self, state):
-        """A legacy Gemini CLI session: one JSON document with messages[]."""
+    def _scan_document(self, state):
+        """A whole-document log (read again whole when its size or time changed)."""
         stats = SourceStats("")
         info = os.stat(state.path)
         if (info.st_size, info.st_mtime) == (state.size, state.mtime):
             return [], stats
         state.size, state.mtime = info.st_size, info.st_mtime
-        with open_regular(state.path) as handle:
-            try:
-                document = json.loads(handle.read())
-            except (ValueError, RecursionError):
-                stats.skip("malformed")
-                return [], stats
-        results = []
-        if type(document) is dict and type(document.get("messages")) is list:
-            state.context.session = str(document.get("sessionId") or "")
-            state.context.project = str(document.get("projectHash") or "")
-            for message in document["messages"]:
-                try:
-                    result = parse_gemini(message, state.context) \
-                        if type(message) is dict else None
-                except (ValueError, TypeError):
-                    stats.skip("malformed")
-                    continue
-                if result is not None:
-                    results.append((state.context.session, result))
+        results, malformed = self.spec.document(state.path, state.context)
+        stats.skip("malformed", malformed)
         return results, stats
 
     def _take(self, results, path):
@@ -3776,7 +3821,7 @@ class AgentSource(object):
                 if key is None:   # a Claude Code line without a message id
                     self.loose.setdefault(path, []).append(req)
                     continue
-                self._hold(key if self.agent == "claude-code" else (session, key), req)
+                self._hold((session, key) if self.spec.sessions_keyed else key, req)
 
     def _hold(self, key, req):
         """Keeps one request per key: the largest (Claude Code writes one response on
@@ -3858,7 +3903,7 @@ class AgentSource(object):
         """Claude Code responses that a subagent file replays and the parent
         conversation counted too.  Worked out when asked, from the few subagent
         responses, rather than kept as a set of every main-conversation id."""
-        if self.agent != "claude-code":
+        if not self.spec.subagent_replays:
             return frozenset()
         side = set(key_message_part(key) for key, req in self.keyed.items()
                    if req.sidechain)
@@ -3885,6 +3930,28 @@ def earliest_record_time(path):
     times = [parse_timestamp(found.decode("ascii", "replace"))
              for found in _RECORD_TIME.findall(head)]
     return min([ts for ts in times if ts is not None] or [NO_RECORD_TIME])
+
+
+def read_gemini_document(path, ctx):
+    """([(session, result)], malformed) of a legacy Gemini CLI session: one JSON
+    document with messages[]."""
+    try:
+        document = json.loads(read_regular(path))
+    except (ValueError, RecursionError):
+        return [], 1
+    results, malformed = [], 0
+    if type(document) is dict and type(document.get("messages")) is list:
+        ctx.session = str(document.get("sessionId") or "")
+        ctx.project = str(document.get("projectHash") or "")
+        for message in document["messages"]:
+            try:
+                result = parse_gemini(message, ctx) if type(message) is dict else None
+            except (ValueError, TypeError):
+                malformed += 1
+                continue
+            if result is not None:
+                results.append((ctx.session, result))
+    return results, malformed
 
 
 def read_json_file(path):
@@ -3938,7 +4005,35 @@ def scan_agent(name, aggregate):
 
 # live sources: each polls for what is new and says whether anything changed
 
-class LiveFileSource(object):
+class LiveSource(object):
+    """What the live model asks of every source.
+
+    poll(rediscover) reads what is new and says whether anything changed; requests is
+    every request held so far; generation grows when they were thrown away and read
+    anew (None: the list is worked out afresh at each change, so the model rebuilds);
+    stats is a SourceStats; compaction_times() the (session, ts) seen; resume(history)
+    brings the history up to date from this source and starts where it stopped
+    (returns the history label it reads, or None); close() frees what it holds."""
+
+    generation = 0
+
+    def poll(self, rediscover=False):
+        raise NotImplementedError
+
+    def compaction_times(self):
+        return ()
+
+    def resume(self, history):
+        return None
+
+    def forget_history(self):
+        """Drops what resume() took from a history that then failed."""
+
+    def close(self):
+        pass
+
+
+class LiveFileSource(LiveSource):
     """A request-log file, tailed: only appended bytes are read; a partial last line
     waits for its newline; a truncated or replaced file is read again from the start."""
 
@@ -3949,7 +4044,15 @@ class LiveFileSource(object):
         self.requests = []
         self.generation = 0      # grows when the requests so far are thrown away
 
-    def poll(self):
+    def resume(self, history):
+        ingest_request_file(history, self.path, SourceStats(""))
+        seed_file_source(self, history)
+        return "file:" + self.path
+
+    def forget_history(self):
+        self.__init__(self.path)
+
+    def poll(self, rediscover=False):
         fresh, stats = [], SourceStats(self.stats.name)
         try:
             for block in read_new_blocks(self.state, final=False):
@@ -3972,7 +4075,7 @@ class LiveFileSource(object):
         return ()
 
 
-class LiveStreamSource(object):
+class LiveStreamSource(LiveSource):
     """Standard input (or any descriptor), read without blocking as lines arrive."""
 
     def __init__(self, fd, name="stdin"):
@@ -3983,7 +4086,7 @@ class LiveStreamSource(object):
         self.generation = 0
         self.closed = False
 
-    def poll(self):
+    def poll(self, rediscover=False):
         import select
         changed = False
         while not self.closed:
@@ -4007,7 +4110,7 @@ class LiveStreamSource(object):
         return ()
 
 
-class LiveAgentSource(object):
+class LiveAgentSource(LiveSource):
     """One agent's folders: known files polled every tick, new files looked for
     every few seconds."""
 
@@ -4020,6 +4123,16 @@ class LiveAgentSource(object):
         self.discovered_at = 0.0
         self.version = -1
         self.replays_counted = 0
+
+    generation = None            # its requests are worked out afresh at each change
+
+    def resume(self, history):
+        ingest_agent(history, self.source.agent)
+        seed_agent_source(self, history)
+        return "agent:" + self.source.agent
+
+    def forget_history(self):
+        self.source = AgentSource(self.source.agent)
 
     @property
     def stats(self):
@@ -4049,7 +4162,7 @@ class LiveAgentSource(object):
         return self.source.compaction_times
 
 
-class LiveDemoSource(object):
+class LiveDemoSource(LiveSource):
     """Simulated traffic that keeps arriving: the past two hours at once, then each
     request when the clock reaches it (sessions are still running when it starts)."""
 
@@ -4061,7 +4174,7 @@ class LiveDemoSource(object):
         self.requests = []
         self.generation = 0
 
-    def poll(self):
+    def poll(self, rediscover=False):
         now = self.clock()
         count = bisect.bisect_right([r.ts for r in self.pending], now)
         if not count:
@@ -4178,7 +4291,7 @@ def otlp_metric_points(payload):
     return points
 
 
-class LiveOtlpSource(object):
+class LiveOtlpSource(LiveSource):
     """An OTLP/HTTP JSON receiver: POST /v1/logs (events) and /v1/metrics.  Metrics
     count only for sessions that send no events (both describe the same requests)."""
 
@@ -4257,7 +4370,7 @@ class LiveOtlpSource(object):
             self.body_bytes += count
             return True
 
-    def poll(self):
+    def poll(self, rediscover=False):
         with self.lock:
             if not self.pending:
                 return False
@@ -4476,7 +4589,7 @@ def spend_row_request(row):
     return spend_row_key(row), req
 
 
-class LiteLLMSpendSource(object):
+class LiteLLMSpendSource(LiveSource):
     """A LiteLLM proxy's /spend/logs/v2, paged; live, it asks only for rows newer than
     the last seen, and after a failure retries later and later (up to a minute).
 
@@ -4575,7 +4688,7 @@ class LiteLLMSpendSource(object):
         self.walk, outcome = None, self.outcome
         return outcome
 
-    def poll(self):
+    def poll(self, rediscover=False):
         now = self.clock()
         if now < self.retry_at:
             return False
@@ -4625,15 +4738,10 @@ class LiveModel(object):
         """Reads what is new everywhere; True when the model changed."""
         fresh, rebuild = [], False
         for index, source in enumerate(self.sources):
-            if isinstance(source, LiveAgentSource):
-                changed = source.poll(rediscover)
-            else:
-                changed = source.poll()
-            if not changed:
+            if not source.poll(rediscover):
                 continue
             generation, taken = self.seen.get(index, (None, 0))
-            if getattr(source, "generation", None) is None or \
-                    source.generation != generation:
+            if source.generation is None or source.generation != generation:
                 rebuild = True
             else:
                 fresh.extend(source.requests[taken:])
@@ -4654,7 +4762,7 @@ class LiveModel(object):
         for index, source in enumerate(self.sources):
             held = source.requests  # an agent source works its list out afresh each time
             requests.extend(held)
-            self.seen[index] = (getattr(source, "generation", None), len(held))
+            self.seen[index] = (source.generation, len(held))
         entries = price_entries(requests, self.prices)
         self.timeline = Timeline(entries)
         self.buckets = RateBuckets()
@@ -5047,9 +5155,10 @@ def ingest_agent(history, name):
     """Reads what is new in an agent's logs (from where the last run stopped) into the
     history; returns the SourceStats of this reading."""
     source = AgentSource(name)
+    spec = source.spec
     paths = agent_files(name)
     before = {}
-    if name != "opencode":
+    if not spec.whole:
         for path in paths:
             state = source.states[path] = history.file_state(path)
             if state.context.first_ts is not None:
@@ -5059,7 +5168,7 @@ def ingest_agent(history, name):
     source.scan(final=True, paths=paths)   # as a snapshot does; the tail stays pending
     source.settle_ties()
     for path, state in source.states.items():
-        if name == "claude-code" and state.context.first_ts is None:
+        if spec.rank == "time" and state.context.first_ts is None and source.ties:
             state.context.first_ts = source.file_rank(path)[0]
     label = "agent:" + name
     counted = [0]
@@ -5068,14 +5177,9 @@ def ingest_agent(history, name):
         for key, req in source.keyed.items():
             counted[0] += 1
             rank = source.file_rank(req.origin)[0] if req.origin is not None else None
-            if isinstance(key, int):
-                yield history_row(label, "cc:%032x" % key, req, _line_size(key, req),
-                                  "%016x" % key_message_part(key), rank)
-            elif isinstance(key, tuple):   # Gemini CLI: (session, message id)
-                yield history_row(label, "%s:%s:%s" % (name, key[0], key[1]), req, 0,
-                                  None, rank)
-            else:                          # OpenCode: the message id
-                yield history_row(label, "%s:%s" % (name, key), req, 0)
+            message = "%016x" % key_message_part(key) if type(key) is int else None
+            yield history_row(label, spec.history_key(key), req, _line_size(key, req),
+                              message, rank)
         for path_requests in source.loose.values():
             for req in path_requests:
                 counted[0] += 1
@@ -5089,7 +5193,7 @@ def ingest_agent(history, name):
             state.mtime = os.path.getmtime(state.path)
         except OSError:
             state.mtime = None
-    history.save(rows(), changed if name != "opencode" else (), source.compaction_times)
+    history.save(rows(), changed if not spec.whole else (), source.compaction_times)
     source.stats.records = counted[0]
     return source.stats
 
@@ -5099,20 +5203,18 @@ def seed_agent_source(live, history):
     requests stored for it, keyed again so that later lines de-duplicate against them."""
     source = live.source
     name = source.agent
-    if name != "opencode":
+    if not source.spec.whole:
         for path in agent_files(name):
             source.states[path] = history.file_state(path)
     for path, state in source.states.items():
         if state.context.first_ts is not None:
             source.first_ts[path] = state.context.first_ts
-    for key, req in history.rows("agent:" + name):
-        if key.startswith("cc:"):
-            source.keyed[int(key[3:], 16)] = req
-        elif name in ("gemini", "opencode"):
-            parts = key.split(":", 2)
-            source.keyed[tuple(parts[1:]) if name == "gemini" else parts[1]] = req
-        else:
+    for text, req in history.rows("agent:" + name):
+        key = source.spec.key_from_history(text)
+        if key is None:
             source.loose.setdefault("history", []).append(req)
+        else:
+            source.keyed[key] = req
     for session, times in history.compactions().items():
         source.compaction_times.extend((session, ts) for ts in times)
 
@@ -5124,7 +5226,7 @@ def seed_file_source(live, history):
     live.stats.records = len(live.requests)
 
 
-class LiveStoredSource(object):
+class LiveStoredSource(LiveSource):
     """What the history holds of sources not read now (logs since deleted)."""
 
     def __init__(self, history, skip_labels):
@@ -5133,7 +5235,7 @@ class LiveStoredSource(object):
         self.stats.records = len(self.requests)
         self.generation, self.fresh = 0, True
 
-    def poll(self):
+    def poll(self, rediscover=False):
         fresh, self.fresh = self.fresh, False
         return fresh
 
@@ -6875,8 +6977,9 @@ def build_parser():
     src.add_argument("--litellm-proxy-log", nargs="?", const="", metavar="PATH",
                      help="the log catop's LiteLLM callback writes (default $CATOP_LITELLM_LOG, "
                           "else $XDG_STATE_HOME/catop/litellm.jsonl)")
-    src.add_argument("--agent", action="append", default=[], choices=AGENTS, metavar="NAME",
-                     help="local coding-agent logs: %s (repeatable)" % ", ".join(AGENTS))
+    src.add_argument("--agent", action="append", default=[], choices=tuple(AGENT_TABLE),
+                     metavar="NAME", help="local coding-agent logs: %s (repeatable)"
+                     % ", ".join(AGENT_TABLE))
     src.add_argument("--scan-agents", action="store_true",
                      help="every agent whose logs are found (the default with no source)")
     src.add_argument("--litellm-url", metavar="URL",
@@ -7015,7 +7118,7 @@ def collect_sources(args, aggregate, now, history=None):
     agents = list(dict.fromkeys(args.agent))
     no_source = not (args.file or args.demo or agents or args.scan_agents or args.litellm_url)
     if args.scan_agents or no_source:
-        agents = [name for name in AGENTS if agent_present(name)] or agents
+        agents = [name for name in AGENT_TABLE if agent_present(name)] or agents
         if no_source and not agents and (history is None or not history.has_requests()):
             raise CatopError(no_data_message())
     for name in agents:
@@ -7228,7 +7331,7 @@ def live_sources(args, now, keys_from_tty=True):
     agents = list(dict.fromkeys(args.agent))
     if args.scan_agents or not (args.file or args.demo or agents or args.otlp_listen or
                                 args.litellm_url):
-        agents = [name for name in AGENTS if agent_present(name)] or agents
+        agents = [name for name in AGENT_TABLE if agent_present(name)] or agents
     sources.extend(LiveAgentSource(name) for name in agents)
     if args.otlp_listen:
         sources.append(LiveOtlpSource(parse_listen_address(args.otlp_listen)))
@@ -7383,10 +7486,7 @@ def resume_from_history(args, sources):
             raise
         warn(history_failure(history.path, error).replace("this report", "the live view"))
         for source in sources:   # what the store had begun to hand them is dropped
-            if isinstance(source, LiveAgentSource):
-                source.source = AgentSource(source.source.agent)
-            elif isinstance(source, LiveFileSource):
-                source.__init__(source.path)
+            source.forget_history()
         return [source for source in sources if not isinstance(source, LiveStoredSource)]
     finally:
         history.close()
@@ -7395,14 +7495,9 @@ def resume_from_history(args, sources):
 def _resume_from(history, args, sources):
     labels = set()
     for source in sources:
-        if isinstance(source, LiveAgentSource):
-            ingest_agent(history, source.source.agent)
-            seed_agent_source(source, history)
-            labels.add("agent:" + source.source.agent)
-        elif isinstance(source, LiveFileSource):
-            ingest_request_file(history, source.path, SourceStats(""))
-            seed_file_source(source, history)
-            labels.add("file:" + source.path)
+        label = source.resume(history)
+        if label is not None:
+            labels.add(label)
     if not (args.file or args.demo or args.agent or args.litellm_url or args.otlp_listen):
         stored = LiveStoredSource(history, labels)
         if stored.requests:

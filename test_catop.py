@@ -1366,6 +1366,42 @@ class AgentTests(IsolatedEnv):
         code, out, _ = self.run_main("--format", "json", "--offline")   # no source: all
         self.assertEqual(json.loads(out)["totals"]["requests"], 6 + 1)
 
+    def test_an_agent_is_one_entry_in_the_table_and_one_parser(self):
+        """A made-up agent, added to the table alone, is found, read, de-duplicated,
+        stored in the history and read back like the shipped ones."""
+        def parse_toy(record, ctx):
+            if record.get("kind") != "reply":
+                return None
+            ctx.session = str(record.get("chat") or "")
+            req = catop.Request(catop.parse_timestamp(record.get("at")), "toy", "anthropic",
+                                "claude-sonnet-4-5", "/toy", ctx.session,
+                                catop.as_count(record["in"]), catop.as_count(record["hit"]),
+                                0, 0, catop.as_count(record["out"]))
+            return str(record["id"]), req
+        root = os.path.join(self.tmp, "toy")
+        os.makedirs(os.path.join(root, "logs"))
+        with open(os.path.join(root, "logs", "a.jsonl"), "w") as handle:
+            for n, copies in ((1, 1), (2, 2)):     # reply 2 is written twice: counted once
+                for _ in range(copies):
+                    handle.write(json.dumps({"kind": "reply", "id": "r%d" % n, "chat": "c",
+                                             "at": NOW + n, "in": 10 * n, "hit": 100 * n,
+                                             "out": n}) + "\n")
+        spec = catop.AgentSpec("toy", "TOY_HOME", ((".toy",),),
+                               lambda root: catop._walk_files(os.path.join(root, "logs"),
+                                                              (".jsonl",)),
+                               parse_toy, (b'"reply"',))
+        os.environ["TOY_HOME"] = root
+        with mock.patch.dict(catop.AGENT_TABLE, {"toy": spec}):
+            for argv in (("--no-history",), ("--history", os.path.join(self.tmp, "h")),
+                         ("--history", os.path.join(self.tmp, "h"))):
+                doc = self.run_main("--agent", "toy", "--format", "json", "--offline", *argv)
+                totals = json.loads(doc[1])["totals"]
+                self.assertEqual((totals["requests"], totals["miss_tokens"],
+                                  totals["cache_read_tokens"]), (2, 30, 300), doc[2])
+            code, out, _ = self.run_main("--scan-agents", "--format", "json", "--offline",
+                                         "--no-history")
+            self.assertIn("agent:toy", [s["name"] for s in json.loads(out)["sources"]])
+
     def test_appended_lines_are_read_on_rescan(self):
         self.point_agents_at_examples()
         root = self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
@@ -1768,8 +1804,10 @@ if __name__ == "__main__":
 
 # ---------------------------------------------------------------- live view
 
-class FakeSource(object):
+class FakeSource(catop.LiveSource):
     """A live source whose requests the test sets."""
+
+    generation = None
 
     def __init__(self, requests, name="fake"):
         self.requests = list(requests)
@@ -1777,7 +1815,7 @@ class FakeSource(object):
         self.stats.records = len(self.requests)
         self.fresh = True
 
-    def poll(self):
+    def poll(self, rediscover=False):
         fresh, self.fresh = self.fresh, False
         return fresh
 
@@ -2223,13 +2261,13 @@ class BreakEngineTests(unittest.TestCase):
                 effects.finish(NOW + 10 ** 6)
                 self.assertEqual(break_tuples(effects.breaks), want)
 
-                class Source(object):      # appends, as a file tail does
+                class Source(catop.LiveSource):      # appends, as a file tail does
                     generation, stats = 0, catop.SourceStats("x")
 
                     def __init__(self):
                         self.requests, self.pending = [], list(requests)
 
-                    def poll(self):
+                    def poll(self, rediscover=False):
                         self.requests.extend(self.pending[:7])
                         del self.pending[:7]
                         return True
