@@ -4029,6 +4029,10 @@ class LiveSource(object):
     def forget_history(self):
         """Drops what resume() took from a history that then failed."""
 
+    def store(self, history):
+        """Brings the history up to date with this source (nothing for sources the
+        history does not keep)."""
+
     def close(self):
         pass
 
@@ -4051,6 +4055,9 @@ class LiveFileSource(LiveSource):
 
     def forget_history(self):
         self.__init__(self.path)
+
+    def store(self, history):
+        ingest_request_file(history, self.path, SourceStats(""))
 
     def poll(self, rediscover=False):
         fresh, stats = [], SourceStats(self.stats.name)
@@ -4133,6 +4140,9 @@ class LiveAgentSource(LiveSource):
 
     def forget_history(self):
         self.source = AgentSource(self.source.agent)
+
+    def store(self, history):
+        ingest_agent(history, self.source.agent)
 
     @property
     def stats(self):
@@ -7505,6 +7515,62 @@ def _resume_from(history, args, sources):
     return sources
 
 
+HISTORY_WRITE_INTERVAL_S = 60.0
+
+
+class HistoryWriter(object):
+    """Stores what the live view's sources read, while it runs: every interval_s on a
+    thread of its own (never on the drawing path), and once more when it stops, so
+    that logs an agent prunes while the view is open are kept, and a later --once
+    reads nothing twice.  Each store reads from where the history stopped (under the
+    same keys), whatever the live sources hold; a failure is kept for the end, never
+    written over the screen."""
+
+    def __init__(self, args, sources, interval_s=None):
+        import threading
+        self.args, self.sources = args, sources
+        self.interval_s = HISTORY_WRITE_INTERVAL_S if interval_s is None else interval_s
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="catop-history", daemon=True)
+        self.error = None
+        self.stores = 0
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stopping.wait(self.interval_s):
+            self.store_once()
+
+    def store_once(self):
+        try:   # no warning now: the screen belongs to the live view
+            history = History(self.args.history or history_path(), report=self.keep_note)
+        except Exception as error:   # a failure of any kind is said at the end, once
+            self.error = error
+            return
+        try:
+            with gc_paused():
+                for source in self.sources:
+                    source.store(history)
+            self.stores += 1
+        except Exception as error:
+            self.error = error
+        finally:
+            history.close()
+
+    def keep_note(self, message):
+        self.error = message
+
+    def stop(self):
+        """Ends the thread, then stores what came since its last store."""
+        self.stopping.set()
+        self.thread.join(30.0)
+        self.store_once()
+        if self.error is not None:
+            warn("the live view could not keep its history (%s)" % clean(self.error))
+
+
 def run_live(args, prices, since, until):
     """The live view; None when the terminal cannot host it (the caller prints a
     snapshot instead)."""
@@ -7542,12 +7608,16 @@ def run_live(args, prices, since, until):
         serve_metrics(parse_listen_address(args.metrics_listen),
                       metrics_renderer(model, args.group_by, prices, app.lock))
     use_colour = not args.no_color and "NO_COLOR" not in os.environ
+    writer = None if args.no_history else HistoryWriter(args, sources).start()
     try:
         return run_curses(app, use_colour, unicode_ok)
     except curses.error as error:
         sys.stderr.write("catop: the terminal could not start the live view (%s); "
                          "printing a snapshot\n" % error)
         return None
+    finally:
+        if writer is not None:
+            writer.stop()
 
 
 def run_snapshot(args, prices, since, until, now):

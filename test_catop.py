@@ -3592,6 +3592,42 @@ class FuzzTests(IsolatedEnv):
                     self.totals("--scan-agents", *argv)
 
 
+class LiveHistoryTests(IsolatedEnv):
+    """The live view keeps its history as it runs."""
+
+    def test_what_the_live_view_reads_is_stored_and_outlives_the_logs(self):
+        root = self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
+        log = os.path.join(self.tmp, "requests.jsonl")
+        with open(log, "w") as handle:
+            handle.write(json.dumps({"timestamp": NOW, "model": "gpt-4o", "session_id": "x",
+                                     "usage": {"prompt_tokens": 500}}) + "\n")
+        args = catop.build_parser().parse_args(["--file", log, "--agent", "claude-code",
+                                                "--offline"])
+        sources = catop.resume_from_history(args, catop.live_sources(args, NOW))
+        writer = catop.HistoryWriter(args, sources, interval_s=0.05).start()
+        model = catop.LiveModel(sources, PRICES)
+        model.poll()
+        with open(log, "a") as handle:           # arrives while the view is open
+            handle.write(json.dumps({"timestamp": NOW + 1, "model": "gpt-4o",
+                                     "session_id": "x", "usage": {"prompt_tokens": 7}}) + "\n")
+        model.poll()
+        deadline = time.time() + 5
+        while writer.stores < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        writer.stop()
+        self.assertIsNone(writer.error)
+        live = catop.aggregate_model(model, (), None, None, None, NOW).totals
+        os.remove(log)                           # the agent and the log rotation prune
+        shutil.rmtree(root)
+        code, out, err = self.run_main("--format", "json", "--offline")   # no source: all
+        self.assertEqual(code, 0, err)
+        stored = json.loads(out)["totals"]
+        self.assertEqual((stored["requests"], stored["input_tokens"]),
+                         (live.requests, live.miss + live.cache_read + live.cache_write_5m +
+                          live.cache_write_1h))
+        self.assertEqual(stored["requests"], 6 + 2)
+
+
 class ConsistencyMatrixTests(IsolatedEnv):
     """One question, one answer: the same logs through every path catop has give the
     same totals, groups, breaks, what-if and wasted writes."""
