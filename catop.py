@@ -13,6 +13,35 @@ provider's prompt cache, what it cost, and what the cache saved.
     python3 catop.py --file logs/ --min-hit-rate 0.6     # CI gate, exit 3
 
 One file, standard library only, Python 3.8+.  MIT licence.
+
+How the file is laid out (each section uses only those above it):
+
+  constants     version, exit codes, limits (MAX_LINE_BYTES, TS_MAX, ...)
+  model         Request (one normalized request), Tally (summed tokens and dollars),
+                SourceStats; small helpers: clean (text for a terminal),
+                bounded_number (every number read from data), parse_timestamp
+  parsers       normalize_record -> decode_usage: a request-log record; compile_shape:
+                the straight-line readers of frequent shapes (pinned to the former)
+  agent parsers parse_claude_code, parse_codex, parse_gemini, parse_opencode,
+                parse_openclaw: one decoded line each
+  pricing       PriceBook.rates (model-name resolution), request_cost, tokens_cost
+  aggregation   Aggregate.add: one engine for every path; CacheEffects.add pairs each
+                request with its session's previous (breaks, what-if, wasted writes);
+                PriceClasses / priced_groups: costs, priced once per class
+  io            LineReader (what a line is, for every reader), read_new_blocks and
+                FileState (tailing, rotation), scan_request_file (byte ranges across
+                processes), AGENT_TABLE and AgentSource (agents' logs, de-duplication),
+                LiveSource and the live sources, LiveModel, History (SQLite),
+                load_prices, the LiteLLM spend-log fetch, the HTTP servers
+  render        render_report (the --once table), build_frame (the live view's frame)
+  output        report_dict / iter_json, format_csv, format_prometheus; LiveApp and
+                run_curses (the live view); the LiteLLM proxy callback
+  cli           build_parser, main -> run -> snapshot / run_live; collect_sources
+
+To add a coding agent: one AgentSpec in AGENT_TABLE and its parser (agent parsers).
+To add a usage shape: its keys in the plan decode_usage follows (usage_plan), an example line
+in examples/ (the compiled readers are checked against the interpreter on each).
+To add an output format: FORMATS, a format_* function in output, print_report.
 """
 
 import argparse
@@ -134,6 +163,11 @@ class Request(object):
 
 _REQUEST_FIELDS = operator.attrgetter(*Request.__slots__)  # all of them, as a tuple
 _REQUEST_VALUES = Request.__slots__[:-1]   # what the request is: not where it was read
+
+
+def request_order(req):
+    """The order requests are paired in: by time, those without one last."""
+    return (req.ts is None, req.ts or 0.0)
 
 
 class Tally(object):
@@ -315,6 +349,26 @@ def csv_cell(value):
     if value.startswith(_CSV_FORMULA_STARTS) or text.startswith(_CSV_FORMULA_STARTS):
         return "'" + text       # checked after cleaning too: "\x00=1" cleans to "=1"
     return text
+
+
+_UTC_MINUTES = {}  # epoch minute -> its "YYYY-MM-DDTHH:MM:" (thousands of breaks a minute)
+
+
+def iso_utc(ts):
+    if ts is None:
+        return None
+    if ts >= 0:
+        whole = int(ts)
+        # datetime rounds to the microsecond, half to even: only then can it carry
+        if (ts - whole) * 1e6 < 999999.5:
+            minute, second = divmod(whole, 60)
+            prefix = _UTC_MINUTES.get(minute)
+            if prefix is None:
+                prefix = time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(whole))
+                if len(_UTC_MINUTES) < 100000:
+                    _UTC_MINUTES[minute] = prefix
+            return "%s%02dZ" % (prefix, second)
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def as_count(value):
@@ -1029,6 +1083,23 @@ def _attribution_source(plan):
 # Coding-agent logs (formats.md section 3).  Each parser takes one decoded
 # record plus the state of its file, and returns a Request or None; the
 # de-duplication that needs more than one file lives in the agent sources.
+
+def litellm_usage_tokens(usage):
+    """(miss, read, 5m write, 1h write, output, reasoning) from LiteLLM's usage, whose
+    prompt_tokens include cached tokens; its TTL split of writes is trusted."""
+    tokens = decode_usage(usage)
+    if tokens is None:
+        return None
+    miss, read, write_5m, write_1h, output, reasoning = tokens
+    details = usage.get("prompt_tokens_details")
+    split = details.get("cache_creation_token_details") if type(details) is dict else None
+    if type(split) is dict and split.get("ephemeral_1h_input_tokens") is not None:
+        write_5m = as_count(split.get("ephemeral_5m_input_tokens") or 0)
+        write_1h = as_count(split.get("ephemeral_1h_input_tokens") or 0)
+        total = as_count(usage.get("prompt_tokens") or 0)
+        miss = max(0, total - read - write_5m - write_1h)
+    return miss, read, write_5m, write_1h, output, reasoning
+
 
 class Compaction(object):
     """A point where an agent summarized its context: the prompt cache starts over."""
@@ -1819,30 +1890,6 @@ def budget_starts(now):
     return {period: window_start(window, now) for period, window in _PERIOD_WINDOWS.items()}
 
 
-def load_budget_config(path=None, warn=None):
-    """{period: USD} from config.json ({"budgets": {"daily": 20, ...}}); bad input warns."""
-    path = path or os.path.join(xdg_dir("XDG_CONFIG_HOME", (".config",)), "config.json")
-    try:
-        with open_regular(path) as handle:
-            document = json.loads(handle.read())
-    except OSError:
-        return {}
-    except (ValueError, RecursionError) as error:
-        if warn:
-            warn("ignoring %s: not valid JSON (%s)" % (path, error))
-        return {}
-    budgets = document.get("budgets") if type(document) is dict else None
-    found = {}
-    for period, value in (budgets or {}).items() if type(budgets) is dict else ():
-        amount = as_money(value)
-        if period in BUDGET_PERIODS and amount is not None and amount > 0:
-            found[period] = amount
-        elif warn:
-            warn("ignoring budgets.%s in %s: a period of %s with a positive amount" % (
-                clean(period), path, "/".join(BUDGET_PERIODS)))
-    return found
-
-
 class BudgetTracker(object):
     """Spend since the start of each budgeted period, whatever the view's window."""
 
@@ -1882,13 +1929,6 @@ class BudgetTracker(object):
                                                 else "ok")
             rows.append((period, limit, spent, share, state))
         return rows
-
-
-def budget_lines(tracker):
-    return ["budget  %s: %s of %s (%.0f%%)%s" % (
-        period, fmt_usd(spent, 2), fmt_usd(limit, 2), share * 100,
-        {"ok": "", "warning": "  warning: past 80%", "over": "  OVER BUDGET"}[state])
-        for period, limit, spent, share, state in tracker.status()]
 
 
 def budget_dicts(tracker):
@@ -1971,22 +2011,6 @@ def scaled_sparkline(values, unicode_ok=True):
     span = (high - low) or 1.0
     return sparkline([None if v is None else (v - low) / span * 0.999 for v in values],
                      unicode_ok)
-
-
-def trend_lines(trend, days=TREND_DAYS, unicode_ok=True):
-    """Three sparklines over the last days, with the latest day's figures."""
-    if not trend.days:
-        return []
-    cost, saved, hit = trend.series(days)
-    total_cost = sum(v for v in cost if v is not None)
-    total_saved = sum(v for v in saved if v is not None)
-    return ["trend %dd  cost  %s  %s" % (days, scaled_sparkline(cost, unicode_ok),
-                                          fmt_usd(total_cost, 2)),
-            "          saved %s  %s" % (scaled_sparkline(saved, unicode_ok),
-                                          fmt_usd(total_saved, 2)),
-            "          hit   %s  %s" % (sparkline(hit, unicode_ok),
-                                          fmt_pct(next((v for v in reversed(hit)
-                                                        if v is not None), None)))]
 
 
 SORT_COLUMNS = {
@@ -2509,17 +2533,6 @@ def _empty_what_if():
     return {policy: [0.0, 0, 0] for policy, _ in TTL_POLICIES}
 
 
-def break_summary(breaks):
-    """Count and cost of the breaks, by cause."""
-    summary = {"count": len(breaks), "cost_usd": round(sum((b.cost for b in breaks), 0.0), 9),
-               "by_cause": {}}
-    for cause in BREAK_CAUSES:
-        chosen = [b for b in breaks if b.cause == cause]
-        summary["by_cause"][cause] = {"count": len(chosen),
-                                      "cost_usd": round(sum((b.cost for b in chosen), 0.0), 9)}
-    return summary
-
-
 # the live view's model: every request, priced once, in time order
 
 class Entry(object):
@@ -2664,46 +2677,6 @@ def sparkline(series, unicode_ok=True):
 LOW_HIT_ALERT = 0.30
 
 
-def live_alerts(buckets, now, breaks, unpriced, sources, alert_burn):
-    """Alert texts, newest first."""
-    alerts = []
-    count, tokens_in, read, _, cost = buckets.sums(now - 299, now + 1)
-    hit = read / tokens_in if tokens_in else None
-    if hit is not None and hit < LOW_HIT_ALERT:
-        causes = {}
-        for item in reversed(breaks):  # in time order: the recent ones are at the end
-            if item.ts < now - 300:
-                break
-            if item.ts <= now:
-                causes[item.cause] = causes.get(item.cause, 0) + 1
-        cause = max(causes, key=causes.get) if causes else None
-        text = "hit rate %s over the last 5 min" % fmt_pct(hit)
-        if cause:
-            text += ": likely %s" % CAUSE_TEXT[cause]
-        alerts.append((now - 2, text))
-    burn = cost * 12.0
-    if alert_burn is not None and burn > alert_burn:
-        alerts.append((now - 3, "burn rate %s/h above --alert-burn %s/h" % (
-            fmt_usd(burn, 2), fmt_usd(alert_burn, 2))))
-    count, _, _, tokens_out, cost = buckets.sums(now - 59, now + 1)
-    if cost > 0 and tokens_out == 0:
-        alerts.append((now - 1, "%s spent in the last minute with no output tokens: "
-                       "a tool loop?" % fmt_usd(cost)))
-    if breaks and breaks[-1].ts is not None and now - 900 <= breaks[-1].ts <= now + 1:
-        latest = breaks[-1]
-        alerts.append((latest.ts, "cache break %s ago in %s (%s): %s, %s paid again" % (
-            fmt_gap(max(0.0, now - latest.ts)), clean(latest.session), clean(latest.model),
-            latest.cause.replace("_", " "), fmt_usd(latest.cost))))
-    if unpriced:
-        alerts.append((0.0, "unpriced models (cost shown as $0): %s" % ", ".join(
-            clean(m) for m in sorted(unpriced)[:5])))
-    for stats in sources:
-        if stats.error:
-            alerts.append((now, "%s: %s" % (clean(stats.name), clean(stats.error))))
-    alerts.sort(key=lambda a: a[0], reverse=True)
-    return [text for _, text in alerts]
-
-
 CAUSE_TEXT = {"model_switch": "a model switch (a cache is per model)",
               "compaction": "a compaction (the context was summarized)",
               "ttl_expired": "an idle gap beyond the cache TTL",
@@ -2744,147 +2717,49 @@ class View(object):
         return ("session",) if self.level() == "sessions" else self.group_by
 
 
-class Frame(object):
-    """Everything one screen shows, computed from the model; rendering is separate."""
-
-    def __init__(self):
-        self.totals = Tally()
-        self.rows = []           # [(key, tally)] or, in a timeline, [(req, cost)]
-        self.details = {}
-        self.rates = []
-        self.spark = []
-        self.alerts = []
-        self.breaks = []
-        self.budgets = []        # [(period, limit, spent, share, state)]
-        self.trend = None        # a DailyTrend, for the trends panel
-        self.now = 0.0
+def break_summary(breaks):
+    """Count and cost of the breaks, by cause."""
+    summary = {"count": len(breaks), "cost_usd": round(sum((b.cost for b in breaks), 0.0), 9),
+               "by_cause": {}}
+    for cause in BREAK_CAUSES:
+        chosen = [b for b in breaks if b.cause == cause]
+        summary["by_cause"][cause] = {"count": len(chosen),
+                                      "cost_usd": round(sum((b.cost for b in chosen), 0.0), 9)}
+    return summary
 
 
-def live_budgets(model, limits, now, cache):
-    """The budget status rows for a live model, recomputed only when data or day change."""
-    if not limits:
-        return []
-    starts = budget_starts(now)
-    key = (model.version, tuple(sorted(limits.items())), starts["daily"])
-    if cache.get("budget_key") != key:
-        tracker = BudgetTracker(limits, now)
-        for entry in model.timeline.since(min(starts[p] for p in limits)):
-            tracker.add(entry.req.ts, entry.cost)
-        cache["budget_key"], cache["budgets"] = key, tracker.status()
-    return cache["budgets"]
+def what_if_dict(agg):
+    """The TTL what-if of the JSON document: totals, then one entry a group."""
+    effects = agg.effects
+
+    def policies(base_cost, figures):
+        out = {"applies_to_cost_usd": round(base_cost, 9)}
+        for policy, _ in TTL_POLICIES:
+            delta, avoided, added = figures[policy]
+            out[policy] = {"cost_usd": round(base_cost + delta, 9), "delta_usd": round(delta, 9),
+                           "breaks_avoided": avoided, "breaks_added": added}
+        return out
+
+    total = _empty_what_if()
+    for figures in effects.what_if.values():
+        for policy in total:
+            total[policy] = [a + b for a, b in zip(total[policy], figures[policy])]
+    doc = policies(sum(effects.policy_cost.values(), 0.0), total)
+    doc["groups"] = [dict([("key", dict(zip(agg.group_by, key)))] +
+                          list(policies(effects.policy_cost.get(key, 0.0), figures).items()))
+                     for key, figures in sorted(effects.what_if.items())] if agg.group_by else []
+    return doc
 
 
-def live_trend(model, now, cache):
-    """The daily trend of the last 90 days, recomputed when data or day change."""
-    key = (model.version, int(now // 86400))
-    if cache.get("trend_key") != key:
-        trend = DailyTrend(now)
-        for entry in model.timeline.since(now - 91 * 86400):
-            trend.add(entry.req.ts, entry.cost, entry.no_cache_cost, entry.req.cache_read,
-                      entry.req.input)
-        cache["trend_key"], cache["trend"] = key, trend
-    return cache["trend"]
+def wasted_dict(agg):
+    wasted = agg.effects.wasted
+    doc = {"tokens": sum(t for t, _ in wasted.values()),
+           "cost_usd": round(sum(c for _, c in wasted.values()), 9)}
+    doc["groups"] = [{"key": dict(zip(agg.group_by, key)), "tokens": tokens,
+                      "cost_usd": round(cost, 9)}
+                     for key, (tokens, cost) in sorted(wasted.items())] if agg.group_by else []
+    return doc
 
-
-def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None):
-    """The frame for a view of the model at time now (pure: no I/O).  The grouped
-    table, the costly part, is kept in cache (a dict) while nothing it depends on
-    has changed, so an idle tick costs only the rolling figures."""
-    frame = Frame()
-    frame.now = now
-    timeline = model.timeline
-    start, until = _view_bounds(view, now)
-    shape = (start if start is None else bisect.bisect_left(timeline.times, start), until,
-             view.group_by, tuple(view.stack), view.sort, view.descending, view.filter)
-    cache = {} if cache is None else cache
-    if cache.get("shape") == shape and cache.get("version") == model.version:
-        table = cache["table"]
-    elif cache.get("shape") == shape and cache.get("version") == model.version - 1 and \
-            model.appended is not None and until is None and view.level() != "timeline":
-        table = cache["table"]
-        _add_to_table(table, _in_view(model.appended, view, start), view, model.prices)
-    else:
-        table = _build_table(timeline.since(start, until), view, model.prices)
-    cache["shape"], cache["version"], cache["table"] = shape, model.version, table
-    if view.level() == "timeline":
-        frame.rows = table["rows"]
-    else:
-        frame.rows = _filtered_rows(table["groups"], view)
-    frame.details, frame.totals = table["details"], table["totals"]
-    frame.rates = rolling_rates(model.buckets, now)
-    frame.spark = hit_series(model.buckets, now)
-    frame.breaks = model.breaks
-    frame.alerts = live_alerts(model.buckets, now, model.breaks, table["unpriced"],
-                               model.stats(), alert_burn)
-    frame.budgets = live_budgets(model, budget_limits, now, cache)
-    if view.trends_panel:
-        frame.trend = live_trend(model, now, cache)
-    frame.alerts[:0] = ["%s budget spent: %s of %s" % (period, fmt_usd(spent, 2),
-                                                       fmt_usd(limit, 2))
-                        for period, limit, spent, share, state in frame.budgets
-                        if state == "over"]
-    return frame
-
-
-def _view_bounds(view, now):
-    start = window_start(view.window, now)
-    since, until = view.bounds
-    if since is not None:
-        start = since if start is None else max(start, since)
-    return start, until
-
-
-def _in_view(entries, view, start=None):
-    """The entries inside the view's drill-down path (and after start, if given)."""
-    if start is not None:
-        entries = [e for e in entries if e.req.ts is not None and e.req.ts >= start]
-    for group_by, key in [level for level in view.stack if not isinstance(level, str)]:
-        key_of = group_key_function(group_by)
-        entries = [e for e in entries if key_of(e.req) == key]
-    if view.level() == "timeline":
-        session = view.stack[-1]
-        entries = [e for e in entries if e.req.session == session]
-    return entries
-
-
-def _build_table(entries, view, prices):
-    """The view's table of entries: {groups, details, rows (a timeline), totals,
-    unpriced}; grouped tables are sorted and filtered when shown.  Its requests are
-    counted in price classes and priced as a snapshot prices them (one engine)."""
-    table = {"classes": PriceClasses(), "details": {}, "rows": []}
-    _add_to_table(table, _in_view(entries, view), view, prices)
-    return table
-
-
-def _add_to_table(table, entries, view, prices):
-    classes, details = table["classes"], table["details"]
-    if view.level() == "timeline":
-        for entry in entries:
-            classes.count(entry.req, (), True, False)
-        rows = table["rows"] + [(e.req, e.cost) for e in entries]
-        table["rows"] = sorted(rows, key=lambda row: request_order(row[0]))
-    else:
-        key_of = group_key_function(view.grouping())
-        for entry in entries:
-            req = entry.req
-            key = key_of(req)
-            classes.count(req, key, True, False)
-            detail = details.get(key)
-            if detail is None:
-                detail = details[key] = (set(), set())
-            detail[0].add(req.model)
-            detail[1].add(req.project)
-    table["groups"], table["unpriced"], table["totals"] = priced_groups(classes, prices)
-
-
-def _filtered_rows(groups, view):
-    if view.filter:
-        needle = view.filter.lower()
-        grouping = view.grouping()
-        groups = {k: t for k, t in groups.items()
-                  if needle in " ".join(display_key(f, v) for f, v in
-                                        zip(grouping, k)).lower()}
-    return sorted_groups(groups, view.sort, view.descending)
 
 # ----------------------------------------------------------------------- io
 
@@ -3328,11 +3203,6 @@ def read_again_in_time_order(logs, aggregate):
         add(req)
     REFUSED_VALUES.clear()
     REFUSED_VALUES.update(refused)
-
-
-def request_order(req):
-    """The order requests are paired in: by time, those without one last."""
-    return (req.ts is None, req.ts or 0.0)
 
 
 def expand_file_args(paths):
@@ -4301,6 +4171,100 @@ def otlp_metric_points(payload):
     return points
 
 
+HTTP_CONNECTION_TIMEOUT_S = 10.0   # a connection that sends nothing for this long is closed
+
+
+HTTP_MAX_CONNECTIONS = 32          # handled at once; more are answered 503 and closed
+
+
+def start_http_server(address, name, respond):
+    """A threaded HTTP server on a daemon thread.  respond(method, path, headers,
+    body file) returns (status, content type, body bytes) for every request.
+
+    Every request gets a reply, a failure of respond() a 500; nothing is ever
+    written to the terminal (the screen belongs to the live view): errors are
+    counted on the server (server.errors).  Idle connections time out, and at most
+    HTTP_MAX_CONNECTIONS are handled at once."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = HTTP_CONNECTION_TIMEOUT_S
+
+        def answer(self):
+            try:
+                status, kind, body = respond(self.command, self.path, self.headers, self.rfile)
+            except Exception as error:   # a bug here must not cost the client its reply
+                self.server.errors += 1
+                status, kind = 500, "application/json"
+                body = json.dumps({"error": "catop failed: %s" % type(error).__name__}).encode()
+            self.reply(status, kind, body)
+
+        def reply(self, status, kind, body):
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                if status >= 400:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                self.server.errors += 1   # the client went away
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = answer
+
+        def log_message(self, *args):
+            pass  # the screen belongs to the live view
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 64
+        errors = 0
+        slots = threading.BoundedSemaphore(HTTP_MAX_CONNECTIONS)
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                with contextlib.suppress(OSError):
+                    request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0"
+                                    b"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+                self.shutdown_request(request)
+                return
+            http.server.ThreadingHTTPServer.process_request(self, request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                http.server.ThreadingHTTPServer.process_request_thread(
+                    self, request, client_address)
+            finally:
+                self.slots.release()
+
+        def handle_error(self, request, client_address):
+            self.errors += 1      # never a traceback on the terminal
+
+    try:
+        server = Server(address, Handler)
+    except OSError as error:
+        raise CatopError("cannot listen on %s:%d: %s" % (address[0], address[1],
+                                                         error.strerror or error))
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
+
+
+def serve_metrics(address, render):
+    """GET /metrics answered with render() on a thread of its own."""
+    def respond(method, path, headers, body):
+        if method != "GET" or path.split("?")[0].rstrip("/") != "/metrics":
+            return 404, "text/plain", b"only GET /metrics is here\n"
+        try:
+            text = render()
+        except Exception as error:  # a scrape must never take catop down
+            return 500, "text/plain", ("catop could not render metrics: %s\n" % error).encode()
+        return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode("utf-8")
+    return start_http_server(address, "catop-metrics", respond)
+
+
 class LiveOtlpSource(LiveSource):
     """An OTLP/HTTP JSON receiver: POST /v1/logs (events) and /v1/metrics.  Metrics
     count only for sessions that send no events (both describe the same requests)."""
@@ -4865,6 +4829,22 @@ _CONTEXT_FIELDS = ("session", "project", "model", "start_ts", "first_ts", "fork"
 
 
 @contextlib.contextmanager
+def _held_lock(fd):
+    """An exclusive flock on an open file while the block runs (none where there is
+    no flock): appenders in several proxy workers take turns."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def _file_lock(path):
     """An exclusive advisory lock on path while the block runs (none where the OS has
     no flock: there, SQLite's own locking is all there is)."""
@@ -5355,9 +5335,37 @@ def ingest_range(history, job, byte_range, stats, state=None):
 
 # prices: the only code that touches the network
 
+def warn(message):
+    sys.stderr.write("catop: warning: %s\n" % clean(message))
+
+
 def xdg_dir(variable, default_parts):
     base = os.environ.get(variable) or os.path.join(os.path.expanduser("~"), *default_parts)
     return os.path.join(base, "catop")
+
+
+def load_budget_config(path=None, warn=None):
+    """{period: USD} from config.json ({"budgets": {"daily": 20, ...}}); bad input warns."""
+    path = path or os.path.join(xdg_dir("XDG_CONFIG_HOME", (".config",)), "config.json")
+    try:
+        with open_regular(path) as handle:
+            document = json.loads(handle.read())
+    except OSError:
+        return {}
+    except (ValueError, RecursionError) as error:
+        if warn:
+            warn("ignoring %s: not valid JSON (%s)" % (path, error))
+        return {}
+    budgets = document.get("budgets") if type(document) is dict else None
+    found = {}
+    for period, value in (budgets or {}).items() if type(budgets) is dict else ():
+        amount = as_money(value)
+        if period in BUDGET_PERIODS and amount is not None and amount > 0:
+            found[period] = amount
+        elif warn:
+            warn("ignoring budgets.%s in %s: a period of %s with a positive amount" % (
+                clean(period), path, "/".join(BUDGET_PERIODS)))
+    return found
 
 
 def price_cache_path():
@@ -5569,6 +5577,212 @@ def _demo_session(rng, ts, now, agent, provider, models, project, session, syste
 
 # ------------------------------------------------------------------- render
 # model -> lines of text, already cut to width; nothing here prints.
+
+def budget_lines(tracker):
+    return ["budget  %s: %s of %s (%.0f%%)%s" % (
+        period, fmt_usd(spent, 2), fmt_usd(limit, 2), share * 100,
+        {"ok": "", "warning": "  warning: past 80%", "over": "  OVER BUDGET"}[state])
+        for period, limit, spent, share, state in tracker.status()]
+
+
+def trend_lines(trend, days=TREND_DAYS, unicode_ok=True):
+    """Three sparklines over the last days, with the latest day's figures."""
+    if not trend.days:
+        return []
+    cost, saved, hit = trend.series(days)
+    total_cost = sum(v for v in cost if v is not None)
+    total_saved = sum(v for v in saved if v is not None)
+    return ["trend %dd  cost  %s  %s" % (days, scaled_sparkline(cost, unicode_ok),
+                                          fmt_usd(total_cost, 2)),
+            "          saved %s  %s" % (scaled_sparkline(saved, unicode_ok),
+                                          fmt_usd(total_saved, 2)),
+            "          hit   %s  %s" % (sparkline(hit, unicode_ok),
+                                          fmt_pct(next((v for v in reversed(hit)
+                                                        if v is not None), None)))]
+
+
+def live_alerts(buckets, now, breaks, unpriced, sources, alert_burn):
+    """Alert texts, newest first."""
+    alerts = []
+    count, tokens_in, read, _, cost = buckets.sums(now - 299, now + 1)
+    hit = read / tokens_in if tokens_in else None
+    if hit is not None and hit < LOW_HIT_ALERT:
+        causes = {}
+        for item in reversed(breaks):  # in time order: the recent ones are at the end
+            if item.ts < now - 300:
+                break
+            if item.ts <= now:
+                causes[item.cause] = causes.get(item.cause, 0) + 1
+        cause = max(causes, key=causes.get) if causes else None
+        text = "hit rate %s over the last 5 min" % fmt_pct(hit)
+        if cause:
+            text += ": likely %s" % CAUSE_TEXT[cause]
+        alerts.append((now - 2, text))
+    burn = cost * 12.0
+    if alert_burn is not None and burn > alert_burn:
+        alerts.append((now - 3, "burn rate %s/h above --alert-burn %s/h" % (
+            fmt_usd(burn, 2), fmt_usd(alert_burn, 2))))
+    count, _, _, tokens_out, cost = buckets.sums(now - 59, now + 1)
+    if cost > 0 and tokens_out == 0:
+        alerts.append((now - 1, "%s spent in the last minute with no output tokens: "
+                       "a tool loop?" % fmt_usd(cost)))
+    if breaks and breaks[-1].ts is not None and now - 900 <= breaks[-1].ts <= now + 1:
+        latest = breaks[-1]
+        alerts.append((latest.ts, "cache break %s ago in %s (%s): %s, %s paid again" % (
+            fmt_gap(max(0.0, now - latest.ts)), clean(latest.session), clean(latest.model),
+            latest.cause.replace("_", " "), fmt_usd(latest.cost))))
+    if unpriced:
+        alerts.append((0.0, "unpriced models (cost shown as $0): %s" % ", ".join(
+            clean(m) for m in sorted(unpriced)[:5])))
+    for stats in sources:
+        if stats.error:
+            alerts.append((now, "%s: %s" % (clean(stats.name), clean(stats.error))))
+    alerts.sort(key=lambda a: a[0], reverse=True)
+    return [text for _, text in alerts]
+
+
+class Frame(object):
+    """Everything one screen shows, computed from the model; rendering is separate."""
+
+    def __init__(self):
+        self.totals = Tally()
+        self.rows = []           # [(key, tally)] or, in a timeline, [(req, cost)]
+        self.details = {}
+        self.rates = []
+        self.spark = []
+        self.alerts = []
+        self.breaks = []
+        self.budgets = []        # [(period, limit, spent, share, state)]
+        self.trend = None        # a DailyTrend, for the trends panel
+        self.now = 0.0
+
+
+def live_budgets(model, limits, now, cache):
+    """The budget status rows for a live model, recomputed only when data or day change."""
+    if not limits:
+        return []
+    starts = budget_starts(now)
+    key = (model.version, tuple(sorted(limits.items())), starts["daily"])
+    if cache.get("budget_key") != key:
+        tracker = BudgetTracker(limits, now)
+        for entry in model.timeline.since(min(starts[p] for p in limits)):
+            tracker.add(entry.req.ts, entry.cost)
+        cache["budget_key"], cache["budgets"] = key, tracker.status()
+    return cache["budgets"]
+
+
+def live_trend(model, now, cache):
+    """The daily trend of the last 90 days, recomputed when data or day change."""
+    key = (model.version, int(now // 86400))
+    if cache.get("trend_key") != key:
+        trend = DailyTrend(now)
+        for entry in model.timeline.since(now - 91 * 86400):
+            trend.add(entry.req.ts, entry.cost, entry.no_cache_cost, entry.req.cache_read,
+                      entry.req.input)
+        cache["trend_key"], cache["trend"] = key, trend
+    return cache["trend"]
+
+
+def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None):
+    """The frame for a view of the model at time now (pure: no I/O).  The grouped
+    table, the costly part, is kept in cache (a dict) while nothing it depends on
+    has changed, so an idle tick costs only the rolling figures."""
+    frame = Frame()
+    frame.now = now
+    timeline = model.timeline
+    start, until = _view_bounds(view, now)
+    shape = (start if start is None else bisect.bisect_left(timeline.times, start), until,
+             view.group_by, tuple(view.stack), view.sort, view.descending, view.filter)
+    cache = {} if cache is None else cache
+    if cache.get("shape") == shape and cache.get("version") == model.version:
+        table = cache["table"]
+    elif cache.get("shape") == shape and cache.get("version") == model.version - 1 and \
+            model.appended is not None and until is None and view.level() != "timeline":
+        table = cache["table"]
+        _add_to_table(table, _in_view(model.appended, view, start), view, model.prices)
+    else:
+        table = _build_table(timeline.since(start, until), view, model.prices)
+    cache["shape"], cache["version"], cache["table"] = shape, model.version, table
+    if view.level() == "timeline":
+        frame.rows = table["rows"]
+    else:
+        frame.rows = _filtered_rows(table["groups"], view)
+    frame.details, frame.totals = table["details"], table["totals"]
+    frame.rates = rolling_rates(model.buckets, now)
+    frame.spark = hit_series(model.buckets, now)
+    frame.breaks = model.breaks
+    frame.alerts = live_alerts(model.buckets, now, model.breaks, table["unpriced"],
+                               model.stats(), alert_burn)
+    frame.budgets = live_budgets(model, budget_limits, now, cache)
+    if view.trends_panel:
+        frame.trend = live_trend(model, now, cache)
+    frame.alerts[:0] = ["%s budget spent: %s of %s" % (period, fmt_usd(spent, 2),
+                                                       fmt_usd(limit, 2))
+                        for period, limit, spent, share, state in frame.budgets
+                        if state == "over"]
+    return frame
+
+
+def _view_bounds(view, now):
+    start = window_start(view.window, now)
+    since, until = view.bounds
+    if since is not None:
+        start = since if start is None else max(start, since)
+    return start, until
+
+
+def _in_view(entries, view, start=None):
+    """The entries inside the view's drill-down path (and after start, if given)."""
+    if start is not None:
+        entries = [e for e in entries if e.req.ts is not None and e.req.ts >= start]
+    for group_by, key in [level for level in view.stack if not isinstance(level, str)]:
+        key_of = group_key_function(group_by)
+        entries = [e for e in entries if key_of(e.req) == key]
+    if view.level() == "timeline":
+        session = view.stack[-1]
+        entries = [e for e in entries if e.req.session == session]
+    return entries
+
+
+def _build_table(entries, view, prices):
+    """The view's table of entries: {groups, details, rows (a timeline), totals,
+    unpriced}; grouped tables are sorted and filtered when shown.  Its requests are
+    counted in price classes and priced as a snapshot prices them (one engine)."""
+    table = {"classes": PriceClasses(), "details": {}, "rows": []}
+    _add_to_table(table, _in_view(entries, view), view, prices)
+    return table
+
+
+def _add_to_table(table, entries, view, prices):
+    classes, details = table["classes"], table["details"]
+    if view.level() == "timeline":
+        for entry in entries:
+            classes.count(entry.req, (), True, False)
+        rows = table["rows"] + [(e.req, e.cost) for e in entries]
+        table["rows"] = sorted(rows, key=lambda row: request_order(row[0]))
+    else:
+        key_of = group_key_function(view.grouping())
+        for entry in entries:
+            req = entry.req
+            key = key_of(req)
+            classes.count(req, key, True, False)
+            detail = details.get(key)
+            if detail is None:
+                detail = details[key] = (set(), set())
+            detail[0].add(req.model)
+            detail[1].add(req.project)
+    table["groups"], table["unpriced"], table["totals"] = priced_groups(classes, prices)
+
+
+def _filtered_rows(groups, view):
+    if view.filter:
+        needle = view.filter.lower()
+        grouping = view.grouping()
+        groups = {k: t for k, t in groups.items()
+                  if needle in " ".join(display_key(f, v) for f, v in
+                                        zip(grouping, k)).lower()}
+    return sorted_groups(groups, view.sort, view.descending)
+
 
 def fmt_int(number):
     return "{:,}".format(number)
@@ -5848,6 +6062,46 @@ def describe_source(stats):
     if stats.error:
         text += " [%s]" % clean(stats.error)
     return text
+
+
+def render_breaks_section(agg, width, ellipsis="~"):
+    """The table output's cache-break lines: causes, costliest sessions, what-if, waste."""
+    effects = agg.effects
+    breaks = effects.breaks
+    lines = []
+    if breaks:
+        summary = break_summary(breaks)
+        lines.append("cache breaks  %s, costing %s above the cache-read rate" % (
+            fmt_int(summary["count"]), fmt_usd(summary["cost_usd"])))
+        causes = sorted(((c, f) for c, f in summary["by_cause"].items() if f["count"]),
+                        key=lambda item: -item[1]["cost_usd"])
+        lines.append("  by cause: " + " | ".join(
+            "%s %s %s" % (cause, fmt_int(figures["count"]), fmt_usd(figures["cost_usd"]))
+            for cause, figures in causes))
+        by_session = {}
+        for item in breaks:
+            slot = by_session.setdefault(item.session, [0, 0.0])
+            slot[0] += 1
+            slot[1] += item.cost
+        top = sorted(by_session.items(), key=lambda kv: -kv[1][1])[:3]
+        lines.append("  costliest sessions: " + " | ".join(
+            "%s %s (%d)" % (clean(session), fmt_usd(cost), count)
+            for session, (count, cost) in top))
+    doc = what_if_dict(agg)
+    if doc["applies_to_cost_usd"]:
+        for policy, label in (("ttl_1h", "all cache writes 1 h"), ("ttl_5m", "all cache writes 5 m")):
+            figures = doc[policy]
+            change = figures["delta_usd"]
+            verdict = ("would have saved %s" % fmt_usd(-change) if change < 0 else
+                       "would have cost %s more" % fmt_usd(change))
+            lines.append("what-if  %s: %s (%d breaks avoided, %d added)" % (
+                label, verdict, figures["breaks_avoided"], figures["breaks_added"]))
+    wasted = wasted_dict(agg)
+    if wasted["tokens"]:
+        lines.append("wasted writes  %s tokens written and never read before their TTL ran "
+                     "out: %s of write premium" % (fmt_int(wasted["tokens"]),
+                                                   fmt_usd(wasted["cost_usd"])))
+    return [fit(line, width, ellipsis) for line in lines]
 
 
 def render_report(report, width=80, ellipsis="~"):
@@ -6319,26 +6573,6 @@ class Report(object):
         self.hidden_groups = len(every) - len(self.rows)
 
 
-_UTC_MINUTES = {}  # epoch minute -> its "YYYY-MM-DDTHH:MM:" (thousands of breaks a minute)
-
-
-def iso_utc(ts):
-    if ts is None:
-        return None
-    if ts >= 0:
-        whole = int(ts)
-        # datetime rounds to the microsecond, half to even: only then can it carry
-        if (ts - whole) * 1e6 < 999999.5:
-            minute, second = divmod(whole, 60)
-            prefix = _UTC_MINUTES.get(minute)
-            if prefix is None:
-                prefix = time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(whole))
-                if len(_UTC_MINUTES) < 100000:
-                    _UTC_MINUTES[minute] = prefix
-            return "%s%02dZ" % (prefix, second)
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def report_dict(report):
     """The JSON document of design.md (field names are a contract); its long
     lists (groups, timeline) are generators, written out one item at a time."""
@@ -6428,79 +6662,6 @@ def iter_json(report, chunk_items=500):
             opening = ","
         yield ("\n  ]" if opening == "," else opening + "]") + ending
     yield "}\n"
-
-
-def what_if_dict(agg):
-    """The TTL what-if of the JSON document: totals, then one entry a group."""
-    effects = agg.effects
-
-    def policies(base_cost, figures):
-        out = {"applies_to_cost_usd": round(base_cost, 9)}
-        for policy, _ in TTL_POLICIES:
-            delta, avoided, added = figures[policy]
-            out[policy] = {"cost_usd": round(base_cost + delta, 9), "delta_usd": round(delta, 9),
-                           "breaks_avoided": avoided, "breaks_added": added}
-        return out
-
-    total = _empty_what_if()
-    for figures in effects.what_if.values():
-        for policy in total:
-            total[policy] = [a + b for a, b in zip(total[policy], figures[policy])]
-    doc = policies(sum(effects.policy_cost.values(), 0.0), total)
-    doc["groups"] = [dict([("key", dict(zip(agg.group_by, key)))] +
-                          list(policies(effects.policy_cost.get(key, 0.0), figures).items()))
-                     for key, figures in sorted(effects.what_if.items())] if agg.group_by else []
-    return doc
-
-
-def wasted_dict(agg):
-    wasted = agg.effects.wasted
-    doc = {"tokens": sum(t for t, _ in wasted.values()),
-           "cost_usd": round(sum(c for _, c in wasted.values()), 9)}
-    doc["groups"] = [{"key": dict(zip(agg.group_by, key)), "tokens": tokens,
-                      "cost_usd": round(cost, 9)}
-                     for key, (tokens, cost) in sorted(wasted.items())] if agg.group_by else []
-    return doc
-
-
-def render_breaks_section(agg, width, ellipsis="~"):
-    """The table output's cache-break lines: causes, costliest sessions, what-if, waste."""
-    effects = agg.effects
-    breaks = effects.breaks
-    lines = []
-    if breaks:
-        summary = break_summary(breaks)
-        lines.append("cache breaks  %s, costing %s above the cache-read rate" % (
-            fmt_int(summary["count"]), fmt_usd(summary["cost_usd"])))
-        causes = sorted(((c, f) for c, f in summary["by_cause"].items() if f["count"]),
-                        key=lambda item: -item[1]["cost_usd"])
-        lines.append("  by cause: " + " | ".join(
-            "%s %s %s" % (cause, fmt_int(figures["count"]), fmt_usd(figures["cost_usd"]))
-            for cause, figures in causes))
-        by_session = {}
-        for item in breaks:
-            slot = by_session.setdefault(item.session, [0, 0.0])
-            slot[0] += 1
-            slot[1] += item.cost
-        top = sorted(by_session.items(), key=lambda kv: -kv[1][1])[:3]
-        lines.append("  costliest sessions: " + " | ".join(
-            "%s %s (%d)" % (clean(session), fmt_usd(cost), count)
-            for session, (count, cost) in top))
-    doc = what_if_dict(agg)
-    if doc["applies_to_cost_usd"]:
-        for policy, label in (("ttl_1h", "all cache writes 1 h"), ("ttl_5m", "all cache writes 5 m")):
-            figures = doc[policy]
-            change = figures["delta_usd"]
-            verdict = ("would have saved %s" % fmt_usd(-change) if change < 0 else
-                       "would have cost %s more" % fmt_usd(change))
-            lines.append("what-if  %s: %s (%d breaks avoided, %d added)" % (
-                label, verdict, figures["breaks_avoided"], figures["breaks_added"]))
-    wasted = wasted_dict(agg)
-    if wasted["tokens"]:
-        lines.append("wasted writes  %s tokens written and never read before their TTL ran "
-                     "out: %s of write premium" % (fmt_int(wasted["tokens"]),
-                                                   fmt_usd(wasted["cost_usd"])))
-    return [fit(line, width, ellipsis) for line in lines]
 
 
 # Prometheus text exposition format
@@ -6779,23 +6940,6 @@ def _plain(value):
     return value if isinstance(value, (dict, list)) else getattr(value, "__dict__", {})
 
 
-def litellm_usage_tokens(usage):
-    """(miss, read, 5m write, 1h write, output, reasoning) from LiteLLM's usage, whose
-    prompt_tokens include cached tokens; its TTL split of writes is trusted."""
-    tokens = decode_usage(usage)
-    if tokens is None:
-        return None
-    miss, read, write_5m, write_1h, output, reasoning = tokens
-    details = usage.get("prompt_tokens_details")
-    split = details.get("cache_creation_token_details") if type(details) is dict else None
-    if type(split) is dict and split.get("ephemeral_1h_input_tokens") is not None:
-        write_5m = as_count(split.get("ephemeral_5m_input_tokens") or 0)
-        write_1h = as_count(split.get("ephemeral_1h_input_tokens") or 0)
-        total = as_count(usage.get("prompt_tokens") or 0)
-        miss = max(0, total - read - write_5m - write_1h)
-    return miss, read, write_5m, write_1h, output, reasoning
-
-
 def litellm_log_record(kwargs, response, start_time=None):
     """The line catop's callback writes for one call: an explicit list of fields,
     never prompt or response text, headers, keys or key hashes."""
@@ -6886,22 +7030,6 @@ def append_whole_line(path, line):
                 raise OSError(28, "a short write (is the disk full?)", path)
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def _held_lock(fd):
-    """An exclusive flock on an open file while the block runs (none where there is
-    no flock): appenders in several proxy workers take turns."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def make_litellm_handler():
@@ -7076,10 +7204,6 @@ def build_parser():
                          help="exit 3 when a budget is spent (a CI gate)")
     parser.add_argument("--version", action="version", version="catop " + __version__)
     return parser
-
-
-def warn(message):
-    sys.stderr.write("catop: warning: %s\n" % clean(message))
 
 
 def collect_sources(args, aggregate, now, history=None):
@@ -7359,98 +7483,6 @@ def parse_listen_address(text, default_host="127.0.0.1"):
     if not 0 < number < 65536:
         raise UsageError("not a HOST:PORT to listen on: %r" % text)
     return host, number
-
-
-HTTP_CONNECTION_TIMEOUT_S = 10.0   # a connection that sends nothing for this long is closed
-HTTP_MAX_CONNECTIONS = 32          # handled at once; more are answered 503 and closed
-
-
-def start_http_server(address, name, respond):
-    """A threaded HTTP server on a daemon thread.  respond(method, path, headers,
-    body file) returns (status, content type, body bytes) for every request.
-
-    Every request gets a reply, a failure of respond() a 500; nothing is ever
-    written to the terminal (the screen belongs to the live view): errors are
-    counted on the server (server.errors).  Idle connections time out, and at most
-    HTTP_MAX_CONNECTIONS are handled at once."""
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        timeout = HTTP_CONNECTION_TIMEOUT_S
-
-        def answer(self):
-            try:
-                status, kind, body = respond(self.command, self.path, self.headers, self.rfile)
-            except Exception as error:   # a bug here must not cost the client its reply
-                self.server.errors += 1
-                status, kind = 500, "application/json"
-                body = json.dumps({"error": "catop failed: %s" % type(error).__name__}).encode()
-            self.reply(status, kind, body)
-
-        def reply(self, status, kind, body):
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                if status >= 400:
-                    self.send_header("Connection", "close")
-                    self.close_connection = True
-                self.end_headers()
-                self.wfile.write(body)
-            except OSError:
-                self.server.errors += 1   # the client went away
-
-        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = answer
-
-        def log_message(self, *args):
-            pass  # the screen belongs to the live view
-
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 64
-        errors = 0
-        slots = threading.BoundedSemaphore(HTTP_MAX_CONNECTIONS)
-
-        def process_request(self, request, client_address):
-            if not self.slots.acquire(blocking=False):
-                with contextlib.suppress(OSError):
-                    request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0"
-                                    b"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
-                self.shutdown_request(request)
-                return
-            http.server.ThreadingHTTPServer.process_request(self, request, client_address)
-
-        def process_request_thread(self, request, client_address):
-            try:
-                http.server.ThreadingHTTPServer.process_request_thread(
-                    self, request, client_address)
-            finally:
-                self.slots.release()
-
-        def handle_error(self, request, client_address):
-            self.errors += 1      # never a traceback on the terminal
-
-    try:
-        server = Server(address, Handler)
-    except OSError as error:
-        raise CatopError("cannot listen on %s:%d: %s" % (address[0], address[1],
-                                                         error.strerror or error))
-    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
-    return server
-
-
-def serve_metrics(address, render):
-    """GET /metrics answered with render() on a thread of its own."""
-    def respond(method, path, headers, body):
-        if method != "GET" or path.split("?")[0].rstrip("/") != "/metrics":
-            return 404, "text/plain", b"only GET /metrics is here\n"
-        try:
-            text = render()
-        except Exception as error:  # a scrape must never take catop down
-            return 500, "text/plain", ("catop could not render metrics: %s\n" % error).encode()
-        return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode("utf-8")
-    return start_http_server(address, "catop-metrics", respond)
 
 
 def aggregate_model(model, group_by, since, until, session, now, budgets=None):

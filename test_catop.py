@@ -3628,6 +3628,49 @@ class LiveHistoryTests(IsolatedEnv):
         self.assertEqual(stored["requests"], 6 + 2)
 
 
+class LayoutTests(unittest.TestCase):
+
+    def test_each_section_uses_only_those_above_it(self):
+        """style.md's order: model, parsers, pricing, aggregation, io, render, output,
+        cli; no function of a section names a function or class of a later one."""
+        import ast
+        with open(os.path.join(HERE, "catop.py")) as handle:
+            text = handle.read()
+        banners = [(number + 1, match.group(1)) for number, line in
+                   enumerate(text.split("\n"))
+                   for match in [re.match(r"# -+ ([\w ]+)$", line)] if match]
+        order = [name for _, name in banners]
+        self.assertEqual(order, ["constants", "model", "small helpers", "parsers",
+                                 "agent parsers", "pricing", "aggregation", "io", "render",
+                                 "output", "cli"])
+
+        def section(line):
+            return max((start, name) for start, name in banners if start <= line)[1] \
+                if line >= banners[0][0] else "top"
+        tree = ast.parse(text)
+        defined = {}
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined[node.name] = section(node.lineno)
+        upward = []
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                continue
+            local = {arg.arg for sub in ast.walk(node)
+                     if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                     for arg in sub.args.args + sub.args.kwonlyargs}
+            local |= {sub.id for sub in ast.walk(node)
+                      if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store)}
+            local |= {sub.name for sub in ast.walk(node) if sub is not node and
+                      isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+            mine = order.index(section(node.lineno))
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and sub.id in defined and sub.id not in local \
+                        and order.index(defined[sub.id]) > mine:
+                    upward.append("%s -> %s" % (node.name, sub.id))
+        self.assertEqual(upward, [])
+
+
 class ConsistencyMatrixTests(IsolatedEnv):
     """One question, one answer: the same logs through every path catop has give the
     same totals, groups, breaks, what-if and wasted writes."""
