@@ -4444,8 +4444,13 @@ def read_bounded(response, deadline, limit_bytes, shown):
         left = deadline - time.monotonic()
         if left <= 0:
             raise too_slow
+        if response.isclosed():     # the whole body is in (3.13 closes its socket then)
+            return b"".join(pieces)
         if sock is not None:
-            sock.settimeout(min(LITELLM_TIMEOUT_S, left))
+            try:
+                sock.settimeout(min(LITELLM_TIMEOUT_S, left))
+            except OSError:
+                sock = None
         try:
             piece = response.read1(1 << 16)
         except OSError:
