@@ -3903,6 +3903,10 @@ class LiveSource(object):
         """Brings the history up to date with this source (nothing for sources the
         history does not keep)."""
 
+    def finish(self):
+        """Reads what is still pending (a last line without its newline), as a
+        snapshot reads it: called once, when watching ends (--once --duration)."""
+
     def close(self):
         pass
 
@@ -3928,6 +3932,9 @@ class LiveFileSource(LiveSource):
 
     def store(self, history):
         ingest_request_file(history, self.path, SourceStats(""))
+
+    def finish(self):
+        scan_request_lines([self.state.lines.tail()], self.stats, self.requests.append)
 
     def poll(self, rediscover=False):
         fresh, stats = [], SourceStats(self.stats.name)
@@ -3986,6 +3993,10 @@ class LiveStreamSource(LiveSource):
     def compaction_times(self):
         return ()
 
+    def finish(self):
+        if not self.closed:
+            scan_request_lines([self.reader.tail()], self.stats, self.requests.append)
+
 
 class LiveAgentSource(LiveSource):
     """One agent's folders: known files polled every tick, new files looked for
@@ -4013,6 +4024,9 @@ class LiveAgentSource(LiveSource):
 
     def store(self, history):
         ingest_agent(history, self.source.agent)
+
+    def finish(self):
+        self.source.scan(final=True, parallel=False, paths=self.paths)
 
     @property
     def stats(self):
@@ -4794,6 +4808,12 @@ class LiveModel(object):
 
     def stats(self):
         return [source.stats for source in self.sources]
+
+    def finish(self):
+        """Watching ends: what every source still holds pending is read, and taken in."""
+        for source in self.sources:
+            source.finish()
+        self.rebuild()
 
 
 _NO_GROUP = group_key_function(())
@@ -7413,6 +7433,7 @@ def run_watch(args, prices, since, until):
         time.sleep(min(args.interval, left))
     now = time.time()
     with lock:
+        model.finish()
         aggregate = aggregate_model(model, args.group_by, since, until, args.session, now,
                                     budget_tracker(args, now))
     return print_report(args, aggregate, model.stats(), prices, now)

@@ -3694,7 +3694,8 @@ class ConsistencyMatrixTests(IsolatedEnv):
                  json.dumps({"model": m, "pad": "x" * 3000}) + "\n",    # over the limit
                  json.dumps({"timestamp": NOW, "model": m}) + "\n"]    # no usage
         lines += [line("s3", 1000 + 20 * n, 2000 * n, 2000) for n in range(30)]
-        lines += [line("s2", 5, 0, 4000), line("s2", 100, 4000, 100)]  # back in time
+        lines += [line("s2", 5, 0, 4000), line("s2", 100, 4000, 100),  # back in time
+                  line("s4", 7, 0, 3000, end="")]                       # no newline yet
         path = os.path.join(self.tmp, "logs", "requests.jsonl")
         os.makedirs(os.path.dirname(path))
         with open(path, "wb") as handle:
@@ -3721,6 +3722,7 @@ class ConsistencyMatrixTests(IsolatedEnv):
             with open(grown, "ab") as handle:
                 handle.write(data[start:start + chunk_bytes])
             model.poll()
+        model.finish()
         now = time.time()
         aggregate = catop.aggregate_model(model, ("session", "model"), None, None, None, now)
         report = catop.Report(aggregate, model.stats(), PRICES, now)
@@ -3752,7 +3754,7 @@ class ConsistencyMatrixTests(IsolatedEnv):
                     paths["stdin"] = self.snapshot("--stdin", "--no-history")
             os.remove(path)
             paths["history, the log deleted"] = self.snapshot("--history", history)
-        self.assertEqual(reference["totals"]["requests"], 37)
+        self.assertEqual(reference["totals"]["requests"], 38)
         # by hand: s2's second request (at +10 s, read 0 of the 4,000 written at +5 s),
         # s1's late one (+30 s, read 0 of 10,000 written at +0 s) and s1's +400 s one
         # (340 s after the last, past the 5-minute TTL)
@@ -3774,7 +3776,7 @@ class ConsistencyMatrixTests(IsolatedEnv):
         cache = {}
         frame = catop.build_frame(model, view, NOW, cache=cache)
         with open(path, "a") as handle:     # appended: the cached table takes it in
-            handle.write(json.dumps({"timestamp": NOW + 5000, "model": "gpt-4o",
+            handle.write("\n" + json.dumps({"timestamp": NOW + 5000, "model": "gpt-4o",
                                      "session_id": "s9", "usage": {"prompt_tokens": 1234,
                                                                    "completion_tokens": 5}})
                          + "\n")
@@ -3784,7 +3786,7 @@ class ConsistencyMatrixTests(IsolatedEnv):
         self.assertEqual(frame.totals.as_dict(), snapshot.totals.as_dict())
         self.assertEqual({key: tally.as_dict() for key, tally in frame.rows},
                          {key: tally.as_dict() for key, tally in snapshot.tallies.items()})
-        self.assertEqual(frame.totals.requests, 38)
+        self.assertEqual(frame.totals.requests, 39)   # the last line, ended, and the new
 
     def test_agent_logs_by_every_path(self):
         self.point_agents_at_examples()
