@@ -1119,7 +1119,7 @@ class FileContext(object):
         self.project = ""
         self.model = ""
         self.start_ts = None
-        self.first_ts = None      # the earliest record's time in the file (its rank)
+        self.first_ts = None      # its first record's time (the file's rank)
         self.fork = False
         self.parent_session = ""
         self.previous_total = None
@@ -3487,6 +3487,7 @@ def read_new_blocks(state, final=True, block_bytes=READ_BLOCK_BYTES):
             for data in iter_blocks(handle, reader.offset, None, block_bytes):
                 if state.head is None:   # read from the start: its fingerprint, no second open
                     state.head = head_of(data[:FILE_HEAD_BYTES])
+                    state.context.first_ts = first_record_time(data)
                 data = reader.feed_block(data)
                 if data:
                     yield data
@@ -3557,7 +3558,7 @@ class AgentSource(object):
         self.compaction_times = []  # (session, ts)
         self.version = 0         # grows whenever something new was read
         self.opencode_signature = None
-        self.first_ts = {}       # path -> its earliest record's time: the file's rank
+        self.first_ts = {}       # path -> its earliest record's time, when not in its state
         self.ties = {}           # key -> {path: Request}: equal copies in several files
 
     def __getstate__(self):      # a worker sends it home: the table entry stays here
@@ -3578,7 +3579,10 @@ class AgentSource(object):
             return (0.0 if path.endswith(".jsonl") else 1.0), path
         if path is None:            # stored by an older catop: the file is not known
             return math.inf, "\U0010ffff"
-        first = self.first_ts.get(path)
+        state = self.states.get(path)
+        first = state.context.first_ts if state is not None else None
+        if first is None:
+            first = self.first_ts.get(path)
         if first is None:
             first = self.first_ts[path] = earliest_record_time(path)
         return first, path
@@ -3789,17 +3793,21 @@ EARLIEST_RECORD_BYTES = 1 << 16
 NO_RECORD_TIME = 1e308      # a file with no timestamp ranks last (JSON has no inf)
 
 
+def first_record_time(data):
+    """The time of the first record of a file, from its first block (a log is written
+    in time order: its first record is its earliest), NO_RECORD_TIME when none."""
+    found = _RECORD_TIME.search(data)
+    ts = parse_timestamp(found.group(1).decode("ascii", "replace")) if found else None
+    return NO_RECORD_TIME if ts is None else ts
+
+
 def earliest_record_time(path):
-    """The earliest "timestamp" among the records of a file's first 64 KB (a log
-    is written in time order, so they hold it), NO_RECORD_TIME when there is none."""
+    """first_record_time of a file not read from its start in this run."""
     try:
         with open_regular(path) as handle:
-            head = handle.read(EARLIEST_RECORD_BYTES)
+            return first_record_time(handle.read(EARLIEST_RECORD_BYTES))
     except OSError:
         return NO_RECORD_TIME
-    times = [parse_timestamp(found.decode("ascii", "replace"))
-             for found in _RECORD_TIME.findall(head)]
-    return min([ts for ts in times if ts is not None] or [NO_RECORD_TIME])
 
 
 def read_gemini_document(path, ctx):
@@ -5176,15 +5184,10 @@ def ingest_agent(history, name):
     if not spec.whole:
         for path in paths:
             state = source.states[path] = history.file_state(path)
-            if state.context.first_ts is not None:
-                source.first_ts[path] = state.context.first_ts
             before[path] = (state.device, state.inode, state.offset, state.restarts,
                             state.size, state.mtime)
     source.scan(final=True, paths=paths)   # as a snapshot does; the tail stays pending
     source.settle_ties()
-    for path, state in source.states.items():
-        if spec.rank == "time" and state.context.first_ts is None and source.ties:
-            state.context.first_ts = source.file_rank(path)[0]
     label = "agent:" + name
     counted = [0]
 
@@ -5221,9 +5224,6 @@ def seed_agent_source(live, history):
     if not source.spec.whole:
         for path in agent_files(name):
             source.states[path] = history.file_state(path)
-    for path, state in source.states.items():
-        if state.context.first_ts is not None:
-            source.first_ts[path] = state.context.first_ts
     for text, req in history.rows("agent:" + name):
         key = source.spec.key_from_history(text)
         if key is None:
@@ -7369,9 +7369,18 @@ def check_gates(args, totals, breaks=(), budgets=None):
     return reasons
 
 
+UNCUT_WIDTH = 1 << 20   # a pipe or a file has no width: nothing is cut for it
+
+
 def output_width(args):
+    """--width, else $COLUMNS, else the terminal's; piped or redirected, no limit."""
     if args.width:
         return args.width
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return max(20, int(columns))
+    if not sys.stdout.isatty():
+        return UNCUT_WIDTH
     return max(20, shutil.get_terminal_size((80, 24)).columns)
 
 

@@ -1639,6 +1639,16 @@ class CliTests(IsolatedEnv):
             self.assertEqual(catop.iso_utc(ts), datetime.fromtimestamp(ts, timezone.utc)
                              .strftime("%Y-%m-%dT%H:%M:%SZ"))
 
+    def test_piped_output_is_never_cut_unless_a_width_is_given(self):
+        code, out, _ = self.run_main("--demo", "--offline", "--no-history")   # not a terminal
+        self.assertEqual(code, 0)
+        self.assertGreater(max(map(len, out.splitlines())), 80)
+        self.assertFalse([line for line in out.splitlines() if line.endswith(("~", "\u2026"))])
+        for argv, env in ((("--width", "60"), {}), ((), {"COLUMNS": "60"})):
+            with self.subTest(argv=argv, env=env), mock.patch.dict(os.environ, env):
+                code, out, _ = self.run_main("--demo", "--offline", "--no-history", *argv)
+                self.assertEqual(max(map(len, out.splitlines())), 60)
+
     def test_csv_rows_and_totals_row(self):
         code, out, _ = self.run_main("--file", example("openai-chat.jsonl"), "--format", "csv",
                                      "--offline", "--sort", "name")
