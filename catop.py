@@ -1668,24 +1668,22 @@ class PriceClasses(object):
         return ids
 
 
-def _classes_by_rate(classes):
-    """[(group, model, provider, above tier), Tally] of the classes with requests."""
-    by_rate, merged = {}, set()
-    for key, tally in zip(classes.keys, classes.tallies):
-        if not tally.requests:
-            continue
-        rate = key[:4]
-        mine = by_rate.get(rate)
+def sum_tallies(keyed_tallies):
+    """{key: Tally} summing (key, Tally) pairs; a key of one tally shares it (no copy:
+    most groups have a single class), a key of several gets a tally of its own."""
+    sums, own = {}, set()
+    for key, tally in keyed_tallies:
+        mine = sums.get(key)
         if mine is None:
-            by_rate[rate] = tally
+            sums[key] = tally
             continue
-        if rate not in merged:  # a tally of its own, not the first class's
-            merged.add(rate)
+        if key not in own:
+            own.add(key)
             first, mine = mine, Tally()
             mine.merge(first)
-            by_rate[rate] = mine
+            sums[key] = mine
         mine.merge(tally)
-    return by_rate.items()
+    return sums
 
 
 def priced_groups(classes, prices):
@@ -1703,8 +1701,10 @@ def price_classes(classes, prices):
     sets to the same).  A group of one class shares that class's tally.  The paired
     and unpaired classes of one rate are summed before pricing, so that a table that
     pairs nothing (the live view's) prices to the same cent, to the last digit."""
-    groups, unpriced, combined = {}, {}, set()
-    for (group, model, provider, above_tier), tally in _classes_by_rate(classes):
+    by_rate = sum_tallies((key[:4], tally) for key, tally in zip(classes.keys, classes.tallies)
+                          if tally.requests)
+    unpriced = {}
+    for (group, model, provider, above_tier), tally in by_rate.items():
         rates = prices.rates(model, provider)
         if rates is None:
             tally.cost = tally.no_cache_cost = 0.0
@@ -1714,17 +1714,7 @@ def price_classes(classes, prices):
         else:
             tally.cost, tally.no_cache_cost = tokens_cost(tally, tier_rates(rates, above_tier))
             tally.unpriced_requests = 0
-        mine = groups.get(group)
-        if mine is None:
-            groups[group] = tally
-            continue
-        if group not in combined:  # a tally of its own, not the first class's
-            combined.add(group)
-            first, mine = mine, Tally()
-            mine.merge(first)
-            groups[group] = mine
-        mine.merge(tally)
-    return groups, unpriced
+    return sum_tallies((rate[0], tally) for rate, tally in by_rate.items()), unpriced
 
 
 class Aggregate(object):

@@ -4150,6 +4150,12 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(want["requests"], count)
         return path, want
 
+    def alter_store(self, statement):
+        db = sqlite3.connect(self.store)
+        db.execute(statement)
+        db.commit()
+        db.close()
+
     def moved_aside(self):
         return [name for name in os.listdir(os.path.dirname(self.store)) if ".corrupt-" in name
                 and not name.endswith(("-wal", "-shm"))]
@@ -4175,10 +4181,8 @@ class HistoryTests(IsolatedEnv):
 
     def test_undecodable_text_in_the_store_is_damage_not_a_crash(self):
         path, want = self.stored_log(200)
-        db = sqlite3.connect(self.store)
-        db.execute("UPDATE requests SET model = CAST(X'FF1B5B324A' AS TEXT) WHERE rowid % 20 = 0")
-        db.commit()
-        db.close()
+        self.alter_store("UPDATE requests SET model = CAST(X'FF1B5B324A' AS TEXT)"
+                         " WHERE rowid % 20 = 0")
         code, out, err = self.run_main("--export-history", "csv")
         self.assertEqual(code, 1)
         self.assertIn("is damaged", err)
@@ -4188,10 +4192,8 @@ class HistoryTests(IsolatedEnv):
 
     def test_a_row_no_report_would_show_is_counted_and_said(self):
         path, want = self.stored_log(50)
-        db = sqlite3.connect(self.store)
-        db.execute("UPDATE requests SET source = 'filf:' || substr(source, 6) WHERE rowid = 7")
-        db.commit()
-        db.close()
+        self.alter_store("UPDATE requests SET source = 'filf:' || substr(source, 6)"
+                         " WHERE rowid = 7")
         code, out, err = self.run_main("--file", path, "--format", "json", "--offline")
         self.assertEqual(code, 0)
         doc = strict_json(out)
