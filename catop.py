@@ -2014,9 +2014,11 @@ SORT_COLUMNS = {
 
 
 def sorted_groups(groups, sort="cost", descending=True, top=None):
-    """[(key, tally)] ordered by a column (ties by key), cut to top N."""
-    if sort == "name":
-        rows = sorted(groups.items(), key=lambda item: item[0], reverse=not descending)
+    """[(key, tally)] ordered by a column, largest first unless not descending (ties by
+    key), cut to top N.  "name" orders by the group's key, A to Z, and "time" too:
+    days, weeks and months oldest first, newest last (as ccusage lists them)."""
+    if sort in ("name", "time"):
+        rows = sorted(groups.items(), key=lambda item: item[0])
     else:
         column = SORT_COLUMNS[sort]
         rows = sorted(groups.items(), key=lambda item: item[0])
@@ -7169,9 +7171,12 @@ def build_parser():
                            "format")
     view.add_argument("--group-by", type=parse_group_by, default=("model",), metavar="FIELDS",
                       help="comma list of %s, or none (default model)" % ",".join(GROUP_FIELDS))
-    view.add_argument("--sort", choices=sorted(SORT_COLUMNS) + ["name"], default="cost",
-                      help="sort groups by this column, largest first (default cost)")
-    view.add_argument("--ascending", action="store_true", help="sort smallest first")
+    view.add_argument("--sort", choices=sorted(SORT_COLUMNS) + ["name", "time"],
+                      help="sort groups by this column, largest first; name: A to Z; time: "
+                           "oldest first (default: time when grouped by day, week or month, "
+                           "else cost)")
+    view.add_argument("--ascending", action="store_true",
+                      help="numbers smallest first (name is always A to Z, time oldest first)")
     view.add_argument("--top", type=parse_positive(int), metavar="N",
                       help="show the first N groups only")
     view.add_argument("--session", metavar="ID",
@@ -7653,7 +7658,8 @@ def run_live(args, prices, since, until):
     if not sources:
         raise CatopError(no_data_message())
     model = LiveModel(sources, prices)
-    view = View(args.group_by or ("model",), args.window, args.sort, not args.ascending)
+    view = View(args.group_by or ("model",), args.window, args.sort or "cost",
+                not args.ascending)
     view.bounds = (since, until) if (args.since or args.until) else (None, None)
     if args.session:
         view.stack = [args.session]
@@ -7744,6 +7750,13 @@ def budget_tracker(args, now):
     return BudgetTracker(limits, now) if limits else None
 
 
+def report_sort(args):
+    """--sort, else time for a grouping by day, week or month (newest last), else cost."""
+    if args.sort:
+        return args.sort
+    return "time" if set(args.group_by) & set(_CALENDAR_GROUPS) else "cost"
+
+
 def print_report(args, aggregate, sources, prices, now):
     """Prints one report in the format asked for; returns the exit status (gates)."""
     if args.session is not None:
@@ -7755,8 +7768,8 @@ def print_report(args, aggregate, sources, prices, now):
                               if args.session not in ambiguous or e[0].session == args.session]
         if not aggregate.timeline:
             raise CatopError("no requests of session %s in this window" % clean(args.session))
-    report = Report(aggregate, sources, prices, now, args.sort, not args.ascending, args.top,
-                    REFUSED_VALUES)
+    report = Report(aggregate, sources, prices, now, report_sort(args), not args.ascending,
+                    args.top, REFUSED_VALUES)
     ellipsis = "\u2026" if (sys.stdout.encoding or "").lower().replace("-", "") == "utf8" else "~"
     if args.format == "json":
         pieces = iter_json(report)

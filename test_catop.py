@@ -1639,6 +1639,27 @@ class CliTests(IsolatedEnv):
             self.assertEqual(catop.iso_utc(ts), datetime.fromtimestamp(ts, timezone.utc)
                              .strftime("%Y-%m-%dT%H:%M:%SZ"))
 
+    def test_days_weeks_and_months_are_listed_in_time_order(self):
+        path = os.path.join(self.tmp, "days.jsonl")
+        with open(path, "w") as handle:
+            for day, tokens in ((9, 100), (10, 900), (11, 500)):     # costliest in the middle
+                for model in ("gpt-4o", "o3"):
+                    handle.write(json.dumps({"timestamp": "2026-03-%02dT12:00:00Z" % day,
+                                             "model": model, "usage": {
+                                                 "prompt_tokens": tokens}}) + "\n")
+        doc = self.run_json("--file", path, "--group-by", "day,model")
+        self.assertEqual([tuple(g["key"].values()) for g in doc["groups"]],
+                         [("2026-03-09", "gpt-4o"), ("2026-03-09", "o3"),
+                          ("2026-03-10", "gpt-4o"), ("2026-03-10", "o3"),
+                          ("2026-03-11", "gpt-4o"), ("2026-03-11", "o3")])
+        by_cost = self.run_json("--file", path, "--group-by", "day", "--sort", "cost")
+        self.assertEqual([g["key"]["day"] for g in by_cost["groups"]],
+                         ["2026-03-10", "2026-03-11", "2026-03-09"])
+        for extra in ((), ("--ascending",)):
+            names = self.run_json("--file", path, "--group-by", "model", "--sort", "name",
+                                  *extra)
+            self.assertEqual([g["key"]["model"] for g in names["groups"]], ["gpt-4o", "o3"])
+
     def test_piped_output_is_never_cut_unless_a_width_is_given(self):
         code, out, _ = self.run_main("--demo", "--offline", "--no-history")   # not a terminal
         self.assertEqual(code, 0)
