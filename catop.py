@@ -6069,8 +6069,7 @@ def describe_window(since, until):
 def describe_source(stats):
     skipped = ", ".join("%s %s" % (fmt_int(n), k.replace("_", " "))
                         for k, n in stats.skipped.items() if n)
-    text = "%s: %s record%s" % (clean(stats.name), fmt_int(stats.records),
-                                "" if stats.records == 1 else "s")
+    text = "%s: %s" % (clean(stats.name), counted(stats.records, "record"))
     if stats.compactions:
         text += ", %s compaction%s" % (fmt_int(stats.compactions),
                                        "" if stats.compactions == 1 else "s")
@@ -6110,9 +6109,11 @@ def render_breaks_section(agg, width, ellipsis="~"):
             figures = doc[policy]
             change = figures["delta_usd"]
             verdict = ("would have saved %s" % fmt_usd(-change) if change < 0 else
-                       "would have cost %s more" % fmt_usd(change))
-            lines.append("what-if  %s: %s (%d breaks avoided, %d added)" % (
-                label, verdict, figures["breaks_avoided"], figures["breaks_added"]))
+                       "would have cost %s more" % fmt_usd(change) if change > 0 else
+                       "would have cost the same")
+            avoided = figures["breaks_avoided"]
+            lines.append("what-if  %s: %s (%s avoided, %d added)" % (
+                label, verdict, counted(avoided, "break"), figures["breaks_added"]))
     wasted = wasted_dict(agg)
     if wasted["tokens"]:
         lines.append("wasted writes  %s tokens written and never read before their TTL ran "
@@ -6156,8 +6157,11 @@ def render_report(report, width=80, ellipsis="~"):
         names = ", ".join("%s (%s)" % (clean(m), fmt_int(n))
                           for m, n in sorted(agg.unpriced_models.items()))
         lines.append("")
-        lines.append(fit("unpriced: %s - tokens counted, cost shown as $0; "
-                         "give --prices or drop --offline" % names, width, ellipsis))
+        nameless = set(agg.unpriced_models) <= {"unknown", "(unknown model)"}
+        hint = ("the logs name no model, so no price can be found" if nameless else
+                "give --prices or drop --offline")
+        lines.append(fit("unpriced: %s - tokens counted, cost shown as $0; %s"
+                         % (names, hint), width, ellipsis))
     if report.refused:
         lines.append("")
         lines.append(fit("refused: %s - out of range or not a number, each taken as absent"
@@ -6172,6 +6176,11 @@ def render_report(report, width=80, ellipsis="~"):
 def plural(count, word):
     """word for one, word + "s" for any other count."""
     return word if count == 1 else word + "s"
+
+
+def counted(count, word):
+    """"1 request", "0 requests", "1,204 requests"."""
+    return "%s %s" % (fmt_int(count), plural(count, word))
 
 
 def render_timeline(report, width=80, ellipsis="~"):
@@ -6191,8 +6200,8 @@ def render_timeline(report, width=80, ellipsis="~"):
             break
     if overflow > 0:
         widths[1] = max(8, widths[1] - overflow)
-    lines = [fit("session %s  (%s requests)" % (clean(", ".join(sessions)), len(entries)),
-                 width, ellipsis)]
+    lines = [fit("session %s  (%s)" % (clean(", ".join(sessions)),
+                                       counted(len(entries), "request")), width, ellipsis)]
     for cells, (req, _, cause) in zip([header] + rows, [(None, None, "")] + entries):
         text = "  ".join(
             pad(fit(cell, w, ellipsis), w) if i < 2 else cell.rjust(w)
@@ -7451,8 +7460,8 @@ def maintain_history(args, now):
     try:
         if args.prune_history:
             count = history.prune(args.prune_history, now)
-            sys.stderr.write("catop: deleted %s stored requests older than %d days\n" % (
-                fmt_int(count), args.prune_history))
+            sys.stderr.write("catop: deleted %s older than %s\n" % (
+                counted(count, "stored request"), counted(args.prune_history, "day")))
         if args.export_history:
             export_history(history, args.export_history, sys.stdout)
     except Exception as error:

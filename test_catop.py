@@ -1639,6 +1639,18 @@ class CliTests(IsolatedEnv):
             self.assertEqual(catop.iso_utc(ts), datetime.fromtimestamp(ts, timezone.utc)
                              .strftime("%Y-%m-%dT%H:%M:%SZ"))
 
+    def test_counts_read_in_the_singular_and_a_nameless_model_is_not_sent_online(self):
+        path = os.path.join(self.tmp, "one.jsonl")
+        with open(path, "w") as handle:
+            handle.write(json.dumps({"timestamp": NOW, "session_id": "s",
+                                     "usage": {"prompt_tokens": 10}}) + "\n")
+        code, out, _ = self.run_main("--file", path, "--offline", "--no-history",
+                                     "--session", "s")
+        self.assertIn("1 record\n", out)
+        self.assertIn("(1 request)", out)
+        self.assertIn("unpriced: (unknown model) (1) - tokens counted, cost shown as $0; the logs "
+                      "name no model, so no price can be found", out)
+
     def test_days_weeks_and_months_are_listed_in_time_order(self):
         path = os.path.join(self.tmp, "days.jsonl")
         with open(path, "w") as handle:
@@ -2476,7 +2488,9 @@ class WhatIfTests(unittest.TestCase):
             catop.main(["--file", path, "--offline", "--width", "120", "--session", "s"])
         text = out.getvalue()
         self.assertIn("cache breaks  1, costing $0.0414 above the cache-read rate", text)
-        self.assertIn("what-if  all cache writes 1 h: would have saved $0.0347 (1 breaks "
+        self.assertIn("what-if  all cache writes 5 m: would have cost the same (0 breaks "
+                      "avoided, 0 added)", text)
+        self.assertIn("what-if  all cache writes 1 h: would have saved $0.0347 (1 break "
                       "avoided, 0 added)", text)
         self.assertIn("break: ttl_expired", text)
 
@@ -4344,7 +4358,7 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(len(rows), 3)
         code, _, err = self.run_main("--prune-history", "30")
         self.assertEqual(code, 0)
-        self.assertIn("deleted 1 stored requests older than 30 days", err)
+        self.assertIn("deleted 1 stored request older than 30 days", err)
         code, out, _ = self.run_main("--export-history", "jsonl")
         self.assertEqual([json.loads(l)["miss_tokens"] for l in out.splitlines()], [7])
         script = os.path.join(HERE, "catop.py")
