@@ -2071,6 +2071,8 @@ def resolve_window(window, since_text, until_text, now):
         bound = parse_time_bound(since_text, now)
         since = bound if since is None else max(since, bound)
     until = parse_time_bound(until_text, now) if until_text else None
+    if since is not None and until is not None and until <= since:
+        raise ValueError("--until %s is not after the start of the window" % until_text)
     return since, until
 
 
@@ -3207,6 +3209,8 @@ def expand_file_args(paths):
             candidates = sorted(os.path.join(path, name) for name in os.listdir(path)
                                 if name.endswith(".jsonl") and
                                 os.path.isfile(os.path.join(path, name)))
+            if not candidates:
+                raise SourceError("no .jsonl log in the folder %s" % clean(path))
         elif os.path.isfile(path):
             candidates = [path]
         elif os.path.exists(path):
@@ -3294,6 +3298,13 @@ def _codex_files(root):
 
 def agent_present(name):
     return bool(agent_files(name))
+
+
+def missing_agent_message(name):
+    """Where an agent's logs were looked for, and how to say where they are."""
+    spec = AGENT_TABLE[name]
+    return ("no %s logs found in %s (set %s to the folder that holds them)"
+            % (name, ", ".join(clean(root) for root in spec.roots()), spec.variable))
 
 
 def no_data_message():
@@ -5087,6 +5098,13 @@ class History(object):
             values = ()
         for row in self.db.execute(query, values):
             yield row[0], Request(*row[1:])
+
+    def holds(self, scope):
+        """Whether any stored request is in scope (see requests)."""
+        values = []
+        condition = _scope_condition(scope, values)
+        return self.db.execute("SELECT 1 FROM requests WHERE %s LIMIT 1" % condition,
+                               values).fetchone() is not None
 
     def has_requests(self):
         return self.db.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is not None
@@ -7101,7 +7119,25 @@ def parse_group_by(text):
     if bad:
         raise argparse.ArgumentTypeError(
             "unknown group %s (choose from %s, or none)" % (", ".join(bad), ",".join(GROUP_FIELDS)))
+    repeated = sorted(set(f for f in fields if fields.count(f) > 1))
+    if repeated:
+        raise argparse.ArgumentTypeError("%s given twice" % ", ".join(repeated))
     return fields
+
+
+def parse_width(text):
+    width = parse_positive(int)(text)
+    if width < 20:
+        raise argparse.ArgumentTypeError("at least 20 columns")
+    return width
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one line and a hint, not the whole usage."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, "%s: error: %s (%s --help for more)\n"
+                  % (self.prog, message, self.prog))
 
 
 def parse_ratio(text):
@@ -7127,8 +7163,8 @@ def parse_positive(kind):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="catop.py",
+    parser = OneLineParser(
+        prog="catop",
         description="top for LLM prompt-cache economics: cache hits, cost and savings "
                     "from request logs and coding-agent logs.",
         epilog="Exit status: 0 ok, 1 runtime error, 2 usage error, 3 gate breached, "
@@ -7196,8 +7232,9 @@ def build_parser():
                       help="from this ISO date/time (local unless it has a zone) or span ago "
                            "like 90m, 2h, 7d (inclusive)")
     view.add_argument("--until", metavar="WHEN", help="up to this time (exclusive)")
-    view.add_argument("--width", type=parse_positive(int), metavar="COLUMNS",
-                      help="table width (default: the terminal's, else 80)")
+    view.add_argument("--width", type=parse_width, metavar="COLUMNS",
+                      help="table width, 20 or more (default: $COLUMNS, else the terminal's; "
+                           "piped, nothing is cut)")
     prices = parser.add_argument_group("prices")
     prices.add_argument("--prices", metavar="PATH",
                         help="a LiteLLM-format price map; otherwise the user cache (<24 h), "
@@ -7285,6 +7322,9 @@ def collect_sources(args, aggregate, now, history=None):
         if no_source and not agents and (history is None or not history.has_requests()):
             raise CatopError(no_data_message())
     for name in agents:
+        if name in args.agent and not agent_present(name) and not (
+                history is not None and history.holds(history_scope(["agent:" + name]))):
+            raise SourceError(missing_agent_message(name))
         if history is not None:
             sources.append(ingest_agent(history, name))
             stored.append("agent:" + name)
@@ -7825,8 +7865,7 @@ def main(argv=None):
     try:
         return run(args)
     except UsageError as error:
-        parser.print_usage(sys.stderr)
-        sys.stderr.write("catop: error: %s\n" % error)
+        sys.stderr.write("catop: error: %s (catop --help for more)\n" % error)
         return EXIT_USAGE
     except CatopError as error:
         sys.stderr.write("catop: %s\n" % error)
