@@ -1526,6 +1526,7 @@ class PriceBook(object):
         self.origin = origin
         self.age_s = age_s
         self._resolved = {}
+        self.model_names = ModelNames(self)   # the name a model's group goes by
 
     def __len__(self):
         return len(self.table)
@@ -1549,6 +1550,31 @@ class PriceBook(object):
         rates = rates_from_entry(self.table[name]) if name else None
         self._resolved[key] = rates
         return rates
+
+
+class ModelNames(object):
+    """The name a model's group goes by: a dated name (claude-sonnet-4-5-20250929) by
+    its undated one (claude-sonnet-4-5) when both are priced at the same rates, so
+    one model is one row; otherwise the name as logged.  Worked out once a name."""
+
+    def __init__(self, prices):
+        self.prices = prices
+        self.names = {}
+
+    def __call__(self, model, provider=""):
+        key = (model, provider)
+        name = self.names.get(key)
+        if name is None:
+            name = self.names[key] = self._name(model, provider)
+        return name
+
+    def _name(self, model, provider):
+        undated = _DATE_SUFFIX.sub("", model) if model else model
+        if undated and undated != model:
+            rates = self.prices.rates(model, provider)
+            if rates is not None and rates == self.prices.rates(undated, provider):
+                return undated
+        return model
 
 
 def request_cost(req, rates):
@@ -1601,10 +1627,17 @@ def local_month(ts):
 _CALENDAR_KEYS = {"day": local_day, "week": local_week, "month": local_month}
 
 
-def group_key_function(group_by):
-    """req -> its group key, a tuple of the group_by fields (day: the local date)."""
+def group_key_function(group_by, prices=None):
+    """req -> its group key, a tuple of the group_by fields (day: the local date; with
+    prices, model: the name it is priced under alike, see ModelNames)."""
     if not group_by:
         return lambda req: ()
+    if prices is not None and "model" in group_by:
+        names = prices.model_names
+        getters = [(lambda req, of=_CALENDAR_KEYS[field]: of(req.ts)) if field in _CALENDAR_KEYS
+                   else (lambda req: names(req.model, req.provider)) if field == "model"
+                   else (lambda req, field=field: getattr(req, field)) for field in group_by]
+        return lambda req: tuple(getter(req) for getter in getters)
     if not _CALENDAR_KEYS.keys() & set(group_by):  # plain attributes: read in C
         if len(group_by) > 1:
             return operator.attrgetter(*group_by)
@@ -1732,7 +1765,7 @@ class Aggregate(object):
         self.since = since
         self.until = until
         self.session = session
-        self.key_of = group_key_function(self.group_by)
+        self.key_of = group_key_function(self.group_by, prices)
         # grouped by session: each group's (models, projects), for the session listing
         self.details = {} if "session" in self.group_by else None
         # pairs the requests, and counts each in its price class (effects.classes)
@@ -1752,7 +1785,7 @@ class Aggregate(object):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.key_of = group_key_function(self.group_by)
+        self.key_of = group_key_function(self.group_by, self.prices)
         self.effects.prices, self.effects.key_of = self.prices, self.key_of
 
     def finish(self, now):
@@ -5734,7 +5767,8 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None
     elif cache.get("shape") == shape and cache.get("version") == model.version - 1 and \
             model.appended is not None and until is None and view.level() != "timeline":
         table = cache["table"]
-        _add_to_table(table, _in_view(model.appended, view, start), view, model.prices)
+        _add_to_table(table, _in_view(model.appended, view, start, model.prices), view,
+                      model.prices)
     else:
         table = _build_table(timeline.since(start, until), view, model.prices)
     cache["shape"], cache["version"], cache["table"] = shape, model.version, table
@@ -5766,12 +5800,12 @@ def _view_bounds(view, now):
     return start, until
 
 
-def _in_view(entries, view, start=None):
+def _in_view(entries, view, start=None, prices=None):
     """The entries inside the view's drill-down path (and after start, if given)."""
     if start is not None:
         entries = [e for e in entries if e.req.ts is not None and e.req.ts >= start]
     for group_by, key in [level for level in view.stack if not isinstance(level, str)]:
-        key_of = group_key_function(group_by)
+        key_of = group_key_function(group_by, prices)
         entries = [e for e in entries if key_of(e.req) == key]
     if view.level() == "timeline":
         session = view.stack[-1]
@@ -5784,7 +5818,7 @@ def _build_table(entries, view, prices):
     unpriced}; grouped tables are sorted and filtered when shown.  Its requests are
     counted in price classes and priced as a snapshot prices them (one engine)."""
     table = {"classes": PriceClasses(), "details": {}, "rows": []}
-    _add_to_table(table, _in_view(entries, view), view, prices)
+    _add_to_table(table, _in_view(entries, view, None, prices), view, prices)
     return table
 
 
@@ -5796,7 +5830,7 @@ def _add_to_table(table, entries, view, prices):
         rows = table["rows"] + [(e.req, e.cost) for e in entries]
         table["rows"] = sorted(rows, key=lambda row: request_order(row[0]))
     else:
-        key_of = group_key_function(view.grouping())
+        key_of = group_key_function(view.grouping(), prices)
         for entry in entries:
             req = entry.req
             key = key_of(req)
@@ -6621,6 +6655,7 @@ def report_dict(report):
     """The JSON document of design.md (field names are a contract); its long
     lists (groups, timeline) are generators, written out one item at a time."""
     agg = report.aggregate
+    models = logged_models(agg) if "model" in agg.group_by else None
     doc = {
         "catop_version": __version__,
         "generated_at": iso_utc(report.now),
@@ -6629,7 +6664,9 @@ def report_dict(report):
         "prices": {"origin": report.prices.origin, "models": len(report.prices),
                    "age_s": int(report.prices.age_s)},
         "totals": agg.totals.as_dict(),
-        "groups": (dict([("key", dict(zip(agg.group_by, key)))] + list(t.as_dict().items()))
+        "groups": (dict([("key", dict(zip(agg.group_by, key)))] +
+                        ([("models", sorted(models[key]))] if models else []) +
+                        list(t.as_dict().items()))
                    for key, t in report.rows),
         "unpriced_models": sorted(agg.unpriced_models),
         "breaks": EncodedItems(item.as_json() for item in agg.effects.breaks),
@@ -6644,6 +6681,15 @@ def report_dict(report):
         doc["timeline"] = (timeline_entry(req, cost, cause) for req, cost, cause in
                            sorted(agg.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0)))
     return doc
+
+
+def logged_models(agg):
+    """{group key: the model names as logged} (a group may gather a dated and an
+    undated name: see ModelNames)."""
+    found = {}
+    for key in agg.effects.classes.keys:
+        found.setdefault(key[0], set()).add(key[1])
+    return found
 
 
 def timeline_entry(req, cost, cause=""):

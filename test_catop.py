@@ -1083,8 +1083,9 @@ class AgentTests(IsolatedEnv):
                                            "skipped": {"malformed": 1, "no_usage": 0,
                                                        "duplicate": 3}}])
         models = {g["key"]["model"]: g["requests"] for g in doc["groups"]}
-        self.assertEqual(models, {"claude-sonnet-4-5-20250929": 4, "claude-opus-4-5": 1,
-                                  "claude-haiku-4-5-20251001": 1})
+        # dated names are grouped under the undated one priced alike (one model, one row)
+        self.assertEqual(models, {"claude-sonnet-4-5": 4, "claude-opus-4-5": 1,
+                                  "claude-haiku-4-5": 1})
 
     def test_claude_code_subagent_rolls_into_parent_session(self):
         doc = self.agent_totals("claude-code", "--group-by", "session,project")
@@ -1434,13 +1435,13 @@ class RenderTests(IsolatedEnv):
                             now=1773158400.0)
 
     GOLDEN_80 = """\
-MODEL                  REQ   READ  WRITE   MISS    OUT   HIT%     COST     SAVED
-gemini-2.5-pro           2   200k      0  51.0k  4,050  79.7%  $0.2367   $0.4500
-claude-sonnet-4-5-20~    1  20.0k  3,000     50    400  86.8%  $0.0279   $0.0473
-o3                       1  8,000      0  2,000  2,000  80.0%  $0.0240   $0.0120
-claude-haiku-4-5         1      0  5,000     10    100   0.0%  $0.0068  -$0.0013
-gpt-4o                   1  1,500      0    500    300  75.0%  $0.0061   $0.0019
-TOTAL                    6   230k  8,000  53.6k  6,850  78.8%  $0.3015   $0.5099
+MODEL              REQ   READ  WRITE   MISS    OUT   HIT%     COST     SAVED
+gemini-2.5-pro       2   200k      0  51.0k  4,050  79.7%  $0.2367   $0.4500
+claude-sonnet-4-5    1  20.0k  3,000     50    400  86.8%  $0.0279   $0.0473
+o3                   1  8,000      0  2,000  2,000  80.0%  $0.0240   $0.0120
+claude-haiku-4-5     1      0  5,000     10    100   0.0%  $0.0068  -$0.0013
+gpt-4o               1  1,500      0    500    300  75.0%  $0.0061   $0.0019
+TOTAL                6   230k  8,000  53.6k  6,850  78.8%  $0.3015   $0.5099
 """
 
     def test_golden_table_at_80_columns(self):
@@ -1539,7 +1540,7 @@ class CliTests(IsolatedEnv):
         self.assertEqual(list(doc["prices"]), ["origin", "models", "age_s"])
         self.assertEqual(doc["prices"]["origin"], "file:prices.json")
         self.assertEqual(list(doc["totals"]), self.TOTAL_FIELDS)
-        self.assertEqual(list(doc["groups"][0]), ["key"] + self.TOTAL_FIELDS)
+        self.assertEqual(list(doc["groups"][0]), ["key", "models"] + self.TOTAL_FIELDS)
         self.assertEqual(doc["sources"][1], {
             "name": "file:" + example("hostile.jsonl"), "records": 3,
             "skipped": {"malformed": 9, "no_usage": 1, "duplicate": 0}})
@@ -1678,6 +1679,20 @@ class CliTests(IsolatedEnv):
                 if message:
                     self.assertEqual(err, message)
                 self.assertTrue(err.startswith("catop: "))
+
+    def test_a_dated_and_an_undated_name_of_one_model_are_one_row(self):
+        path = os.path.join(self.tmp, "names.jsonl")
+        with open(path, "w") as handle:
+            for model in ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5", "gpt-4o"):
+                handle.write(json.dumps({"model": model, "timestamp": NOW,
+                                         "usage": {"input_tokens": 1000}}) + "\n")
+        doc = self.run_json("--file", path, "--group-by", "model")
+        self.assertEqual([(g["key"]["model"], g["models"], g["requests"]) for g in doc["groups"]],
+                         [("claude-sonnet-4-5", ["claude-sonnet-4-5",
+                                                 "claude-sonnet-4-5-20250929"], 2),
+                          ("gpt-4o", ["gpt-4o"], 1)])
+        # 2,000 tokens at Sonnet's $3 a million, 1,000 at gpt-4o's $2.50
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.006 + 0.0025, places=12)
 
     def test_days_weeks_and_months_are_listed_in_time_order(self):
         path = os.path.join(self.tmp, "days.jsonl")
