@@ -2014,6 +2014,15 @@ class DailyTrend(object):
             slot[2] += read
             slot[3] += total
 
+    def hit_rate(self, days=TREND_DAYS):
+        """The hit rate over the last days together (read / input), None without input."""
+        read = total = 0
+        for day in range(self.today - days + 1, self.today + 1):
+            slot = self.days.get(day)
+            if slot:
+                read, total = read + slot[2], total + slot[3]
+        return read / total if total else None
+
     def series(self, days=TREND_DAYS):
         """(cost, saved, hit rate) lists for the last days, oldest first (None: no data)."""
         cost, saved, hit = [], [], []
@@ -5654,19 +5663,20 @@ def budget_lines(tracker):
 
 
 def trend_lines(trend, days=TREND_DAYS, unicode_ok=True):
-    """Three sparklines over the last days, with the latest day's figures."""
+    """Three sparklines over the last days, starting in one column, each with the
+    window's figure: the cost and the saving summed, the hit rate of all its input."""
     if not trend.days:
         return []
     cost, saved, hit = trend.series(days)
     total_cost = sum(v for v in cost if v is not None)
     total_saved = sum(v for v in saved if v is not None)
-    return ["trend %dd  cost  %s  %s" % (days, scaled_sparkline(cost, unicode_ok),
-                                          fmt_usd(total_cost, 2)),
-            "          saved %s  %s" % (scaled_sparkline(saved, unicode_ok),
-                                          fmt_usd(total_saved, 2)),
-            "          hit   %s  %s" % (sparkline(hit, unicode_ok),
-                                          fmt_pct(next((v for v in reversed(hit)
-                                                        if v is not None), None)))]
+    head = "trend %dd" % days
+    return ["%s  cost  %s  %s" % (head, scaled_sparkline(cost, unicode_ok),
+                                  fmt_usd(total_cost, 2)),
+            "%s  saved %s  %s" % (" " * len(head), scaled_sparkline(saved, unicode_ok),
+                                  fmt_usd(total_saved, 2)),
+            "%s  hit   %s  %s" % (" " * len(head), sparkline(hit, unicode_ok),
+                                  fmt_pct(trend.hit_rate(days)))]
 
 
 def live_alerts(buckets, now, breaks, unpriced, sources, alert_burn):

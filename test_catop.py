@@ -3910,7 +3910,11 @@ class TrendTests(unittest.TestCase):
                                               [None, 0.1, 0.8]))
         lines = catop.trend_lines(trend, 3)
         self.assertEqual(lines[0], "trend 3d  cost   \u2584\u2588  $3.00")
-        self.assertEqual(lines[2], "          hit    \u2581\u2587  80.0%")
+        # the window's hit rate: (80 + 10) of (100 + 100) read from the cache
+        self.assertEqual(lines[2], "          hit    \u2581\u2587  45.0%")
+        wide = catop.trend_lines(trend, 30)            # "trend 30d": the sparklines still
+        self.assertEqual([line[:17] for line in wide],  # start in one column
+                         ["trend 30d  cost  ", " " * 11 + "saved ", " " * 11 + "hit   "])
 
 
 class BudgetTests(IsolatedEnv):
