@@ -6247,39 +6247,61 @@ def counted(count, word):
 
 def render_timeline(report, width=80, ellipsis="~"):
     """--session: one session's requests in time order, columns fitted to width."""
-    entries = sorted(report.aggregate.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0))
+    entries = sorted(report.aggregate.timeline, key=lambda e: request_order(e[0]))
     sessions = sorted({e[0].session for e in entries})
-    days = {local_day(entry[0].ts) for entry in entries}
     header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST"]
-    rows = []
-    for compact in (False, True):
-        rows = [_timeline_cells(req, cost, len(days) > 1, compact)
-                for req, cost, _ in entries]
-        widths = [max([len(h)] + [display_width(r[i]) for r in rows])
-                  for i, h in enumerate(header)]
-        overflow = sum(widths) + 2 * (len(widths) - 1) - width
-        if overflow <= 0:
-            break
-    if overflow > 0:
-        widths[1] = max(8, widths[1] - overflow)
+    rows, widths, shown = _fitted_timeline(header, entries, width)
     lines = [fit("session %s  (%s)" % (clean(", ".join(sessions)),
                                        counted(len(entries), "request")), width, ellipsis)]
     for cells, (req, _, cause) in zip([header] + rows, [(None, None, "")] + entries):
         text = "  ".join(
-            pad(fit(cell, w, ellipsis), w) if i < 2 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths)))
-        if cause:
-            text += "  break: " + cause
-        if req is not None and req.sidechain:
-            text += "  subagent"
-        lines.append(fit(text.rstrip(), width, ellipsis))
+            pad(fit(cells[i], widths[i], ellipsis), widths[i]) if i < 2
+            else cells[i].rjust(widths[i]) for i in shown).rstrip()
+        notes = ("  break: " + cause if cause else "") + (
+            "  subagent" if req is not None and req.sidechain else "")
+        if notes and display_width(text) + 4 < width:   # the notes are cut, never the row
+            text += fit(notes, width - display_width(text), ellipsis)
+        lines.append(fit(text, width, ellipsis))
     return lines
 
 
-def _timeline_cells(req, cost, with_date, compact):
+# What a timeline gives up, in turn, while a row is wider than the screen: numbers
+# made compact, then the columns that matter least, the model name shortened only
+# after them; a number is never cut.  (step, column): drop the column, or shorten
+# the model name (column 1) to that many columns.
+_TIMELINE_STEPS = (("drop", 5), ("drop", 2), ("drop", 4), ("shorten", 16), ("drop", 6),
+                   ("shorten", 8), ("drop", 1), ("drop", 3))
+
+
+def _fitted_timeline(header, entries, width):
+    """(rows of cells, column widths, the columns shown) of a timeline fitted to width
+    as _TIMELINE_STEPS says."""
+    for compact in (False, True):
+        rows = [_timeline_cells(req, cost, compact) for req, cost, _ in entries]
+        widths = [max([len(h)] + [display_width(r[i]) for r in rows])
+                  for i, h in enumerate(header)]
+        shown = list(range(len(header)))
+        if _row_width(widths, shown) <= width:
+            return rows, widths, shown
+    for step, value in _TIMELINE_STEPS:
+        if _row_width(widths, shown) <= width:
+            break
+        if step == "drop":
+            shown.remove(value)
+        else:
+            widths[1] = min(widths[1], max(value, widths[1] - (_row_width(widths, shown)
+                                                               - width)))
+    return rows, widths, shown
+
+
+def _row_width(widths, shown):
+    return sum(widths[i] for i in shown) + 2 * (len(shown) - 1)
+
+
+def _timeline_cells(req, cost, compact):
     total = req.input
-    when = (time.strftime("%m-%d %H:%M:%S" if with_date else "%H:%M:%S", time.localtime(req.ts))
-            if req.ts is not None else "-")
+    when = (time.strftime("%m-%d %H:%M" if compact else "%m-%d %H:%M:%S",
+                          time.localtime(req.ts)) if req.ts is not None else "-")
     return [when, clean(req.model), fmt_tokens(req.miss, compact),
             fmt_tokens(req.cache_read, compact),
             fmt_tokens(req.cache_write_5m + req.cache_write_1h, compact),
@@ -6411,22 +6433,25 @@ def _join_cells(cells, style):
 
 
 def _timeline_lines(frame, view, width, rows_room, ellipsis):
+    """The live view's session timeline: the columns of --session's, fitted the same
+    way, and the break of each request where there is room for it."""
     marks = {(b.session, b.ts): b.cause for b in frame.breaks}
-    days = {local_day(req.ts) for req, _ in frame.rows}
-    header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST", "BREAK"]
-    cells = [_timeline_cells(req, cost, len(days) > 1, True) +
-             [marks.get((req.session, req.ts), "")] for req, cost in frame.rows]
-    widths = [max([len(h)] + [display_width(c[i]) for c in cells]) for i, h in enumerate(header)]
-    overflow = sum(widths) + 2 * (len(widths) - 1) - width
-    if overflow > 0:
-        widths[1] = max(8, widths[1] - overflow)
-    table = [(None, [(h.ljust(w) if i < 2 else h.rjust(w), "") for i, (h, w) in
-                     enumerate(zip(header, widths))])]
-    for (req, _), row in zip(frame.rows, cells):
+    header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST"]
+    rows, widths, shown = _fitted_timeline(header, [(req, cost, "") for req, cost
+                                                    in frame.rows], width)
+    causes = [marks.get((req.session, req.ts), "") for req, _ in frame.rows]
+    room = width - _row_width(widths, shown) - 2
+    if room >= 5 and any(causes):
+        header, shown = header + ["BREAK"], shown + [len(header)]
+        widths = widths + [min(room, max(len("BREAK"), max(map(len, causes))))]
+        rows = [row + [cause] for row, cause in zip(rows, causes)]
+    table = [(None, [(header[i].ljust(widths[i]) if i in (0, 1, 8) else
+                      header[i].rjust(widths[i]), "") for i in shown])]
+    for (req, _), row in zip(frame.rows, rows):
         hit = req.cache_read / req.input if req.input else None
-        table.append((_RowHit(hit), [(pad(fit(c, w, ellipsis), w) if i in (0, 1, 8) else
-                                      c.rjust(w), header[i]) for i, (c, w) in
-                                     enumerate(zip(row, widths))]))
+        table.append((_RowHit(hit), [(pad(fit(row[i], widths[i], ellipsis), widths[i])
+                                      if i in (0, 1, 8) else row[i].rjust(widths[i]),
+                                      header[i]) for i in shown]))
     return _scrolled(table, view, rows_room, width, ellipsis)
 
 

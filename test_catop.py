@@ -1801,6 +1801,26 @@ class CliTests(IsolatedEnv):
         self.assertEqual(code, 1)
         self.assertIn("no requests of session nope", err)
 
+    def test_a_narrow_timeline_gives_up_columns_never_a_number(self):
+        self.point_agents_at_examples()
+        expected = {200: ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST"],
+                    60: ["TIME", "MODEL", "READ", "HIT%", "COST"],
+                    40: ["TIME", "MODEL", "READ", "COST"], 20: ["TIME", "COST"]}
+        for width, columns in sorted(expected.items()):
+            with self.subTest(width=width):
+                code, out, _ = self.run_main("--agent", "claude-code", "--offline",
+                                             "--no-history", "--session", "1111",
+                                             "--width", str(width))
+                lines = out.splitlines()
+                start = [n for n, line in enumerate(lines) if line.startswith("session 1111")][0]
+                self.assertEqual(lines[start + 1].split(), columns)
+                for line in lines[start + 1:]:
+                    self.assertLessEqual(len(line), width)
+                    self.assertFalse(re.search(r"(^|\s)[\d$][\d,.%]*[~\u2026]", line), line)
+                if width == 20:   # the date and minute (two words), then the cost in full
+                    self.assertEqual([line.split()[2] for line in lines[start + 2:start + 7]],
+                                     ["$0.0180", "$0.0239", "$0.0067", "$0.0075", "$0.0600"])
+
     def test_ambiguous_session_prefix_is_a_usage_error(self):
         self.point_agents_at_examples()
         code, _, err = self.run_main("--agent", "codex", "--offline", "--session", "codex-s")
