@@ -6265,33 +6265,44 @@ def render_timeline(report, width=80, ellipsis="~"):
     return lines
 
 
-# What a timeline gives up, in turn, while a row is wider than the screen: numbers
-# made compact, then the columns that matter least, the model name shortened only
-# after them; a number is never cut.  (step, column): drop the column, or shorten
-# the model name (column 1) to that many columns.
-_TIMELINE_STEPS = (("drop", 5), ("drop", 2), ("drop", 4), ("shorten", 16), ("drop", 6),
-                   ("shorten", 8), ("drop", 1), ("drop", 3))
+# What a timeline gives up, in turn, while a row is wider than the screen (after its
+# numbers are made compact): the columns that matter least, the model name shortened
+# only after them; a number is never cut.
+_TIMELINE_STEPS = (("drop", 5), ("drop", 2), ("drop", 4), ("shorten", 1, 16), ("drop", 6),
+                   ("shorten", 1, 8), ("drop", 1), ("drop", 3))
+# ... and a list of breaks: the session id kept whole longest
+_BREAK_STEPS = (("drop", 4), ("drop", 2), ("shorten", 1, 24), ("drop", 5),
+                ("shorten", 1, 12), ("drop", 6), ("shorten", 1, 8), ("shorten", 3, 8))
 
 
-def _fitted_timeline(header, entries, width):
-    """(rows of cells, column widths, the columns shown) of a timeline fitted to width
-    as _TIMELINE_STEPS says."""
+def fitted_columns(header, make_rows, width, steps):
+    """(rows, column widths, the columns shown) of a table whose rows make_rows(compact)
+    gives: full numbers if a row fits in width, else compact ones and then, in turn,
+    steps: ("drop", column) gives a column up, ("shorten", column, floor) cuts a text
+    column down to what fits, never under floor."""
     for compact in (False, True):
-        rows = [_timeline_cells(req, cost, compact) for req, cost, _ in entries]
+        rows = make_rows(compact)
         widths = [max([len(h)] + [display_width(r[i]) for r in rows])
                   for i, h in enumerate(header)]
         shown = list(range(len(header)))
         if _row_width(widths, shown) <= width:
             return rows, widths, shown
-    for step, value in _TIMELINE_STEPS:
-        if _row_width(widths, shown) <= width:
+    for step in steps:
+        overflow = _row_width(widths, shown) - width
+        if overflow <= 0:
             break
-        if step == "drop":
-            shown.remove(value)
+        if step[0] == "drop":
+            shown.remove(step[1])
         else:
-            widths[1] = min(widths[1], max(value, widths[1] - (_row_width(widths, shown)
-                                                               - width)))
+            column, floor = step[1], step[2]
+            widths[column] = min(widths[column], max(floor, widths[column] - overflow))
     return rows, widths, shown
+
+
+def _fitted_timeline(header, entries, width):
+    return fitted_columns(header, lambda compact: [_timeline_cells(req, cost, compact)
+                                                   for req, cost, _ in entries],
+                          width, _TIMELINE_STEPS)
 
 
 def _row_width(widths, shown):
@@ -6483,20 +6494,18 @@ def _breaks_lines(frame, view, width, rows_room, ellipsis):
     if not frame.breaks:
         return [[(" ".join(header), "title")], [("no cache breaks found", "dim")]]
     latest = list(reversed(frame.breaks[-500:]))
-    cells = [[fmt_stamp(b.ts), clean(b.session), clean(b.model), b.cause,
-              fmt_tokens(b.expected, True), fmt_tokens(b.read, True), fmt_gap(b.gap_s),
-              fmt_usd(b.cost)] for b in latest]
-    widths = [max([len(h)] + [display_width(c[i]) for c in cells]) for i, h in enumerate(header)]
-    for index in (1, 2):  # session and model give way first
-        overflow = sum(widths) + 2 * (len(widths) - 1) - width
-        if overflow > 0:
-            widths[index] = max(8, widths[index] - overflow)
-    table = [(None, [(h.ljust(w) if i < 4 else h.rjust(w), "") for i, (h, w) in
-                     enumerate(zip(header, widths))])]
+
+    def make_rows(compact):
+        return [[fmt_stamp(b.ts), clean(b.session), clean(b.model), b.cause,
+                 fmt_tokens(b.expected, compact), fmt_tokens(b.read, compact),
+                 fmt_gap(b.gap_s), fmt_usd(b.cost)] for b in latest]
+    cells, widths, shown = fitted_columns(header, make_rows, width, _BREAK_STEPS)
+    table = [(None, [(header[i].ljust(widths[i]) if i < 4 else header[i].rjust(widths[i]), "")
+                     for i in shown])]
     for item, row in zip(latest, cells):
         table.append((_RowHit(0.0 if item.cost > 0 else None),
-                      [(pad(fit(c, w, ellipsis), w) if i < 4 else c.rjust(w), header[i])
-                       for i, (c, w) in enumerate(zip(row, widths))]))
+                      [(pad(fit(row[i], widths[i], ellipsis), widths[i]) if i < 4
+                        else row[i].rjust(widths[i]), header[i]) for i in shown]))
     return _scrolled(table, view, rows_room, width, ellipsis)
 
 

@@ -1821,6 +1821,32 @@ class CliTests(IsolatedEnv):
                     self.assertEqual([line.split()[2] for line in lines[start + 2:start + 7]],
                                      ["$0.0180", "$0.0239", "$0.0067", "$0.0075", "$0.0600"])
 
+    def test_a_narrow_breaks_panel_keeps_gap_cost_and_whole_session_ids(self):
+        frame = catop.Frame()
+        frame.breaks = [catop.CacheBreak("codex-d3a1f2e4-0c55-4d1e-9a77-6b1f00c0ffee", NOW,
+                                         "gpt-5-codex", "ttl_expired", 48211, 1109, 47102,
+                                         612.0, 0.04392),
+                        catop.CacheBreak("1111aaaa-2222-4bbb-8ccc-333333333333", NOW + 60,
+                                         "claude-sonnet-4-5-20250929", "model_switch", 12000,
+                                         0, 12000, 20.0, 0.0121)]
+        for width in (200, 80, 60, 40):
+            with self.subTest(width=width):
+                lines = ["".join(text for text, _ in line) for line in
+                         catop._breaks_lines(frame, catop.View(), width, 10, "~")]
+                for line in lines:
+                    self.assertLessEqual(len(line), width)
+                    self.assertFalse(re.search(r"(^|\s)[\d$][\d,.%]*~", line), line)
+                header = lines[0].split()
+                self.assertEqual(header[-1], "COST")
+                self.assertTrue(lines[2].rstrip().endswith("$0.0439"), lines[2])
+                if width >= 60:
+                    self.assertIn("GAP", header)
+                    self.assertIn("10m", lines[2])
+                if width >= 80:     # a UUID session id: enough of it to tell it apart
+                    self.assertIn("codex-d3a1f2e4-0c55-4d1e-9a77", lines[2])
+                if width == 200:
+                    self.assertIn("1,109", lines[2])
+
     def test_ambiguous_session_prefix_is_a_usage_error(self):
         self.point_agents_at_examples()
         code, _, err = self.run_main("--agent", "codex", "--offline", "--session", "codex-s")
