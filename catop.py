@@ -1759,12 +1759,14 @@ class Aggregate(object):
     its classes, the totals sum the groups.
     """
 
-    def __init__(self, prices, group_by=(), since=None, until=None, session=None, part=False):
+    def __init__(self, prices, group_by=(), since=None, until=None, session=None, part=False,
+                 session_exact=False):
         self.prices = prices
         self.group_by = tuple(group_by)
         self.since = since
         self.until = until
-        self.session = session
+        self.session = session   # only this session's requests (a prefix, unless exact)
+        self.session_exact = session_exact
         self.key_of = group_key_function(self.group_by, prices)
         # grouped by session: each group's (models, projects), for the session listing
         self.details = {} if "session" in self.group_by else None
@@ -1794,7 +1796,8 @@ class Aggregate(object):
 
     def start_over(self):
         """Forgets every request, keeping the view (grouping, window, budgets, trend)."""
-        fresh = Aggregate(self.prices, self.group_by, self.since, self.until, self.session)
+        fresh = Aggregate(self.prices, self.group_by, self.since, self.until, self.session,
+                          session_exact=self.session_exact)
         fresh.details = None if self.details is None else {}
         fresh.trend = None if self.trend is None else self.trend.empty_copy()
         fresh.budgets = None if self.budgets is None else self.budgets.empty_copy()
@@ -1804,7 +1807,7 @@ class Aggregate(object):
         """A fresh Aggregate viewing requests as this one does, for a part of the same
         stream read apart (a worker's byte range), to be merged back in order."""
         part = Aggregate(self.prices, self.group_by, self.since, self.until, self.session,
-                         part=True)
+                         part=True, session_exact=self.session_exact)
         if self.details is None:
             part.details = None
         if self.trend is not None:
@@ -1831,6 +1834,10 @@ class Aggregate(object):
         return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
 
     def add(self, req):
+        if self.session is not None and not (
+                req.session == self.session if self.session_exact
+                else req.session.startswith(self.session)):
+            return   # a report of one session: the others are not read into it
         in_window = self.since is None and self.until is None or self.in_window(req.ts)
         key = self.key_of(req)
         # counted in its class (in the window), paired even outside: it may precede one
@@ -1851,7 +1858,7 @@ class Aggregate(object):
                 detail = self.details[key] = (set(), set())
             detail[0].add(req.model)
             detail[1].add(req.project)
-        if self.session is not None and req.session.startswith(self.session):
+        if self.session is not None:
             self.timeline.append((req, self.cost_of(req)[0],
                                   cause.cause if cause is not None else ""))
 
@@ -6252,7 +6259,8 @@ def render_timeline(report, width=80, ellipsis="~"):
     header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST"]
     rows, widths, shown = _fitted_timeline(header, entries, width)
     lines = [fit("session %s  (%s)" % (clean(", ".join(sessions)),
-                                       counted(len(entries), "request")), width, ellipsis)]
+                                       counted(len(entries), "request")), width, ellipsis),
+             fit(session_facts(entries), width, ellipsis)]
     for cells, (req, _, cause) in zip([header] + rows, [(None, None, "")] + entries):
         text = "  ".join(
             pad(fit(cells[i], widths[i], ellipsis), widths[i]) if i < 2
@@ -6307,6 +6315,21 @@ def _fitted_timeline(header, entries, width):
 
 def _row_width(widths, shown):
     return sum(widths[i] for i in shown) + 2 * (len(shown) - 1)
+
+
+def session_facts(entries):
+    """agent, project, models and first and last time of a session's requests."""
+    requests = [req for req, _, _ in entries]
+    timed = [req.ts for req in requests if req.ts is not None]
+    facts = [("agent", sorted({req.agent for req in requests if req.agent})),
+             ("project", sorted({short_project(req.project) for req in requests
+                                 if req.project})),
+             ("models", sorted({req.model for req in requests if req.model}))]
+    text = "  ".join("%s %s" % (name, ", ".join(clean(v) for v in values))
+                     for name, values in facts if values)
+    if timed:
+        text += "  from %s to %s" % (fmt_stamp(min(timed)), fmt_stamp(max(timed)))
+    return text
 
 
 def _timeline_cells(req, cost, compact):
@@ -6861,10 +6884,19 @@ def _prometheus_number(value):
 
 
 def format_csv(report):
-    """Header and one row a group (or the totals row without --group-by)."""
+    """Header and one row a group (or the totals row without --group-by); with
+    --session, one row a request of its timeline."""
     agg = report.aggregate
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    if agg.session is not None:
+        entries = [timeline_entry(req, cost, cause) for req, cost, cause
+                   in sorted(agg.timeline, key=lambda e: request_order(e[0]))]
+        fields = list(timeline_entry(Request(), 0.0))
+        writer.writerow(fields)
+        for entry in entries:
+            writer.writerow([csv_cell(entry[f]) for f in fields])
+        return out.getvalue()
     fields = list(Tally().as_dict())
     writer.writerow(list(agg.group_by) + fields)
     rows = report.rows if agg.group_by else [((), agg.totals)]
@@ -7577,8 +7609,9 @@ def run_watch(args, prices, since, until):
     now = time.time()
     with lock:
         model.finish()
-        aggregate = aggregate_model(model, args.group_by, since, until, args.session, now,
-                                    budget_tracker(args, now))
+        aggregate, _ = one_session(args, lambda exact: (aggregate_model(
+            model, args.group_by, since, until, args.session, now,
+            None if args.session else budget_tracker(args, now), exact), None))
     return print_report(args, aggregate, model.stats(), prices, now)
 
 
@@ -7654,9 +7687,11 @@ def parse_listen_address(text, default_host="127.0.0.1"):
     return host, number
 
 
-def aggregate_model(model, group_by, since, until, session, now, budgets=None):
+def aggregate_model(model, group_by, since, until, session, now, budgets=None,
+                    session_exact=False):
     """An Aggregate of everything a live model holds (the snapshot after watching)."""
-    aggregate = Aggregate(model.prices, group_by, since, until, session)
+    aggregate = Aggregate(model.prices, group_by, since, until, session,
+                          session_exact=session_exact)
     aggregate.budgets = budgets
     for source in model.sources:
         for session_id, ts in source.compaction_times():
@@ -7829,8 +7864,34 @@ def run_snapshot(args, prices, since, until, now):
 
 
 def snapshot(args, prices, since, until, now):
-    aggregate = Aggregate(prices, args.group_by, since, until, args.session)
-    aggregate.budgets = budget_tracker(args, now)
+    aggregate, sources = one_session(args, lambda exact: snapshot_aggregate(
+        args, prices, since, until, now, exact))
+    return print_report(args, aggregate, sources, prices, now)
+
+
+def one_session(args, build):
+    """build(exact)'s (aggregate, sources); with --session, of one session: a prefix that
+    matches several is a usage error, unless one of them is the id itself (built again,
+    for it alone)."""
+    aggregate, sources = build(False)
+    if args.session is None:
+        return aggregate, sources
+    matched = sorted({entry[0].session for entry in aggregate.timeline})
+    if not matched:
+        raise CatopError("no requests of session %s in this window" % clean(args.session))
+    if len(matched) > 1:
+        if args.session not in matched:
+            raise UsageError("session prefix %r matches %d sessions: %s" % (
+                args.session, len(matched), ", ".join(clean(s) for s in matched[:5])))
+        aggregate, sources = build(True)
+    return aggregate, sources
+
+
+def snapshot_aggregate(args, prices, since, until, now, session_exact=False):
+    aggregate = Aggregate(prices, args.group_by, since, until, args.session,
+                          session_exact=session_exact)
+    if args.session is None:   # a session's report is not the calendar's spending
+        aggregate.budgets = budget_tracker(args, now)
     if args.format == "table":
         aggregate.trend = DailyTrend(now)
     else:  # only the table lists each session's models and projects
@@ -7851,7 +7912,7 @@ def snapshot(args, prices, since, until, now):
         aggregate.start_over()
         sources = collect_sources(args, aggregate, now, None)
     aggregate.finish(now)
-    return print_report(args, aggregate, sources, prices, now)
+    return aggregate, sources
 
 
 def is_sqlite_error(error):
@@ -7898,15 +7959,6 @@ def report_sort(args):
 
 def print_report(args, aggregate, sources, prices, now):
     """Prints one report in the format asked for; returns the exit status (gates)."""
-    if args.session is not None:
-        ambiguous = sorted({entry[0].session for entry in aggregate.timeline})
-        if len(ambiguous) > 1 and args.session not in ambiguous:
-            raise UsageError("session prefix %r matches %d sessions: %s" % (
-                args.session, len(ambiguous), ", ".join(clean(s) for s in ambiguous[:5])))
-        aggregate.timeline = [e for e in aggregate.timeline
-                              if args.session not in ambiguous or e[0].session == args.session]
-        if not aggregate.timeline:
-            raise CatopError("no requests of session %s in this window" % clean(args.session))
     report = Report(aggregate, sources, prices, now, report_sort(args), not args.ascending,
                     args.top, REFUSED_VALUES)
     ellipsis = "\u2026" if (sys.stdout.encoding or "").lower().replace("-", "") == "utf8" else "~"

@@ -1790,7 +1790,9 @@ class CliTests(IsolatedEnv):
                                      "--session", "rag", "--width", "100")
         self.assertEqual(code, 0)
         lines = out.splitlines()
-        start = lines.index("session rag-1  (2 requests)")
+        start = lines.index("session rag-1  (2 requests)") + 1    # then its facts
+        self.assertEqual(lines[start], "project rag-api  models gpt-4o, o3  from 03-10 08:00 "
+                                       "to 03-10 08:05")
         self.assertEqual(lines[start + 1].split(), ["TIME", "MODEL", "MISS", "READ", "WRITE",
                                                     "OUT", "HIT%", "COST"])
         self.assertIn("gpt-4o", lines[start + 2])
@@ -1812,7 +1814,8 @@ class CliTests(IsolatedEnv):
                                              "--no-history", "--session", "1111",
                                              "--width", str(width))
                 lines = out.splitlines()
-                start = [n for n, line in enumerate(lines) if line.startswith("session 1111")][0]
+                start = 1 + [n for n, line in enumerate(lines)
+                             if line.startswith("session 1111")][0]   # then its facts
                 self.assertEqual(lines[start + 1].split(), columns)
                 for line in lines[start + 1:]:
                     self.assertLessEqual(len(line), width)
@@ -1846,6 +1849,28 @@ class CliTests(IsolatedEnv):
                     self.assertIn("codex-d3a1f2e4-0c55-4d1e-9a77", lines[2])
                 if width == 200:
                     self.assertIn("1,109", lines[2])
+
+    def test_session_is_a_report_of_that_session_in_every_format(self):
+        self.point_agents_at_examples()
+        doc = self.run_json("--agent", "claude-code", "--session", "1111")
+        # the session's five requests (examples/agents/claude), none of the legacy one's
+        self.assertEqual((doc["totals"]["requests"], doc["totals"]["input_tokens"]),
+                         (5, 55124))
+        self.assertEqual([t["cache_read_tokens"] for t in doc["timeline"]],
+                         [10000, 12000, 0, 15000, 0])
+        self.assertEqual([b["session"][:4] for b in doc["breaks"]], ["1111", "1111"])
+        self.assertEqual(sum(g["requests"] for g in doc["groups"]), 5)
+        code, out, _ = self.run_main("--agent", "claude-code", "--session", "1111",
+                                     "--format", "csv", "--offline", "--no-history")
+        rows = out.splitlines()
+        self.assertEqual(rows[0].split(",")[:3], ["ts", "session", "model"])
+        self.assertEqual(len(rows), 1 + 5)
+        self.assertEqual(rows[3].split(",")[-1], "model_switch")
+        code, out, _ = self.run_main("--agent", "claude-code", "--session", "1111",
+                                     "--offline", "--no-history", "--width", "200")
+        self.assertIn("requests  5 ", out)
+        self.assertIn("agent claude-code  project dev/shop  models claude-haiku-4-5-20251001, "
+                      "claude-opus-4-5, claude-sonnet-4-5-20250929  from ", out)
 
     def test_ambiguous_session_prefix_is_a_usage_error(self):
         self.point_agents_at_examples()
