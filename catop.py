@@ -5740,6 +5740,7 @@ class Frame(object):
         self.budgets = []        # [(period, limit, spent, share, state)]
         self.trend = None        # a DailyTrend, for the trends panel
         self.now = 0.0
+        self.prices = None       # the model's, for the names groups go by
 
 
 def live_budgets(model, limits, now, cache):
@@ -5774,6 +5775,7 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None
     has changed, so an idle tick costs only the rolling figures."""
     frame = Frame()
     frame.now = now
+    frame.prices = model.prices
     timeline = model.timeline
     start, until = _view_bounds(view, now)
     shape = (start if start is None else bisect.bisect_left(timeline.times, start), until,
@@ -5821,13 +5823,21 @@ def _in_view(entries, view, start=None, prices=None):
     """The entries inside the view's drill-down path (and after start, if given)."""
     if start is not None:
         entries = [e for e in entries if e.req.ts is not None and e.req.ts >= start]
+    if view.level() == "timeline":   # the whole session, whatever group led to it
+        session = view.stack[-1]
+        return [e for e in entries if e.req.session == session]
     for group_by, key in [level for level in view.stack if not isinstance(level, str)]:
         key_of = group_key_function(group_by, prices)
         entries = [e for e in entries if key_of(e.req) == key]
-    if view.level() == "timeline":
-        session = view.stack[-1]
-        entries = [e for e in entries if e.req.session == session]
     return entries
+
+
+def in_drill_path(view, prices):
+    """req -> whether it belongs to every group the view drilled through (a session's
+    timeline highlights the requests of the model it was reached from)."""
+    levels = [(group_key_function(group_by, prices), key) for group_by, key in
+              [level for level in view.stack if not isinstance(level, str)]]
+    return lambda req: all(key_of(req) == key for key_of, key in levels)
 
 
 def _build_table(entries, view, prices):
@@ -6433,7 +6443,28 @@ def _table_lines(frame, view, width, rows_room, ellipsis):
     grouping = view.grouping()
     labels = group_labels(grouping, frame.details if "session" in grouping else None)
     table = group_table(frame.rows, labels, width, None, ellipsis)
+    mark_sort_column(table[0][1], view, ellipsis != "~")
     return _scrolled(table, view, rows_room, width, ellipsis)
+
+
+# the header of the column each sort orders by (name: the first label)
+_SORT_HEADERS = {"cost": "COST", "saved": "SAVED", "hit": "HIT%", "requests": "REQ",
+                 "input": "INPUT", "read": "READ", "output": "OUT", "last": "LAST"}
+
+
+def mark_sort_column(header_cells, view, unicode_ok=True):
+    """Marks, in place, the header of the column the table is sorted by, with an arrow
+    in the room its padding leaves (a cell with none is left as it is)."""
+    arrow = ("\u25bc" if view.descending else "\u25b2") if unicode_ok else (
+        "v" if view.descending else "^")
+    wanted = _SORT_HEADERS.get(view.sort)
+    for index, (text, column) in enumerate(header_cells):
+        name = text.strip()
+        if (name == wanted or (view.sort == "name" and index == 0)) and text != name:
+            marked = (arrow + name if text.startswith(" ") else name + arrow)
+            header_cells[index] = (marked.rjust(len(text)) if text.startswith(" ")
+                                   else marked.ljust(len(text)), column)
+            return
 
 
 def _scrolled(table, view, rows_room, width, ellipsis):
@@ -6450,8 +6481,9 @@ def _scrolled(table, view, rows_room, width, ellipsis):
         selected = index == view.selected
         segments = []
         for text, column in cells:
-            style = "select" if selected else (hit_style(tally.hit_rate) if column == "HIT%"
-                                               else "")
+            style = "select" if selected else (
+                hit_style(tally.hit_rate) if column == "HIT%" else
+                "title" if column == "MODEL" and getattr(tally, "highlight", False) else "")
             segments.append((text, style))
             segments.append(("  ", "select" if selected else ""))
         lines.append(fit_segments(segments[:-1], width, ellipsis))
@@ -6481,21 +6513,24 @@ def _timeline_lines(frame, view, width, rows_room, ellipsis):
         rows = [row + [cause] for row, cause in zip(rows, causes)]
     table = [(None, [(header[i].ljust(widths[i]) if i in (0, 1, 8) else
                       header[i].rjust(widths[i]), "") for i in shown])]
+    drilled = in_drill_path(view, frame.prices)
     for (req, _), row in zip(frame.rows, rows):
         hit = req.cache_read / req.input if req.input else None
-        table.append((_RowHit(hit), [(pad(fit(row[i], widths[i], ellipsis), widths[i])
+        table.append((_RowHit(hit, drilled(req)), [(pad(fit(row[i], widths[i], ellipsis), widths[i])
                                       if i in (0, 1, 8) else row[i].rjust(widths[i]),
                                       header[i]) for i in shown]))
     return _scrolled(table, view, rows_room, width, ellipsis)
 
 
 class _RowHit(object):
-    """Stands in for a Tally where a timeline row styles its HIT% cell."""
+    """Stands in for a Tally where a timeline row styles its HIT% cell (and, drilled
+    into from a group, its MODEL cell when the request is of that group)."""
 
-    __slots__ = ("hit_rate",)
+    __slots__ = ("hit_rate", "highlight")
 
-    def __init__(self, hit_rate):
+    def __init__(self, hit_rate, highlight=False):
         self.hit_rate = hit_rate
+        self.highlight = highlight
 
 
 def _trends_lines(frame, width, rows_room, ellipsis):

@@ -2152,6 +2152,43 @@ class KeyTests(unittest.TestCase):
         app.press("backspace")
         self.assertEqual(view.level(), "groups")
 
+    def test_a_session_drilled_into_from_a_model_is_shown_whole(self):
+        m1, m2 = "claude-sonnet-4-5", "claude-haiku-4-5"
+        requests = chain((-300, m1, 5, 0, 10000, 0), (-240, m1, 5, 10000, 500, 0),
+                         (-200, m2, 5, 0, 11000, 0), (-150, m1, 5, 0, 11000, 0),
+                         session="mixed")
+        model = live_model(requests)
+        app = catop.LiveApp(model, catop.View(), dict(RenderScreenTests.META),
+                            clock=lambda: NOW)
+        app.tick()
+        app.screen(120, 30)
+        haiku = [k for k, _ in app.frame.rows].index((m2,))
+        app.view.selected = haiku
+        app.press("enter")      # the haiku model's sessions
+        app.screen(120, 30)
+        app.press("enter")      # the session
+        lines = app.screen(120, 30)
+        self.assertEqual(app.view.level(), "timeline")
+        self.assertEqual(len(app.frame.rows), 4)          # the whole session, both models
+        models = [(text.strip(), style) for line in lines for text, style in line
+                  if text.strip() in (m1, m2) and style != "select"]
+        self.assertEqual(sorted(set(models)), [(m2, "title"), (m1, "")])
+        self.assertEqual(len(app.frame.breaks), 2)       # the switch and the one after
+
+    def test_the_sort_column_is_marked_in_the_header(self):
+        app, _ = self.app()
+        header = [("".join(text for text, _ in line)) for line in app.screen(120, 30)
+                  if "COST" in "".join(text for text, _ in line)][0]
+        self.assertIn("\u25bcCOST", header)
+        app.press("s")                   # saved
+        app.press("S")                   # smallest first
+        lines = app.screen(120, 30)
+        header = [("".join(text for text, _ in line)) for line in lines
+                  if "SAVED" in "".join(text for text, _ in line)][0]
+        self.assertIn("\u25b2SAVED", header)
+        self.assertNotIn("\u25bcCOST", header)
+        self.assertEqual(len(header.split()), len(header.replace("\u25b2", " ").split()))
+
     def test_group_window_sort_filter_pause_help_quit(self):
         app, clock = self.app()
         view = app.view
