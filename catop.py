@@ -5123,9 +5123,9 @@ class History(object):
             where.append("ts < ?")
             values.append(until)
         cursor = self.db.execute(
-            "SELECT ts, agent, provider, model, project, session, miss, read, w5, w1, output,"
+            "SELECT %s, agent, provider, model, project, session, miss, read, w5, w1, output,"
             " reasoning, observed, sidechain, source FROM requests WHERE %s ORDER BY ts"
-            % " AND ".join(where), values)
+            % (_STORED_TIME, " AND ".join(where)), values)
         for row in cursor:
             yield row[14], Request(row[0], row[1] or "", row[2] or "", row[3] or "",
                                    row[4] or "", row[5] or "", row[6], row[7], row[8], row[9],
@@ -5135,7 +5135,7 @@ class History(object):
         """(key, Request) of the stored requests of one source (label), or of every
         source but those in exclude."""
         # the columns in the order Request takes them: a row becomes one directly
-        query = ("SELECT key, ts, agent, provider, model, project, session,"
+        query = ("SELECT key, " + _STORED_TIME + ", agent, provider, model, project, session,"
                  " miss, read, w5, w1, output, reasoning, observed, sidechain, file"
                  " FROM requests")
         if label:
@@ -5192,6 +5192,10 @@ class History(object):
         with contextlib.suppress(self.sqlite3.Error, AttributeError):
             self.db.close()
         return move_history_aside(self.path)
+
+
+# a stored time an older catop let through (1e17 s): read as no time, never a crash
+_STORED_TIME = "CASE WHEN ts > 0 AND ts <= %r THEN ts END" % TS_MAX
 
 
 def _scope_condition(scope, values):

@@ -3545,6 +3545,22 @@ class HostileNumberTests(IsolatedEnv):
         code, out, err = self.run_main("--export-history", "csv")
         self.assertEqual((code, len(out.splitlines())), (0, 10), err)
 
+    def test_a_history_an_older_catop_poisoned_reads_cleanly(self):
+        store = os.path.join(self.tmp, "state", "catop", "history.sqlite3")
+        history = catop.History(store)
+        for n, ts in enumerate((1e17, NOW)):
+            req = catop.Request(ts, "a", "openai", "gpt-4o", "", "s", 10 + n, 0, 0, 0, 1)
+            history.save([catop.history_row("file:x", "f:x:1:0:%d" % n, req)])
+        history.close()
+        code, out, err = self.run_main("--export-history", "csv")
+        self.assertEqual((code, len(out.splitlines())), (0, 3), err)
+        self.assertEqual(sorted(line.split(",")[0] for line in out.splitlines()[1:]),
+                         ["", catop.iso_utc(NOW)])
+        code, out, err = self.run_main("--format", "json", "--offline", "--group-by", "day")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([g["key"]["day"] for g in strict_json(out)["groups"]],
+                         ["(no time)", catop.local_day(NOW)])
+
     def test_agent_logs_prices_and_spend_rows(self):
         big = self.BIG
         claude = os.path.join(self.tmp, "claude", "projects", "p")
