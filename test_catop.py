@@ -4002,7 +4002,24 @@ class ConsistencyMatrixTests(IsolatedEnv):
         self.assertEqual(frame.totals.requests, 39)   # the last line, ended, and the new
 
     def test_agent_logs_by_every_path(self):
-        self.point_agents_at_examples()
+        """The agent examples (streaming duplicates, a subagent replay, a forked Codex
+        session, Gemini's .json and .jsonl copies) plus a resumed Claude Code session
+        whose file starts with a verbatim copy of its parent's lines."""
+        home = os.path.join(self.tmp, "agents")
+        shutil.copytree(AGENT_EXAMPLES, home)
+        shop = os.path.join(home, "claude", "projects", "-home-dev-shop")
+        with open(os.path.join(shop, "1111aaaa-2222-4bbb-8ccc-333333333333.jsonl")) as handle:
+            parent = [line for line in handle if '"assistant"' in line][:2]
+        with open(os.path.join(shop, "0000resumed.jsonl"), "w") as handle:
+            handle.write("".join(line.replace("1111aaaa-2222-4bbb-8ccc-333333333333",
+                                              "0000resumed") for line in parent))
+            handle.write(AgentTests.claude_line("0000resumed", "m-new", "2026-03-10T09:00:00Z",
+                                                700))
+        os.environ.update(CLAUDE_CONFIG_DIR=os.path.join(home, "claude"),
+                          CODEX_HOME=os.path.join(home, "codex"),
+                          GEMINI_DATA_DIR=os.path.join(home, "gemini", "tmp"),
+                          OPENCODE_DATA_DIR=os.path.join(home, "opencode"),
+                          OPENCLAW_DIR=os.path.join(home, "openclaw"))
         agents = ("--agent", "claude-code", "--agent", "codex", "--agent", "gemini",
                   "--agent", "openclaw", "--agent", "opencode")
         history = os.path.join(self.tmp, "h.sqlite3")
@@ -4011,9 +4028,15 @@ class ConsistencyMatrixTests(IsolatedEnv):
             paths = {"two processes": self.snapshot(*agents, "--no-history", "--jobs", "2"),
                      "history cold": self.snapshot(*agents, "--history", history),
                      "history warm": self.snapshot(*agents, "--history", history),
+                     "history, two processes": self.snapshot(*agents, "--history",
+                                                             history + "2", "--jobs", "2"),
                      "--duration": self.snapshot(*agents, "--no-history", "--once",
                                                  "--duration", "0.2", "--interval", "0.1")}
+            shutil.rmtree(home)
+            paths["history, the logs deleted"] = self.snapshot("--history", history)
         self.assertGreater(reference["totals"]["requests"], 10)
+        sessions = {g["key"]["session"]: g["requests"] for g in reference["groups"]}
+        self.assertEqual(sessions["0000resumed"], 1)    # its copies stay with the parent
         for name, doc in paths.items():
             with self.subTest(path=name):
                 for part in self.COMPARED:
