@@ -7962,7 +7962,9 @@ def is_sqlite_error(error):
 def history_failure(path, error):
     """The one-line warning for a history that failed while in use; a damaged one
     is moved aside first (the next run starts a new one from the logs)."""
-    trouble, reason = history_trouble(error), clean(error)
+    trouble = history_trouble(error)
+    # SQLite quotes the undecodable text it met: the file's bytes stay out of the line
+    reason = re.sub(r" with text '.*", "", clean(error))[:160]
     if trouble == "damaged":
         return ("the history %s is damaged (%s): moved to %s; this report and the next "
                 "history come from the logs still present" % (path, reason,

@@ -63,6 +63,7 @@ def setUpModule():
         _REAL_FOLDERS[folder] = folder_fingerprint(folder)
     home = tempfile.mkdtemp(prefix="catop-test-home-")
     patcher = mock.patch.dict(os.environ, {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",   # LiteLLM would fetch its map: no network
         "HOME": home, "XDG_STATE_HOME": os.path.join(home, "state"),
         "XDG_CACHE_HOME": os.path.join(home, "cache"),
         "XDG_CONFIG_HOME": os.path.join(home, "config")})
