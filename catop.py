@@ -1634,10 +1634,17 @@ def group_key_function(group_by, prices=None):
         return lambda req: ()
     if prices is not None and "model" in group_by:
         names = prices.model_names
+        known = names.names
+
+        def model_name(req):   # the hot path of a grouping by model: one look-up
+            name = known.get((req.model, req.provider))
+            return name if name is not None else names(req.model, req.provider)
+        if len(group_by) == 1:
+            return lambda req: (model_name(req),)
         getters = [(lambda req, of=_CALENDAR_KEYS[field]: of(req.ts)) if field in _CALENDAR_KEYS
-                   else (lambda req: names(req.model, req.provider)) if field == "model"
-                   else (lambda req, field=field: getattr(req, field)) for field in group_by]
-        return lambda req: tuple(getter(req) for getter in getters)
+                   else model_name if field == "model"
+                   else operator.attrgetter(field) for field in group_by]
+        return lambda req: tuple([getter(req) for getter in getters])
     if not _CALENDAR_KEYS.keys() & set(group_by):  # plain attributes: read in C
         if len(group_by) > 1:
             return operator.attrgetter(*group_by)
