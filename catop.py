@@ -2754,6 +2754,9 @@ class View(object):
         self.breaks_panel = False
         self.trends_panel = False
         self.typing = None       # the filter being typed after /, else None
+        self.help_top = 0        # the first help line shown
+        self.focus = None        # a time to select in the next timeline (a break's)
+        self.note = None         # (text, until) said under the table for a while
         self.bounds = (None, None)  # --since / --until
         self.page = 10           # table rows on screen, for PgUp/PgDn
 
@@ -5807,6 +5810,10 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None
     else:
         frame.rows = _filtered_rows(table["groups"], view)
     frame.details, frame.totals = table["details"], table["totals"]
+    if view.filter and view.level() != "timeline":   # the summary is of the rows shown
+        frame.totals = Tally()
+        for _, tally in frame.rows:
+            frame.totals.merge(tally)
     frame.rates = rolling_rates(model.buckets, now)
     frame.spark = hit_series(model.buckets, now)
     frame.breaks = model.breaks
@@ -6394,8 +6401,10 @@ def _budget_line(budgets, width, ellipsis):
     return fit_segments(segments, width, ellipsis)
 
 
-def rates_text(rates):
-    """The rolling rates like load averages: each measure over 1, 5 and 15 minutes."""
+def rates_text(rates, width=None):
+    """The rolling rates like load averages: each measure over 1, 5 and 15 minutes; on a
+    narrow screen the labels shortened and the token rates given up first, so that the
+    hit rates stay."""
     def figures(values, form):
         return " ".join(form(v) for v in values)
     per_min = figures([r[0] for r in rates], lambda v: ("%.1f" % v) if v < 100 else
@@ -6403,8 +6412,14 @@ def rates_text(rates):
     tokens = figures([r[1] for r in rates], lambda v: fmt_tokens(int(v), True))
     dollars = figures([r[2] for r in rates], lambda v: "%.2f" % v if v < 1000 else "%.0f" % v)
     hits = figures([r[3] for r in rates], lambda v: "-" if v is None else "%.0f%%" % (v * 100))
-    return "1/5/15m  req/min %s   tok/min %s   $/h %s   hit %s" % (per_min, tokens, dollars,
+    text = "1/5/15m  req/min %s   tok/min %s   $/h %s   hit %s" % (per_min, tokens, dollars,
                                                                    hits)
+    if width is None or len(text) <= width:
+        return text
+    text = "1/5/15m req %s  tok %s  $/h %s  hit %s" % (per_min, tokens, dollars, hits)
+    if len(text) <= width:
+        return text
+    return "1/5/15m req %s  $/h %s  hit %s" % (per_min, dollars, hits)
 
 
 def _header_lines(frame, view, meta, width, ellipsis, unicode_ok=True):
@@ -6424,24 +6439,34 @@ def _header_lines(frame, view, meta, width, ellipsis, unicode_ok=True):
     return fit_segments(title, width, ellipsis), fit_segments([(sources, "dim")], width, ellipsis)
 
 
-def _summary_line(totals, width, ellipsis):
+def _summary_line(totals, width, ellipsis, filtered=""):
+    """The totals line; its labels abbreviated, then the token figures given up, before
+    cost and saved are ever cut.  filtered: the filter the totals are of, if any."""
     t = totals
-    segments = [("req %s  " % fmt_int(t.requests), ""), ("hit %s" % fmt_pct(t.hit_rate),
-                                                          hit_style(t.hit_rate) or "ok"),
-                ("  read %s  write %s  miss %s  out %s  " % (
-                    fmt_tokens(t.cache_read, True), fmt_tokens(t.cache_write, True),
-                    fmt_tokens(t.miss, True), fmt_tokens(t.output, True)), ""),
-                ("cost %s" % fmt_usd(t.cost), "title"), ("  saved %s" % fmt_usd(t.saved),
-                                                         "ok" if t.saved >= 0 else "bad")]
-    if t.observed_requests:
-        segments.append(("  observed %s" % fmt_usd(t.observed_cost), "dim"))
+    tokens = (fmt_tokens(t.cache_read, True), fmt_tokens(t.cache_write, True),
+              fmt_tokens(t.miss, True), fmt_tokens(t.output, True))
+    for labels, gap in ((("read", "write", "miss", "out"), "  "), (("rd", "wr", "ms", "out"), " "),
+                        (None, "  ")):
+        segments = [("/%s: " % filtered, "warn")] if filtered else []
+        segments += [("req %s%s" % (fmt_int(t.requests), gap), ""),
+                     ("hit %s" % fmt_pct(t.hit_rate), hit_style(t.hit_rate) or "ok")]
+        if labels:
+            segments.append(("".join("%s%s %s" % (gap, label, figure)
+                                     for label, figure in zip(labels, tokens)), ""))
+        segments += [("%scost %s" % (gap, fmt_usd(t.cost)), "title"),
+                     ("%ssaved %s" % (gap, fmt_usd(t.saved)), "ok" if t.saved >= 0 else "bad")]
+        if t.observed_requests and gap == "  " and labels:
+            segments.append(("  observed %s" % fmt_usd(t.observed_cost), "dim"))
+        if sum(display_width(text) for text, _ in segments) <= width:
+            break
     return fit_segments(segments, width, ellipsis)
 
 
 def _table_lines(frame, view, width, rows_room, ellipsis):
     """The table (or timeline, breaks, help) and the index of the selected row."""
     if view.help:
-        return [[(line, "")] for line in HELP_TEXT][:rows_room]
+        lines = help_text()
+        return [[(line, "")] for line in lines[view.help_top:]][:rows_room]
     if view.trends_panel:
         return _trends_lines(frame, width, rows_room, ellipsis)
     if view.breaks_panel:
@@ -6525,6 +6550,11 @@ def _timeline_lines(frame, view, width, rows_room, ellipsis):
     table = [(None, [(header[i].ljust(widths[i]) if i in (0, 1, 8) else
                       header[i].rjust(widths[i]), "") for i in shown])]
     drilled = in_drill_path(view, frame.prices)
+    if view.focus is not None:   # opened from a break: that request selected
+        times = [req.ts for req, _ in frame.rows]
+        if view.focus in times:
+            view.selected = times.index(view.focus)
+        view.focus = None
     for (req, _), row in zip(frame.rows, rows):
         hit = req.cache_read / req.input if req.input else None
         table.append((_RowHit(hit, drilled(req)), [(pad(fit(row[i], widths[i], ellipsis), widths[i])
@@ -6563,6 +6593,10 @@ def _breaks_lines(frame, view, width, rows_room, ellipsis):
     if not frame.breaks:
         return [[(" ".join(header), "title")], [("no cache breaks found", "dim")]]
     latest = list(reversed(frame.breaks[-500:]))
+    total = sum(b.cost for b in frame.breaks)
+    title = [("cache breaks  %s, costing %s above the cache-read rate (newest first; Enter "
+              "opens one)" % (fmt_int(len(frame.breaks)), fmt_usd(total)), "title")]
+    rows_room -= 1
 
     def make_rows(compact):
         return [[fmt_stamp(b.ts), clean(b.session), clean(b.model), b.cause,
@@ -6575,7 +6609,8 @@ def _breaks_lines(frame, view, width, rows_room, ellipsis):
         table.append((_RowHit(0.0 if item.cost > 0 else None),
                       [(pad(fit(row[i], widths[i], ellipsis), widths[i]) if i < 4
                         else row[i].rjust(widths[i]), header[i]) for i in shown]))
-    return _scrolled(table, view, rows_room, width, ellipsis)
+    return [fit_segments(title, width, ellipsis)] + _scrolled(table, view, rows_room, width,
+                                                             ellipsis)
 
 
 def fmt_gap(seconds):
@@ -6588,24 +6623,28 @@ def fmt_gap(seconds):
     return "%.1fh" % (seconds / 3600)
 
 
-HELP_TEXT = (
-    "catop keys",
-    "  q, Ctrl-C      quit",
-    "  ?              this help (any key closes it)",
-    "  up/down, j/k   move; PgUp/PgDn, Home/End",
-    "  Enter          drill in: a group's sessions, then a session's requests",
-    "  Esc, Backspace back out",
-    "  g              cycle group-by: model, project, agent, provider, session, day",
-    "  w              cycle window: all, today, 1h, 24h, 7d, 30d, week, month",
-    "  s / S          cycle sort column / flip the order",
-    "  /              filter rows by text (Enter applies, Esc cancels)",
-    "  p              pause the display (data keeps being read)",
-    "  b              cache breaks: where the cache was lost, why, and what it cost",
-    "  t              trends: cost, saved and hit rate day by day (30 and 90 days)",
-    "  r              rescan the sources now",
-    "",
-    "HIT% is cache read / input: normal >= 60%, yellow below, red below 30%.",
-)
+def help_text():
+    """The help screen's lines; the groupings and windows are those g and w cycle."""
+    return (
+        "catop keys (up/down scroll this help; any other key closes it)",
+        "  q, Ctrl-C      quit",
+        "  ?              this help",
+        "  up/down, j/k   move; PgUp/PgDn, Home/End",
+        "  Enter          drill in: a group's sessions, then a session's requests;",
+        "                 on the breaks panel, the break's session, at that break",
+        "  Esc, Backspace back out (Esc first clears a filter)",
+        "  g              cycle group-by: %s" % ", ".join(View.GROUPINGS),
+        "  w              cycle window: %s" % ", ".join(View.WINDOWS),
+        "  s / S          cycle sort column (%s) / flip the order" % ", ".join(View.SORTS),
+        "  /              filter rows by text (Enter applies, Esc cancels); the summary",
+        "                 line then totals the rows shown",
+        "  p              pause the display (data keeps being read)",
+        "  b              cache breaks: where the cache was lost, why, and what it cost",
+        "  t              trends: cost, saved and hit rate day by day (30 and 90 days)",
+        "  r              rescan the sources now",
+        "",
+        "HIT% is cache read / input: normal >= 60%, yellow below, red below 30%.",
+    )
 
 
 def _key_line(view, unicode_ok, width, ellipsis):
@@ -6640,11 +6679,11 @@ def render_screen(frame, view, meta, width, height, unicode_ok=True):
         if height < minimum:
             continue
         if name == "summary":
-            top.append(_summary_line(frame.totals, width, ellipsis))
+            top.append(_summary_line(frame.totals, width, ellipsis, view.filter))
             if frame.budgets and height >= 8:
                 top.append(_budget_line(frame.budgets, width, ellipsis))
         elif name == "rates":
-            top.append(fit_segments([(rates_text(frame.rates), "")], width, ellipsis))
+            top.append(fit_segments([(rates_text(frame.rates, width), "")], width, ellipsis))
         elif name == "spark":
             room = max(0, width - 12)
             series = frame.spark[-room:] if room else []
@@ -6653,6 +6692,8 @@ def render_screen(frame, view, meta, width, height, unicode_ok=True):
         else:
             top.append(sources)
     bottom = [_key_line(view, unicode_ok, width, ellipsis)] if height >= 2 else []
+    if view.note is not None and frame.now < view.note[1] and height >= 4:
+        bottom.insert(0, fit_segments([(view.note[0], "ok")], width, ellipsis))
     alerts = [fit_segments([("! " + text, "bad")], width, ellipsis)
               for text in frame.alerts[:2 if height >= 16 else 1]] if height >= 8 else []
     room = height - len(top) - len(bottom) - len(alerts)
@@ -6671,7 +6712,11 @@ def handle_key(view, key, frame):
     if view.typing is not None:
         return _filter_key(view, key)
     if view.help:
-        view.help = False
+        if key in ("up", "k", "down", "j", "pgup", "pgdn"):
+            step = {"up": -1, "k": -1, "down": 1, "j": 1, "pgup": -10, "pgdn": 10}[key]
+            view.help_top = max(0, min(len(help_text()) - 1, view.help_top + step))
+        else:
+            view.help, view.help_top = False, 0
         return None
     rows = len(frame.rows)
     page = getattr(view, "page", 10)
@@ -6683,11 +6728,15 @@ def handle_key(view, key, frame):
         view.selected = max(0, min(rows - 1, view.selected + moves[key]))
     elif key == "?":
         view.help = True
+    elif key == "enter" and view.breaks_panel:
+        _open_break(view, frame)
     elif key == "enter":
         _drill(view, frame)
     elif key in ("esc", "backspace"):
         if view.breaks_panel or view.trends_panel:
             view.breaks_panel = view.trends_panel = False
+        elif key == "esc" and view.filter:
+            view.filter, view.selected = "", 0
         elif view.stack:
             view.stack.pop()
             view.selected = 0
@@ -6712,6 +6761,16 @@ def handle_key(view, key, frame):
     elif key == "r":
         return "rescan"
     return None
+
+
+def _open_break(view, frame):
+    """The session of the break selected on the breaks panel, at that break."""
+    latest = list(reversed(frame.breaks[-500:]))
+    if not latest:
+        return
+    chosen = latest[max(0, min(view.selected, len(latest) - 1))]
+    view.stack, view.breaks_panel = [chosen.session], False
+    view.focus = chosen.ts
 
 
 def _next(options, current):
@@ -7084,6 +7143,9 @@ class LiveApp(object):
         action = handle_key(self.view, name, self.frame or self.current_frame())
         if action == "rescan":
             self.tick(rescan=True)
+            self.view.note = ("rescanned: %s" % counted(sum(s.records for s in
+                                                             self.model.stats()), "record"),
+                              self.clock() + 3.0)
             return None
         return action
 

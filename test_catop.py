@@ -1836,7 +1836,7 @@ class CliTests(IsolatedEnv):
         for width in (200, 80, 60, 40):
             with self.subTest(width=width):
                 lines = ["".join(text for text, _ in line) for line in
-                         catop._breaks_lines(frame, catop.View(), width, 10, "~")]
+                         catop._breaks_lines(frame, catop.View(), width, 10, "~")][1:]
                 for line in lines:
                     self.assertLessEqual(len(line), width)
                     self.assertFalse(re.search(r"(^|\s)[\d$][\d,.%]*~", line), line)
@@ -2175,6 +2175,59 @@ class KeyTests(unittest.TestCase):
                   if text.strip() in (m1, m2) and style != "select"]
         self.assertEqual(sorted(set(models)), [(m2, "title"), (m1, "")])
         self.assertEqual(len(app.frame.breaks), 2)       # the switch and the one after
+
+    def screen_text(self, app, width=120, height=30):
+        return ["".join(text for text, _ in line) for line in app.screen(width, height)]
+
+    def test_a_filter_totals_what_it_shows_and_esc_clears_it(self):
+        app, _ = self.app()
+        everything = app.frame.totals.requests
+        for key in ("/", "g", "p", "t", "enter"):      # rows of gpt-4o only
+            app.press(key)
+        summary = self.screen_text(app)[1]
+        self.assertTrue(summary.startswith("/gpt: req 6 "), summary)
+        self.assertEqual(app.frame.totals.requests, 6)
+        self.assertLess(6, everything)
+        app.press("esc")
+        self.assertEqual(app.view.filter, "")
+        self.assertTrue(self.screen_text(app)[1].startswith("req %d " % everything))
+
+    def test_enter_on_a_break_opens_its_session_at_it(self):
+        app, _ = self.app()
+        app.press("b")
+        lines = self.screen_text(app)
+        self.assertTrue([line for line in lines if line.startswith("cache breaks  ")])
+        newest = app.frame.breaks[-1]
+        app.press("enter")
+        self.screen_text(app)
+        self.assertEqual((app.view.level(), app.view.stack[-1]), ("timeline", newest.session))
+        selected = app.frame.rows[app.view.selected][0]
+        self.assertEqual(selected.ts, newest.ts)
+
+    def test_help_scrolls_and_lists_what_g_cycles_and_r_says_rescanned(self):
+        app, _ = self.app()
+        app.press("?")
+        lines = self.screen_text(app, 100, 12)
+        self.assertIn("  g              cycle group-by: " + ", ".join(catop.View.GROUPINGS),
+                      "\n".join(catop.help_text()))
+        self.assertTrue([line for line in lines if line.startswith("catop keys")])
+        app.press("down")                 # scrolled by a line: the title is off the top
+        self.assertTrue(app.view.help)
+        lines = self.screen_text(app, 100, 12)
+        self.assertFalse([line for line in lines if line.startswith("catop keys")])
+        self.assertTrue([line for line in lines if line.startswith("  q, Ctrl-C")])
+        app.press("x")
+        self.assertFalse(app.view.help)
+        app.press("r")
+        self.assertTrue([line for line in self.screen_text(app) if line.startswith("rescanned: ")])
+
+    def test_an_80_by_24_screen_keeps_the_saving_and_the_hit_rates(self):
+        app, _ = self.app()
+        lines = self.screen_text(app, 80, 24)
+        self.assertIn("saved $", lines[1])
+        self.assertFalse(lines[1].endswith(("~", "\u2026")), lines[1])
+        self.assertIn("hit ", lines[2].split("$/h")[-1])
+        self.assertFalse(lines[2].endswith(("~", "\u2026")), lines[2])
 
     def test_the_sort_column_is_marked_in_the_header(self):
         app, _ = self.app()
