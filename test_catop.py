@@ -1695,6 +1695,21 @@ class CliTests(IsolatedEnv):
         # 2,000 tokens at Sonnet's $3 a million, 1,000 at gpt-4o's $2.50
         self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.006 + 0.0025, places=12)
 
+    def test_a_closed_pipe_ends_quietly(self):
+        """`catop | head -1`: the reader goes away; catop exits 0, and nothing such as
+        'Exception ignored' or a traceback reaches stderr."""
+        for argv in (("--demo",), ("--demo", "--format", "json", "--group-by", "session")):
+            with self.subTest(argv=argv):
+                process = subprocess.Popen(
+                    [sys.executable, os.path.join(HERE, "catop.py"), "--offline",
+                     "--no-history"] + list(argv), stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, env=dict(os.environ))
+                process.stdout.readline()
+                process.stdout.close()             # as head does after its line
+                _, err = process.communicate(timeout=60)
+                self.assertEqual(process.returncode, 0)
+                self.assertEqual(err.decode(), "")
+
     def test_days_weeks_and_months_are_listed_in_time_order(self):
         path = os.path.join(self.tmp, "days.jsonl")
         with open(path, "w") as handle:
