@@ -1822,6 +1822,7 @@ class CliTests(IsolatedEnv):
     def test_a_narrow_timeline_gives_up_columns_never_a_number(self):
         self.point_agents_at_examples()
         expected = {200: ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST"],
+                    80: ["TIME", "MODEL", "MISS", "READ", "WRITE", "HIT%", "COST"],
                     60: ["TIME", "MODEL", "READ", "HIT%", "COST"],
                     40: ["TIME", "MODEL", "READ", "COST"], 20: ["TIME", "COST"]}
         for width, columns in sorted(expected.items()):
@@ -4698,6 +4699,20 @@ class EndToEndTmuxTest(IsolatedEnv):
         self.tmux("send-keys", "-t", "catop", "Escape")
         self.tmux("send-keys", "-t", "catop", "BSpace")
         self.wait_for("MODEL")
+        for key in ("/", "m", "i", "n", "i", "Enter"):   # a filter: the summary follows it
+            self.tmux("send-keys", "-t", "catop", key)
+        self.wait_for("/mini: req 1  ")
+        self.tmux("send-keys", "-t", "catop", "Escape")  # and Esc clears it
+        self.wait_for("req 2  ")
+        self.tmux("send-keys", "-t", "catop", "r")
+        self.wait_for("rescanned: 2 records")
+        self.tmux("send-keys", "-t", "catop", "b")
+        self.wait_for("no cache breaks found")
+        self.tmux("send-keys", "-t", "catop", "Escape")
+        self.tmux("send-keys", "-t", "catop", "?")
+        self.wait_for("cycle group-by: model, project, agent, provider, session, day, week")
+        self.tmux("send-keys", "-t", "catop", "x")
+        self.wait_for("\u25bcCOST")                     # the sort column, marked
         self.tmux("send-keys", "-t", "catop", "q")
         deadline = time.time() + 10
         while not os.path.exists(status) and time.time() < deadline:
