@@ -1695,6 +1695,28 @@ class CliTests(IsolatedEnv):
         # 2,000 tokens at Sonnet's $3 a million, 1,000 at gpt-4o's $2.50
         self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.006 + 0.0025, places=12)
 
+    def test_the_script_runs_itself_as_a_module_and_answers_alike(self):
+        """python3 catop.py re-executes as an imported module (its syntax tree, ~17 MB,
+        is then not kept); CATOP_AS_SCRIPT=1 runs the script itself: one answer."""
+        outputs = []
+        for extra in ({}, {"CATOP_AS_SCRIPT": "1"}):
+            result = subprocess.run(
+                [sys.executable, os.path.join(HERE, "catop.py"), "--demo", "--offline",
+                 "--no-history", "--format", "json", "--group-by", "session"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **extra),
+                timeout=60)
+            self.assertEqual((result.returncode, result.stderr), (0, b""))
+            doc = json.loads(result.stdout)
+            doc.pop("generated_at")
+            doc["prices"].pop("age_s")
+            outputs.append(doc)
+        self.assertEqual(outputs[0], outputs[1])
+        result = subprocess.run([sys.executable, os.path.join(HERE, "catop.py"), "--width", "5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual((result.returncode, result.stderr.decode()),
+                         (2, "catop: error: argument --width: at least 20 columns "
+                             "(catop --help for more)\n"))
+
     def test_a_closed_pipe_ends_quietly(self):
         """`catop | head -1`: the reader goes away; catop exits 0, and nothing such as
         'Exception ignored' or a traceback reaches stderr."""
