@@ -1701,7 +1701,7 @@ class CliTests(IsolatedEnv):
         outputs = []
         for extra in ({}, {"CATOP_AS_SCRIPT": "1"}):
             result = subprocess.run(
-                [sys.executable, os.path.join(HERE, "catop.py"), "--demo", "--offline",
+                [sys.executable, os.path.join(HERE, "catop.py"), "--file", EXAMPLES, "--offline",
                  "--no-history", "--format", "json", "--group-by", "session"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **extra),
                 timeout=60)
