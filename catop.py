@@ -7661,6 +7661,8 @@ def output_width(args):
 def run(args):
     now = time.time()
     JOBS_LIMIT[0] = args.jobs
+    if AS_SCRIPT[0] and worth_running_as_module(args):
+        run_as_module()
     REFUSED_VALUES.clear()
     try:
         since, until = resolve_window(args.window, args.since, args.until, now)
@@ -8150,14 +8152,31 @@ def exit_at_once(status):
     os._exit(status or 0)
 
 
+AS_SCRIPT = [False]   # set when this file runs as a script (python3 catop.py)
+
+
+def worth_running_as_module(args):
+    """Whether a run reads a request log big enough to be split across processes: then
+    the syntax tree a script keeps (about 17 MB in each of them) is worth one more
+    compile (about 0.2 s) to be rid of.  CATOP_AS_MODULE=1 says so for every run."""
+    if os.environ.get("CATOP_AS_MODULE"):
+        return True
+    total = 0
+    for path in args.file:
+        if path == "-":
+            continue
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(path)
+    return total >= PARALLEL_MIN_BYTES and worker_count() > 1
+
+
 def run_as_module():
     """Runs catop again as an imported module, in place of this process.
 
     Python keeps the syntax tree of the script it runs alive until the script ends:
     for this file about 17 MB of every process, workers included.  Imported, the file
-    is compiled and its tree freed at once (and, where its folder is writable, the
-    compiled file cached for the next run).  The cost: one more interpreter start,
-    about 20 ms.  CATOP_AS_SCRIPT=1 runs the script as it is."""
+    is compiled and its tree freed at once.  The cost: one more interpreter start and
+    compile.  CATOP_AS_SCRIPT=1 runs the script as it is, always."""
     if os.environ.get("CATOP_AS_SCRIPT") or not hasattr(os, "execv"):
         return
     folder = os.path.dirname(os.path.abspath(__file__))
@@ -8172,6 +8191,5 @@ def run_as_module():
 
 
 if __name__ == "__main__":
-    if __spec__ is None:        # run as a script (python3 catop.py), not as -m catop
-        run_as_module()
+    AS_SCRIPT[0] = __spec__ is None   # python3 catop.py, not python3 -m catop
     exit_at_once(main())
