@@ -424,6 +424,11 @@ def bounded_number(value, low, high, kind):
             number = None
         if number is not None and low <= number <= high:
             return number
+    return refused(kind)
+
+
+def refused(kind):
+    """Counts one value of kind refused; None, what the refused value is taken as."""
     REFUSED_VALUES[kind] = REFUSED_VALUES.get(kind, 0) + 1
     return None
 
@@ -459,9 +464,7 @@ def parse_timestamp(value):
         return _parse_iso(text)
     if kind is int or kind is float:
         if not 0 < value < 1e21:    # NaN too; a 400-digit int is compared, not converted
-            if value != 0:
-                REFUSED_VALUES["timestamp"] = REFUSED_VALUES.get("timestamp", 0) + 1
-            return None
+            return refused("timestamp") if value != 0 else None
         if value > 1e17:
             value = value / 1e9
         elif value > 1e14:
@@ -469,8 +472,7 @@ def parse_timestamp(value):
         elif value > 1e11:
             value = value / 1e3
         if value > TS_MAX:
-            REFUSED_VALUES["timestamp"] = REFUSED_VALUES.get("timestamp", 0) + 1
-            return None
+            return refused("timestamp")
         return float(value)
     return None
 
@@ -491,8 +493,7 @@ def _parse_iso(text):
         digits = zone[1:].replace(":", "")
         base += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
         if not 0 < base <= TS_MAX:  # 9999-12-31 in -14:00 is year 10000 in UTC
-            REFUSED_VALUES["timestamp"] = REFUSED_VALUES.get("timestamp", 0) + 1
-            return None
+            return refused("timestamp")
     elif zone in ("Z", "z") and hour is not None and len(_MINUTE_CACHE) < 100000:
         _MINUTE_CACHE[text[:16]] = base
     # the same sum as the cached minute's path, so a time reads alike either way
@@ -3530,10 +3531,10 @@ def check_file_identity(state, info, from_start=False):
     if moved or info.st_size < state.lines.offset:
         state.reset()
         state.device, state.inode = info.st_dev, info.st_ino
-    if state.head is None and from_start and state.lines.offset == 0:
-        pass
-    elif state.head is None or (state.head[0] < FILE_HEAD_BYTES and
-                                info.st_size > state.head[0]):
+    deferred = from_start and state.lines.offset == 0   # the caller takes it from block one
+    if (state.head is None and not deferred) or (
+            state.head is not None and state.head[0] < FILE_HEAD_BYTES and
+            info.st_size > state.head[0]):
         state.head = file_head(state.path, FILE_HEAD_BYTES)
     state.size, state.mtime = info.st_size, info.st_mtime
 
@@ -4555,6 +4556,7 @@ def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None,
     """One page of GET /spend/logs/v2 as (dict, raw bytes); raises CatopError with a
     clear reason, which never holds the key or the URL's user:pass@."""
     import base64
+    import http.client
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -4590,7 +4592,7 @@ def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None,
                              "LITELLM_API_KEY to a key allowed to read spend logs"
                              % (where, error.code))
         raise CatopError("the LiteLLM proxy at %s answered HTTP %d" % (where, error.code))
-    except (urllib.error.URLError, OSError, ValueError, http_client().HTTPException) as error:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", error)
         raise CatopError("cannot read spend logs from %s: %s"
                          % (where, clean(str(reason)).replace(key or "\0", "<key>")))
@@ -4602,11 +4604,6 @@ def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None,
         raise CatopError("the LiteLLM proxy at %s sent a page without its data list "
                          "(truncated, or not /spend/logs/v2)" % where)
     return document, data
-
-
-def http_client():
-    import http.client
-    return http.client
 
 
 def spend_row_key(row):
