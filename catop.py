@@ -7737,10 +7737,7 @@ def maintain_history(args, now):
     except Exception as error:
         if not is_sqlite_error(error):
             raise
-        raise CatopError(history_failure(history.path, error).replace(
-            "this report and the next history come from the logs still present",
-            "the next run starts a new one from the logs").replace(
-            "; this report comes from the logs", ""))
+        raise CatopError(history_failure(history.path, error, "the command stopped there"))
     finally:
         history.close()
     return EXIT_OK
@@ -7837,7 +7834,7 @@ def resume_from_history(args, sources):
     except Exception as error:
         if not is_sqlite_error(error):
             raise
-        warn(history_failure(history.path, error).replace("this report", "the live view"))
+        warn(history_failure(history.path, error, "the live view comes from the logs"))
         for source in sources:   # what the store had begun to hand them is dropped
             source.forget_history()
         return [source for source in sources if not isinstance(source, LiveStoredSource)]
@@ -8027,21 +8024,20 @@ def is_sqlite_error(error):
     return sqlite3 is not None and isinstance(error, sqlite3.Error)
 
 
-def history_failure(path, error):
-    """The one-line warning for a history that failed while in use; a damaged one
-    is moved aside first (the next run starts a new one from the logs)."""
+def history_failure(path, error, instead="this report comes from the logs"):
+    """The one-line warning for a history that failed while in use, ending with what
+    happens instead; a damaged one is moved aside first (the next run starts a new
+    one from the logs still present)."""
     trouble = history_trouble(error)
     # SQLite quotes the undecodable text it met: the file's bytes stay out of the line
     reason = re.sub(r" with text '.*", "", clean(error))[:160]
     if trouble == "damaged":
-        return ("the history %s is damaged (%s): moved to %s; this report and the next "
-                "history come from the logs still present" % (path, reason,
-                                                              move_history_aside(path)))
+        return ("the history %s is damaged (%s): moved to %s, a new one is made from the "
+                "logs still present; %s" % (path, reason, move_history_aside(path), instead))
     if trouble == "full":
-        return ("the disk is full: the history %s was not updated (%s); this report comes "
-                "from the logs" % (path, reason))
-    return ("the history %s cannot be used (%s); this report comes from the logs"
-            % (path, reason))
+        return ("the disk is full: the history %s was not updated (%s); %s"
+                % (path, reason, instead))
+    return "the history %s cannot be used (%s); %s" % (path, reason, instead)
 
 
 def budget_limits(args):
