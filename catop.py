@@ -3719,8 +3719,7 @@ class AgentSource(object):
         for key, copies in other.ties.items():
             for req in copies.values():
                 if req is not other.keyed[key]:
-                    self.stats.skip("duplicate", -1)   # counted in other's stats already
-                    self._hold(key, req)
+                    self._hold(key, req, counted=True)
 
     def _scan_one(self, state, final):
         if self.spec.reads_document(state.path):
@@ -3760,15 +3759,17 @@ class AgentSource(object):
                     continue
                 self._hold((session, key) if self.spec.sessions_keyed else key, req)
 
-    def _hold(self, key, req):
+    def _hold(self, key, req, counted=False):
         """Keeps one request per key: the largest (Claude Code writes one response on
         several lines, the early ones partial); of equal ones, within a file the later
         (Gemini CLI rewrites a message, size 0), across files the one file_rank
         prefers, settled in deduplicated() once every file is read, so the answer
-        never depends on the order files are read in or on the workers."""
+        never depends on the order files are read in or on the workers.  counted: the
+        copy was counted as a duplicate already (by the part it comes from)."""
         held = self.keyed.get(key)
         if held is not None:
-            self.stats.skip("duplicate")
+            if not counted:
+                self.stats.skip("duplicate")
             size, held_size = _line_size(key, req), _line_size(key, held)
             if size < held_size:
                 return
