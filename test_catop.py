@@ -4683,6 +4683,10 @@ class EndToEndTmuxTest(IsolatedEnv):
             time.sleep(0.1)
         self.fail("%r never appeared on screen:\n%s" % (text, self.screen()))
 
+    def keys(self, *names):
+        for name in names:
+            self.tmux("send-keys", "-t", "catop", name)
+
     def test_live_view_in_tmux(self):
         if not shutil.which("tmux"):
             self.skipTest("tmux is not installed (.ci/run installs it)")
@@ -4715,29 +4719,26 @@ class EndToEndTmuxTest(IsolatedEnv):
         self.wait_for("MODEL")
         self.assertTrue(all(len(l) <= 40 for l in self.screen().splitlines()))
         self.tmux("resize-window", "-t", "catop", "-x", "120", "-y", "40")
-        self.tmux("send-keys", "-t", "catop", "Enter")
+        self.keys("Enter")
         self.wait_for("SESSION")
         self.wait_for("alpha-session")
-        self.tmux("send-keys", "-t", "catop", "Enter")
+        self.keys("Enter")
         self.wait_for("TIME")
-        self.tmux("send-keys", "-t", "catop", "Escape")
-        self.tmux("send-keys", "-t", "catop", "BSpace")
+        self.keys("Escape", "BSpace")
         self.wait_for("MODEL")
-        for key in ("/", "m", "i", "n", "i", "Enter"):   # a filter: the summary follows it
-            self.tmux("send-keys", "-t", "catop", key)
+        self.keys("/", "m", "i", "n", "i", "Enter")      # a filter: the summary follows it
         self.wait_for("/mini: req 1  ")
-        self.tmux("send-keys", "-t", "catop", "Escape")  # and Esc clears it
+        self.keys("Escape")  # and Esc clears it
         self.wait_for("req 2  ")
-        self.tmux("send-keys", "-t", "catop", "r")
+        self.keys("r")
         self.wait_for("rescanned: 2 records")
-        self.tmux("send-keys", "-t", "catop", "b")
+        self.keys("b")
         self.wait_for("no cache breaks found")
-        self.tmux("send-keys", "-t", "catop", "Escape")
-        self.tmux("send-keys", "-t", "catop", "?")
+        self.keys("Escape", "?")
         self.wait_for("cycle group-by: model, project, agent, provider, session, day, week")
-        self.tmux("send-keys", "-t", "catop", "x")
+        self.keys("x")
         self.wait_for("\u25bcCOST")                     # the sort column, marked
-        self.tmux("send-keys", "-t", "catop", "q")
+        self.keys("q")
         deadline = time.time() + 10
         while not os.path.exists(status) and time.time() < deadline:
             time.sleep(0.1)
