@@ -122,12 +122,13 @@ class Request(object):
 
     __slots__ = ("ts", "agent", "provider", "model", "project", "session",
                  "miss", "cache_read", "cache_write_5m", "cache_write_1h",
-                 "output", "reasoning", "observed_cost", "sidechain", "origin")
+                 "output", "reasoning", "observed_cost", "sidechain", "thread", "diagnosis",
+                 "origin")
 
     def __init__(self, ts=None, agent="", provider="", model="", project="",
                  session="", miss=0, cache_read=0, cache_write_5m=0,
                  cache_write_1h=0, output=0, reasoning=0, observed_cost=None,
-                 sidechain=False, origin=None):
+                 sidechain=False, thread="", diagnosis=None, origin=None):
         self.ts = ts
         self.agent = agent
         self.provider = provider
@@ -142,6 +143,8 @@ class Request(object):
         self.reasoning = reasoning
         self.observed_cost = observed_cost
         self.sidechain = sidechain
+        self.thread = thread     # the conversation thread in its session: "" the main one
+        self.diagnosis = diagnosis   # the provider's cache-miss diagnosis (Diagnosis) or None
         self.origin = origin     # the log file it was read from (agents), else None
 
     @property
@@ -755,6 +758,113 @@ def find_usage(record, record_keys=None):
     return None, None
 
 
+# The provider's cache-miss diagnosis (formats.md section 6), kept on a request as a
+# (verdict, raw reason, missed-token estimate) tuple: the verdict is the break cause
+# of a reported change, NO_CHANGE when the comparison found none, None when there
+# was no verdict (unavailable, not found, pending).
+NO_CHANGE = "no_change"
+_ANTHROPIC_CHANGES = {"model_changed": "model_switch", "system_changed": "system_changed",
+                      "tools_changed": "tools_changed", "messages_changed": "messages_changed"}
+_ANTHROPIC_NO_VERDICT = ("previous_message_not_found", "unavailable")
+_OPENAI_CHANGES = {"model_changed": "model_switch", "context_compacted": "compaction",
+                   "input_changed": "prefix_changed", "tools_changed": "tools_changed",
+                   "prompt_cache_key_changed": "settings_changed",
+                   "text_format_changed": "settings_changed",
+                   "reasoning_effort_changed": "settings_changed",
+                   "verbosity_changed": "settings_changed",
+                   "service_tier_changed": "settings_changed"}
+_OPENAI_NO_VERDICT = ("comparison_response_not_found", "unavailable")
+DIAGNOSIS_KEYS = ("diagnostics", "prompt_cache_diagnostics")   # Anthropic's, OpenAI's
+_SHARED_DIAGNOSES = {}
+
+
+def _diagnosis(verdict, raw, missed):
+    """The shared tuple of one diagnosis (a log repeats a few thousand at most)."""
+    key = (verdict, raw, missed)
+    shared = _SHARED_DIAGNOSES.get(key)
+    if shared is None:
+        shared = key
+        if len(_SHARED_DIAGNOSES) < 100000:
+            _SHARED_DIAGNOSES[key] = key
+    return shared
+
+
+def _missed_estimate(value):
+    """A missed-token estimate as an int; False when it is not a count (refused)."""
+    if value is None:
+        return None
+    if type(value) is float and value.is_integer():   # never NaN nor infinite
+        value = int(value)
+    if type(value) is int and 0 <= value <= MAX_TOKENS_PER_FIELD:
+        return value
+    return False
+
+
+def anthropic_diagnosis(value):
+    """The diagnosis of Anthropic's `diagnostics` (present: null says the comparison
+    found no divergence); None, and counted, when it is not one."""
+    if value is None:
+        return _diagnosis(NO_CHANGE, None, None)
+    reason = value.get("cache_miss_reason", False) if type(value) is dict else False
+    if reason is None:
+        return _diagnosis(None, None, None)          # the comparison was still pending
+    kind = reason.get("type") if type(reason) is dict else None
+    if kind in _ANTHROPIC_NO_VERDICT:
+        return _diagnosis(None, kind, None)
+    cause = _ANTHROPIC_CHANGES.get(kind) if type(kind) is str else None
+    missed = _missed_estimate(reason.get("cache_missed_input_tokens")) if cause else False
+    if missed is False:
+        return refused("cache-miss report")
+    return _diagnosis(cause, kind, missed)
+
+
+def openai_diagnosis(value):
+    """The diagnosis of OpenAI's `prompt_cache_diagnostics`; None, and counted, when
+    it is not one (null: none was asked for)."""
+    if value is None:
+        return None
+    kind = value.get("type") if type(value) is dict else None
+    if kind in _OPENAI_NO_VERDICT:
+        return _diagnosis(None, kind, None)
+    if kind == "cache_hit":
+        cause, raw = NO_CHANGE, kind
+    elif kind == "cache_miss":
+        raw = value.get("reason")
+        cause = _OPENAI_CHANGES.get(raw) if type(raw) is str else None
+    else:
+        cause = raw = None
+    missed = _missed_estimate(value.get("cache_missed_tokens")) if cause else False
+    if missed is False:
+        return refused("cache-miss report")
+    return _diagnosis(cause, raw, missed)
+
+
+def diagnosis_of(holder):
+    """The diagnosis a response object (a dict) carries, or None."""
+    if "diagnostics" in holder:
+        return anthropic_diagnosis(holder["diagnostics"])
+    if "prompt_cache_diagnostics" in holder:
+        return openai_diagnosis(holder["prompt_cache_diagnostics"])
+    return None
+
+
+# Where a record keeps the response its diagnosis is on: the record itself, its
+# response or message, or LiteLLM's logged response.
+_DIAGNOSIS_PLACES = ((), ("response",), ("message",), ("standard_logging_object", "response"))
+
+
+def find_diagnosis(record):
+    """The diagnosis wherever the record keeps its response, or None."""
+    for path in _DIAGNOSIS_PLACES:
+        holder = _dig(record, *path) if path else record
+        if type(holder) is dict and ("diagnostics" in holder
+                                     or "prompt_cache_diagnostics" in holder):
+            found = diagnosis_of(holder)
+            if found is not None:
+                return found
+    return None
+
+
 _MODEL_KEYS = ("model", "model_name", "modelId", "gen_ai.response.model",
                "gen_ai.request.model")
 _PROVIDER_KEYS = ("provider", "litellm_provider", "custom_llm_provider",
@@ -893,7 +1003,7 @@ def interpret_record(record, usage, attributes, wanted):
     miss, read, write_5m, write_1h, output, reasoning = tokens
     return Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
                    _text(session), miss, read, write_5m, write_1h, output, reasoning,
-                   as_money(cost))
+                   as_money(cost), False, "", find_diagnosis(record))
 
 
 # Compiled shapes.  A log repeats a handful of record shapes (the same keys, the
@@ -932,14 +1042,14 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
     if plan is None:
         body = ["return None"]
     else:
-        body = (["get = usage.get"] + _usage_source(plan)
+        body = (["get = usage.get"] + _usage_source(plan) + _diagnosis_source(record_keys)
                 + _attribution_source(attribution_plan(
                     record_keys, wanted, usage_keys if usage_is_attributes else ())))
     source = "def shape(record, usage, attributes):\n    %s\n" % "\n    ".join(body)
     namespace = {"as_count": as_count, "MAX": MAX_TOKENS_PER_FIELD, "Request": Request,
                  "text": _text, "infer_provider": infer_provider, "as_money": as_money,
                  "parse_timestamp": parse_timestamp, "shared_get": _SHARED_TEXT.get,
-                 "EMPTY": {}}
+                 "diagnosis_of": diagnosis_of, "EMPTY": {}}
     exec(compile(source, "<catop shape>", "exec"), namespace)
     return namespace["shape"]
 
@@ -1016,6 +1126,23 @@ def _usage_source(plan):
     return lines
 
 
+def _diagnosis_source(record_keys):
+    """find_diagnosis for records with these keys, as lines setting diag."""
+    lines = ["diag = None"]
+    for path in _DIAGNOSIS_PLACES:
+        if path and path[0] not in record_keys or not path and not set(
+                DIAGNOSIS_KEYS).intersection(record_keys):
+            continue
+        step = ["h = record"] if not path else ["h = record.get(%r)" % path[0]]
+        if len(path) == 2:
+            step.append("h = h.get(%r) if type(h) is dict else None" % path[1])
+        step += ["if type(h) is dict and ('diagnostics' in h or "
+                 "'prompt_cache_diagnostics' in h):", "    diag = diagnosis_of(h)"]
+        lines += (["if diag is None:"] + ["    " + line for line in step]
+                  if len(lines) > 1 else step)
+    return lines
+
+
 _PLACE_SOURCE = {
     _RECORD: "record", _ATTRIBUTES: "attributes", _RESPONSE: "record.get('response')",
     _MESSAGE: "record.get('message')", _SLO: "record.get('standard_logging_object')",
@@ -1072,7 +1199,8 @@ def _attribution_source(plan):
         "model = %s" % text_of("model"),
         "provider = %s(infer_provider(model) if model else '')" % (
             text_of("provider") + " or " if searched["provider"] else ""),
-        "return Request(%s, %s, provider, model, %s, %s, miss, read, w5, w1, out, rsn, %s)" % (
+        "return Request(%s, %s, provider, model, %s, %s, miss, read, w5, w1, out, rsn, %s,"
+        " False, '', diag)" % (
             "parse_timestamp(when)" if searched["when"] else "None", text_of("agent"),
             text_of("project"), text_of("session"),
             # as_money, its common case (a float in range) inline
@@ -1172,10 +1300,23 @@ def parse_claude_code(record, ctx):
                   _text(model), _text(record.get("cwd") or ctx.project),
                   _text(record.get("sessionId")),
                   miss, read, write_5m, write_1h, output, 0,
-                  as_money(record.get("costUSD")), sidechain)
+                  as_money(record.get("costUSD")), sidechain,
+                  claude_code_thread(record, ctx) if sidechain else "",
+                  anthropic_diagnosis(message["diagnostics"]) if "diagnostics" in message
+                  else None)
     message_id = message.get("id")
     key = dedup_key(message_id, record.get("requestId") or "") if message_id else None
     return key, req
+
+
+def claude_code_thread(record, ctx):
+    """The thread of a subagent's line: its agentId, else its file's name.  A subagent
+    has its own context and cache prefix, never chained with its parent's."""
+    agent_id = record.get("agentId")
+    if agent_id and type(agent_id) is str:
+        return _text("agent-" + agent_id)
+    name = os.path.basename(ctx.path)
+    return _text(name[:-6] if name.endswith(".jsonl") else name or "subagent")
 
 
 def dedup_key(message_id, request_id):
@@ -1325,10 +1466,11 @@ def _codex_token_count(info, ts, ctx):
     if not (fresh or cached or output):
         return None
     cached = min(cached, fresh)
+    under_parent = ctx.sidechain and ctx.parent_session
     return Request(ts, "codex", "openai", ctx.model or "unknown", ctx.project,
-                   ctx.parent_session if ctx.sidechain and ctx.parent_session else ctx.session,
+                   ctx.parent_session if under_parent else ctx.session,
                    fresh - cached, cached, 0, 0, output, min(reasoning, output),
-                   None, ctx.sidechain)
+                   None, ctx.sidechain, ctx.session if under_parent else "")
 
 
 def parse_gemini(record, ctx):
@@ -1659,15 +1801,22 @@ def group_key_function(group_by, prices=None):
     return lambda req: tuple(getter(req) for getter in getters)
 
 
+# What a TTL advice is given for (advice_scope): Claude Code's main conversation
+# and its subagents (each has a setting of its own), else a model in a project.
+_CLAUDE_CODE_SCOPES = (("claude-code", "main"), ("claude-code", "subagents"))
+
+
 class PriceClasses(object):
     """The token sums of the requests of each price class: one group, model and
-    provider, above the long-context tier or not, paired in a session or not.
+    provider, above the long-context tier or not, paired in a session or not, and
+    the scope its TTL advice is given for (a project; Claude Code's main thread or
+    subagents).
 
     A request's cost is linear in its tokens at its class's rates, so requests are
     only counted as they come, and each class is priced once, when it is read."""
 
     def __init__(self):
-        self.keys = []     # class id -> (group, model, provider, above tier, paired)
+        self.keys = []     # class id -> (group, model, provider, above tier, paired, scope)
         self.tallies = []  # class id -> Tally of its requests in the window, unpriced
         self.ids = {}      # key -> class id
 
@@ -1681,13 +1830,21 @@ class PriceClasses(object):
     def count(self, req, group, in_window, paired):
         """Counts req in its class (when in the window); returns the class id."""
         key = (group, req.model, req.provider, req.miss + req.cache_read + req.cache_write_5m
-               + req.cache_write_1h > TIER_THRESHOLD_TOKENS, paired)
+               + req.cache_write_1h > TIER_THRESHOLD_TOKENS, paired,
+               _CLAUDE_CODE_SCOPES[req.sidechain] if req.agent == "claude-code"
+               else req.project)
         class_id = self.ids.get(key)
         if class_id is None:
             class_id = self._new_class(key, Tally())
         if in_window:
             self.tallies[class_id].count(req)
         return class_id
+
+    def id_of(self, req, group, paired):
+        """The id of req's class, which it was counted in."""
+        return self.ids[(group, req.model, req.provider, req.input > TIER_THRESHOLD_TOKENS,
+                         paired, _CLAUDE_CODE_SCOPES[req.sidechain]
+                         if req.agent == "claude-code" else req.project)]
 
     def _new_class(self, key, tally):
         class_id = self.ids[key] = len(self.keys)
@@ -1849,7 +2006,7 @@ class Aggregate(object):
         in_window = self.since is None and self.until is None or self.in_window(req.ts)
         key = self.key_of(req)
         # counted in its class (in the window), paired even outside: it may precede one
-        cause = self.effects.add(req, in_window, key)
+        found = self.effects.add(req, in_window, key)
         if self.budgets is not None or self.trend is not None:
             cost, no_cache_cost = self.cost_of(req)
             if self.budgets is not None:
@@ -1867,8 +2024,7 @@ class Aggregate(object):
             detail[0].add(req.model)
             detail[1].add(req.project)
         if self.session is not None:
-            self.timeline.append((req, self.cost_of(req)[0],
-                                  cause.cause if cause is not None else ""))
+            self.timeline.append((req, self.cost_of(req)[0], found))
 
     def cost_of(self, req):
         """(cost, no-cache cost) of one request."""
@@ -1910,10 +2066,10 @@ class Aggregate(object):
             self.budgets.merge(other.budgets)
         if self.trend is not None and other.trend is not None:
             self.trend.merge(other.trend)
-        causes = self.effects.merge(other.effects, self.in_window)
+        found = self.effects.merge(other.effects, self.in_window)
         # a break found only now, at the cut, marks its request in the timeline too
-        self.timeline.extend((req, cost, causes.get(id(req), cause))
-                             for req, cost, cause in other.timeline)
+        self.timeline.extend((req, cost, found.get(id(req), item))
+                             for req, cost, item in other.timeline)
 
 
 # budgets: spend in the current local day, week and month against a limit
@@ -2140,7 +2296,17 @@ BREAK_MIN_EXPECTED_TOKENS = 1024
 CACHE_TTL_S = {"anthropic": 300, "openai": 300, "azure": 300, "xai": 300, "mistral": 300,
                "google": 3600, "gemini": 3600, "vertex_ai": 3600, "deepseek": 3600}
 DEFAULT_TTL_S = 300
-BREAK_CAUSES = ("model_switch", "compaction", "ttl_expired", "prefix_changed")
+# The first four are inferred from the usage alone; the rest only a provider reports
+# (formats.md section 6), as can the first four.
+BREAK_CAUSES = ("model_switch", "compaction", "ttl_expired", "prefix_changed",
+                "system_changed", "tools_changed", "messages_changed", "settings_changed",
+                "evicted")
+# What kind of cause each is, for measuring the inferred causes against reported ones:
+# the heuristic sees a change to the request only as a changed prefix.
+_CAUSE_KINDS = {"model_switch": "model", "compaction": "compaction", "ttl_expired": "expiry",
+                "evicted": "eviction", "prefix_changed": "change", "system_changed": "change",
+                "tools_changed": "change", "messages_changed": "change",
+                "settings_changed": "change"}
 _WRITE_REPORTING = ("anthropic", "bedrock", "vertex_ai-anthropic_models")
 
 
@@ -2148,12 +2314,23 @@ class CacheBreak(object):
     """A request that found much less of its prefix in the cache than the one before left."""
 
     __slots__ = ("session", "ts", "model", "cause", "expected", "read", "rewritten", "gap_s",
-                 "cost")
+                 "cost", "thread", "reported", "reported_reason", "reported_missed", "inferred")
 
-    def __init__(self, session, ts, model, cause, expected, read, rewritten, gap_s, cost):
+    def __init__(self, session, ts, model, cause, expected, read, rewritten, gap_s, cost,
+                 thread="", reported=False, reported_reason=None, reported_missed=None,
+                 inferred=None):
         self.session, self.ts, self.model, self.cause = session, ts, model, cause
         self.expected, self.read, self.rewritten = expected, read, rewritten
         self.gap_s, self.cost = gap_s, cost
+        self.thread = thread                    # "" for the session's main conversation
+        self.reported = reported                # whether the cause is the provider's
+        self.reported_reason = reported_reason  # the provider's raw type or reason
+        self.reported_missed = reported_missed  # its missed-token estimate: never priced
+        self.inferred = cause if inferred is None else inferred   # the heuristic's cause
+
+    @property
+    def cause_source(self):
+        return "reported" if self.reported else "inferred"
 
     def __reduce__(self):
         # workers send thousands of breaks back: a tuple each, not a state dict each
@@ -2164,7 +2341,9 @@ class CacheBreak(object):
                 "cause": self.cause, "expected_read_tokens": self.expected,
                 "read_tokens": self.read, "rewritten_tokens": self.rewritten,
                 "gap_s": None if self.gap_s is None else round(self.gap_s, 3),
-                "cost_usd": round(self.cost, 9)}
+                "cost_usd": round(self.cost, 9), "thread": self.thread or None,
+                "cause_source": self.cause_source, "reported_reason": self.reported_reason,
+                "reported_missed_tokens": self.reported_missed}
 
     def as_json(self, quote=json.encoder.encode_basestring_ascii):
         """as_dict() as JSON text, exactly as the item encoder writes it, with no
@@ -2173,12 +2352,16 @@ class CacheBreak(object):
             quote(self.session), quote(iso_utc(self.ts)), quote(self.model), quote(self.cause),
             self.expected, self.read, self.rewritten,
             "null" if self.gap_s is None else json_float(round(self.gap_s, 3)),
-            json_float(round(self.cost, 9)))
+            json_float(round(self.cost, 9)), quote(self.thread) if self.thread else "null",
+            quote(self.cause_source),
+            "null" if self.reported_reason is None else quote(self.reported_reason),
+            "null" if self.reported_missed is None else "%d" % self.reported_missed)
 
 
 _BREAK_JSON = ('{"session": %s, "ts": %s, "model": %s, "cause": %s, '
                '"expected_read_tokens": %d, "read_tokens": %d, "rewritten_tokens": %d, '
-               '"gap_s": %s, "cost_usd": %s}')
+               '"gap_s": %s, "cost_usd": %s, "thread": %s, "cause_source": %s, '
+               '"reported_reason": %s, "reported_missed_tokens": %s}')
 
 
 def json_float(value):
@@ -2257,15 +2440,32 @@ def break_cost(after, rewritten, prices):
     return written * (p_write - p_read) + (rewritten - written) * (p_in - p_read)
 
 
+def reported_cause(diagnosis, gap, ttl):
+    """The cause the provider's diagnosis gives a break whose request waited gap
+    seconds on an entry of this TTL; None where it gives no verdict.  A comparison
+    that found no change makes the cold read an expiry: by the TTL, or (inside it)
+    an eviction on the provider's side."""
+    if diagnosis is None or diagnosis[0] is None:
+        return None
+    if diagnosis[0] == NO_CHANGE:
+        return "ttl_expired" if gap > ttl else "evicted"
+    return diagnosis[0]
+
+
 def make_break(after, before_ts, switched, ttl, expected, prices, compaction_times):
-    """The CacheBreak of `after`, which read less than half the `expected` prefix
-    (break_cause tells the rest)."""
+    """The CacheBreak of `after`, which read less than half the `expected` prefix:
+    its cause the provider's where it reported one, else break_cause's."""
     rewritten = min(expected - after.cache_read,
                     after.cache_write_5m + after.cache_write_1h + after.miss)
-    return CacheBreak(after.session, after.ts, after.model,
-                      break_cause(before_ts, after.ts, switched, ttl, compaction_times),
-                      expected, after.cache_read, rewritten, after.ts - before_ts,
-                      break_cost(after, rewritten, prices))
+    gap = after.ts - before_ts
+    inferred = break_cause(before_ts, after.ts, switched, ttl, compaction_times)
+    diagnosis = after.diagnosis
+    reported = reported_cause(diagnosis, gap, ttl)
+    return CacheBreak(after.session, after.ts, after.model, reported or inferred,
+                      expected, after.cache_read, rewritten, gap,
+                      break_cost(after, rewritten, prices), after.thread,
+                      reported is not None, diagnosis and diagnosis[1],
+                      diagnosis and diagnosis[2], inferred)
 
 
 # what-if: the same sessions under the other cache TTL, and writes nobody read
@@ -2307,9 +2507,26 @@ def pair_what_if(before_ts, after, found, rates, policy, ttl):
 # numbers) would be freed thousands of requests later, its memory gone cold by
 # then, and scattered states are each a cache miss: on a big log either costs more
 # than all the pairing does.
-_HELD = struct.Struct("dqqqqqii")  # ts, expected read, read, 5m writes, 1h writes,
-#                                    TTL, model id, price class id (-1: no writes)
+_HELD = struct.Struct("dqqqqqiiIIIIId")  # ts, expected read, read, 5m writes, 1h writes,
+#   TTL, model id, price class id; then the thread's gaps so far (GAP_BINS_S), how
+#   many outlived the TTL in force, and what the breaks after those cost
 _NO_HELD = bytes(_HELD.size)
+GAP_BINS_S = (60, 300, 3600)   # gaps under 1 min, 1-5 min, 5-60 min, over 1 h
+GAP_BIN_NAMES = ("under_1m", "1m_5m", "5m_1h", "over_1h")
+
+
+def chain_of(req):
+    """What a request's cache prefix is chained in: its session's thread (the main
+    conversation, a subagent, a forked session), never two threads as one."""
+    return (req.session, req.thread) if req.thread else req.session
+
+
+def session_of(chain):
+    return chain[0] if type(chain) is tuple else chain
+
+
+def thread_of(chain):
+    return chain[1] if type(chain) is tuple else ""
 
 
 def number_of(value, values, numbers):
@@ -2349,6 +2566,7 @@ class CacheEffects(object):
         self.unordered = 0
         self.late = set()        # sessions with a request older than one before it
         self.what_if, self.policy_cost, self.wasted = {}, {}, {}   # set by finish()
+        self.advice = {}
         self._facts = {}         # provider -> (does the TTL choice apply, default TTL)
 
     def __getstate__(self):
@@ -2356,9 +2574,9 @@ class CacheEffects(object):
         state["prices"] = state["key_of"] = None
         return state
 
-    def last_time(self, session):
-        """The time of the session's last request here, or None."""
-        offset = self.last.get(session)
+    def last_time(self, chain):
+        """The time of the last request of a chain (chain_of) here, or None."""
+        offset = self.last.get(chain)
         return None if offset is None else _HELD.unpack_from(self.held, offset)[0]
 
     def _provider(self, provider):
@@ -2376,21 +2594,22 @@ class CacheEffects(object):
         request; returns its break or None.  group: req's, when the caller has it."""
         if group is None:
             group = self.key_of(req)
-        session, ts = req.session, req.ts
+        ts = req.ts
         before = None
-        if not session or ts is None:
+        if not req.session or ts is None:
             offset = None
         else:
-            offset = self.last.get(session)
+            chain = (req.session, req.thread) if req.thread else req.session
+            offset = self.last.get(chain)
             if offset is None:
                 if self.first is not None:
-                    self.first[session] = req
-                offset = self.last[session] = self._new_held()
+                    self.first[chain] = req
+                offset = self.last[chain] = self._new_held()
             else:
                 before = _HELD.unpack_from(self.held, offset)
                 if ts < before[0]:
                     self.unordered += 1
-                    self.late.add(session)
+                    self.late.add(req.session)
                     offset = None
         # a request not paired is not re-priced by the what-if either
         class_id = self.classes.count(req, group, in_window, offset is not None)
@@ -2410,38 +2629,53 @@ class CacheEffects(object):
         read, w5, w1 = req.cache_read, req.cache_write_5m, req.cache_write_1h
         applies, ttl = self._facts.get(req.provider) or self._provider(req.provider)
         found = None
-        if before is not None and in_window:
+        if before is None:
+            g1 = g5 = g60 = gover = past = 0
+            past_cost = 0.0
+        else:
             before_ts, expected, before_read, before_w5, before_w1, before_ttl, model_id, \
-                key_id = before
-            if expected >= BREAK_MIN_EXPECTED_TOKENS and read * 2 < expected:
-                found = make_break(req, before_ts, self.models[model_id] != req.model,
-                                   before_ttl, expected, self.prices,
-                                   self.compactions.get(req.session, ()))
-                self.breaks.append(found)
-            gap = req.ts - before_ts
-            if key_id >= 0:
-                # the writes before that req did not read back before they expired
-                writes = before_w5 + before_w1
+                key_id, g1, g5, g60, gover, past, past_cost = before
+            if in_window:
+                if expected >= BREAK_MIN_EXPECTED_TOKENS and read * 2 < expected:
+                    found = make_break(req, before_ts, self.models[model_id] != req.model,
+                                       before_ttl, expected, self.prices,
+                                       self.compactions.get(req.session, ()))
+                    self.breaks.append(found)
+                gap = req.ts - before_ts
+                if gap < 300:
+                    if gap < 60:
+                        g1 += 1
+                    else:
+                        g5 += 1
+                elif gap < 3600:
+                    g60 += 1
+                else:
+                    gover += 1
                 if gap > before_ttl:
-                    self._unread(key_id, before_w5, before_w1, 1.0)
-                elif read - before_read < writes:
-                    unread = writes - max(0, read - before_read)
-                    self._unread(key_id, before_w5, before_w1, unread / float(writes))
-            if applies and (found is not None or gap > _SHORTEST_TTL_POLICY_S):
-                self._what_if_step(before_ts, req, found, group)
+                    past += 1
+                    if found is not None:
+                        past_cost += found.cost
+                if (before_w5 or before_w1) and key_id >= 0:
+                    # the writes before that req did not read back before they expired
+                    writes = before_w5 + before_w1
+                    if gap > before_ttl:
+                        self._unread(key_id, before_w5, before_w1, 1.0)
+                    elif read - before_read < writes:
+                        unread = writes - max(0, read - before_read)
+                        self._unread(key_id, before_w5, before_w1, unread / float(writes))
+                if applies and (found is not None or gap > _SHORTEST_TTL_POLICY_S):
+                    self._what_if_step(before_ts, req, found, class_id)
         if w5 or w1:
             expected = read + w5 + w1
             if w1 > w5:
                 ttl = 3600  # ttl_in_force
-            key_id = class_id
         else:
             expected = read if applies else req.miss + read  # expected_cached
-            key_id = -1
         model_id = self._model_ids.get(req.model)
         if model_id is None:
             model_id = self._model_id(req.model)
         _HELD.pack_into(self.held, offset, req.ts, expected, read, w5, w1, ttl, model_id,
-                        key_id)
+                        class_id, g1, g5, g60, gover, past, past_cost)
         return found
 
     def _unread(self, class_id, w5, w1, share):
@@ -2452,13 +2686,13 @@ class CacheEffects(object):
         unread[0] += w5 * share
         unread[1] += w1 * share
 
-    def _what_if_step(self, before_ts, after, found, group):
+    def _what_if_step(self, before_ts, after, found, class_id):
         rates = _write_rates(after, self.prices)
         if rates is None:
             return
-        figures = self.pair_deltas.get(group)
+        figures = self.pair_deltas.get(class_id)
         if figures is None:
-            figures = self.pair_deltas[group] = _empty_what_if()
+            figures = self.pair_deltas[class_id] = _empty_what_if()
         for policy, ttl in TTL_POLICIES:
             delta, avoided, added = pair_what_if(before_ts, after, found, rates, policy, ttl)
             figures[policy][0] += delta
@@ -2467,17 +2701,24 @@ class CacheEffects(object):
 
     def finish(self, now):
         """Counts the writes of each session's last request that expired unread (not
-        those that may still be read), then prices every sum once."""
+        those that may still be read), then sums the what-if by group and by scope of
+        advice (advice_scope) and prices every sum once."""
         for offset in self.last.values():
-            ts, _, _, w5, w1, ttl, _, key_id = _HELD.unpack_from(self.held, offset)
-            if key_id >= 0 and (now is None or now - ts > ttl):
+            ts, _, _, w5, w1, ttl, _, key_id = _HELD.unpack_from(self.held, offset)[:8]
+            if (w5 or w1) and key_id >= 0 and (now is None or now - ts > ttl):
                 self._unread(key_id, w5, w1, 1.0)
         self.breaks.sort(key=lambda b: (b.ts, b.session))
-        what_if = {key: {policy: list(v) for policy, v in group.items()}
-                   for key, group in self.pair_deltas.items()}
+        keys = self.classes.keys
+        what_if, advice = {}, {}
+        for class_id, figures in self.pair_deltas.items():
+            key = keys[class_id]
+            for sums in (what_if.setdefault(key[0], _empty_what_if()),
+                         advice.setdefault(advice_scope(key), _empty_advice())):
+                for policy in figures:
+                    sums[policy] = [a + b for a, b in zip(sums[policy], figures[policy])]
         policy_cost, wasted = {}, {}
-        for class_id, (group, model, provider, above_tier, paired) in \
-                enumerate(self.classes.keys):
+        for class_id, key in enumerate(keys):
+            group, model, provider, above_tier, paired = key[:5]
             tally = self.classes.tallies[class_id]
             # the TTL policies re-price the writes of the requests paired in sessions
             repriced = paired and tally.requests and self._provider(provider)[0]
@@ -2490,33 +2731,34 @@ class CacheEffects(object):
                 continue
             rates = tier_rates(rates, above_tier)
             p_in, p_read, p_w5, p_w1 = rates[:4]
-            cost, w5, w1 = 0.0, 0, 0
+            group_figures = what_if.setdefault(group, _empty_what_if())
             if repriced:
                 cost = tokens_cost(tally, rates)[0]
                 w5, w1 = tally.cache_write_5m, tally.cache_write_1h
-            policy_cost[group] = policy_cost.get(group, 0.0) + cost
-            figures = what_if.setdefault(group, _empty_what_if())
-            figures["ttl_1h"][0] += w5 * (p_w1 - p_w5)
-            figures["ttl_5m"][0] += w1 * (p_w5 - p_w1)
+                policy_cost[group] = policy_cost.get(group, 0.0) + cost
+                scoped = advice.setdefault(advice_scope(key), _empty_advice())
+                scoped["requests"] += tally.requests
+                scoped["cost"] += cost
+                scoped["writes"] = [scoped["writes"][0] + w5, scoped["writes"][1] + w1]
+                for figures in (group_figures, scoped):
+                    figures["ttl_1h"][0] += w5 * (p_w1 - p_w5)
+                    figures["ttl_5m"][0] += w1 * (p_w5 - p_w1)
             if unread5 or unread1:
                 tokens, premium = wasted.get(group, (0, 0.0))
                 wasted[group] = (tokens + int(round(unread5 + unread1)),
                                  premium + unread5 * (p_w5 - p_in) + unread1 * (p_w1 - p_in))
         self.what_if, self.policy_cost, self.wasted = what_if, policy_cost, wasted
+        self.advice = advice
 
     def merge(self, other, in_window):
         """Takes in a later part of the same stream (a worker's byte range); returns
-        {id(request): cause} of the breaks found where the parts meet."""
+        {id(request): CacheBreak} of the breaks found where the parts meet."""
         causes = {}
         if not (self.last or self.classes.keys):
             self._adopt(other)
         else:
             causes = self._merge_states(other, in_window)
         self.breaks.extend(other.breaks)
-        for key, group in other.pair_deltas.items():
-            mine = self.pair_deltas.setdefault(key, _empty_what_if())
-            for policy in group:
-                mine[policy] = [a + b for a, b in zip(mine[policy], group[policy])]
         self.unordered += other.unordered
         self.late |= other.late
         return causes
@@ -2529,39 +2771,165 @@ class CacheEffects(object):
         self.last, self.held = other.last, other.held
         self.models, self._model_ids = other.models, other._model_ids
         self.classes, self.unread = other.classes, other.unread
+        self.pair_deltas = other.pair_deltas
 
     def _merge_states(self, other, in_window):
         causes = {}
         class_ids = self.classes.merge(other.classes)  # its ids -> the ids here
-        for session, first in other.first.items():
-            offset = self.last.get(session)
+        for class_id, figures in other.pair_deltas.items():
+            mine = self.pair_deltas.setdefault(class_ids[class_id], _empty_what_if())
+            for policy in figures:
+                mine[policy] = [a + b for a, b in zip(mine[policy], figures[policy])]
+        for chain, first in other.first.items():
+            offset = self.last.get(chain)
             if offset is None:
                 if self.first is not None:
-                    self.first[session] = first
+                    self.first[chain] = first
                 continue
             before = _HELD.unpack_from(self.held, offset)
             if first.ts >= before[0]:
-                # the worker took `first` for a session's start, and counted it already;
-                # what this holds in its place is overwritten below by the part's last
-                found = self._step(first, offset, before, in_window(first.ts), -1,
-                                   self.key_of(first))
+                # the worker took `first` for a thread's start, and counted it already
+                # (paired: it began a thread); what this holds in its place is
+                # overwritten below by the part's last, its gaps added to this one's
+                group = self.key_of(first)
+                found = self._step(first, offset, before, in_window(first.ts),
+                                   self.classes.id_of(first, group, True), group)
                 if found is not None:
-                    causes[id(first)] = found.cause
+                    causes[id(first)] = found
             else:
                 self.unordered += 1
-                self.late.add(session)
-        for session, theirs in other.last.items():  # its ids are the part's own
-            ts, expected, read, w5, w1, ttl, model_id, key_id = _HELD.unpack_from(other.held,
-                                                                                  theirs)
-            model_id = self._model_id(other.models[model_id])
-            key_id = class_ids[key_id] if key_id >= 0 else -1
-            offset = self.last.get(session)
+                self.late.add(first.session)
+        for chain, theirs in other.last.items():  # its ids are the part's own
+            held = list(_HELD.unpack_from(other.held, theirs))
+            held[6] = self._model_id(other.models[held[6]])
+            held[7] = class_ids[held[7]] if held[7] >= 0 else -1
+            offset = self.last.get(chain)
             if offset is None:
-                offset = self.last[session] = self._new_held()
-            _HELD.pack_into(self.held, offset, ts, expected, read, w5, w1, ttl, model_id, key_id)
+                offset = self.last[chain] = self._new_held()
+            else:   # the gaps before the part, and the one where it begins
+                mine = _HELD.unpack_from(self.held, offset)
+                held[8:] = [a + b for a, b in zip(held[8:], mine[8:])]
+            _HELD.pack_into(self.held, offset, *held)
         for class_id, (unread5, unread1) in other.unread.items():
             self._unread(class_ids[class_id], unread5, unread1, 1.0)
         return causes
+
+
+def gap_histograms(effects):
+    """{session: [gaps under 1 min, 1-5 min, 5-60 min, over 1 h, gaps past the TTL in
+    force, what the breaks after those cost]} of the sessions with a gap, each of
+    its threads' gaps summed."""
+    found = {}
+    for chain, offset in effects.last.items():
+        counts = _HELD.unpack_from(effects.held, offset)[8:]
+        if not any(counts[:4]):
+            continue
+        session = session_of(chain)
+        mine = found.get(session)
+        found[session] = list(counts) if mine is None else [a + b for a, b in
+                                                            zip(mine, counts)]
+    return found
+
+
+def gap_total(histograms):
+    total = [0, 0, 0, 0, 0, 0.0]
+    for counts in histograms.values():
+        total = [a + b for a, b in zip(total, counts)]
+    return total
+
+
+def gaps_dict(counts, **key):
+    doc = dict(key)
+    doc.update(zip(GAP_BIN_NAMES, counts[:4]))
+    doc["past_ttl"], doc["past_ttl_cost_usd"] = counts[4], round(counts[5], 9)
+    return doc
+
+
+def costliest_gaps(histograms):
+    """(session, counts) of the sessions with a gap, costliest gaps past the TTL first."""
+    return sorted(histograms.items(), key=lambda item: (-item[1][5], -item[1][4], item[0]))
+
+
+WARM_ACTIVE_S = 3600   # a session active this recently may still have its cache warm
+
+
+def warm_sessions(effects, now):
+    """The threads whose cache entry is still alive at now, expiring first first:
+    dicts of session, thread, model, expires_at (a time), and rewrite_cost_usd, what
+    writing their prefix again costs above reading it once the entry expired."""
+    keys, found = effects.classes.keys, []
+    for chain, offset in effects.last.items():
+        ts, expected, _, _, _, ttl, model_id, class_id = _HELD.unpack_from(
+            effects.held, offset)[:8]
+        if not (now - WARM_ACTIVE_S <= ts and ts + ttl > now) or class_id < 0 \
+                or expected < BREAK_MIN_EXPECTED_TOKENS:
+            continue
+        model, provider, above_tier = effects.models[model_id], keys[class_id][2], \
+            keys[class_id][3]
+        found.append({"session": session_of(chain), "thread": thread_of(chain) or None,
+                      "model": model, "expires_at": ts + ttl,
+                      "rewrite_cost_usd": rewrite_cost(expected, ttl, model, provider,
+                                                       above_tier, effects.prices),
+                      "cached_tokens": expected})
+    found.sort(key=lambda item: (item["expires_at"], item["session"]))
+    return found
+
+
+def rewrite_cost(tokens, ttl, model, provider, above_tier, prices):
+    """What writing tokens of prefix again costs above reading them: at the write
+    rate of this TTL where the provider bills writes, else at the input rate; None
+    when the model has no price."""
+    rates = prices.rates(model, provider)
+    if rates is None:
+        return None
+    p_in, p_read, p_w5, p_w1 = tier_rates(rates, above_tier)[:4]
+    p_write = (p_w1 if ttl >= 3600 else p_w5) if reports_writes(provider) else p_in
+    return round(tokens * (p_write - p_read), 9)
+
+
+ADVICE_MIN_REQUESTS = 20
+ADVICE_MIN_USD = 0.01
+_TTL_SETTINGS = {
+    ("claude-code", "main"): {
+        "ttl_1h": 'set "promptCacheTtl": "1h" in Claude Code\'s settings.json '
+                  '(or ENABLE_PROMPT_CACHING_1H=1 in the environment)',
+        "ttl_5m": 'set "promptCacheTtl": "5m" in Claude Code\'s settings.json '
+                  '(or FORCE_PROMPT_CACHING_5M=1 in the environment)'},
+    ("claude-code", "subagents"): {
+        "ttl_1h": 'set "subagentPromptCacheTtl": "1h" in Claude Code\'s settings.json',
+        "ttl_5m": 'set "subagentPromptCacheTtl": "5m" in Claude Code\'s settings.json '
+                  '(FORCE_PROMPT_CACHING_5M=1 sets every request to 5 m)'}}
+_CACHE_CONTROL_SETTINGS = {
+    "ttl_1h": 'send cache_control {"type": "ephemeral", "ttl": "1h"}',
+    "ttl_5m": 'send cache_control {"type": "ephemeral"} without "ttl": "1h" (5 m is the '
+              'default)'}
+
+
+def ttl_advice(effects):
+    """For each scope (advice_scope) of at least ADVICE_MIN_REQUESTS paired requests
+    whose cheaper cache TTL, over the window, would have cost at least ADVICE_MIN_USD
+    less than what was paid: that TTL, both costs, and the setting to change."""
+    items = []
+    for scope, figures in sorted(effects.advice.items()):
+        paid = figures["cost"]
+        costs = {policy: paid + figures[policy][0] for policy, _ in TTL_POLICIES}
+        cheaper = min(sorted(costs), key=costs.get)
+        saving = paid - costs[cheaper]
+        if figures["requests"] < ADVICE_MIN_REQUESTS or saving < ADVICE_MIN_USD:
+            continue
+        claude_code = scope in _TTL_SETTINGS
+        items.append({
+            "scope": ({"agent": scope[0], "thread": scope[1]} if claude_code else
+                      {"model": scope[0], "project": scope[1]}),
+            "requests": figures["requests"], "cost_usd": round(paid, 9),
+            "ttl_5m_cost_usd": round(costs["ttl_5m"], 9),
+            "ttl_1h_cost_usd": round(costs["ttl_1h"], 9),
+            "cheaper": cheaper, "saving_usd": round(saving, 9),
+            "breaks_avoided": figures[cheaper][1], "breaks_added": figures[cheaper][2],
+            "setting": (_TTL_SETTINGS[scope] if claude_code else
+                        _CACHE_CONTROL_SETTINGS)[cheaper]})
+    items.sort(key=lambda item: -item["saving_usd"])
+    return items
 
 
 def sessions_go_back(effects, parts):
@@ -2582,6 +2950,19 @@ def sessions_go_back(effects, parts):
 
 def _empty_what_if():
     return {policy: [0.0, 0, 0] for policy, _ in TTL_POLICIES}
+
+
+def _empty_advice():
+    """The what-if of one scope of advice, with its requests, cost and writes."""
+    figures = _empty_what_if()
+    figures.update(requests=0, cost=0.0, writes=[0, 0])
+    return figures
+
+
+def advice_scope(class_key):
+    """(agent, thread) of a Claude Code class, else (model, project)."""
+    scope = class_key[5]
+    return scope if type(scope) is tuple else (class_key[1], scope)
 
 
 # the live view's model: every request, priced once, in time order
@@ -2772,14 +3153,39 @@ class View(object):
 
 
 def break_summary(breaks):
-    """Count and cost of the breaks, by cause."""
+    """Count and cost of the breaks, by cause and by where the cause came from, and
+    how far the inferred causes agree with the provider's (cause_agreement)."""
     summary = {"count": len(breaks), "cost_usd": round(sum((b.cost for b in breaks), 0.0), 9),
-               "by_cause": {}}
+               "by_cause": {}, "by_source": {}}
     for cause in BREAK_CAUSES:
         chosen = [b for b in breaks if b.cause == cause]
         summary["by_cause"][cause] = {"count": len(chosen),
                                       "cost_usd": round(sum((b.cost for b in chosen), 0.0), 9)}
+    reported = [b for b in breaks if b.reported]
+    summary["by_source"] = {"reported": len(reported), "inferred": len(breaks) - len(reported)}
+    summary["agreement"] = cause_agreement(reported)
     return summary
+
+
+def agrees(found):
+    """Whether the heuristic named the same kind of cause as the provider reported:
+    a model switch, a compaction, an expiry, an eviction, or a change to the request
+    (which the heuristic can only call a changed prefix)."""
+    return _CAUSE_KINDS[found.inferred] == _CAUSE_KINDS[found.cause]
+
+
+def cause_agreement(reported):
+    """{compared, agree, disagreements: [{reported, inferred, count}]} of breaks whose
+    cause the provider reported, each also inferred from the usage alone."""
+    missed = {}
+    for found in reported:
+        if not agrees(found):
+            pair = (found.cause, found.inferred)
+            missed[pair] = missed.get(pair, 0) + 1
+    return {"compared": len(reported), "agree": len(reported) - sum(missed.values()),
+            "disagreements": [{"reported": cause, "inferred": inferred, "count": count}
+                              for (cause, inferred), count in
+                              sorted(missed.items(), key=lambda item: (-item[1], item[0]))]}
 
 
 def what_if_dict(agg):
@@ -4894,15 +5300,16 @@ def _break_order(item):
 # history: every request kept in SQLite, so a report outlives the agents' log
 # pruning and a warm start reads only what changed
 
-HISTORY_SCHEMA = 3
+HISTORY_SCHEMA = 4
 _HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
                     "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
-                    "size", "msg", "file", "rank")
+                    "size", "msg", "file", "rank", "thread", "diagnosis")
 _HISTORY_TABLES = (
     "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
     " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT, miss INTEGER,"
     " read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER, reasoning INTEGER, observed REAL,"
-    " sidechain INTEGER, size INTEGER, msg TEXT, file TEXT, rank REAL)",
+    " sidechain INTEGER, size INTEGER, msg TEXT, file TEXT, rank REAL, thread TEXT,"
+    " diagnosis TEXT)",
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
     " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT)",
@@ -5028,7 +5435,7 @@ class History(object):
                 db.execute("ALTER TABLE requests ADD COLUMN msg TEXT")
             for statement in _HISTORY_TABLES:
                 db.execute(statement)
-            self._migrate_to_3(db)
+            self._add_columns(db)
             db.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA)
             db.execute("COMMIT")
         except BaseException:
@@ -5043,14 +5450,16 @@ class History(object):
                 db.execute("ROLLBACK")
 
     @staticmethod
-    def _migrate_to_3(db):
+    def _add_columns(db):
         """Schema 3 keeps, per request, the file it came from and that file's rank
-        (which of two copies of one response wins), and per file its first bytes.
+        (which of two copies of one response wins), and per file its first bytes;
+        schema 4, per request, its thread and the provider's cache-miss diagnosis.
         Every file is read again once, from the start, to fill them in: the keys
         are the same, so nothing is counted twice."""
         added = False
         for table, column, kind in (("requests", "file", "TEXT"), ("requests", "rank", "REAL"),
-                                    ("files", "head", "TEXT")):
+                                    ("files", "head", "TEXT"), ("requests", "thread", "TEXT"),
+                                    ("requests", "diagnosis", "TEXT")):
             if column not in [row[1] for row in db.execute("PRAGMA table_info(%s)" % table)]:
                 db.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, kind))
                 added = True
@@ -5132,20 +5541,21 @@ class History(object):
             values.append(until)
         cursor = self.db.execute(
             "SELECT %s, agent, provider, model, project, session, miss, read, w5, w1, output,"
-            " reasoning, observed, sidechain, source FROM requests WHERE %s ORDER BY ts"
-            % (_STORED_TIME, " AND ".join(where)), values)
+            " reasoning, observed, sidechain, thread, diagnosis, source FROM requests"
+            " WHERE %s ORDER BY ts" % (_STORED_TIME, " AND ".join(where)), values)
         for row in cursor:
-            yield row[14], Request(row[0], row[1] or "", row[2] or "", row[3] or "",
+            yield row[16], Request(row[0], row[1] or "", row[2] or "", row[3] or "",
                                    row[4] or "", row[5] or "", row[6], row[7], row[8], row[9],
-                                   row[10], row[11], row[12], bool(row[13]))
+                                   row[10], row[11], row[12], bool(row[13]), row[14] or "",
+                                   row[15] and stored_diagnosis(row[15]))
 
     def rows(self, label=None, exclude=()):
         """(key, Request) of the stored requests of one source (label), or of every
         source but those in exclude."""
         # the columns in the order Request takes them: a row becomes one directly
         query = ("SELECT key, " + _STORED_TIME + ", agent, provider, model, project, session,"
-                 " miss, read, w5, w1, output, reasoning, observed, sidechain, file"
-                 " FROM requests")
+                 " miss, read, w5, w1, output, reasoning, observed, sidechain, thread,"
+                 " diagnosis, file FROM requests")
         if label:
             query, values = query + " WHERE source = ?", (label,)
         elif exclude:
@@ -5154,7 +5564,9 @@ class History(object):
         else:
             values = ()
         for row in self.db.execute(query, values):
-            yield row[0], Request(*row[1:])
+            yield row[0], Request(*row[1:15], thread=row[15] or "",
+                                  diagnosis=row[16] and stored_diagnosis(row[16]),
+                                  origin=row[17])
 
     def holds(self, scope):
         """Whether any stored request is in scope (see requests)."""
@@ -5235,7 +5647,22 @@ def history_row(source, key, req, size=None, msg=None, rank=None):
     return (key, source, req.ts, req.agent, req.provider, req.model, req.project, req.session,
             req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output,
             req.reasoning, req.observed_cost, int(req.sidechain),
-            req.input + req.output if size is None else size, msg, req.origin, rank)
+            req.input + req.output if size is None else size, msg, req.origin, rank,
+            req.thread or None, None if req.diagnosis is None else json.dumps(req.diagnosis))
+
+
+def stored_diagnosis(text):
+    """A diagnosis as history_row stored it; None if the text is not one (a damaged
+    row is read without it, never refused whole)."""
+    try:
+        verdict, raw, missed = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not (verdict is None or verdict == NO_CHANGE or type(verdict) is str and
+            verdict in _CAUSE_KINDS) or not (
+            raw is None or type(raw) is str) or _missed_estimate(missed) is False:
+        return None
+    return _diagnosis(verdict, raw, missed)
 
 
 def _field_key(req):
@@ -5607,6 +6034,16 @@ _DEMO_PROFILES = (
 )
 
 
+# What a provider reports when the demo's prompt changes (OpenAI, Anthropic); the
+# last of Anthropic's is a clean comparison: the entry was evicted early.
+_DEMO_CHANGES = (
+    (("prefix_changed", "input_changed", 2600), ("settings_changed", "reasoning_effort_changed",
+                                                 None),
+     ("tools_changed", "tools_changed", 7400), ("prefix_changed", "input_changed", None)),
+    (("tools_changed", "tools_changed", 5200), ("system_changed", "system_changed", 9100),
+     ("messages_changed", "messages_changed", 3300), (NO_CHANGE, None, None)))
+
+
 def demo_requests(seed=1, now=None, hours=6.0):
     """Realistic mixed traffic: growing conversations whose cache sometimes breaks
     (idle gaps past the TTL, model switches, compactions, prompt changes)."""
@@ -5631,9 +6068,9 @@ def demo_traffic(seed=1, now=None, hours=6.0):
 def _demo_session(rng, ts, now, agent, provider, models, project, session, system, gap,
                   compactions):
     anthropic = provider == "anthropic"
-    coding = agent in ("claude-code", "codex")
+    coding = agent in ("claude-code", "codex")   # these report why the cache missed
     model, cached, context, ttl = models[0], 0, system, 300
-    out = []
+    out, diagnosis = [], None
     while ts < now and len(out) < 90:
         event = rng.random()
         if event < 0.04:
@@ -5641,17 +6078,21 @@ def _demo_session(rng, ts, now, agent, provider, models, project, session, syste
             ts += idle
             if idle > ttl:
                 cached = 0
+                diagnosis = (NO_CHANGE, None, None) if anthropic else None
         elif event < 0.07:
             if len(models) > 1:
                 model = rng.choice([m for m in models if m != model])  # a new cache
                 cached = 0
+                diagnosis = ("model_switch", "model_changed", None)
         elif event < 0.09:
             if coding:
                 context = system + rng.randint(2000, 6000)  # compaction
                 cached = 0
                 compactions.append((session, ts - 1))
+                diagnosis = None if anthropic else ("compaction", "context_compacted", None)
         elif event < 0.10:
             cached = min(cached, rng.randint(0, system // 2))  # the prompt changed
+            diagnosis = _DEMO_CHANGES[anthropic][int(ts) % 4]
         if ts >= now:
             break
         context += rng.randint(300, 4000)
@@ -5665,7 +6106,9 @@ def _demo_session(rng, ts, now, agent, provider, models, project, session, syste
         reasoning = rng.randint(0, output // 2) if "gpt-5" in model or "gemini" in model else 0
         out.append(Request(ts, agent, provider, model, project, session, miss, read,
                            0 if one_hour else write, write if one_hour else 0,
-                           output, reasoning))
+                           output, reasoning,
+                           diagnosis=_diagnosis(*diagnosis) if diagnosis and coding else None))
+        diagnosis = None
         cached = context if (anthropic or context >= 1024) else 0
         ts += rng.expovariate(1.0 / gap)
     return out
@@ -6189,6 +6632,18 @@ def render_breaks_section(agg, width, ellipsis="~"):
         lines.append("  by cause: " + " | ".join(
             "%s %s %s" % (cause, fmt_int(figures["count"]), fmt_usd(figures["cost_usd"]))
             for cause, figures in causes))
+        if summary["by_source"]["reported"]:
+            agreement = summary["agreement"]
+            lines.append("  causes: %s reported by the provider, %s inferred; inferred causes "
+                         "agree with the provider on %s of %s" % (
+                             fmt_int(summary["by_source"]["reported"]),
+                             fmt_int(summary["by_source"]["inferred"]),
+                             fmt_int(agreement["agree"]),
+                             counted(agreement["compared"], "break")))
+            if agreement["disagreements"]:
+                lines.append("  where they differ (reported, inferred): " + " | ".join(
+                    "%s/%s %s" % (item["reported"], item["inferred"], fmt_int(item["count"]))
+                    for item in agreement["disagreements"][:4]))
         by_session = {}
         for item in breaks:
             slot = by_session.setdefault(item.session, [0, 0.0])
@@ -6198,6 +6653,7 @@ def render_breaks_section(agg, width, ellipsis="~"):
         lines.append("  costliest sessions: " + " | ".join(
             "%s %s (%d)" % (clean(session), fmt_usd(cost), count)
             for session, (count, cost) in top))
+    lines.extend(gap_lines(gap_histograms(effects)))
     doc = what_if_dict(agg)
     if doc["applies_to_cost_usd"]:
         for policy, label in (("ttl_1h", "all cache writes 1 h"), ("ttl_5m", "all cache writes 5 m")):
@@ -6214,7 +6670,40 @@ def render_breaks_section(agg, width, ellipsis="~"):
         lines.append("wasted writes  %s tokens written and never read before their TTL ran "
                      "out: %s of write premium" % (fmt_int(wasted["tokens"]),
                                                    fmt_usd(wasted["cost_usd"])))
+    lines.extend(advice_line(item) for item in ttl_advice(effects))
     return [fit(line, width, ellipsis) for line in lines]
+
+
+def gap_lines(histograms, top=3):
+    """The gaps between requests, summed, and the sessions whose gaps past the TTL
+    cost most."""
+    if not histograms:
+        return []
+    total = gap_total(histograms)
+    lines = ["gaps between requests  under 1 min %s | 1-5 min %s | 5-60 min %s | over 1 h %s;"
+             " %s past the TTL in force, their breaks costing %s" % (
+                 tuple(fmt_int(n) for n in total[:4]) + (fmt_int(total[4]), fmt_usd(total[5])))]
+    costly = [(session, counts) for session, counts in costliest_gaps(histograms)
+              if counts[5] > 0][:top]
+    if costly and len(histograms) > 1:
+        lines.append("  sessions losing most to gaps past the TTL: " + " | ".join(
+            "%s %s (%d)" % (clean(session), fmt_usd(counts[5]), counts[4])
+            for session, counts in costly))
+    return lines
+
+
+_SCOPE_TEXT = {("claude-code", "main"): "claude-code main conversation",
+               ("claude-code", "subagents"): "claude-code subagents"}
+
+
+def advice_line(item):
+    scope = item["scope"]
+    where = _SCOPE_TEXT.get((scope.get("agent"), scope.get("thread"))) or "%s in %s" % (
+        clean(scope["model"]), clean(short_project(scope["project"])) or "(no project)")
+    return "advice  %s: %s cache writes would have cost %s less over the window (%s, not %s)" \
+        ": %s" % (where, "1 h" if item["cheaper"] == "ttl_1h" else "5 m",
+                  fmt_usd(item["saving_usd"]), fmt_usd(item["%s_cost_usd" % item["cheaper"]]),
+                  fmt_usd(item["cost_usd"]), item["setting"])
 
 
 def render_report(report, width=80, ellipsis="~"):
@@ -6287,12 +6776,13 @@ def render_timeline(report, width=80, ellipsis="~"):
     lines = [fit("session %s  (%s)" % (clean(", ".join(sessions)),
                                        counted(len(entries), "request")), width, ellipsis),
              fit(session_facts(entries), width, ellipsis)]
-    for cells, (req, _, cause) in zip([header] + rows, [(None, None, "")] + entries):
+    for cells, (req, _, found) in zip([header] + rows, [(None, None, None)] + entries):
         text = "  ".join(
             pad(fit(cells[i], widths[i], ellipsis), widths[i]) if i < 2
             else cells[i].rjust(widths[i]) for i in shown).rstrip()
-        notes = ("  break: " + cause if cause else "") + (
-            "  subagent" if req is not None and req.sidechain else "")
+        notes = ("  break: " + break_label(found) if found else "") + (
+            "  " + thread_label(req) if req is not None and (req.sidechain or req.thread)
+            else "")
         if notes and display_width(text) + 4 < width:   # the notes are cut, never the row
             text += fit(notes, width - display_width(text), ellipsis)
         lines.append(fit(text, width, ellipsis))
@@ -6356,6 +6846,26 @@ def session_facts(entries):
     if timed:
         text += "  from %s to %s" % (fmt_stamp(min(timed)), fmt_stamp(max(timed)))
     return text
+
+
+def break_label(found):
+    """A break's cause, and where it came from: "tools_changed (reported)",
+    "compaction (reported context_compacted)", "prefix_changed (provider:
+    unavailable)"; the provider's missed-token estimate where it gave one."""
+    raw = clean(found.reported_reason) if found.reported_reason else None
+    if found.reported:
+        source = "reported" if raw in (None, found.cause) else "reported " + raw
+    else:
+        source = "provider: " + raw if raw else ""
+    if found.reported_missed is not None:
+        source += "%s%s missed" % ("; " if source else "", fmt_tokens(found.reported_missed,
+                                                                     True))
+    return found.cause + (" (%s)" % source if source else "")
+
+
+def thread_label(req):
+    """Which thread of its session a request is in, for a timeline."""
+    return "subagent " + clean(req.thread) if req.thread else "subagent"
 
 
 def _timeline_cells(req, cost, compact):
@@ -6535,7 +7045,7 @@ def _join_cells(cells, style):
 def _timeline_lines(frame, view, width, rows_room, ellipsis):
     """The live view's session timeline: the columns of --session's, fitted the same
     way, and the break of each request where there is room for it."""
-    marks = {(b.session, b.ts): b.cause for b in frame.breaks}
+    marks = {(b.session, b.ts): break_label(b) for b in frame.breaks}
     header = ["TIME", "MODEL", "MISS", "READ", "WRITE", "OUT", "HIT%", "COST"]
     rows, widths, shown = _fitted_timeline(header, [(req, cost, "") for req, cost
                                                     in frame.rows], width)
@@ -6597,7 +7107,8 @@ def _breaks_lines(frame, view, width, rows_room, ellipsis):
     rows_room -= 1
 
     def make_rows(compact):
-        return [[fmt_stamp(b.ts), clean(b.session), clean(b.model), b.cause,
+        return [[fmt_stamp(b.ts), clean(b.session) + ("/" + clean(b.thread) if b.thread
+                                                      else ""), clean(b.model), break_label(b),
                  fmt_tokens(b.expected, compact), fmt_tokens(b.read, compact),
                  fmt_gap(b.gap_s), fmt_usd(b.cost)] for b in latest]
     cells, widths, shown = fitted_columns(header, make_rows, width, _BREAK_STEPS)
@@ -6826,6 +7337,7 @@ def report_dict(report):
     lists (groups, timeline) are generators, written out one item at a time."""
     agg = report.aggregate
     models = logged_models(agg) if "model" in agg.group_by else None
+    histograms = gap_histograms(agg.effects)
     doc = {
         "catop_version": __version__,
         "generated_at": iso_utc(report.now),
@@ -6843,13 +7355,26 @@ def report_dict(report):
         "break_summary": break_summary(agg.effects.breaks),
         "what_if": what_if_dict(agg),
         "wasted_writes": wasted_dict(agg),
+        "ttl_advice": ttl_advice(agg.effects),
+        "gaps": gaps_dict(gap_total(histograms)),
+        "session_gaps": (gaps_dict(counts, session=session)
+                         for session, counts in costliest_gaps(histograms)),
+        "warm_sessions": [warm_dict(item, report.now)
+                          for item in warm_sessions(agg.effects, report.now)],
         "refused_values": dict(sorted(report.refused.items())),
     }
     if agg.budgets is not None:
         doc["budgets"] = budget_dicts(agg.budgets)
     if agg.session is not None:
-        doc["timeline"] = (timeline_entry(req, cost, cause) for req, cost, cause in
+        doc["timeline"] = (timeline_entry(req, cost, found) for req, cost, found in
                            sorted(agg.timeline, key=lambda e: (e[0].ts is None, e[0].ts or 0)))
+    return doc
+
+
+def warm_dict(item, now):
+    doc = dict(item)
+    doc["expires_at"] = iso_utc(item["expires_at"])
+    doc["expires_in_s"] = round(item["expires_at"] - now, 3)
     return doc
 
 
@@ -6862,13 +7387,18 @@ def logged_models(agg):
     return found
 
 
-def timeline_entry(req, cost, cause=""):
+def timeline_entry(req, cost, found=None):
+    """One request of a --session timeline; found: its CacheBreak, if it is one."""
     return {"ts": iso_utc(req.ts), "session": req.session, "model": req.model,
             "miss_tokens": req.miss, "cache_read_tokens": req.cache_read,
             "cache_write_tokens": req.cache_write_5m + req.cache_write_1h,
             "cache_write_1h_tokens": req.cache_write_1h, "output_tokens": req.output,
             "reasoning_tokens": req.reasoning, "cost_usd": round(cost, 9),
-            "subagent": req.sidechain, "break": cause or None}
+            "subagent": req.sidechain, "break": found.cause if found else None,
+            "thread": req.thread or None,
+            "cause_source": found.cause_source if found else None,
+            "reported_reason": req.diagnosis[1] if req.diagnosis else None,
+            "reported_missed_tokens": req.diagnosis[2] if req.diagnosis else None}
 
 
 def item_encoder():
@@ -6993,7 +7523,7 @@ def format_csv(report):
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     if agg.session is not None:
-        entries = [timeline_entry(req, cost, cause) for req, cost, cause
+        entries = [timeline_entry(req, cost, found) for req, cost, found
                    in sorted(agg.timeline, key=lambda e: request_order(e[0]))]
         fields = list(timeline_entry(Request(), 0.0))
         writer.writerow(fields)
@@ -7605,14 +8135,16 @@ def export_history(history, kind, out):
     """Every stored request, as CSV or JSON lines."""
     fields = ("ts", "agent", "provider", "model", "project", "session", "miss_tokens",
               "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
-              "output_tokens", "reasoning_tokens", "observed_cost_usd", "subagent", "source")
+              "output_tokens", "reasoning_tokens", "observed_cost_usd", "subagent", "source",
+              "thread", "reported_reason")
     writer = csv.writer(out, lineterminator="\n") if kind == "csv" else None
     if writer:
         writer.writerow(fields)
     for label, req in history.requests():
         values = (iso_utc(req.ts), req.agent, req.provider, req.model, req.project, req.session,
                   req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output,
-                  req.reasoning, req.observed_cost, req.sidechain, label)
+                  req.reasoning, req.observed_cost, req.sidechain, label, req.thread,
+                  req.diagnosis and req.diagnosis[1])
         if writer:
             writer.writerow([csv_cell(v) for v in values])
         else:

@@ -975,7 +975,8 @@ class LineReadingTests(unittest.TestCase):
                     mock.patch.object(catop, "worker_count", return_value=2):
                 agg = catop.Aggregate(PRICES, session="s")
                 catop.scan_request_file(path, agg, catop.SourceStats("x"))
-                timelines.append(sorted((req.ts, cause) for req, _, cause in agg.timeline))
+                timelines.append(sorted((req.ts, found and found.cause)
+                                        for req, _, found in agg.timeline))
         self.assertEqual(timelines[1], timelines[0])
         self.assertEqual([ts - NOW for ts, cause in timelines[0] if cause], [cut])
 
@@ -1058,7 +1059,16 @@ class LineReadingTests(unittest.TestCase):
         self.assertEqual(back.as_dict(), {
             "session": "s1", "ts": "2023-11-14T22:13:20Z", "model": "gpt-4o",
             "cause": "ttl_expired", "expected_read_tokens": 12000, "read_tokens": 100,
-            "rewritten_tokens": 11900, "gap_s": 400.25, "cost_usd": 0.012345679})
+            "rewritten_tokens": 11900, "gap_s": 400.25, "cost_usd": 0.012345679,
+            "thread": None, "cause_source": "inferred", "reported_reason": None,
+            "reported_missed_tokens": None})
+        found = catop.CacheBreak("s1", 1700000000.5, "gpt-4o", "tools_changed", 12000, 100,
+                                 11900, 400.25, 0.0123456789, "agent-7", True,
+                                 "tools_changed", 11500, "ttl_expired")
+        back = pickle.loads(pickle.dumps(found, pickle.HIGHEST_PROTOCOL))
+        self.assertEqual(back.as_json(), json.dumps(found.as_dict()))
+        self.assertEqual((back.thread, back.cause_source, back.reported_missed, back.inferred),
+                         ("agent-7", "reported", 11500, "ttl_expired"))
 
 
 # ------------------------------------------------------------------- agents
@@ -1536,6 +1546,7 @@ class CliTests(IsolatedEnv):
         self.assertEqual(list(doc), ["catop_version", "generated_at", "window", "sources",
                                      "prices", "totals", "groups", "unpriced_models", "breaks",
                                      "break_summary", "what_if", "wasted_writes",
+                                     "ttl_advice", "gaps", "session_gaps", "warm_sessions",
                                      "refused_values"])
         self.assertEqual(list(doc["window"]), ["since", "until"])
         self.assertEqual(list(doc["prices"]), ["origin", "models", "age_s"])
@@ -1899,14 +1910,21 @@ class CliTests(IsolatedEnv):
                          (5, 55124))
         self.assertEqual([t["cache_read_tokens"] for t in doc["timeline"]],
                          [10000, 12000, 0, 15000, 0])
-        self.assertEqual([b["session"][:4] for b in doc["breaks"]], ["1111", "1111"])
+        # the haiku request is the subagent's first, not a break of the main thread
+        self.assertEqual([(b["session"][:4], b["cause"], b["thread"]) for b in doc["breaks"]],
+                         [("1111", "model_switch", None)])
+        self.assertEqual([t["thread"] for t in doc["timeline"]],
+                         [None, None, "agent-a1", None, None])
         self.assertEqual(sum(g["requests"] for g in doc["groups"]), 5)
         code, out, _ = self.run_main("--agent", "claude-code", "--session", "1111",
                                      "--format", "csv", "--offline", "--no-history")
         rows = out.splitlines()
         self.assertEqual(rows[0].split(",")[:3], ["ts", "session", "model"])
         self.assertEqual(len(rows), 1 + 5)
-        self.assertEqual(rows[3].split(",")[-1], "model_switch")
+        header = rows[0].split(",")
+        self.assertEqual([row.split(",")[header.index("break")] for row in rows[1:]],
+                         ["", "", "", "", "model_switch"])
+        self.assertEqual(rows[3].split(",")[header.index("thread")], "agent-a1")
         code, out, _ = self.run_main("--agent", "claude-code", "--session", "1111",
                                      "--offline", "--no-history", "--width", "200")
         self.assertIn("requests  5 ", out)
@@ -2486,16 +2504,17 @@ def chain(*specs, session="s", provider="anthropic"):
 
 
 def detect_breaks(requests, prices, compactions=None):
-    """The plain reference of the break engine: every break, session by session in
-    time order, each request compared with the one before it.  CacheEffects (held
-    state, price classes, parts merged across processes) is pinned to it."""
+    """The plain reference of the break engine: every break, thread by thread (the
+    session's main conversation, each subagent) in time order, each request compared
+    with the one before it.  CacheEffects (held state, price classes, parts merged
+    across processes) is pinned to it."""
     compactions = compactions or {}
-    by_session = {}
+    by_thread = {}
     for req in requests:
         if req.session and req.ts is not None:
-            by_session.setdefault(req.session, []).append(req)
+            by_thread.setdefault((req.session, req.thread), []).append(req)
     found = []
-    for session, requests_of_session in by_session.items():
+    for (session, _), requests_of_session in by_thread.items():
         requests_of_session.sort(key=lambda r: r.ts)
         for before, after in zip(requests_of_session, requests_of_session[1:]):
             expected = catop.expected_cached(before)
@@ -2509,7 +2528,15 @@ def detect_breaks(requests, prices, compactions=None):
 
 def break_tuples(breaks):
     return [(b.session, b.ts, b.model, b.cause, b.expected, b.read, b.rewritten, b.gap_s,
-             round(b.cost, 12)) for b in breaks]
+             round(b.cost, 12), b.thread, b.reported, b.reported_reason, b.reported_missed,
+             b.inferred) for b in breaks]
+
+
+# diagnoses a random stream draws from: changes, a clean comparison, non-verdicts
+RANDOM_DIAGNOSES = [None, None, None, ("tools_changed", "tools_changed", 4000),
+                    (catop.NO_CHANGE, None, None), (None, "unavailable", None),
+                    ("settings_changed", "reasoning_effort_changed", 900),
+                    (None, None, None), ("model_switch", "model_changed", None)]
 
 
 class BreakEngineTests(unittest.TestCase):
@@ -2529,7 +2556,9 @@ class BreakEngineTests(unittest.TestCase):
                 requests.append(catop.Request(ts, "a", catop.infer_provider(model), model, "p",
                                               session, rng.randint(0, 300), read,
                                               write if rng.random() < 0.8 else 0,
-                                              write if rng.random() < 0.2 else 0, 50))
+                                              write if rng.random() < 0.2 else 0, 50,
+                                              thread=rng.choice(["", "", "", "agent-1"]),
+                                              diagnosis=rng.choice(RANDOM_DIAGNOSES)))
                 cached = read + write
                 if rng.random() < 0.05:
                     compactions.setdefault(session, []).append(ts + 1)
@@ -2715,7 +2744,8 @@ class WhatIfTests(unittest.TestCase):
         self.assertEqual(doc["breaks"], [{
             "session": "s", "ts": catop.iso_utc(NOW + 400), "model": m, "cause": "ttl_expired",
             "expected_read_tokens": 12000, "read_tokens": 0, "rewritten_tokens": 12000,
-            "gap_s": 400.0, "cost_usd": 0.0414}])
+            "gap_s": 400.0, "cost_usd": 0.0414, "thread": None, "cause_source": "inferred",
+            "reported_reason": None, "reported_missed_tokens": None}])
         self.assertEqual(doc["break_summary"]["count"], 1)
         self.assertEqual(doc["break_summary"]["by_cause"]["ttl_expired"],
                          {"count": 1, "cost_usd": 0.0414})
@@ -4613,8 +4643,13 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(upgraded["totals"], fresh)
         self.assertEqual(upgraded["sources"][0]["records"],          # read again, once
                          first["sources"][0]["records"])
+        # schema 4's threads are filled in too: the subagent is not chained to its parent
+        self.assertEqual(upgraded["breaks"], first["breaks"])
         db = sqlite3.connect(self.store)
-        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 4)
+        # the subagent's two lines (its replay of msg_B is stored, and left out when read)
+        self.assertEqual(db.execute("SELECT count(*) FROM requests WHERE thread = 'agent-a1'")
+                         .fetchone()[0], 2)
         self.assertEqual(db.execute("SELECT count(*) FROM requests WHERE file IS NULL")
                          .fetchone()[0], 0)
         db.close()
