@@ -2411,11 +2411,15 @@ def expected_cached(req):
     return req.input
 
 
-def break_cause(before_ts, after_ts, switched, ttl, compaction_times):
+def break_cause(before_ts, after_ts, switched, ttl, compaction_times, shrunk=False):
     """Why a request found its prefix gone: switched says the model changed since
-    the request before (at before_ts), whose writes lived ttl seconds."""
+    the request before (at before_ts), whose writes lived ttl seconds; shrunk, that
+    its whole input is under half the prefix cached before it (the context was cut
+    or summarized: a compaction, where the log has no mark of one)."""
     if switched:
         return "model_switch"
+    if shrunk:
+        return "compaction"
     if before_ts is not None and after_ts is not None:
         if compaction_times and any(before_ts < ts <= after_ts for ts in compaction_times):
             return "compaction"
@@ -2458,7 +2462,8 @@ def make_break(after, before_ts, switched, ttl, expected, prices, compaction_tim
     rewritten = min(expected - after.cache_read,
                     after.cache_write_5m + after.cache_write_1h + after.miss)
     gap = after.ts - before_ts
-    inferred = break_cause(before_ts, after.ts, switched, ttl, compaction_times)
+    inferred = break_cause(before_ts, after.ts, switched, ttl, compaction_times,
+                           after.input * 2 < expected)
     diagnosis = after.diagnosis
     reported = reported_cause(diagnosis, gap, ttl)
     return CacheBreak(after.session, after.ts, after.model, reported or inferred,
@@ -7779,7 +7784,58 @@ def litellm_log_record(kwargs, response, start_time=None):
                   "output_tokens": output,
                   "output_tokens_details": {"reasoning_tokens": reasoning}},
     }
-    return {k: v for k, v in record.items() if v not in ("", None)}
+    record = {k: v for k, v in record.items() if v not in ("", None)}
+    found = response_diagnosis(response)
+    if found is not None:   # kept even when null: Anthropic's null is a verdict
+        record[found[0]] = found[1]
+    return record
+
+
+_DIAGNOSIS_FIELDS = ("type", "reason", "cache_missed_input_tokens", "cache_missed_tokens",
+                     "comparison_reusable_tokens")
+_ABSENT = object()
+
+
+def _member(holder, key):
+    """holder's key (a dict's) or attribute (a response object's); _ABSENT if none."""
+    if isinstance(holder, dict):
+        return holder.get(key, _ABSENT)
+    extra = getattr(holder, "__pydantic_extra__", None)   # pydantic 2 keeps extras here
+    if isinstance(extra, dict) and key in extra:
+        return extra[key]
+    return getattr(holder, key, _ABSENT) if holder is not None else _ABSENT
+
+
+def _scalars(value):
+    """The known fields of a diagnosis object that are plain values, nothing else."""
+    value = _plain(value)
+    if not isinstance(value, dict):
+        return value if value is None or isinstance(value, (str, int, float)) else str(value)
+    return {k: value[k] for k in _DIAGNOSIS_FIELDS
+            if k in value and (value[k] is None or isinstance(value[k], (str, int, float)))}
+
+
+def response_diagnosis(response):
+    """(key, value) of the provider's cache-miss diagnosis on a LiteLLM response
+    (Anthropic's diagnostics, OpenAI's prompt_cache_diagnostics), on it or in its
+    provider_specific_fields, with only the diagnosis's own fields; or None."""
+    extra = _member(response, "provider_specific_fields")
+    for holder in (response, extra if isinstance(extra, dict) else None):
+        if holder is None:
+            continue
+        for key in DIAGNOSIS_KEYS:
+            value = _member(holder, key)
+            if value is _ABSENT:
+                continue
+            if key == "diagnostics":
+                plain = _plain(value) if value is not None else None
+                reason = plain.get("cache_miss_reason", _ABSENT) if isinstance(plain, dict) \
+                    else _ABSENT
+                return key, (None if value is None else
+                             {"cache_miss_reason": _scalars(reason)} if reason is not _ABSENT
+                             else _scalars(plain))
+            return key, _scalars(value)
+    return None
 
 
 class _LogAppender(object):

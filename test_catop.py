@@ -896,11 +896,16 @@ class LineReadingTests(unittest.TestCase):
                                 [b.as_dict() for b in effects.breaks],
                                 {k: {p: [round(v[0], 12)] + v[1:] for p, v in g.items()}
                                  for k, g in effects.what_if.items()},
-                                {k: [v[0], round(v[1], 12)] for k, v in effects.wasted.items()}))
+                                {k: [v[0], round(v[1], 12)] for k, v in effects.wasted.items()},
+                                {k: v[:5] + [round(v[5], 12)]
+                                 for k, v in catop.gap_histograms(effects).items()},
+                                catop.ttl_advice(effects)))
         for result in results[1:]:
             self.assertEqual(result, results[0])
         self.assertTrue(results[0][4])  # the repeated sessions do break across the cut
-        self.assertEqual(results[0][2], 40 * 18)
+        self.assertEqual(results[0][2], 40 * 58)
+        # the first copy's (each copy after it goes back in time, and is not paired here)
+        self.assertEqual(sum(b["cause_source"] == "reported" for b in results[0][4]), 17)
 
     def test_a_log_of_a_session_a_request_is_read_in_one_pass(self):
         folder = tempfile.mkdtemp()
@@ -1833,8 +1838,8 @@ class CliTests(IsolatedEnv):
 
     def test_folder_means_its_jsonl_and_repeats_count_once(self):
         doc = self.run_json("--file", EXAMPLES, "--file", example("gemini.jsonl"))
-        self.assertEqual(len(doc["sources"]), 10)
-        self.assertEqual(doc["totals"]["requests"], 18)
+        self.assertEqual(len(doc["sources"]), 11)
+        self.assertEqual(doc["totals"]["requests"], 18 + 40)   # cache-diagnosis.jsonl: 40
 
     def test_session_timeline(self):
         code, out, _ = self.run_main("--file", example("openai-chat.jsonl"), "--offline",
