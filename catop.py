@@ -3118,7 +3118,13 @@ CAUSE_TEXT = {"model_switch": "a model switch (a cache is per model)",
               "compaction": "a compaction (the context was summarized)",
               "ttl_expired": "an idle gap beyond the cache TTL",
               "prefix_changed": "a changed prompt prefix (system prompt, tools or early "
-                                "messages)"}
+                                "messages)",
+              "system_changed": "a changed system prompt",
+              "tools_changed": "a changed tool list (an MCP server reconnected?)",
+              "messages_changed": "an edited earlier message",
+              "settings_changed": "changed request settings (cache key, format, effort, "
+                                  "verbosity or service tier)",
+              "evicted": "an entry evicted early, inside its TTL"}
 
 
 class View(object):
@@ -6157,11 +6163,12 @@ def live_alerts(buckets, now, breaks, unpriced, sources, alert_burn):
             if item.ts < now - 300:
                 break
             if item.ts <= now:
-                causes[item.cause] = causes.get(item.cause, 0) + 1
-        cause = max(causes, key=causes.get) if causes else None
+                key = (item.cause, item.reported)
+                causes[key] = causes.get(key, 0) + 1
+        cause = max(sorted(causes), key=causes.get) if causes else None
         text = "hit rate %s over the last 5 min" % fmt_pct(hit)
         if cause:
-            text += ": likely %s" % CAUSE_TEXT[cause]
+            text += ": %s %s" % ("reported:" if cause[1] else "likely", CAUSE_TEXT[cause[0]])
         alerts.append((now - 2, text))
     burn = cost * 12.0
     if alert_burn is not None and burn > alert_burn:
@@ -6175,7 +6182,8 @@ def live_alerts(buckets, now, breaks, unpriced, sources, alert_burn):
         latest = breaks[-1]
         alerts.append((latest.ts, "cache break %s ago in %s (%s): %s, %s paid again" % (
             fmt_gap(max(0.0, now - latest.ts)), clean(latest.session), clean(latest.model),
-            latest.cause.replace("_", " "), fmt_usd(latest.cost))))
+            latest.cause.replace("_", " ") + (" (reported)" if latest.reported else ""),
+            fmt_usd(latest.cost))))
     if unpriced:
         alerts.append((0.0, "unpriced models (cost shown as $0): %s" % ", ".join(
             clean(m) for m in sorted(unpriced)[:5])))
@@ -6199,6 +6207,8 @@ class Frame(object):
         self.breaks = []
         self.budgets = []        # [(period, limit, spent, share, state)]
         self.trend = None        # a DailyTrend, for the trends panel
+        self.warm = []           # warm_sessions(), as of the model's last change
+        self.gaps = {}           # gap_histograms(), for the breaks panel
         self.now = 0.0
         self.prices = None       # the model's, for the names groups go by
 
@@ -6227,6 +6237,18 @@ def live_trend(model, now, cache):
                       entry.req.input)
         cache["trend_key"], cache["trend"] = key, trend
     return cache["trend"]
+
+
+def live_cache_state(model, now, cache, with_gaps):
+    """(warm sessions, gap histograms or {}) of a live model: the entries warm at its
+    last change (those expired since are dropped when drawn), the gaps only for the
+    breaks panel; both worked out again only when the model changes."""
+    if cache.get("warm_key") != model.version:
+        cache["warm_key"], cache["warm"], cache["gaps"] = (
+            model.version, warm_sessions(model.effects, now), None)
+    if with_gaps and cache["gaps"] is None:
+        cache["gaps"] = gap_histograms(model.effects)
+    return cache["warm"], cache["gaps"] or {}
 
 
 def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None):
@@ -6266,6 +6288,7 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None
     frame.alerts = live_alerts(model.buckets, now, model.breaks, table["unpriced"],
                                model.stats(), alert_burn)
     frame.budgets = live_budgets(model, budget_limits, now, cache)
+    frame.warm, frame.gaps = live_cache_state(model, now, cache, view.breaks_panel)
     if view.trends_panel:
         frame.trend = live_trend(model, now, cache)
     frame.alerts[:0] = ["%s budget spent: %s of %s" % (period, fmt_usd(spent, 2),
@@ -7101,10 +7124,13 @@ def _trends_lines(frame, width, rows_room, ellipsis):
 
 
 def _breaks_lines(frame, view, width, rows_room, ellipsis):
-    """The breaks panel: the latest cache breaks, newest first."""
+    """The breaks panel: the gaps between requests and the warm sessions, then the
+    latest cache breaks, newest first."""
+    head = _cache_panel_lines(frame, width, ellipsis, rows_room)
+    rows_room -= len(head)
     header = ["TIME", "SESSION", "MODEL", "CAUSE", "EXPECTED", "READ", "GAP", "COST"]
     if not frame.breaks:
-        return [[(" ".join(header), "title")], [("no cache breaks found", "dim")]]
+        return head + [[(" ".join(header), "title")], [("no cache breaks found", "dim")]]
     latest = list(reversed(frame.breaks[-500:]))
     total = sum(b.cost for b in frame.breaks)
     title = [("cache breaks  %s, costing %s above the cache-read rate (newest first; Enter "
@@ -7123,8 +7149,65 @@ def _breaks_lines(frame, view, width, rows_room, ellipsis):
         table.append((_RowHit(0.0 if item.cost > 0 else None),
                       [(pad(fit(row[i], widths[i], ellipsis), widths[i]) if i < 4
                         else row[i].rjust(widths[i]), header[i]) for i in shown]))
-    return [fit_segments(title, width, ellipsis)] + _scrolled(table, view, rows_room, width,
-                                                             ellipsis)
+    return head + [fit_segments(title, width, ellipsis)] + _scrolled(table, view, rows_room,
+                                                                    width, ellipsis)
+
+
+WARM_SOON_S = 60   # an entry this close to expiring is drawn as a warning
+
+
+def warm_segments(warm, now, unicode_ok=True, limit=3):
+    """The main screen's cache line: how many sessions are warm, and the next to
+    expire, counting down, with what their next request would pay to rewrite."""
+    alive = [item for item in warm if item["expires_at"] > now]
+    if not alive:
+        return [("cache  ", "dim"), ("no session warm", "dim")]
+    dot = " · " if unicode_ok else " - "
+    segments = [("cache  ", "dim"), ("%s warm" % counted(len(alive), "session"), "ok"),
+                (dot + "next to expire: ", "dim")]
+    for index, item in enumerate(alive[:limit]):
+        left = item["expires_at"] - now
+        segments += [((", " if index else "") + warm_name(item) + " ", ""),
+                     (fmt_countdown(left), "warn" if left < WARM_SOON_S else "ok")]
+        if item["rewrite_cost_usd"] is not None:
+            segments.append((" (rewrite %s)" % fmt_usd(item["rewrite_cost_usd"]), "dim"))
+    return segments
+
+
+def warm_name(item):
+    """A warm entry's session, cut to its first 8 characters, and its thread."""
+    name = clean(item["session"])[:8]
+    return name + ("/" + clean(item["thread"]) if item["thread"] else "")
+
+
+def fmt_countdown(seconds):
+    """m:ss of a time left (h:mm:ss past an hour)."""
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+    return "%d:%02d" % (seconds // 60, seconds % 60)
+
+
+def _cache_panel_lines(frame, width, ellipsis, room):
+    """The breaks panel's head: the gaps between requests and the warm sessions."""
+    lines = [[(line, "")] for line in gap_lines(frame.gaps)]
+    alive = [item for item in frame.warm if item["expires_at"] > frame.now]
+    if alive:
+        lines.append([("warm  %s, the soonest to expire first:" % counted(len(alive),
+                                                                           "session"),
+                       "title")])
+        for item in alive[:5]:
+            left = item["expires_at"] - frame.now
+            cost = item["rewrite_cost_usd"]
+            lines.append([("  %s  %s  " % (clean(item["session"]) + (
+                "/" + clean(item["thread"]) if item["thread"] else ""), clean(item["model"])),
+                ""), ("expires in " + fmt_countdown(left), "warn" if left < WARM_SOON_S
+                      else "ok"),
+                ("  %s tokens cached; rewriting them would cost %s" % (
+                    fmt_tokens(item["cached_tokens"], True),
+                    "an unknown amount" if cost is None else fmt_usd(cost)), "dim")])
+    lines = [fit_segments(line, width, ellipsis) for line in lines]
+    return lines[:max(0, room - 3)]   # the break list keeps its title and two rows
 
 
 def fmt_gap(seconds):
@@ -7188,7 +7271,7 @@ def render_screen(frame, view, meta, width, height, unicode_ok=True):
     ellipsis = "\u2026" if unicode_ok else "~"
     title, sources = _header_lines(frame, view, meta, width, ellipsis, unicode_ok)
     top = [title]
-    extras = [("summary", 3), ("rates", 10), ("spark", 12), ("sources", 14)]
+    extras = [("summary", 3), ("rates", 10), ("spark", 12), ("sources", 14), ("warm", 16)]
     for name, minimum in extras:
         if height < minimum:
             continue
@@ -7203,6 +7286,9 @@ def render_screen(frame, view, meta, width, height, unicode_ok=True):
             series = frame.spark[-room:] if room else []
             top.append(fit_segments([("hit 1h  ", "dim"), (sparkline(series, unicode_ok), "ok"),
                                      ("  now", "dim")], width, ellipsis))
+        elif name == "warm":
+            top.append(fit_segments(warm_segments(frame.warm, frame.now, unicode_ok), width,
+                                    ellipsis))
         else:
             top.append(sources)
     bottom = [_key_line(view, unicode_ok, width, ellipsis)] if height >= 2 else []

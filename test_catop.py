@@ -2783,6 +2783,284 @@ class WhatIfTests(unittest.TestCase):
         self.assertEqual(causes, set(catop.BREAK_CAUSES))
 
 
+# Rates per token of prices.json, typed here (not read from catop) for the hand sums:
+# a break's cost is what its rewritten tokens paid above the cache-read rate.
+SONNET_5M_ABOVE_READ = 3.75e-6 - 3e-7      # claude-sonnet-4-5, written at 5 m
+OPUS_5M_ABOVE_READ = 6.25e-6 - 5e-7        # claude-opus-4-5
+OPUS_INPUT_ABOVE_READ = 5e-6 - 5e-7
+MINI_INPUT_ABOVE_READ = 2.5e-7 - 2.5e-8    # gpt-5-mini, which reports no writes
+DIAGNOSIS_HOME = os.path.join(EXAMPLES, "cache-diagnosis", "claude")
+
+
+def break_rows(doc):
+    return [(b["session"], b["ts"][11:19], b["cause"], b["cause_source"], b["reported_reason"],
+             b["reported_missed_tokens"], b["expected_read_tokens"], b["cost_usd"])
+            for b in doc["breaks"]]
+
+
+class DiagnosisTests(IsolatedEnv):
+    """formats.md section 6: the provider's cache-miss diagnosis, row by row, on the
+    fixtures of examples/cache-diagnosis*, every figure worked out by hand."""
+
+    def test_request_log_every_reason_of_both_providers(self):
+        doc = self.run_json("--file", example("cache-diagnosis.jsonl"))
+        # a-1: Anthropic responses; each break rewrites all it expected (the write
+        # before it), at the 5 m write rate.  o-1: OpenAI Responses, which bill no
+        # writes: the whole input before it, at the input rate.
+        a = lambda ts, cause, source, raw, missed, expected, rate: (
+            "a-1", ts, cause, source, raw, missed, expected, round(expected * rate, 9))
+        o = lambda ts, cause, source, raw, missed, expected, rewritten=None: (
+            "o-1", ts, cause, source, raw, missed, expected,
+            round((rewritten or expected) * MINI_INPUT_ABOVE_READ, 9))
+        S, O = SONNET_5M_ABOVE_READ, OPUS_5M_ABOVE_READ
+        want = sorted([
+            a("08:01:00", "tools_changed", "reported", "tools_changed", 19000, 20000, S),
+            a("08:03:00", "system_changed", "reported", "system_changed", 20000, 21100, S),
+            a("08:05:00", "messages_changed", "reported", "messages_changed", 15000, 21700, S),
+            a("08:07:00", "model_switch", "reported", "model_changed", 22000, 22200, O),
+            # diagnostics: null, a cold read 60 s after the last: the entry was evicted
+            a("08:09:00", "evicted", "reported", None, None, 22600, O),
+            # ... and 660 s after it, past the 5 m TTL: expired
+            a("08:20:00", "ttl_expired", "reported", None, None, 22700, O),
+            # no verdict (unavailable, not found, pending, none): the inference stands
+            a("08:21:00", "prefix_changed", "inferred", "unavailable", None, 23000, O),
+            a("08:22:00", "prefix_changed", "inferred", "previous_message_not_found", None,
+              23200, O),
+            a("08:23:00", "prefix_changed", "inferred", None, None, 23400, O),
+            a("08:24:00", "prefix_changed", "inferred", None, None, 23600, O),
+            o("08:00:30", "model_switch", "reported", "model_changed", 12000, 12000),
+            o("08:01:30", "settings_changed", "reported", "prompt_cache_key_changed", 13000,
+              13000),
+            o("08:02:30", "tools_changed", "reported", "tools_changed", 14000, 14000),
+            o("08:03:30", "settings_changed", "reported", "text_format_changed", 15000, 15000),
+            o("08:04:30", "settings_changed", "reported", "reasoning_effort_changed", 16000,
+              16000),
+            o("08:05:30", "settings_changed", "reported", "verbosity_changed", 17000, 17000),
+            # the compacted context is 6,500 tokens: that is all there was to rewrite
+            o("08:06:30", "compaction", "reported", "context_compacted", 18000, 18000, 6500),
+            o("08:07:30", "prefix_changed", "reported", "input_changed", 2000, 7000),
+            o("08:08:30", "settings_changed", "reported", "service_tier_changed", 20000,
+              20000),
+            o("08:09:30", "evicted", "reported", "cache_hit", 0, 21000),
+            o("08:20:00", "ttl_expired", "reported", "cache_hit", None, 21500),
+            o("08:20:30", "prefix_changed", "inferred", "comparison_response_not_found", None,
+              22000),
+            o("08:21:00", "prefix_changed", "inferred", "unavailable", None, 22500),
+            o("08:21:30", "prefix_changed", "inferred", None, None, 23000),
+        ], key=lambda row: (row[1], row[0]))
+        self.assertEqual(break_rows(doc), want)
+        # a reported change whose read hit (08:25, tools_changed) is no break; a clean
+        # comparison (08:02) neither
+        summary = doc["break_summary"]
+        self.assertEqual(summary["by_source"], {"reported": 17, "inferred": 7})
+        # the heuristic cannot see an eviction: it calls both a changed prefix
+        self.assertEqual(summary["agreement"], {"compared": 17, "agree": 15, "disagreements": [
+            {"reported": "evicted", "inferred": "prefix_changed", "count": 2}]})
+        self.assertEqual(summary["by_cause"]["settings_changed"]["count"], 5)
+        self.assertEqual(doc["refused_values"], {})
+        code, out, _ = self.run_main("--file", example("cache-diagnosis.jsonl"), "--offline",
+                                     "--no-history", "--width", "200")
+        self.assertIn("  causes: 17 reported by the provider, 7 inferred; inferred causes agree "
+                      "with the provider on 15 of 17 breaks", out)
+        self.assertIn("  where they differ (reported, inferred): evicted/prefix_changed 2", out)
+
+    def test_the_estimate_is_shown_never_priced(self):
+        """Without any diagnosis the same log has the same tokens, costs and breaks
+        (only their causes and sources differ)."""
+        stripped = os.path.join(self.tmp, "stripped.jsonl")
+        with open(example("cache-diagnosis.jsonl")) as src, open(stripped, "w") as dst:
+            for line in src:
+                record = json.loads(line)
+                for holder in (record, record.get("response") or {},
+                               (record.get("standard_logging_object") or {}).get("response")
+                               or {}):
+                    holder.pop("diagnostics", None)
+                    holder.pop("prompt_cache_diagnostics", None)
+                dst.write(json.dumps(record) + "\n")
+        with_it = self.run_json("--file", example("cache-diagnosis.jsonl"))
+        without = self.run_json("--file", stripped)
+        self.assertEqual(with_it["totals"], without["totals"])
+        self.assertEqual([(b["ts"], b["cost_usd"], b["rewritten_tokens"])
+                          for b in with_it["breaks"]],
+                         [(b["ts"], b["cost_usd"], b["rewritten_tokens"])
+                          for b in without["breaks"]])
+        self.assertEqual(without["break_summary"]["by_source"], {"reported": 0, "inferred": 24})
+
+    def test_claude_code_home_with_a_subagent_and_every_anthropic_reason(self):
+        os.environ["CLAUDE_CONFIG_DIR"] = DIAGNOSIS_HOME
+        doc = self.run_json("--agent", "claude-code")
+        sid = "7e1d0c2a-5b3f-4a61-9d28-0c4e8f1a2b3c"
+        S, O = SONNET_5M_ABOVE_READ, OPUS_5M_ABOVE_READ
+        row = lambda ts, cause, source, raw, missed, expected, cost: (
+            sid, ts, cause, source, raw, missed, expected, round(cost, 9))
+        self.assertEqual(break_rows(doc), [
+            # the subagent's two requests (09:01:30, 09:02:00) read 0 then 8,000 while
+            # the parent had 51,000 cached: its own thread, never a break of the parent's
+            row("09:03:30", "tools_changed", "reported", "tools_changed", 50000, 52500,
+                52500 * S),
+            row("09:05:00", "system_changed", "reported", "system_changed", 52000, 52800,
+                52800 * S),
+            row("09:07:00", "messages_changed", "reported", "messages_changed", 30000, 53200,
+                53200 * S),
+            row("09:09:00", "model_switch", "reported", "model_changed", 53500, 53500,
+                53500 * O),
+            row("09:10:00", "evicted", "reported", None, None, 53700, 53700 * O),
+            row("09:30:00", "ttl_expired", "reported", None, None, 53700, 53700 * O),
+            row("09:31:00", "prefix_changed", "inferred", "unavailable", None, 53900,
+                53900 * O),
+            row("09:32:00", "prefix_changed", "inferred", "previous_message_not_found", None,
+                54100, 54100 * O),
+            row("09:33:00", "prefix_changed", "inferred", None, None, 54300, 54300 * O),
+            # after the compact boundary: 9,000 written and 6 fresh, all it had
+            row("09:34:00", "compaction", "inferred", None, None, 54500,
+                9000 * O + 6 * OPUS_INPUT_ABOVE_READ),
+            row("09:35:00", "prefix_changed", "inferred", None, None, 9000, 9000 * O),
+        ])
+        self.assertEqual(doc["break_summary"]["agreement"]["agree"], 5)
+        self.assertEqual(doc["sources"][0]["skipped"]["malformed"], 1)
+        # 20 responses: the streamed early lines of two are one response each
+        self.assertEqual(doc["totals"]["requests"], 20)
+        # gaps per thread: the main one's 17 and the subagent's 1 (30 s)
+        self.assertEqual(doc["gaps"], {"under_1m": 4, "1m_5m": 13, "5m_1h": 1, "over_1h": 0,
+                                       "past_ttl": 1,
+                                       "past_ttl_cost_usd": round(53700 * O, 9)})
+        timeline = self.run_json("--agent", "claude-code", "--session", sid[:8])["timeline"]
+        self.assertEqual([t["thread"] for t in timeline[1:5]],
+                         [None, "agent-b7", "agent-b7", None])
+        self.assertEqual([(t["break"], t["cause_source"], t["reported_reason"])
+                          for t in timeline[5:7]],
+                         [("tools_changed", "reported", "tools_changed"), (None, None, None)])
+        code, out, _ = self.run_main("--agent", "claude-code", "--session", sid[:8],
+                                     "--offline", "--no-history", "--width", "160")
+        self.assertIn("  break: tools_changed (reported; 50.0k missed)", out)
+        self.assertIn("  break: model_switch (reported model_changed; 53.5k missed)", out)
+        self.assertIn("  break: prefix_changed (provider: unavailable)", out)
+        self.assertIn("  subagent agent-b7", out)
+
+    def test_the_same_by_every_path(self):
+        """The history (cold and warm) and --jobs keep threads and diagnoses."""
+        os.environ["CLAUDE_CONFIG_DIR"] = DIAGNOSIS_HOME
+        want = self.run_json("--agent", "claude-code")["breaks"]
+        store = os.path.join(self.tmp, "h.sqlite3")
+        for argv in (("--jobs", "1"), ("--jobs", "3"), ("--history", store),
+                     ("--history", store)):
+            code, out, err = self.run_main("--agent", "claude-code", "--format", "json",
+                                           "--offline", *argv)
+            self.assertEqual(code, 0, err)
+            self.assertEqual(json.loads(out)["breaks"], want, argv)
+        with open(example("cache-diagnosis.jsonl")) as handle:
+            log = [json.loads(line) for line in handle]
+        reqs = [catop.normalize_record(record) for record in log * 9]   # compiled by then
+        self.assertEqual(reqs[:40], reqs[-40:])
+
+    def test_hostile_diagnoses_are_counted_and_ignored(self):
+        bad_anthropic = ["tools_changed", 7, [], {}, {"cache_miss_reason": "tools_changed"},
+                         {"cache_miss_reason": {}},
+                         {"cache_miss_reason": {"type": "gremlins"}},
+                         {"cache_miss_reason": {"type": 7}},
+                         {"cache_miss_reason": {"type": ["tools_changed"]}},
+                         {"cache_miss_reason": {"type": "tools_changed",
+                                                "cache_missed_input_tokens": -5}},
+                         {"cache_miss_reason": {"type": "tools_changed",
+                                                "cache_missed_input_tokens": 10 ** 30}},
+                         {"cache_miss_reason": {"type": "tools_changed",
+                                                "cache_missed_input_tokens": "many"}},
+                         {"cache_miss_reason": {"type": "tools_changed",
+                                                "cache_missed_input_tokens": 2.5}},
+                         {"cache_miss_reason": {"type": "tools_changed",
+                                                "cache_missed_input_tokens": float("nan")}}]
+        bad_openai = [[], "cache_miss", {"type": "cache_miss"}, {"type": "cache_miss",
+                                                                  "reason": None},
+                      {"type": "cache_miss", "reason": "gremlins"}, {"type": "bogus"}, {},
+                      {"type": "cache_miss", "reason": "tools_changed",
+                       "cache_missed_tokens": -1},
+                      {"type": "cache_hit", "cache_missed_tokens": 1e300},
+                      {"type": "cache_miss", "reason": "tools_changed",
+                       "cache_missed_tokens": True}]
+        path = os.path.join(self.tmp, "bad.jsonl")
+        clean_path = os.path.join(self.tmp, "clean.jsonl")
+        with open(path, "w") as bad, open(clean_path, "w") as clean:
+            n = 0
+            for key, values in (("diagnostics", bad_anthropic),
+                                ("prompt_cache_diagnostics", bad_openai)):
+                for value in values:
+                    for read in (20000, 0):    # a hit, then a cold read: a break
+                        record = {"timestamp": NOW + n * 30, "session_id": "h",
+                                  "model": "claude-sonnet-4-5", "provider": "anthropic",
+                                  "usage": {"input_tokens": 10, "cache_read_input_tokens": read,
+                                            "cache_creation_input_tokens": 20000 - read + 100,
+                                            "output_tokens": 5}}
+                        clean.write(json.dumps(record) + "\n")
+                        record[key] = value
+                        bad.write(json.dumps(record) + "\n")
+                        n += 1
+        hostile = self.run_json("--file", path)
+        plain = self.run_json("--file", clean_path)
+        self.assertEqual(hostile["refused_values"],
+                         {"cache-miss report": 2 * (len(bad_anthropic) + len(bad_openai))})
+        self.assertEqual(hostile["totals"], plain["totals"])
+        self.assertEqual(hostile["breaks"], plain["breaks"])
+        self.assertEqual(hostile["break_summary"]["by_source"]["reported"], 0)
+        # and on Claude Code's lines
+        home = os.path.join(self.tmp, "claude")
+        shutil.copytree(DIAGNOSIS_HOME, home)
+        transcript = os.path.join(home, "projects", "-home-dev-diag",
+                                  "7e1d0c2a-5b3f-4a61-9d28-0c4e8f1a2b3c.jsonl")
+        os.environ["CLAUDE_CONFIG_DIR"] = home
+        want = self.run_json("--agent", "claude-code")
+        with open(transcript) as handle:
+            lines = handle.read().splitlines()
+        rng = random.Random(5)
+        with open(transcript, "w") as handle:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    handle.write(line + "\n")
+                    continue
+                if record.get("type") == "assistant":
+                    record["message"]["diagnostics"] = rng.choice(bad_anthropic)
+                handle.write(json.dumps(record) + "\n")
+        got = self.run_json("--agent", "claude-code")
+        self.assertEqual(got["totals"], want["totals"])
+        self.assertEqual([(b["ts"], b["cost_usd"]) for b in got["breaks"]],
+                         [(b["ts"], b["cost_usd"]) for b in want["breaks"]])
+        self.assertEqual(got["break_summary"]["by_source"]["reported"], 0)
+        # one a line: 18 responses, two of them streamed on two lines
+        self.assertEqual(got["refused_values"], {"cache-miss report": 20})
+
+    def test_the_litellm_callback_keeps_the_diagnosis_and_nothing_else(self):
+        usage = {"prompt_tokens": 100, "completion_tokens": 5}
+        record = catop.litellm_log_record({}, {"usage": usage, "id": "SECRET", "diagnostics": {
+            "cache_miss_reason": {"type": "tools_changed", "cache_missed_input_tokens": 80,
+                                  "detail": "SECRET"}, "other": "SECRET"}})
+        self.assertEqual(record["diagnostics"], {"cache_miss_reason": {
+            "type": "tools_changed", "cache_missed_input_tokens": 80}})
+        self.assertNotIn("SECRET", json.dumps(record))
+        # null is Anthropic's "no divergence": kept as null
+        record = catop.litellm_log_record({}, {"usage": usage, "diagnostics": None})
+        self.assertIsNone(record["diagnostics"])
+        self.assertEqual(catop.normalize_record(record).diagnosis, (catop.NO_CHANGE, None, None))
+
+        class Response(object):     # an SDK object, the diagnosis in its extra fields
+            def __init__(self):
+                self.usage = usage
+                self.provider_specific_fields = {"prompt_cache_diagnostics": {
+                    "type": "cache_miss", "reason": "input_changed", "cache_missed_tokens": 60,
+                    "comparison_reusable_tokens": 40, "input": "SECRET"}}
+        record = catop.litellm_log_record({}, Response())
+        self.assertEqual(record["prompt_cache_diagnostics"], {
+            "type": "cache_miss", "reason": "input_changed", "cache_missed_tokens": 60,
+            "comparison_reusable_tokens": 40})
+        self.assertEqual(catop.normalize_record(record).diagnosis,
+                         ("prefix_changed", "input_changed", 60))
+        self.assertNotIn("diagnostics", catop.litellm_log_record({}, {"usage": usage}))
+
+    def test_every_cause_has_a_text(self):
+        self.assertEqual(set(catop.CAUSE_TEXT), set(catop.BREAK_CAUSES))
+        self.assertEqual(set(catop._CAUSE_KINDS), set(catop.BREAK_CAUSES))
+
+
 PROMETHEUS_LINE = re.compile(
     r'^(# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+|'
     r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\\n])*"'
