@@ -1983,7 +1983,8 @@ class Aggregate(object):
 
     def wanted_attributes(self):
         """The attributes of a request this view needs (the rest need not be looked up)."""
-        wanted = {"model", "provider", "time", "cost", "session"}  # sessions: breaks
+        # sessions: breaks; projects: the TTL advice of a request log
+        wanted = {"model", "provider", "time", "cost", "session", "project"}
         wanted.update(f for f in self.group_by if f not in _CALENDAR_GROUPS)
         if self.details is not None:
             wanted.add("project")

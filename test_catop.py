@@ -425,6 +425,7 @@ def random_records(seed, count):
     """Log records of random shapes with damaged, missing and odd values in every place
     a usage or an attribute can sit."""
     rng = random.Random(seed)
+    diagnoses = random.Random(seed * 7919 + 1)
     usage_keys = sorted(set(catop._USAGE_KEYS) | {
         path[0] for path in catop._CACHE_READ_PATHS + catop._CACHE_WRITE_PATHS
         + catop._REASONING_PATHS} | {"cache_creation", "prompt_cache_miss_tokens",
@@ -474,8 +475,30 @@ def random_records(seed, count):
             record["usage"] = usage()
         elif rng.random() < 0.5:
             record.update(usage())
+        if diagnoses.random() < 0.5:   # its own generator: the records above stay the same
+            holder = record
+            place = diagnoses.choice(["", "response", "message", "standard_logging_object"])
+            if place and type(record.get(place)) is dict:
+                holder = record[place]
+                if place == "standard_logging_object":
+                    holder = holder.setdefault("response", {})
+            if type(holder) is dict:
+                key = diagnoses.choice(catop.DIAGNOSIS_KEYS)
+                holder[key] = diagnoses.choice(RANDOM_DIAGNOSIS_VALUES + [value()])
         records.append(record)
     return records
+
+
+# diagnoses good and bad, in both providers' shapes (either may sit under either key)
+RANDOM_DIAGNOSIS_VALUES = [
+    None, {}, [], "tools_changed", {"cache_miss_reason": None},
+    {"cache_miss_reason": {"type": "tools_changed", "cache_missed_input_tokens": 900}},
+    {"cache_miss_reason": {"type": "unavailable"}}, {"cache_miss_reason": {"type": 3}},
+    {"cache_miss_reason": {"type": "model_changed", "cache_missed_input_tokens": -2}},
+    {"type": "cache_hit"}, {"type": "cache_miss", "reason": "verbosity_changed",
+                            "cache_missed_tokens": 10},
+    {"type": "cache_miss"}, {"type": "comparison_response_not_found"},
+    {"type": "cache_miss", "reason": "input_changed", "cache_missed_tokens": 1e30}]
 
 
 # ------------------------------------------------------------------ pricing
@@ -3059,6 +3082,194 @@ class DiagnosisTests(IsolatedEnv):
     def test_every_cause_has_a_text(self):
         self.assertEqual(set(catop.CAUSE_TEXT), set(catop.BREAK_CAUSES))
         self.assertEqual(set(catop._CAUSE_KINDS), set(catop.BREAK_CAUSES))
+
+
+def claude_code_stream(count, gap, first, then, read_step=0, sidechain=False, agent=None,
+                       session="cc"):
+    """count Claude Code requests gap seconds apart: the first writes first tokens,
+    each after it then tokens; read_step > 0 makes each read all before it."""
+    requests, cached = [], 0
+    for n in range(count):
+        writes = first if n == 0 else then
+        read = cached if read_step else 0
+        w5, w1 = writes
+        requests.append(catop.Request(NOW + n * gap, agent or "claude-code", "anthropic",
+                                      "claude-sonnet-4-5", "p", session, 0, read, w5, w1, 0,
+                                      sidechain=sidechain,
+                                      thread="agent-x" if sidechain else ""))
+        cached = read + w5 + w1
+    return requests
+
+
+def effects_of(requests, now=NOW + 10 ** 6):
+    agg = catop.Aggregate(PRICES)
+    for req in sorted(requests, key=catop.request_order):
+        agg.add(req)
+    agg.finish(now)
+    return agg
+
+
+class AdviceTests(IsolatedEnv):
+    """TTL advice from the what-if, the gap histogram and the warm sessions: by hand."""
+
+    def test_claude_code_main_thread_told_to_write_for_an_hour(self):
+        # 21 requests 10 min apart, each writing its 10,000-token prefix again (5 m):
+        # paid 21 x 10,000 x 3.75e-6 = 0.7875; with 1 h writes one write at 6e-6 and
+        # 20 reads at 3e-7: 0.06 + 0.06 = 0.12
+        agg = effects_of(claude_code_stream(21, 600, (10000, 0), (10000, 0)))
+        self.assertEqual(catop.ttl_advice(agg.effects), [{
+            "scope": {"agent": "claude-code", "thread": "main"}, "requests": 21,
+            "cost_usd": 0.7875, "ttl_5m_cost_usd": 0.7875, "ttl_1h_cost_usd": 0.12,
+            "cheaper": "ttl_1h", "saving_usd": 0.6675, "breaks_avoided": 20, "breaks_added": 0,
+            "setting": 'set "promptCacheTtl": "1h" in Claude Code\'s settings.json '
+                       '(or ENABLE_PROMPT_CACHING_1H=1 in the environment)'}])
+        counts = catop.gap_histograms(agg.effects)["cc"]
+        self.assertEqual(counts[:5] + [round(counts[5], 9)],
+                         [0, 0, 20, 0, 20, round(20 * 10000 * SONNET_5M_ABOVE_READ, 9)])
+
+    def test_an_hour_of_writes_read_every_minute_is_told_to_go_back_to_five(self):
+        # a 10,000-token prefix written for 1 h, then 20 requests a minute apart, each
+        # reading all before it and writing 1,000 more (1 h): the 30,000 written would
+        # have cost 3.75e-6 instead of 6e-6, and no read was more than 5 min later
+        agg = effects_of(claude_code_stream(21, 60, (0, 10000), (0, 1000), read_step=1))
+        advice = catop.ttl_advice(agg.effects)
+        self.assertEqual([(a["cheaper"], a["cost_usd"], a["ttl_5m_cost_usd"], a["saving_usd"])
+                          for a in advice],
+                         [("ttl_5m", round(30000 * 6e-6 + 390000 * 3e-7, 9),
+                           round(30000 * 3.75e-6 + 390000 * 3e-7, 9), 0.0675)])
+        self.assertIn('"promptCacheTtl": "5m"', advice[0]["setting"])
+
+    def test_subagents_apart_and_no_advice_under_twenty_requests_or_a_cent(self):
+        main = claude_code_stream(21, 600, (10000, 0), (10000, 0))
+        subagents = claude_code_stream(21, 600, (10000, 0), (10000, 0), sidechain=True)
+        advice = catop.ttl_advice(effects_of(main + subagents).effects)
+        self.assertEqual([(a["scope"], a["saving_usd"]) for a in advice],
+                         [({"agent": "claude-code", "thread": "main"}, 0.6675),
+                          ({"agent": "claude-code", "thread": "subagents"}, 0.6675)])
+        self.assertEqual(advice[1]["setting"],
+                         'set "subagentPromptCacheTtl": "1h" in Claude Code\'s settings.json')
+        self.assertEqual(catop.ttl_advice(effects_of(main[:19] + subagents).effects)[0]["scope"],
+                         {"agent": "claude-code", "thread": "subagents"})  # 19: too few
+        # 1 h writes read every minute: 5 m would save 3,000 x 2.25e-6, under a cent
+        tiny = claude_code_stream(21, 60, (0, 1000), (0, 100), read_step=1)
+        self.assertEqual(catop.ttl_advice(effects_of(tiny).effects), [])
+        self.assertAlmostEqual(effects_of(tiny).effects.advice[("claude-code", "main")][
+            "ttl_5m"][0], -3000 * 2.25e-6, places=12)
+        # a request log: by model and project, as the request's cache_control
+        logged = claude_code_stream(21, 600, (10000, 0), (10000, 0), agent="rag")
+        advice = catop.ttl_advice(effects_of(logged).effects)
+        self.assertEqual((advice[0]["scope"], advice[0]["setting"]),
+                         ({"model": "claude-sonnet-4-5", "project": "p"},
+                          'send cache_control {"type": "ephemeral", "ttl": "1h"}'))
+
+    def test_advice_and_gaps_in_the_report(self):
+        path = os.path.join(self.tmp, "cc.jsonl")
+        with open(path, "w") as handle:
+            for req in claude_code_stream(21, 600, (10000, 0), (10000, 0)):
+                handle.write(json.dumps({
+                    "timestamp": req.ts, "project": "shop-api", "session_id": "cc",
+                    "model": req.model, "provider": "anthropic", "usage": {
+                        "input_tokens": 0, "cache_read_input_tokens": 0,
+                        "cache_creation_input_tokens": 10000, "output_tokens": 0}}) + "\n")
+        doc = self.run_json("--file", path)
+        self.assertEqual(doc["ttl_advice"][0]["saving_usd"], 0.6675)
+        self.assertEqual(doc["gaps"], {"under_1m": 0, "1m_5m": 0, "5m_1h": 20, "over_1h": 0,
+                                       "past_ttl": 20, "past_ttl_cost_usd": 0.69})
+        self.assertEqual(doc["session_gaps"], [dict(doc["gaps"], session="cc")])
+        self.assertEqual(doc["ttl_advice"][0]["scope"],
+                         {"model": "claude-sonnet-4-5", "project": "shop-api"})
+        code, out, _ = self.run_main("--file", path, "--offline", "--no-history",
+                                     "--width", "250")
+        self.assertIn("gaps between requests  under 1 min 0 | 1-5 min 0 | 5-60 min 20 | "
+                      "over 1 h 0; 20 past the TTL in force, their breaks costing $0.6900", out)
+        # a request log is told per model and project, as the request's cache_control
+        self.assertIn("advice  claude-sonnet-4-5 in shop-api: 1 h cache writes would have cost "
+                      "$0.6675 less over the window ($0.1200, not $0.7875): send cache_control "
+                      "{\"type\": \"ephemeral\", \"ttl\": \"1h\"}", out)
+
+    def test_gaps_are_against_the_ttl_in_force(self):
+        # 1 h writes: 20 min away is inside it; 61 min is past it
+        agg = effects_of(claude_code_stream(3, 1200, (0, 10000), (0, 500), read_step=1) + [
+            catop.Request(NOW + 2400 + 3660, "claude-code", "anthropic", "claude-sonnet-4-5",
+                          "p", "cc", 0, 0, 0, 11000, 0)])
+        counts = catop.gap_histograms(agg.effects)["cc"]
+        # the break: 11,000 expected, all written again at 1 h: 11,000 x (6e-6 - 3e-7)
+        self.assertEqual(counts[:5], [0, 0, 2, 1, 1])
+        self.assertAlmostEqual(counts[5], 11000 * (6e-6 - 3e-7), places=12)
+
+    def test_warm_sessions(self):
+        now = NOW + 1000
+        requests = [
+            # written 100 s ago for 5 m: 200 s left; rewriting 20,000 at 3.75e-6 - 3e-7
+            catop.Request(now - 100, "claude-code", "anthropic", "claude-sonnet-4-5", "p", "five",
+                          10, 0, 20000, 0, 5),
+            # 400 s ago: gone; 1 h writes 1,000 s ago: 2,600 s left, at 6e-6 - 3e-7
+            catop.Request(now - 400, "claude-code", "anthropic", "claude-sonnet-4-5", "p", "gone",
+                          10, 0, 20000, 0, 5),
+            catop.Request(now - 1000, "claude-code", "anthropic", "claude-sonnet-4-5", "p",
+                          "hour", 10, 0, 0, 20000, 5),
+            # OpenAI: the whole input stays cached for 5 m, rewritten at the input rate
+            catop.Request(now - 50, "rag", "openai", "gpt-5-mini", "p", "oa", 12000, 0, 0, 0, 5),
+            # under 1,024 tokens nothing is cached
+            catop.Request(now - 10, "rag", "openai", "gpt-5-mini", "p", "small", 900, 0, 0, 0, 5),
+            catop.Request(now - 30, "claude-code", "anthropic", "claude-sonnet-4-5", "p", "five",
+                          10, 0, 4000, 0, 5, sidechain=True, thread="agent-q")]
+        agg = effects_of(requests, now)
+        self.assertEqual(catop.warm_sessions(agg.effects, now), [
+            {"session": "five", "thread": None, "model": "claude-sonnet-4-5",
+             "expires_at": now + 200, "rewrite_cost_usd": round(20000 * SONNET_5M_ABOVE_READ, 9),
+             "cached_tokens": 20000},
+            {"session": "five", "thread": "agent-q", "model": "claude-sonnet-4-5",
+             "expires_at": now + 270, "rewrite_cost_usd": round(4000 * SONNET_5M_ABOVE_READ, 9),
+             "cached_tokens": 4000},
+            {"session": "oa", "thread": None, "model": "gpt-5-mini", "expires_at": now + 250,
+             "rewrite_cost_usd": round(12000 * MINI_INPUT_ABOVE_READ, 9),
+             "cached_tokens": 12000},
+            {"session": "hour", "thread": None, "model": "claude-sonnet-4-5",
+             "expires_at": now + 2600, "rewrite_cost_usd": round(20000 * (6e-6 - 3e-7), 9),
+             "cached_tokens": 20000}][:1] + sorted([
+            {"session": "oa", "thread": None, "model": "gpt-5-mini", "expires_at": now + 250,
+             "rewrite_cost_usd": round(12000 * MINI_INPUT_ABOVE_READ, 9),
+             "cached_tokens": 12000},
+            {"session": "five", "thread": "agent-q", "model": "claude-sonnet-4-5",
+             "expires_at": now + 270, "rewrite_cost_usd": round(4000 * SONNET_5M_ABOVE_READ, 9),
+             "cached_tokens": 4000},
+            {"session": "hour", "thread": None, "model": "claude-sonnet-4-5",
+             "expires_at": now + 2600, "rewrite_cost_usd": round(20000 * (6e-6 - 3e-7), 9),
+             "cached_tokens": 20000}], key=lambda item: item["expires_at"]))
+        doc = catop.report_dict(catop.Report(agg, [], PRICES, now))
+        self.assertEqual([(w["session"], w["expires_at"], w["expires_in_s"])
+                          for w in doc["warm_sessions"]],
+                         [("five", catop.iso_utc(now + 200), 200.0),
+                          ("oa", catop.iso_utc(now + 250), 250.0),
+                          ("five", catop.iso_utc(now + 270), 270.0),
+                          ("hour", catop.iso_utc(now + 2600), 2600.0)])
+
+    def test_the_live_view_counts_the_warm_sessions_down(self):
+        view = catop.View()
+        model = live_model(recent_requests())
+        # s-good wrote last 180 s ago (5 m): 120 s left, 28,000 tokens at 3.45e-6; s-bad's
+        # 50,000-token input (gpt-4o, 2.5e-6 - 1.25e-6) was sent just now: 300 s left
+        for now, expect in ((NOW, "cache  2 sessions warm \u00b7 next to expire: s-good 2:00 "
+                                  "(rewrite $0.0966), s-bad 5:00 (rewrite $0.0625)"),
+                            (NOW + 75, "cache  2 sessions warm \u00b7 next to expire: s-good "
+                                       "0:45 (rewrite $0.0966), s-bad 3:45 (rewrite $0.0625)"),
+                            (NOW + 200, "cache  1 session warm \u00b7 next to expire: s-bad "
+                                        "1:40 (rewrite $0.0625)"),
+                            (NOW + 400, "cache  no session warm")):
+            frame = catop.build_frame(model, view, now, cache={})
+            lines = ["".join(t for t, _ in line) for line in
+                     catop.render_screen(frame, view, RenderScreenTests.META, 130, 30)]
+            self.assertIn(expect, lines)
+        view.breaks_panel = True
+        frame = catop.build_frame(model, view, NOW)
+        lines = ["".join(t for t, _ in line) for line in
+                 catop.render_screen(frame, view, RenderScreenTests.META, 130, 40)]
+        self.assertIn("warm  2 sessions, the soonest to expire first:", lines)
+        self.assertIn("  s-good  claude-sonnet-4-5  expires in 2:00  28.0k tokens cached; "
+                      "rewriting them would cost $0.0966", lines)
+        self.assertTrue(any(line.startswith("gaps between requests  under 1 min 5 | 1-5 min 7 |")
+                            for line in lines), lines)
 
 
 PROMETHEUS_LINE = re.compile(
