@@ -7237,11 +7237,15 @@ def help_text():
         "  /              filter rows by text (Enter applies, Esc cancels); the summary",
         "                 line then totals the rows shown",
         "  p              pause the display (data keeps being read)",
-        "  b              cache breaks: where the cache was lost, why, and what it cost",
+        "  b              cache breaks: where the cache was lost, why (the provider's",
+        "                 reason where it reported one), what it cost; the gaps between",
+        "                 requests against the TTL, and the sessions still warm",
         "  t              trends: cost, saved and hit rate day by day (30 and 90 days)",
         "  r              rescan the sources now",
         "",
         "HIT% is cache read / input: normal >= 60%, yellow below, red below 30%.",
+        "The cache line counts down the sessions whose cache entry is still warm, and",
+        "what their next request will pay to write it again once it has expired.",
     )
 
 
@@ -7597,6 +7601,11 @@ def format_prometheus(report):
     family("catop_cache_break_cost_usd_total", "counter",
            "What the tokens re-paid after a cache break cost above the read rate, USD.",
            [([("cause", cause)], figures["cost_usd"]) for cause, figures in summary.items()])
+    agreement = break_summary(agg.effects.breaks)["agreement"]
+    family("catop_cache_break_causes_reported_total", "counter",
+           "Cache breaks whose cause the provider reported.", [([], agreement["compared"])])
+    family("catop_cache_break_causes_agreeing_total", "counter",
+           "Reported causes the usage-only inference agreed with.", [([], agreement["agree"])])
     return "\n".join(lines) + "\n"
 
 
