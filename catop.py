@@ -6082,7 +6082,7 @@ def _demo_session(rng, ts, now, agent, provider, models, project, session, syste
     anthropic = provider == "anthropic"
     coding = agent in ("claude-code", "codex")   # these report why the cache missed
     model, cached, context, ttl = models[0], 0, system, 300
-    out, diagnosis = [], None
+    out, diagnosis, changes = [], None, int(session[-1], 16)   # which change comes first
     while ts < now and len(out) < 90:
         event = rng.random()
         if event < 0.04:
@@ -6104,7 +6104,8 @@ def _demo_session(rng, ts, now, agent, provider, models, project, session, syste
                 diagnosis = None if anthropic else ("compaction", "context_compacted", None)
         elif event < 0.10:
             cached = min(cached, rng.randint(0, system // 2))  # the prompt changed
-            diagnosis = _DEMO_CHANGES[anthropic][int(ts) % 4]
+            diagnosis = _DEMO_CHANGES[anthropic][changes % 4]
+            changes += 1
         if ts >= now:
             break
         context += rng.randint(300, 4000)
@@ -7176,8 +7177,9 @@ def warm_segments(warm, now, unicode_ok=True, limit=3):
 
 
 def warm_name(item):
-    """A warm entry's session, cut to its first 8 characters, and its thread."""
-    name = clean(item["session"])[:8]
+    """A warm entry's session (a long id cut to its first 8 characters), and its thread."""
+    name = clean(item["session"])
+    name = name if len(name) <= 16 else name[:8]
     return name + ("/" + clean(item["thread"]) if item["thread"] else "")
 
 
