@@ -3079,6 +3079,39 @@ class DiagnosisTests(IsolatedEnv):
                          ("prefix_changed", "input_changed", 60))
         self.assertNotIn("diagnostics", catop.litellm_log_record({}, {"usage": usage}))
 
+    def test_a_codex_subagent_is_its_own_thread_under_its_parent(self):
+        day = os.path.join(self.tmp, "codex", "sessions", "2026", "03", "10")
+        os.makedirs(day)
+        os.environ["CODEX_HOME"] = os.path.join(self.tmp, "codex")
+
+        def rollout(name, meta, counts):
+            with open(os.path.join(day, "rollout-2026-03-10T08-00-00-%s.jsonl" % name), "w") as f:
+                f.write(json.dumps({"timestamp": "2026-03-10T08:00:00.000Z",
+                                    "type": "session_meta", "payload": meta}) + "\n")
+                f.write(json.dumps({"timestamp": "2026-03-10T08:00:00.100Z",
+                                    "type": "turn_context",
+                                    "payload": {"model": "gpt-5", "cwd": "/p"}}) + "\n")
+                for second, fresh, cached in counts:
+                    f.write(json.dumps({
+                        "timestamp": "2026-03-10T08:%02d:%02d.000Z" % divmod(second, 60),
+                        "type": "event_msg", "payload": {"type": "token_count", "info": {
+                            "last_token_usage": {"input_tokens": fresh,
+                                                 "cached_input_tokens": cached,
+                                                 "output_tokens": 10}}}}) + "\n")
+        # the parent keeps 20,000+ cached; its subagent starts cold between two of its turns
+        rollout("parent", {"id": "parent", "timestamp": "2026-03-10T08:00:00.000Z",
+                           "cwd": "/p"}, [(10, 20000, 0), (40, 21000, 20000),
+                                          (100, 22000, 21000)])
+        rollout("sub", {"id": "sub-1", "forked_from_id": "parent",
+                        "timestamp": "2026-03-10T08:00:20.000Z", "cwd": "/p",
+                        "source": {"subagent": "review"}}, [(30, 5000, 0), (60, 6000, 5000)])
+        doc = self.run_json("--agent", "codex", "--session", "parent")
+        self.assertEqual(doc["breaks"], [])
+        self.assertEqual([(t["ts"][14:19], t["thread"]) for t in doc["timeline"]],
+                         [("00:10", None), ("00:30", "sub-1"), ("00:40", None),
+                          ("01:00", "sub-1"), ("01:40", None)])
+        self.assertEqual(doc["totals"]["requests"], 5)
+
     def test_every_cause_has_a_text(self):
         self.assertEqual(set(catop.CAUSE_TEXT), set(catop.BREAK_CAUSES))
         self.assertEqual(set(catop._CAUSE_KINDS), set(catop.BREAK_CAUSES))
