@@ -2971,6 +2971,11 @@ class DiagnosisTests(IsolatedEnv):
                                            "--offline", *argv)
             self.assertEqual(code, 0, err)
             self.assertEqual(json.loads(out)["breaks"], want, argv)
+        want = self.run_json("--file", example("cache-diagnosis.jsonl"))["breaks"]
+        for argv in (("--history", store), ("--history", store), ("--jobs", "2")):
+            code, out, err = self.run_main("--file", example("cache-diagnosis.jsonl"),
+                                           "--format", "json", "--offline", *argv)
+            self.assertEqual(json.loads(out)["breaks"], want, argv)
         with open(example("cache-diagnosis.jsonl")) as handle:
             log = [json.loads(line) for line in handle]
         reqs = [catop.normalize_record(record) for record in log * 9]   # compiled by then
