@@ -627,9 +627,63 @@ def first_frame_from_launch(root, store, requests):
     return elapsed
 
 
+def bench_statusline(folder, runs, target_mb=50):
+    """--statusline on one 50 MB transcript, run as settings.json runs it: the first
+    call (no state), and a warm call after one new message, against a bare
+    interpreter start measured in the same run."""
+    sys.path.insert(0, HERE)
+    import catop
+    root = os.path.join(folder, "statusline")
+    project = os.path.join(root, "projects", "-home-dev-big")
+    os.makedirs(project, exist_ok=True)
+    session = "5a7e11fe-1111-4222-8333-000000000001"
+    path = os.path.join(project, session + ".jsonl")
+    rng = random.Random(9)
+    if not os.path.exists(path) or os.path.getsize(path) < target_mb * MB:
+        with open(path, "w") as out:
+            size, chunk = 0, 0
+            while size < target_mb * MB:
+                lines = _claude_lines(rng, session, "/home/dev/big", 3, 12, chunk=chunk)
+                chunk += 1
+                text = "\n".join(lines) + "\n"
+                out.write(text)
+                size += len(text)
+    cache = os.path.join(root, "cache")
+    env = dict(os.environ, XDG_CACHE_HOME=cache, XDG_CONFIG_HOME=os.path.join(root, "config"))
+    command = catop.statusline_command()
+    stdin = json.dumps({"session_id": session, "transcript_path": path,
+                        "model": {"id": "claude-sonnet-4-5", "display_name": "Sonnet 4.5"},
+                        "cost": {"total_cost_usd": 1.0}}).encode()
+
+    def timed(argv, shell=False):
+        started = time.perf_counter()
+        result = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, shell=shell)
+        return time.perf_counter() - started, result.stdout.decode("utf-8", "replace").strip()
+    bare = min(timed([sys.executable, "-c", "pass"])[0] for _ in range(max(5, runs)))
+    firsts = []
+    for _ in range(runs):
+        shutil.rmtree(cache, ignore_errors=True)
+        firsts.append(timed(command, shell=True))
+    warm = []
+    for n in range(max(5, runs)):
+        with open(path, "a") as out:   # one new message: a prompt and its response
+            out.write("\n".join(_claude_lines(rng, session, "/home/dev/big", 3, 1,
+                                              chunk=10 ** 6 + n)) + "\n")
+        warm.append(timed(command, shell=True))
+    first, line = min(firsts)
+    best = min(warm)[0]
+    print("\nstatus line on a %d MB transcript (%s)" % (os.path.getsize(path) // MB, command))
+    print("  bare interpreter (python3 -c pass)  %.3f s" % bare)
+    print("  first call (no state)               %.3f s (target < 1 s)" % first)
+    print("  warm call after one new message     %.3f s = %.2f x the bare start "
+          "(target <= 1.5)" % (best, best / bare))
+    print("  the line: %s" % line)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("requests", "claude", "codex", "live"),
+    parser.add_argument("--only", choices=("requests", "claude", "codex", "live", "statusline"),
                         help="one corpus only")
     parser.add_argument("--mb", type=int, help="corpus size in MB (default 200 / 300)")
     parser.add_argument("--runs", type=int, default=3, help="best of N runs (default 3)")
@@ -648,6 +702,8 @@ def main():
             bench_codex(folder, args.mb or 100, args.runs)
         if args.only in (None, "live"):
             bench_live(folder)
+        if args.only in (None, "statusline"):
+            bench_statusline(folder, args.runs)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -45,6 +45,7 @@ To add an output format: FORMATS, a format_* function in output, print_report.
 """
 
 import argparse
+import base64
 import bisect
 import calendar
 import contextlib
@@ -4974,7 +4975,6 @@ def fetch_spend_page(base_url, key, page, start=None, end=None, timeout_s=None,
                      deadline=None):
     """One page of GET /spend/logs/v2 as (dict, raw bytes); raises CatopError with a
     clear reason, which never holds the key or the URL's user:pass@."""
-    import base64
     import http.client
     import urllib.error
     import urllib.parse
@@ -6125,6 +6125,195 @@ def _demo_session(rng, ts, now, agent, provider, models, project, session, syste
         cached = context if (anthropic or context >= 1024) else 0
         ts += rng.expovariate(1.0 / gap)
     return out
+
+
+# the status line's state: one Claude Code session, read as it grows
+
+def statusline_dir():
+    return os.path.join(xdg_dir("XDG_CACHE_HOME", (".cache",)), "statusline")
+
+
+def session_files(transcript):
+    """A Claude Code transcript and its subagents' files (<session>/subagents/*.jsonl)."""
+    folder = os.path.join(transcript[:-6] if transcript.endswith(".jsonl") else transcript,
+                          "subagents")
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith(".jsonl"))
+    except OSError:
+        names = []
+    return [transcript] + [os.path.join(folder, name) for name in names]
+
+
+def effects_state(effects):
+    """A CacheEffects as JSON values: its sessions' held states, price classes and
+    breaks (not its what-if, which a status line never shows)."""
+    def listed(value):
+        return list(value) if type(value) is tuple else value
+    return {"last": [[listed(chain), offset] for chain, offset in effects.last.items()],
+            "held": base64.b64encode(bytes(effects.held)).decode("ascii"),
+            "models": effects.models,
+            "classes": [[list(key[0])] + list(key[1:5]) + [listed(key[5])]
+                        for key in effects.classes.keys],
+            "tallies": [list(_TALLY_FIELDS(tally)) for tally in effects.classes.tallies],
+            "unread": [[class_id, list(pair)] for class_id, pair in effects.unread.items()],
+            "breaks": [list(_BREAK_FIELDS(found)) for found in effects.breaks],
+            "compactions": effects.compactions, "unordered": effects.unordered}
+
+
+def effects_from_state(doc, prices):
+    """The CacheEffects effects_state gave; raises (ValueError, TypeError, ...) on
+    anything else."""
+    def chain(value):
+        return tuple(value) if type(value) is list else value
+    effects = CacheEffects(prices, _NO_GROUP, {str(k): [float(t) for t in v]
+                                               for k, v in doc["compactions"].items()})
+    effects.held = bytearray(base64.b64decode(doc["held"]))
+    effects.last = {chain(c): int(offset) for c, offset in doc["last"]}
+    if any(not 0 <= offset <= len(effects.held) - _HELD.size for offset in effects.last.values()):
+        raise ValueError("a held state outside the held bytes")
+    for model in doc["models"]:
+        effects._model_id(str(model))
+    keys = [(tuple(k[0]), k[1], k[2], bool(k[3]), bool(k[4]), chain(k[5]))
+            for k in doc["classes"]]
+    effects.classes.__setstate__((keys, [_tally_from(values) for values in doc["tallies"]]))
+    effects.unread = {int(class_id): list(pair) for class_id, pair in doc["unread"]}
+    effects.breaks = [CacheBreak(*values) for values in doc["breaks"]]
+    effects.unordered = int(doc["unordered"])
+    return effects
+
+
+class SessionTail(object):
+    """A Claude Code session (its transcript and subagent files) read as it grows:
+    each call reads what the files gained, de-duplicated as AgentSource does, and
+    pairs it in the one break engine (CacheEffects); the JSON state keeps the files'
+    offsets and the running sums, so a call costs what is new, not the session.
+
+    The last response of each file stays pending (its streamed lines may still grow),
+    counted in what is shown but not yet folded into the running sums."""
+
+    def __init__(self, prices):
+        self.prices = prices
+        self.states = {}         # path -> FileState
+        self.effects = CacheEffects(prices, _NO_GROUP)
+        self.folded = set()      # the keys of the responses in the running sums
+        self.main_messages = set()   # their message parts, of the main thread's
+        self.pending = {}        # key -> Request, the latest response of each file
+        self.spend = {}          # local day -> USD of the folded responses
+
+    def read(self, paths):
+        """Takes in what the files gained; False when one was replaced or cut short
+        (what was folded from it is then no longer true: start a fresh tail)."""
+        last_keys = set()
+        for path in paths:
+            state = self.states.get(path)
+            if state is None:
+                state = self.states[path] = FileState(path)
+            restarts = state.restarts
+            try:
+                results, _ = scan_agent_jsonl("claude-code", state, final=True)
+            except OSError:
+                continue     # gone since it was listed: what it gave stays counted
+            if state.restarts != restarts:
+                return False
+            last = None
+            for session, result in results:
+                if isinstance(result, Compaction):
+                    times = self.effects.compactions.setdefault(session, [])
+                    if result.ts is not None and result.ts not in times:
+                        times.append(result.ts)
+                    continue
+                key, req = result
+                key = _field_key(req) if key is None else key
+                if key in self.folded:
+                    continue
+                held = self.pending.get(key)
+                if held is None or _line_size(key, req) > _line_size(key, held):
+                    self.pending[key] = req
+                last = key
+            if last is not None:
+                last_keys.add(last)
+        self._fold([key for key in self.pending if key not in last_keys])
+        return True
+
+    def _fold(self, keys):
+        """Moves these pending responses into the running sums, in time order."""
+        chosen = [(key, self.pending.pop(key)) for key in keys]
+        for key, req in sorted(chosen, key=lambda item: request_order(item[1])):
+            self.folded.add(key)
+            if self._replayed(key, req):
+                continue
+            if type(key) is int and not req.sidechain:
+                self.main_messages.add(key_message_part(key))
+            self.effects.add(req)
+            if req.ts is not None:
+                day = local_day(req.ts)
+                cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
+                self.spend[day] = self.spend.get(day, 0.0) + cost
+
+    def _replayed(self, key, req):
+        """A subagent's copy of a response its parent counted (formats.md section 3)."""
+        if not (req.sidechain and type(key) is int):
+            return False
+        message = key_message_part(key)
+        return message in self.main_messages or any(
+            type(k) is int and not r.sidechain and key_message_part(k) == message
+            for k, r in self.pending.items())
+
+    def shown(self):
+        """(CacheEffects, spend by day) with the pending responses counted too."""
+        copy = SessionTail(self.prices)
+        copy.effects = effects_from_state(effects_state(self.effects), self.prices)
+        copy.folded, copy.main_messages = set(self.folded), set(self.main_messages)
+        copy.pending, copy.spend = dict(self.pending), dict(self.spend)
+        copy._fold(list(copy.pending))
+        return copy.effects, copy.spend
+
+    def as_state(self):
+        return {"version": STATUSLINE_STATE_VERSION, "effects": effects_state(self.effects),
+                "files": {path: file_state_dict(state) for path, state in self.states.items()},
+                "folded": [[k, None] if type(k) is int else [None, k] for k in self.folded],
+                "main_messages": sorted(self.main_messages),
+                "pending": [[k if type(k) is int else None, None if type(k) is int else k,
+                             list(_REQUEST_FIELDS(r))[:-1]] for k, r in self.pending.items()],
+                "spend": self.spend}
+
+    @classmethod
+    def from_state(cls, doc, prices):
+        if doc.get("version") != STATUSLINE_STATE_VERSION:
+            raise ValueError("another version's state")
+        tail = cls(prices)
+        tail.effects = effects_from_state(doc["effects"], prices)
+        tail.states = {path: file_state_from(path, row) for path, row in doc["files"].items()}
+        tail.folded = {k if k is not None else str(text) for k, text in doc["folded"]}
+        tail.main_messages = set(int(m) for m in doc["main_messages"])
+        for number, text, values in doc["pending"]:
+            values[15] = values[15] and tuple(values[15])   # the diagnosis
+            tail.pending[number if number is not None else str(text)] = Request(*values)
+        tail.spend = {str(day): float(cost) for day, cost in doc["spend"].items()}
+        return tail
+
+
+STATUSLINE_STATE_VERSION = 1
+
+
+def file_state_dict(state):
+    """A FileState as JSON values, as the history keeps one."""
+    return {"device": state.device, "inode": state.inode, "size": state.size,
+            "mtime": state.mtime, "offset": state.offset, "restarts": state.restarts,
+            "head": list(state.head) if state.head else None,
+            "context": {name: getattr(state.context, name) for name in _CONTEXT_FIELDS}}
+
+
+def file_state_from(path, row):
+    state = FileState(path, int(row["offset"]))
+    state.device, state.inode, state.size = row["device"], row["inode"], int(row["size"])
+    state.mtime, state.restarts = row["mtime"], int(row["restarts"])
+    state.head = tuple(row["head"]) if row["head"] else None
+    for name, value in row["context"].items():
+        if name in _CONTEXT_FIELDS:
+            setattr(state.context, name, tuple(value) if name == "previous_total" and value
+                    else value)
+    return state
 
 
 # ------------------------------------------------------------------- render
@@ -7410,6 +7599,141 @@ def _drill(view, frame):
     view.selected = 0
 
 
+# the status line: one line under Claude Code's prompt
+
+STATUSLINE_FIELDS = ("hit", "cost", "saved", "warm", "last_miss", "budget", "model")
+STATUSLINE_FORMAT = ("\u26a1{hit} \u00b7 {cost} saved {saved} \u00b7 {warm} \u00b7 "
+                     "last miss {last_miss} \u00b7 {budget}")
+STATUSLINE_SEPARATOR = " \u00b7 "   # between the parts of a template
+_STATUSLINE_FIELD = re.compile(r"\{([^{}]*)\}")
+_ANSI_STYLES = {"ok": "\x1b[32m", "warn": "\x1b[33m", "bad": "\x1b[31m", "dim": "\x1b[2m"}
+_ASCII_FOR = {"\u26a1": "", "\u00b7": "|", "\u2212": "-", "\u2026": "~"}
+
+
+def parse_statusline_format(text):
+    """A --statusline-format template as parts, each [(literal, field or None)];
+    ValueError names an unknown field or a stray brace."""
+    parts = []
+    for part in text.split(STATUSLINE_SEPARATOR):
+        pieces, start = [], 0
+        for match in _STATUSLINE_FIELD.finditer(part):
+            if match.group(1) not in STATUSLINE_FIELDS:
+                raise ValueError("unknown field {%s} (the fields: %s)" % (
+                    match.group(1), " ".join("{%s}" % f for f in STATUSLINE_FIELDS)))
+            pieces.append((part[start:match.start()], match.group(1)))
+            start = match.end()
+        tail = part[start:]
+        if "{" in tail or "}" in tail or any("{" in p or "}" in p for p, _ in pieces):
+            raise ValueError("a brace that opens or closes no field in %r" % part)
+        pieces.append((tail, None))
+        parts.append(pieces)
+    return parts
+
+
+def statusline_segments(parts, values):
+    """The parts with a value for one of their fields at least, as lists of (text,
+    style): an empty field is left out with the text just before it ("{cost} saved
+    {saved}" is the cost alone when nothing says what was saved)."""
+    shown = []
+    for pieces in parts:
+        segments, found = [], False
+        for literal, field in pieces:
+            value = values.get(field) if field is not None else None
+            if field is None:
+                segments.append((literal, ""))
+            elif value:
+                found = True
+                segments += [(literal, ""), value]
+        if found or not any(field for _, field in pieces):
+            segments = [(text, style) for text, style in segments if text]
+            if "".join(text for text, _ in segments).strip():
+                shown.append(segments)
+    return shown
+
+
+def render_statusline(parts, values, unicode_ok=True, colour=True, width=None):
+    """One line: the template's parts with a value for every field, the last ones
+    given up while it is wider than width, then cut; no control character."""
+    shown = statusline_segments(parts, values)
+    separator = [(STATUSLINE_SEPARATOR, "dim")]
+    while True:
+        segments = [seg for index, part in enumerate(shown)
+                    for seg in (separator if index else []) + part]
+        segments = [(clean(text) if unicode_ok else _ascii(clean(text)), style)
+                    for text, style in segments]
+        plain = "".join(text for text, _ in segments)
+        if width is None or display_width(plain) <= width or len(shown) <= 1:
+            break
+        shown.pop()
+    if width is not None and display_width(plain) > width:
+        segments = [(fit(plain, width, "\u2026" if unicode_ok else "~"), "")]
+    if not colour:
+        return "".join(text for text, _ in segments)
+    return "".join(_ANSI_STYLES[style] + text + "\x1b[0m" if style in _ANSI_STYLES else text
+                   for text, style in segments)
+
+
+def _ascii(text):
+    text = "".join(_ASCII_FOR.get(char, char) for char in text)
+    return text.encode("ascii", "replace").decode("ascii").strip() if not text.isascii() \
+        else text
+
+
+def statusline_values(effects, spend, now, claude, budget=None):
+    """{field: (text, style)} of a session: its cost, saved and hit rate at catop's
+    rates, the cache entry's time left, the last break; claude: what Claude Code
+    said on stdin (its prompt_cache figures win where it gave them)."""
+    _, unpriced, total = priced_groups(effects.classes, effects.prices)
+    values = {}
+    hit = claude.get("hit_ratio")
+    hit = total.hit_rate if hit is None else hit
+    if hit is not None:
+        values["hit"] = ("%.0f%%" % (hit * 100), hit_style(hit) or "ok")
+    if total.requests and (not unpriced or claude.get("cost") is None):
+        values["cost"] = (fmt_usd(total.cost), "")
+        values["saved"] = (fmt_usd(total.saved), "ok" if total.saved >= 0 else "bad")
+    elif claude.get("cost") is not None:   # catop has no price: Claude Code's figure
+        values["cost"] = (fmt_usd(claude["cost"]) + " (Claude Code)", "")
+    values["warm"] = warm_value(effects, now)
+    values["last_miss"] = last_miss_value(effects, claude)
+    if claude.get("model"):
+        values["model"] = (claude["model"], "")
+    if budget:
+        share = spend / budget
+        values["budget"] = ("%.0f%% of %s today" % (share * 100, fmt_usd(budget, 2)),
+                            "bad" if share >= 1 else "warn" if share >= BUDGET_WARNING_SHARE
+                            else "")
+    return {name: value for name, value in values.items() if value}
+
+
+def warm_value(effects, now):
+    """"warm 3:12" while the main thread's cache entry lives, "cold" after."""
+    warm = [item for item in warm_sessions(effects, now) if item["thread"] is None]
+    if warm:
+        left = warm[0]["expires_at"] - now
+        return ("warm " + fmt_countdown(left), "warn" if left < WARM_SOON_S else "ok")
+    return ("cold", "dim") if any(not thread_of(chain) for chain in effects.last) else None
+
+
+def last_miss_value(effects, claude):
+    """The last break of the main thread (else of any), its cause and cost; Claude
+    Code's own cause and time where it gave them."""
+    breaks = [b for b in effects.breaks if not b.thread] or effects.breaks
+    found = breaks[-1] if breaks else None
+    cause, when = claude.get("miss_cause"), claude.get("miss_at")
+    if cause is None and found is None:
+        return None
+    if cause is None:
+        cause, when = found.cause, found.ts
+    elif found is not None and (when is None or abs(found.ts - when) > 120):
+        found = None   # catop's last break is not the one Claude Code means: no cost
+    text = "%s %s" % (clean(cause), time.strftime("%H:%M", time.localtime(when))
+                      if when is not None else "")
+    if found is not None:
+        text += " \u2212" + fmt_usd(found.cost)
+    return (text.strip(), "bad" if found is not None and found.cost > 0 else "warn")
+
+
 # ------------------------------------------------------------------- output
 
 class Report(object):
@@ -7883,7 +8207,7 @@ def litellm_log_record(kwargs, response, start_time=None):
                   "output_tokens_details": {"reasoning_tokens": reasoning}},
     }
     record = {k: v for k, v in record.items() if v not in ("", None)}
-    found = response_diagnosis(response)
+    found = response_diagnosis(response, kwargs)
     if found is not None:   # kept even when null: Anthropic's null is a verdict
         record[found[0]] = found[1]
     return record
@@ -7913,12 +8237,27 @@ def _scalars(value):
             if k in value and (value[k] is None or isinstance(value[k], (str, int, float)))}
 
 
-def response_diagnosis(response):
-    """(key, value) of the provider's cache-miss diagnosis on a LiteLLM response
-    (Anthropic's diagnostics, OpenAI's prompt_cache_diagnostics), on it or in its
-    provider_specific_fields, with only the diagnosis's own fields; or None."""
+ORIGINAL_RESPONSE_MAX_CHARS = 8 * 1024 * 1024
+
+
+def response_diagnosis(response, kwargs=None):
+    """(key, value) of the provider's cache-miss diagnosis on a LiteLLM call, with
+    only the diagnosis's own fields; or None.  LiteLLM 1.108 keeps OpenAI's on the
+    response (a pydantic extra) and in the standard logging object, but drops
+    Anthropic's: only the raw body it logs (original_response) still has it."""
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
     extra = _member(response, "provider_specific_fields")
-    for holder in (response, extra if isinstance(extra, dict) else None):
+    slo = kwargs.get("standard_logging_object")
+    logged = slo.get("response") if isinstance(slo, dict) else None
+    raw = kwargs.get("original_response")
+    try:
+        raw = json.loads(raw) if isinstance(raw, str) and len(raw) <= \
+            ORIGINAL_RESPONSE_MAX_CHARS else None
+    except (ValueError, RecursionError):
+        raw = None
+    for holder in (response, extra if isinstance(extra, dict) else None,
+                   logged if isinstance(logged, dict) else None,
+                   raw if isinstance(raw, dict) else None):
         if holder is None:
             continue
         for key in DIAGNOSIS_KEYS:
@@ -8181,6 +8520,24 @@ def build_parser():
     budgets.add_argument("--enforce-budgets", action="store_true",
                          help="exit 3 when a budget is spent (a CI gate)")
     parser.add_argument("--version", action="version", version="catop " + __version__)
+    line = parser.add_argument_group("Claude Code's status line")
+    line.add_argument("--statusline", action="store_true",
+                      help="read Claude Code's status-line JSON on stdin and print one line: "
+                           "the session's hit rate, cost and saved, the cache entry's time "
+                           "left, the last break (always exit 0)")
+    line.add_argument("--statusline-format", metavar="TEMPLATE",
+                      help="the line's template, fields {%s}; a part between ' \u00b7 ' is "
+                           "left out when a field in it is empty (default: %s)" % (
+                               "} {".join(STATUSLINE_FIELDS),
+                               STATUSLINE_FORMAT.replace("%", "%%")))
+    line.add_argument("--install", action="store_true",
+                      help="with --statusline: print the statusLine entry for "
+                           "~/.claude/settings.json")
+    line.add_argument("--write", action="store_true",
+                      help="with --statusline --install: merge it into settings.json "
+                           "(atomically, every other setting kept)")
+    line.add_argument("--force", action="store_true",
+                      help="with --write: replace another tool's status line")
     return parser
 
 
@@ -8343,6 +8700,8 @@ def output_width(args):
 
 
 def run(args):
+    if args.statusline:
+        return run_statusline(args)
     now = time.time()
     JOBS_LIMIT[0] = args.jobs
     if AS_SCRIPT[0] and worth_running_as_module(args):
@@ -8678,6 +9037,212 @@ def one_session(args, build):
     return aggregate, sources
 
 
+# --statusline: Claude Code's status line command
+
+STATUSLINE_INPUT_MAX_BYTES = 1 << 20
+STATUSLINE_LOG_MAX_BYTES = 256 * 1024
+
+
+def run_statusline(args):
+    """Prints one line whatever happens (exit 0): the status line must never show a
+    traceback or go blank; what went wrong goes to the state folder's log."""
+    if args.install or args.write:
+        return install_statusline(args)
+    try:
+        line = statusline(args, sys.stdin, time.time())
+    except Exception as error:
+        statusline_log("%s: %s" % (type(error).__name__, error))
+        line = "catop"
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK
+
+
+def statusline_log(text):
+    """Appends a line to the status line's log (cut back when it grows large)."""
+    path = os.path.join(statusline_dir(), "statusline.log")
+    try:
+        make_private_folder(os.path.dirname(path))
+        if os.path.exists(path) and os.path.getsize(path) > STATUSLINE_LOG_MAX_BYTES:
+            os.replace(path, path + ".1")
+        append_whole_line(path, ("%s %s\n" % (iso_utc(time.time()), clean(str(text))[:500]))
+                          .encode("utf-8", "replace"))
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def read_claude_input(stream):
+    """What Claude Code gives on stdin, as a dict ({} when there is none or it is not
+    JSON; said in the log)."""
+    if stream is None or stream.isatty():
+        statusline_log("no JSON on stdin (not run by Claude Code?)")
+        return {}
+    data = getattr(stream, "buffer", stream).read(STATUSLINE_INPUT_MAX_BYTES + 1)
+    try:
+        document = json.loads(data[:STATUSLINE_INPUT_MAX_BYTES] or "{}")
+    except (ValueError, RecursionError) as error:
+        statusline_log("stdin is not JSON: %s" % error)
+        return {}
+    if type(document) is not dict:
+        statusline_log("stdin is not a JSON object")
+        return {}
+    return document
+
+
+def claude_facts(document):
+    """The fields catop uses, each read defensively (any may be missing in an older
+    build): model name, Claude Code's cost, and its prompt_cache figures."""
+    model, cost, cache = document.get("model"), document.get("cost"), \
+        document.get("prompt_cache")
+    facts = {"model": None, "cost": None, "hit_ratio": None, "miss_cause": None,
+             "miss_at": None}
+    if type(model) is dict:
+        name = model.get("display_name") or model.get("id")
+        facts["model"] = clean(name)[:40] if type(name) is str else None
+    if type(cost) is dict:
+        facts["cost"] = as_money(cost.get("total_cost_usd"))
+    if type(cache) is dict:
+        facts["hit_ratio"] = bounded_number(cache.get("hit_ratio"), 0.0, 1.0, "hit ratio")
+        cause = cache.get("last_miss_cause")
+        if type(cause) is dict:
+            causes = cause.get("causes")
+            cause = causes[0] if type(causes) is list and causes else cause.get("type")
+        facts["miss_cause"] = clean(cause)[:40] if type(cause) is str and cause else None
+        facts["miss_at"] = parse_timestamp(cache.get("last_miss_at")) if \
+            facts["miss_cause"] else None
+    return facts
+
+
+def statusline(args, stream, now):
+    document = read_claude_input(stream)
+    claude = claude_facts(document)
+    try:
+        parts = parse_statusline_format(args.statusline_format or STATUSLINE_FORMAT)
+    except ValueError as error:
+        statusline_log("--statusline-format: %s; the default is used" % error)
+        parts = parse_statusline_format(STATUSLINE_FORMAT)
+    unicode_ok = "utf" in (getattr(sys.stdout, "encoding", "") or "").lower()
+    colour = not (args.no_color or os.environ.get("NO_COLOR"))
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) >= 20 else None
+    values = {"model": (claude["model"], "")} if claude["model"] else {}
+    transcript = document.get("transcript_path")
+    if type(transcript) is not str or not os.path.isfile(transcript):
+        statusline_log("no transcript to read (%r)" % (transcript,))
+        if claude["cost"] is not None:
+            values["cost"] = (fmt_usd(claude["cost"]) + " (Claude Code)", "")
+    else:
+        session = str(document.get("session_id") or transcript)
+        prices = load_prices(args.prices, True, False, now, warn=statusline_log)
+        effects, spend = session_figures(session, transcript, prices)
+        budget = load_budget_config(warn=statusline_log).get("daily")
+        today = spend.get(local_day(now), 0.0)
+        values.update(statusline_values(effects, today_spend(session, today, now) if budget
+                                        else today, now, claude, budget))
+    line = render_statusline(parts, values, unicode_ok, colour, width)
+    return line or render_statusline(parse_statusline_format("{model}"), values,
+                                     unicode_ok, colour, width) or "catop: no data yet"
+
+
+def session_figures(session, transcript, prices):
+    """(CacheEffects, spend by day) of a session, from its state and what its files
+    gained since; the state is written back (atomically)."""
+    path = os.path.join(statusline_dir(), "%016x.json" % _stable_hash(session))
+    tail = None
+    try:
+        doc = json.loads(read_regular(path, 64 * 1024 * 1024))
+        if doc.get("transcript") == transcript:
+            tail = SessionTail.from_state(doc, prices)
+    except OSError:
+        pass
+    except Exception as error:   # a damaged or foreign state: read the session again
+        statusline_log("state %s not used: %s: %s" % (path, type(error).__name__, error))
+    paths = session_files(transcript)
+    if tail is None or not tail.read(paths):
+        tail = SessionTail(prices)
+        tail.read(paths)
+    state = tail.as_state()
+    state["transcript"] = transcript
+    try:
+        write_atomic(path, json.dumps(state, separators=(",", ":")).encode("utf-8"))
+    except OSError as error:
+        statusline_log("cannot keep the state %s: %s" % (path, error))
+    return tail.shown()
+
+
+def today_spend(session, spent, now):
+    """Today's spend over every session the status line has seen today: each keeps
+    its own in a small file beside its state, so two sessions never write one file."""
+    folder = statusline_dir()
+    day = local_day(now)
+    try:
+        write_atomic(os.path.join(folder, "%016x.spend" % _stable_hash(session)),
+                     json.dumps({"day": day, "usd": spent}).encode("ascii"))
+    except OSError as error:
+        statusline_log("cannot keep today's spend: %s" % error)
+    total = 0.0
+    try:
+        names = [name for name in os.listdir(folder) if name.endswith(".spend")]
+    except OSError:
+        return spent
+    for name in names:
+        try:
+            doc = json.loads(read_regular(os.path.join(folder, name), 4096))
+            if doc.get("day") == day:
+                total += as_money(doc.get("usd")) or 0.0
+        except (OSError, ValueError, AttributeError):
+            continue
+    return total
+
+
+def claude_settings_path():
+    """The user's settings.json: in the first folder of CLAUDE_CONFIG_DIR, else ~/.claude."""
+    folders = [f for f in os.environ.get("CLAUDE_CONFIG_DIR", "").split(",") if f.strip()]
+    return os.path.join(folders[0].strip() if folders else _home(".claude"), "settings.json")
+
+
+def statusline_command():
+    """The command for settings.json: this file's folder as a module path and the
+    interpreter running now, without site (faster), with a bytecode cache (a script
+    is compiled afresh at every run: ten times the time of the rest)."""
+    import shlex
+    folder = os.path.dirname(os.path.abspath(__file__))
+    return "PYTHONPATH=%s PYTHONDONTWRITEBYTECODE= %s -S -m catop --statusline" % (
+        shlex.quote(folder), shlex.quote(sys.executable or "python3"))
+
+
+def install_statusline(args):
+    """--install prints the statusLine entry; --write merges it into settings.json."""
+    entry = {"type": "command", "command": statusline_command(), "padding": 0}
+    if args.statusline_format:
+        import shlex
+        entry["command"] += " --statusline-format " + shlex.quote(args.statusline_format)
+    if not args.write:
+        sys.stdout.write(json.dumps({"statusLine": entry}, indent=2) + "\n")
+        return EXIT_OK
+    path = claude_settings_path()
+    try:
+        settings = json.loads(read_regular(path, 16 * 1024 * 1024) or b"{}")
+    except OSError:
+        settings = {}
+    except ValueError as error:
+        raise CatopError("%s is not valid JSON (%s): not changed" % (path, error))
+    if type(settings) is not dict:
+        raise CatopError("%s does not hold a JSON object: not changed" % path)
+    current = settings.get("statusLine")
+    theirs = type(current) is dict and "catop" not in str(current.get("command", ""))
+    if current is not None and (theirs or type(current) is not dict) and not args.force:
+        raise CatopError("%s already has a status line (%s): --force replaces it" % (
+            path, clean(json.dumps(current))[:120]))
+    settings["statusLine"] = entry
+    write_atomic(path, (json.dumps(settings, indent=2) + "\n").encode("utf-8"))
+    sys.stdout.write("catop: the status line is set in %s\n" % path)
+    return EXIT_OK
+
+
 def snapshot_aggregate(args, prices, since, until, now, session_exact=False):
     aggregate = Aggregate(prices, args.group_by, since, until, args.session,
                           session_exact=session_exact)
@@ -8785,9 +9350,17 @@ def release_compiler_memory():
 
 
 def main(argv=None):
-    release_compiler_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.statusline:
+        release_compiler_memory()
+    if (args.install or args.write or args.force) and not args.statusline:
+        parser.error("--install, --write and --force go with --statusline")
+    if args.statusline_format and (args.install or not args.statusline):  # else: the default
+        try:
+            parse_statusline_format(args.statusline_format)
+        except ValueError as error:
+            parser.error("--statusline-format: %s" % error)
     if args.refresh_prices and args.offline:
         parser.error("--refresh-prices and --offline contradict each other")
     if args.refresh_prices and args.prices:

@@ -3310,6 +3310,218 @@ class AdviceTests(IsolatedEnv):
                             for line in lines), lines)
 
 
+class StatuslineTests(IsolatedEnv):
+    """--statusline as Claude Code runs it: JSON on stdin, one line out, exit 0."""
+
+    SESSION = "7e1d0c2a-5b3f-4a61-9d28-0c4e8f1a2b3c"
+
+    def transcript(self, home=DIAGNOSIS_HOME):
+        return os.path.join(home, "projects", "-home-dev-diag", self.SESSION + ".jsonl")
+
+    def call(self, document, *argv, encoding="utf-8", raw=None):
+        data = raw if raw is not None else json.dumps(document).encode()
+        stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+        out = io.BytesIO()
+        stdout = io.TextIOWrapper(out, encoding=encoding, errors="replace")
+        with mock.patch.object(sys, "stdin", stdin), mock.patch.object(sys, "stdout", stdout):
+            code = catop.main(["--statusline"] + list(argv))
+            stdout.flush()
+        self.assertEqual(code, 0)
+        text = out.getvalue().decode(encoding)
+        self.assertEqual(text.count("\n"), 1, text)
+        plain = re.sub(r"\x1b\[\d+m", "", text[:-1])     # colours, and nothing else
+        self.assertEqual(plain, catop.clean(plain))
+        return text[:-1]
+
+    def input(self, transcript=None, **extra):
+        doc = {"session_id": self.SESSION, "transcript_path": transcript or self.transcript(),
+               "cwd": "/home/dev/diag", "model": {"id": "claude-opus-4-5",
+                                                   "display_name": "Opus 4.5"},
+               "workspace": {"current_dir": "/home/dev/diag"}, "version": "2.1.262",
+               "cost": {"total_cost_usd": 2.5, "total_duration_ms": 60000}}
+        doc.update(extra)
+        return doc
+
+    def test_the_line_of_the_example_session(self):
+        os.environ["NO_COLOR"] = "1"
+        # the figures --once gives the same session (one engine): 34.8% hit, $3.09,
+        # saved $0.3051; the last break of the main thread is 09:35's
+        os.environ["CLAUDE_CONFIG_DIR"] = DIAGNOSIS_HOME
+        totals = self.run_json("--agent", "claude-code")["totals"]
+        self.assertEqual((round(totals["hit_rate"], 3), round(totals["cost_usd"], 2)),
+                         (0.348, 3.09))
+        at = time.strftime("%H:%M", time.localtime(catop.parse_timestamp(
+            "2026-03-11T09:35:00.400Z")))
+        want = ("\u26a135% \u00b7 $3.09 saved $0.3051 \u00b7 cold \u00b7 last miss "
+                "prefix_changed " + at + " \u2212$0.0517")
+        self.assertEqual(self.call(self.input()), want)
+        self.assertEqual(self.call(self.input()), want)      # warm, from the state
+        # an older build: no cost, no model; a newer one: prompt_cache's ratio and cause
+        self.assertEqual(self.call({"session_id": self.SESSION,
+                                    "transcript_path": self.transcript()}), want)
+        cache = {"warm": False, "hit_ratio": 0.41, "last_miss_at": catop.parse_timestamp(
+            "2026-03-11T09:35:00Z"), "last_miss_cause": {"causes": ["tools_changed"]}}
+        self.assertEqual(self.call(self.input(prompt_cache=cache)),
+                         want.replace("35%", "41%").replace("prefix_changed", "tools_changed"))
+        # a cause catop cannot match to a break of its own is shown without a cost
+        cache["last_miss_at"] -= 3600
+        self.assertTrue(self.call(self.input(prompt_cache=cache)).endswith(
+            "last miss tools_changed %s" % time.strftime(
+                "%H:%M", time.localtime(cache["last_miss_at"]))))
+        # ASCII where the terminal's encoding is not UTF-8
+        self.assertEqual(self.call(self.input(), encoding="ascii"),
+                         "35% | $3.09 saved $0.3051 | cold | last miss prefix_changed " + at +
+                         " -$0.0517")
+        self.assertEqual(self.call(self.input(), "--statusline-format", "{model}: {hit} hit"),
+                         "Opus 4.5: 35% hit")
+        os.environ["COLUMNS"] = "40"       # the width hint: the last parts give way first
+        self.assertEqual(self.call(self.input()), "\u26a135% \u00b7 $3.09 saved $0.3051 "
+                                                  "\u00b7 cold")
+
+    def test_colour_unless_no_color(self):
+        line = self.call(self.input())
+        self.assertIn("\x1b[33m35%\x1b[0m", line)
+        os.environ["NO_COLOR"] = "1"
+        self.assertNotIn("\x1b", self.call(self.input()))
+        del os.environ["NO_COLOR"]
+        self.assertNotIn("\x1b", self.call(self.input(), "--no-color"))
+
+    def test_warm_counts_down_and_a_budget_adds_its_share(self):
+        os.environ["NO_COLOR"] = "1"
+        home = os.path.join(self.tmp, "claude")
+        folder = os.path.join(home, "projects", "-p")
+        os.makedirs(folder)
+        path = os.path.join(folder, self.SESSION + ".jsonl")
+        now = time.time()
+        with open(path, "w") as handle:
+            for n, (ago, read, write) in enumerate(((200, 0, 20000), (100, 20000, 1000))):
+                handle.write(json.dumps({
+                    "type": "assistant", "sessionId": self.SESSION, "cwd": "/p",
+                    "timestamp": catop.iso_utc(now - ago), "requestId": "r%d" % n,
+                    "message": {"id": "m%d" % n, "model": "claude-sonnet-4-5", "usage": {
+                        "input_tokens": 0, "cache_read_input_tokens": read,
+                        "cache_creation_input_tokens": write, "output_tokens": 0}}}) + "\n")
+        config = os.path.join(self.tmp, "config", "catop")
+        os.makedirs(config)
+        with open(os.path.join(config, "config.json"), "w") as handle:
+            json.dump({"budgets": {"daily": 1.0}}, handle)
+        line = self.call(self.input(path))
+        # 20,000 at 3.75e-6 + 20,000 at 3e-7 + 1,000 at 3.75e-6 = $0.08475 of $1.00
+        match = re.match(r"^\u26a1\d+% \u00b7 \$0\.0848 saved \$[\d.]+ \u00b7 warm (\d):(\d\d) "
+                         r"\u00b7 8% of \$1\.00 today$", line)
+        self.assertTrue(match, line)
+        left = int(match.group(1)) * 60 + int(match.group(2))
+        self.assertTrue(195 <= left <= 200, line)   # 300 s from the last, 100 s ago
+
+    def test_the_state_follows_a_transcript_that_grows_is_cut_and_is_replaced(self):
+        os.environ["NO_COLOR"] = "1"
+        home = os.path.join(self.tmp, "claude")
+        shutil.copytree(DIAGNOSIS_HOME, home)
+        path = self.transcript(home)
+        with open(path) as handle:
+            lines = handle.read().splitlines(True)
+        state_dir = os.path.join(self.tmp, "cache", "catop", "statusline")
+
+        def stateless():
+            shutil.rmtree(state_dir, ignore_errors=True)
+            return self.call(self.input(path))
+        for cut in (10, 25, len(lines)):            # grows, in pieces
+            with open(path, "w") as handle:
+                handle.writelines(lines[:cut])
+            with_state = self.call(self.input(path))
+            self.assertTrue(os.path.isdir(state_dir))
+            self.assertEqual(with_state, stateless())
+            self.call(self.input(path))              # the state again, for the next piece
+        state_file = [n for n in os.listdir(state_dir) if n.endswith(".json")][0]
+        with open(os.path.join(state_dir, state_file)) as handle:
+            offsets = {p: f["offset"] for p, f in json.load(handle)["files"].items()}
+        self.assertEqual(offsets[path], os.path.getsize(path))    # read to its end, once
+        with open(path, "w") as handle:              # cut short (a rewrite in place)
+            handle.writelines(lines[:12])
+        self.assertEqual(self.call(self.input(path)), stateless())
+        self.call(self.input(path))
+        os.unlink(path)                              # replaced by another file
+        with open(path, "w") as handle:
+            handle.writelines(lines[:30])
+        self.assertEqual(self.call(self.input(path)), stateless())
+        with open(os.path.join(state_dir, state_file), "w") as handle:
+            handle.write('{"version": 1, "transcript": %s, "effects": 7}' % json.dumps(path))
+        self.assertEqual(self.call(self.input(path)), stateless())   # a damaged state
+
+    def test_never_in_the_way(self):
+        os.environ["NO_COLOR"] = "1"
+        for raw in (b"", b"garbage", b"[1, 2]", b"\xff\xfe", b'{"transcript_path": 7}',
+                    b'{"model": "x", "cost": [], "prompt_cache": 3}',
+                    json.dumps({"transcript_path": os.path.join(self.tmp, "none.jsonl"),
+                                "model": {"display_name": "Opus\x1b[2J 4"},
+                                "cost": {"total_cost_usd": 1.5}}).encode()):
+            with self.subTest(raw=raw):
+                line = self.call(None, raw=raw)
+                self.assertTrue(line)
+        self.assertEqual(self.call(None, raw=json.dumps({
+            "transcript_path": "/nope", "cost": {"total_cost_usd": 1.5}}).encode()),
+            "$1.50 (Claude Code)")
+        # a cache folder that cannot be made (a file is in its place): still the line
+        blocked = os.path.join(self.tmp, "not-a-folder")
+        open(blocked, "w").close()
+        os.environ["XDG_CACHE_HOME"] = blocked
+        self.assertTrue(self.call(self.input()).startswith("\u26a135% \u00b7 $3.09"))
+
+    def test_why_goes_to_the_log(self):
+        self.call(None, raw=b"garbage")
+        with open(os.path.join(self.tmp, "cache", "catop", "statusline",
+                               "statusline.log")) as handle:
+            self.assertIn("stdin is not JSON", handle.read())
+
+    def test_install_prints_and_merges_the_settings_entry(self):
+        code, out, _ = self.run_main("--statusline", "--install")
+        entry = json.loads(out)["statusLine"]
+        self.assertEqual((entry["type"], entry["padding"]), ("command", 0))
+        self.assertIn("-S -m catop --statusline", entry["command"])
+        self.assertIn(os.path.dirname(os.path.abspath(catop.__file__)), entry["command"])
+        home = os.path.join(self.tmp, "claude-config")
+        os.makedirs(home)
+        os.environ["CLAUDE_CONFIG_DIR"] = home
+        settings = os.path.join(home, "settings.json")
+        with open(settings, "w") as handle:
+            json.dump({"model": "opus", "statusLine": {"type": "command",
+                                                       "command": "ccusage statusline"}},
+                      handle)
+        code, _, err = self.run_main("--statusline", "--install", "--write")
+        self.assertEqual(code, 1)
+        self.assertIn("already has a status line", err)
+        with open(settings) as handle:
+            self.assertEqual(json.load(handle)["statusLine"]["command"], "ccusage statusline")
+        code, out, _ = self.run_main("--statusline", "--install", "--write", "--force")
+        self.assertEqual(code, 0)
+        with open(settings) as handle:
+            merged = json.load(handle)
+        self.assertEqual(merged, {"model": "opus", "statusLine": entry})
+        # catop's own entry is replaced without --force, with a template
+        code, _, _ = self.run_main("--statusline", "--install", "--write",
+                                   "--statusline-format", "{hit} {warm}")
+        self.assertEqual(code, 0)
+        with open(settings) as handle:
+            self.assertTrue(json.load(handle)["statusLine"]["command"].endswith(
+                "--statusline-format '{hit} {warm}'"))
+        code, _, err = self.run_main("--statusline", "--install", "--statusline-format", "{x}")
+        self.assertEqual(code, 2)
+        self.assertIn("unknown field {x}", err)
+        code, _, err = self.run_main("--install")
+        self.assertEqual(code, 2)
+
+    def test_the_command_runs_as_settings_json_runs_it(self):
+        os.environ["NO_COLOR"] = "1"
+        result = subprocess.run(catop.statusline_command(), shell=True,
+                                input=json.dumps(self.input()).encode(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(os.environ, LC_ALL="C.UTF-8", PYTHONIOENCODING="utf-8"),
+                                timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.decode().startswith("\u26a135% \u00b7 $3.09 saved"),
+                        result.stdout)
+
+
 PROMETHEUS_LINE = re.compile(
     r'^(# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+|'
     r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\\n])*"'
@@ -3420,14 +3632,18 @@ class FakeProviders(object):
                                               "message": {"role": "assistant", "content": "hi"}}],
               "usage": {"prompt_tokens": 2000, "completion_tokens": 300, "total_tokens": 2300,
                         "prompt_tokens_details": {"cached_tokens": 1500},
-                        "completion_tokens_details": {"reasoning_tokens": 120}}}
+                        "completion_tokens_details": {"reasoning_tokens": 120}},
+              "prompt_cache_diagnostics": {"type": "cache_hit", "cache_missed_tokens": 0,
+                                           "comparison_reusable_tokens": 1500}}
     ANTHROPIC = {"id": "msg_1", "type": "message", "role": "assistant",
                  "model": "claude-sonnet-4-5-20250929", "stop_reason": "end_turn",
                  "stop_sequence": None, "content": [{"type": "text", "text": "hi"}],
                  "usage": {"input_tokens": 50, "cache_read_input_tokens": 20000,
                            "cache_creation_input_tokens": 3000, "output_tokens": 400,
                            "cache_creation": {"ephemeral_5m_input_tokens": 1000,
-                                              "ephemeral_1h_input_tokens": 2000}}}
+                                              "ephemeral_1h_input_tokens": 2000}},
+                 "diagnostics": {"cache_miss_reason": {"type": "tools_changed",
+                                                       "cache_missed_input_tokens": 4200}}}
 
     def __init__(self):
         answers = self
@@ -3505,6 +3721,11 @@ class LiteLLMCallbackTests(IsolatedEnv):
         self.assertEqual((second["usage"]["input_tokens"],
                           second["usage"]["cache_read_input_tokens"]), (50, 20000))
         self.assertNotIn("session_id", second)  # LiteLLM's per-call trace id is not a session
+        # the providers' cache-miss diagnoses, kept (and nothing else of the response)
+        self.assertEqual(second["diagnostics"], {"cache_miss_reason": {
+            "type": "tools_changed", "cache_missed_input_tokens": 4200}})
+        self.assertEqual(first["prompt_cache_diagnostics"], {
+            "type": "cache_hit", "cache_missed_tokens": 0, "comparison_reusable_tokens": 1500})
         self.assertEqual(third["usage"], first["usage"])
         with open(self.log) as handle:
             text = handle.read()
