@@ -1606,14 +1606,21 @@ def _rate(entry, key, fallback):
     return fallback if rate is None else rate
 
 
-def rates_from_entry(entry):
+# Anthropic's published cache rates, as multiples of the input rate: what a Claude
+# entry without its own cache keys (Bedrock's, Vertex's) is priced at
+CLAUDE_CACHE_MULTIPLIERS = (0.1, 1.25, 2.0)   # read, 5-minute write, 1-hour write
+
+
+def rates_from_entry(entry, name=""):
     """(base rates, rates above 200k or None); each rate tuple is
     (input, cache read, 5m write, 1h write, output, reasoning)."""
     p_in = _rate(entry, "input_cost_per_token", 0.0)
     p_out = _rate(entry, "output_cost_per_token", 0.0)
-    p_read = _rate(entry, "cache_read_input_token_cost", p_in)
-    p_w5 = _rate(entry, "cache_creation_input_token_cost", p_in)
-    p_w1 = _rate(entry, "cache_creation_input_token_cost_above_1hr", p_w5)
+    read, five, hour = CLAUDE_CACHE_MULTIPLIERS if "claude" in name.lower() else (1, 1, None)
+    p_read = _rate(entry, "cache_read_input_token_cost", p_in * read)
+    p_w5 = _rate(entry, "cache_creation_input_token_cost", p_in * five)
+    p_w1 = _rate(entry, "cache_creation_input_token_cost_above_1hr",
+                 p_w5 if hour is None else p_in * hour)
     p_rsn = _rate(entry, "output_cost_per_reasoning_token", p_out)
     base = (p_in, p_read, p_w5, p_w1, p_out, p_rsn)
     if not any(key.endswith("_above_200k_tokens") for key in entry):
@@ -1670,6 +1677,7 @@ class PriceBook(object):
         self.origin = origin
         self.age_s = age_s
         self._resolved = {}
+        self.priced_as = {}      # model -> the platform key it is priced under
         self.model_names = ModelNames(self)   # the name a model's group goes by
 
     def __len__(self):
@@ -1684,6 +1692,28 @@ class PriceBook(object):
                 return self.lower[name]
         return None
 
+    def platform_name(self, model):
+        """The key of a model the map has only under a cloud platform's name, at the
+        provider's own list price (Bedrock's anthropic.<model>-v1:0, Vertex's
+        vertex_ai/<model>, ...; formats.md section 4), or None."""
+        for name in candidate_model_names(model):
+            if "/" in name:
+                continue
+            dated = _DATE_SUFFIX.search(name)
+            undated = _DATE_SUFFIX.sub("", name)
+            for candidate in ("anthropic.%s-v1:0" % name, "anthropic.%s-v1" % name,
+                              "anthropic.%s" % name, "vertex_ai/%s" % name,
+                              "vertex_ai/%s@%s" % (undated, dated.group(0)[1:]) if dated
+                              else None, "bedrock/claude_platform/%s" % undated,
+                              "gemini/%s" % name):
+                if candidate and candidate in self.table:
+                    return candidate
+            dated = sorted(key for key in self.table   # an undated name, a dated key
+                           if key.startswith("anthropic.%s-20" % name))
+            if dated:
+                return dated[-1]
+        return None
+
     def rates(self, model, provider=""):
         key = (model, provider)
         try:
@@ -1691,7 +1721,11 @@ class PriceBook(object):
         except KeyError:
             pass
         name = self.resolve(model, provider) if model else None
-        rates = rates_from_entry(self.table[name]) if name else None
+        if name is None and model:
+            name = self.platform_name(model)
+            if name is not None:
+                self.priced_as[model] = name
+        rates = rates_from_entry(self.table[name], name) if name else None
         self._resolved[key] = rates
         return rates
 
@@ -6925,6 +6959,12 @@ def advice_line(item):
                   fmt_usd(item["cost_usd"]), item["setting"])
 
 
+def priced_as(agg, prices):
+    """{model as logged: the platform key it was priced under}, of this report's."""
+    logged = {key[1] for key in agg.effects.classes.keys}
+    return {model: key for model, key in sorted(prices.priced_as.items()) if model in logged}
+
+
 def render_report(report, width=80, ellipsis="~"):
     """The --once table output as lines."""
     agg = report.aggregate
@@ -6956,6 +6996,12 @@ def render_report(report, width=80, ellipsis="~"):
     if breaks:
         lines.append("")
         lines.extend(breaks)
+    platform = priced_as(agg, prices)
+    if platform:
+        lines.append("")
+        lines.append(fit("priced as: %s - a cloud platform's entry, at the provider's list "
+                         "price" % ", ".join("%s as %s" % (clean(m), clean(k)) for m, k in
+                                             platform.items()), width, ellipsis))
     if agg.unpriced_models:
         names = ", ".join("%s (%s)" % (clean(m), fmt_int(n))
                           for m, n in sorted(agg.unpriced_models.items()))
@@ -7760,14 +7806,16 @@ def report_dict(report):
     agg = report.aggregate
     models = logged_models(agg) if "model" in agg.group_by else None
     histograms = gap_histograms(agg.effects)
+    totals = agg.totals.as_dict()    # priced first: prices.priced_as is then complete
     doc = {
         "catop_version": __version__,
         "generated_at": iso_utc(report.now),
         "window": {"since": iso_utc(agg.since), "until": iso_utc(agg.until)},
         "sources": [s.as_dict() for s in report.sources],
         "prices": {"origin": report.prices.origin, "models": len(report.prices),
-                   "age_s": int(report.prices.age_s)},
-        "totals": agg.totals.as_dict(),
+                   "age_s": int(report.prices.age_s),
+                   "priced_as": priced_as(agg, report.prices)},
+        "totals": totals,
         "groups": (dict([("key", dict(zip(agg.group_by, key)))] +
                         ([("models", sorted(models[key]))] if models else []) +
                         list(t.as_dict().items()))

@@ -503,6 +503,52 @@ RANDOM_DIAGNOSIS_VALUES = [
 
 # ------------------------------------------------------------------ pricing
 
+class PlatformPriceTests(IsolatedEnv):
+    """A model the map has only under a cloud platform's key is priced at it, and
+    says so; a Claude entry without cache keys takes Anthropic's multipliers."""
+
+    def test_claude_opus_4_1_priced_as_bedrocks_entry(self):
+        path = os.path.join(self.tmp, "opus.jsonl")
+        with open(path, "w") as handle:
+            handle.write(json.dumps({"model": "claude-opus-4-1-20250805", "provider": "anthropic",
+                                     "usage": {"input_tokens": 1000,
+                                               "cache_read_input_tokens": 10000,
+                                               "cache_creation_input_tokens": 3000,
+                                               "cache_creation": {
+                                                   "ephemeral_5m_input_tokens": 2000,
+                                                   "ephemeral_1h_input_tokens": 1000},
+                                               "output_tokens": 500}}) + "\n")
+        doc = self.run_json("--file", path)
+        # Bedrock's entry: 1.5e-5 in, 1.5e-6 read, 1.875e-5 5 m write, no 1 h key: 2 x
+        # input (3e-5), 7.5e-5 out
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 1000 * 1.5e-5 + 10000 * 1.5e-6 +
+                               2000 * 1.875e-5 + 1000 * 3e-5 + 500 * 7.5e-5, places=12)
+        self.assertEqual(doc["unpriced_models"], [])
+        self.assertEqual(doc["prices"]["priced_as"], {
+            "claude-opus-4-1-20250805": "anthropic.claude-opus-4-1-20250805-v1:0"})
+        code, out, _ = self.run_main("--file", path, "--offline", "--no-history",
+                                     "--width", "200")
+        self.assertIn("priced as: claude-opus-4-1-20250805 as "
+                      "anthropic.claude-opus-4-1-20250805-v1:0 - a cloud platform's entry", out)
+
+    def test_lookups(self):
+        book = catop.PriceBook({
+            "anthropic.claude-x-1-20250101-v1:0": {"input_cost_per_token": 1e-5},
+            "vertex_ai/gemini-z": {"input_cost_per_token": 2e-6, "output_cost_per_token": 1e-5},
+            "gpt-q": {"input_cost_per_token": 1e-6}}, "test")
+        # no cache keys on a Claude entry: 0.1 x, 1.25 x and 2 x the input rate
+        for got, want in zip(book.rates("claude-x-1-20250101")[0][:4],
+                             (1e-5, 1e-6, 1.25e-5, 2e-5)):
+            self.assertAlmostEqual(got, want, places=15)
+        self.assertEqual(book.rates("claude-x-1")[0][0], 1e-5)     # undated, a dated key
+        self.assertEqual(book.priced_as["claude-x-1"], "anthropic.claude-x-1-20250101-v1:0")
+        self.assertEqual(book.rates("gemini-z")[0][0], 2e-6)
+        # elsewhere, a missing cache key is the input rate (no saving claimed)
+        self.assertEqual(book.rates("gpt-q")[0][:4], (1e-6, 1e-6, 1e-6, 1e-6))
+        self.assertIsNone(book.rates("claude-nothing-9"))
+        self.assertNotIn("gpt-q", book.priced_as)
+
+
 class PricingTests(unittest.TestCase):
 
     EXPECTED = [
@@ -1577,7 +1623,7 @@ class CliTests(IsolatedEnv):
                                      "ttl_advice", "gaps", "session_gaps", "warm_sessions",
                                      "refused_values"])
         self.assertEqual(list(doc["window"]), ["since", "until"])
-        self.assertEqual(list(doc["prices"]), ["origin", "models", "age_s"])
+        self.assertEqual(list(doc["prices"]), ["origin", "models", "age_s", "priced_as"])
         self.assertEqual(doc["prices"]["origin"], "file:prices.json")
         self.assertEqual(list(doc["totals"]), self.TOTAL_FIELDS)
         self.assertEqual(list(doc["groups"][0]), ["key", "models"] + self.TOTAL_FIELDS)
