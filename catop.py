@@ -93,7 +93,7 @@ GROUP_FIELDS = ("agent", "provider", "model", "project", "session", "day", "week
 _CALENDAR_GROUPS = ("day", "week", "month")
 WINDOWS = ("all", "today", "week", "month", "1h", "24h", "7d", "30d", "90d")
 FORMATS = ("table", "json", "csv", "prometheus")
-SKIP_KINDS = ("malformed", "no_usage", "duplicate")
+SKIP_KINDS = ("malformed", "no_usage", "duplicate", "failed")
 
 
 _JSON_DECODER = json.JSONDecoder()
@@ -960,6 +960,17 @@ def _text(value):
         if len(_SHARED_TEXT) < 100000:
             _SHARED_TEXT[value] = shared
     return shared
+
+
+def failed_call(record, req):
+    """Whether a record is of a call that failed (formats.md section 2): LiteLLM's
+    status "failure", or an error with no tokens.  Not a request."""
+    slo = record.get("standard_logging_object")
+    slo = slo if type(slo) is dict else {}
+    if record.get("status") == "failure" or slo.get("status") == "failure":
+        return True
+    errored = any(place.get(key) for place in (record, slo) for key in ("error_str", "exception"))
+    return errored and not (req.input or req.output)
 
 
 def normalize_record(record, wanted=ALL_ATTRIBUTES):
@@ -3462,6 +3473,10 @@ def scan_request_lines(lines, stats, sink, wanted=ALL_ATTRIBUTES):
             continue
         if req is None:
             stats.skipped["no_usage"] += 1
+            continue
+        if ("standard_logging_object" in record or "status" in record or "error_str" in record
+                or "exception" in record) and failed_call(record, req):
+            stats.skipped["failed"] += 1
             continue
         records += 1
         sink(req)

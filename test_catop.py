@@ -531,6 +531,29 @@ class PlatformPriceTests(IsolatedEnv):
         self.assertIn("priced as: claude-opus-4-1-20250805 as "
                       "anthropic.claude-opus-4-1-20250805-v1:0 - a cloud platform's entry", out)
 
+    def test_failed_calls_are_not_requests(self):
+        path = os.path.join(self.tmp, "litellm.jsonl")
+        usage = {"prompt_tokens": 1000, "completion_tokens": 10}
+        with open(path, "w") as handle:
+            for record in (
+                    {"standard_logging_object": {"status": "failure", "model": "gpt-4o",
+                                                 "metadata": {"usage_object": usage}}},
+                    {"model": "gpt-4o", "status": "failure", "usage": usage},
+                    {"model": "gpt-4o", "error_str": "429 Too Many Requests",
+                     "usage": {"prompt_tokens": 0, "completion_tokens": 0}},
+                    # counted: an error beside real usage, a Responses status, a success
+                    {"model": "gpt-4o", "exception": "timeout after the reply",
+                     "usage": usage},
+                    {"model": "gpt-4o", "status": "completed", "usage": usage},
+                    {"standard_logging_object": {"status": "success", "model": "gpt-4o",
+                                                 "metadata": {"usage_object": usage}}}):
+                handle.write(json.dumps(record) + "\n")
+        doc = self.run_json("--file", path)
+        self.assertEqual(doc["sources"][0]["skipped"]["failed"], 3)
+        self.assertEqual((doc["sources"][0]["records"], doc["totals"]["requests"]), (3, 3))
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 3 * (1000 * 2.5e-6 + 10 * 1e-5),
+                               places=12)
+
     def test_lookups(self):
         book = catop.PriceBook({
             "anthropic.claude-x-1-20250101-v1:0": {"input_cost_per_token": 1e-5},
@@ -1165,7 +1188,7 @@ class AgentTests(IsolatedEnv):
         self.assertAlmostEqual(t["cost_usd"], 0.126286, places=6)
         self.assertEqual(t["observed_cost_usd"], 0.0123)
         self.assertEqual(doc["sources"], [{"name": "agent:claude-code", "records": 6,
-                                           "skipped": {"malformed": 1, "no_usage": 0,
+                                           "skipped": {"malformed": 1, "no_usage": 0, "failed": 0,
                                                        "duplicate": 3}}])
         models = {g["key"]["model"]: g["requests"] for g in doc["groups"]}
         # dated names are grouped under the undated one priced alike (one model, one row)
@@ -1629,7 +1652,7 @@ class CliTests(IsolatedEnv):
         self.assertEqual(list(doc["groups"][0]), ["key", "models"] + self.TOTAL_FIELDS)
         self.assertEqual(doc["sources"][1], {
             "name": "file:" + example("hostile.jsonl"), "records": 3,
-            "skipped": {"malformed": 9, "no_usage": 1, "duplicate": 0}})
+            "skipped": {"malformed": 9, "no_usage": 1, "duplicate": 0, "failed": 0}})
         # names are cleaned where they are read: every output shows the same one
         self.assertEqual(doc["unpriced_models"], ["evil]0;pwned[2J", "my-finetune-7b"])
         self.assertRegex(doc["generated_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -2049,7 +2072,7 @@ class CliTests(IsolatedEnv):
             handle.write("\n   \n")
         doc = self.run_json("--file", path)
         self.assertEqual(doc["sources"][0]["records"], 1)
-        self.assertEqual(doc["sources"][0]["skipped"], {"malformed": 2, "no_usage": 0,
+        self.assertEqual(doc["sources"][0]["skipped"], {"malformed": 2, "no_usage": 0, "failed": 0,
                                                         "duplicate": 0})
         self.assertEqual(doc["totals"]["input_tokens"], 1000)
 
