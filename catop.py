@@ -547,10 +547,11 @@ _CACHE_READ_PATHS = (
     ("prompt_tokens_details", "cached_tokens"), ("input_tokens_details", "cached_tokens"),
     ("cache_read_input_tokens",), ("cacheReadInputTokens",), ("cachedContentTokenCount",),
     ("prompt_cache_hit_tokens",), ("gen_ai.usage.cache_read.input_tokens",), ("cacheRead",),
-    ("cached_input_tokens",), ("cache", "read"),
+    ("cached_input_tokens",), ("cache", "read"), ("cached_tokens",),   # the last: Moonshot's
 )
 _CACHE_WRITE_PATHS = (
     ("prompt_tokens_details", "cache_write_tokens"), ("cache_creation_input_tokens",),
+    ("prompt_tokens_details", "cache_creation_input_tokens"),   # DashScope's
     ("cacheWriteInputTokens",), ("gen_ai.usage.cache_creation.input_tokens",),
     ("cacheWrite",), ("cache", "write"),
 )
@@ -591,7 +592,7 @@ class UsagePlan(object):
 
     __slots__ = ("inclusive_keys", "input_tokens_inclusive", "exclusive_keys", "deepseek",
                  "gemini", "output_keys", "read_paths", "write_paths", "reasoning_paths",
-                 "split")
+                 "split", "nested_split", "bedrock_split", "total_arbiter", "tool_prompt")
 
     def __init__(self, keys):
         present = frozenset(keys)
@@ -610,6 +611,13 @@ class UsagePlan(object):
         self.write_paths = [p for p in _CACHE_WRITE_PATHS if p[0] in present]
         self.reasoning_paths = [p for p in _REASONING_PATHS if p[0] in present]
         self.split = "cache_creation" in present
+        # LiteLLM's and DashScope's TTL split, inside prompt_tokens_details
+        self.nested_split = "prompt_tokens_details" in present
+        self.bedrock_split = "cacheDetails" in present
+        # xAI's reasoning outside completion_tokens, told by total_tokens
+        self.total_arbiter = ("total_tokens" in present and "prompt_tokens" in present
+                              and "completion_tokens" in present)
+        self.tool_prompt = "toolUsePromptTokenCount" in present   # Gemini's, uncached input
 
 
 _USAGE_PLANS = {}
@@ -663,18 +671,71 @@ def _output_figure(usage, plan):
             output = as_count(value)
             break
     reasoning = _first_count(usage, plan.reasoning_paths) or 0 if plan.reasoning_paths else 0
+    if plan.total_arbiter and reasoning and _reasoning_outside(usage, output, reasoning):
+        return output + reasoning, reasoning
     return output, min(reasoning, output)
+
+
+def _reasoning_outside(usage, output, reasoning):
+    """Whether total_tokens says reasoning is outside completion_tokens (xAI): the
+    total is prompt + completion + reasoning, not prompt + completion."""
+    total, prompt = usage.get("total_tokens"), usage.get("prompt_tokens")
+    return (type(total) is int and type(prompt) is int and total != prompt + output
+            and total == prompt + output + reasoning)
 
 
 def _cache_writes(usage, plan):
     """(5-minute writes, 1-hour writes); the TTL split wins over the flat figure."""
     if plan.split:
-        split = usage.get("cache_creation")
-        if type(split) is dict and ("ephemeral_5m_input_tokens" in split
-                                    or "ephemeral_1h_input_tokens" in split):
-            return (as_count(split.get("ephemeral_5m_input_tokens") or 0),
-                    as_count(split.get("ephemeral_1h_input_tokens") or 0))
+        found = _ttl_split(usage.get("cache_creation"))
+        if found is not None:
+            return found
+    if plan.nested_split:
+        found = nested_ttl_split(usage)
+        if found is not None:
+            return found
+    if plan.bedrock_split:
+        found = bedrock_ttl_split(usage.get("cacheDetails"))
+        if found is not None:
+            return found
     return (_first_count(usage, plan.write_paths) or 0) if plan.write_paths else 0, 0
+
+
+def nested_ttl_split(usage):
+    """(5m, 1h) of the split LiteLLM (cache_creation_token_details) or DashScope
+    (cache_creation) keeps in prompt_tokens_details, or None."""
+    details = usage.get("prompt_tokens_details")
+    if type(details) is not dict:
+        return None
+    found = _ttl_split(details.get("cache_creation_token_details"))
+    return found if found is not None else _ttl_split(details.get("cache_creation"))
+
+
+def _ttl_split(split):
+    """(5m, 1h) of an Anthropic-style {ephemeral_5m_input_tokens, ...}, or None."""
+    if type(split) is dict and ("ephemeral_5m_input_tokens" in split
+                                or "ephemeral_1h_input_tokens" in split):
+        return (as_count(split.get("ephemeral_5m_input_tokens") or 0),
+                as_count(split.get("ephemeral_1h_input_tokens") or 0))
+    return None
+
+
+def bedrock_ttl_split(details):
+    """(5m, 1h) of Bedrock's cacheDetails [{"ttl": "5m" | "1h", "inputTokens": N}], or
+    None when it is not one."""
+    if type(details) is not list or not details:
+        return None
+    five = hour = 0
+    for item in details:
+        ttl = item.get("ttl") if type(item) is dict else None
+        if ttl not in ("5m", "1h"):
+            return None
+        count = as_count(item.get("inputTokens") or 0)
+        if ttl == "5m":
+            five += count
+        else:
+            hour += count
+    return five, hour
 
 
 def decode_usage(usage):
@@ -695,6 +756,8 @@ def decode_usage(usage):
         miss = max(0, input_tokens - cache_read - write_5m - write_1h)
     else:
         miss = input_tokens
+    if plan.tool_prompt:
+        miss += as_count(usage.get("toolUsePromptTokenCount") or 0)
     return miss, cache_read, write_5m, write_1h, output, reasoning
 
 
@@ -880,7 +943,7 @@ _COST_KEYS = ("response_cost", "cost", "spend", "costUSD")
 
 # Where each attribute may sit: numbered places of a record, then keys, in order.
 (_RECORD, _ATTRIBUTES, _RESPONSE, _MESSAGE, _SLO, _METADATA, _SLO_METADATA,
- _USAGE_COST) = range(8)
+ _USAGE_COST, _USAGE) = range(9)
 _PLACE_KEYS = {_ATTRIBUTES: "attributes", _RESPONSE: "response", _MESSAGE: "message",
                _SLO: "standard_logging_object", _METADATA: "metadata",
                _SLO_METADATA: "standard_logging_object"}
@@ -891,7 +954,7 @@ _FIELD_SEARCH = (
     ("session", (_RECORD, _METADATA, _SLO_METADATA, _ATTRIBUTES, _SLO), _SESSION_KEYS),
     ("agent", (_RECORD, _METADATA), ("agent",)),
     ("time", (_RECORD, _SLO, _MESSAGE, _RESPONSE), _TIME_KEYS),
-    ("cost", (_RECORD, _SLO, _USAGE_COST), _COST_KEYS + ("total",)),
+    ("cost", (_RECORD, _SLO, _USAGE_COST, _USAGE), _COST_KEYS + ("total",)),
 )
 _ATTRIBUTION_PLANS = {}
 
@@ -916,6 +979,8 @@ def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES, attribute_keys=None):
                 pairs.extend((place, key) for key in keys if key in present)
             elif place == _ATTRIBUTES and attribute_keys is not None:
                 pairs.extend((place, key) for key in keys if key in attribute_keys)
+            elif place == _USAGE:   # a number there: OpenRouter's usage.cost
+                pairs.append((place, "cost"))
             elif place == _USAGE_COST or _PLACE_KEYS[place] in present:
                 pairs.extend((place, key) for key in keys)
         plan.append(pairs)
@@ -1008,7 +1073,7 @@ def interpret_record(record, usage, attributes, wanted):
     get = record.get
     slo = get("standard_logging_object")
     places = (record, attributes, get("response"), get("message"), slo, get("metadata"),
-              slo.get("metadata") if type(slo) is dict else None, usage.get("cost"))
+              slo.get("metadata") if type(slo) is dict else None, usage.get("cost"), usage)
     model, provider, project, session, agent, when, cost = _planned_values(places, plan)
     model = _text(model)
     provider = _text(provider) or (infer_provider(model) if model else "")
@@ -1061,7 +1126,9 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
     namespace = {"as_count": as_count, "MAX": MAX_TOKENS_PER_FIELD, "Request": Request,
                  "text": _text, "infer_provider": infer_provider, "as_money": as_money,
                  "parse_timestamp": parse_timestamp, "shared_get": _SHARED_TEXT.get,
-                 "diagnosis_of": diagnosis_of, "EMPTY": {}}
+                 "diagnosis_of": diagnosis_of, "reasoning_outside": _reasoning_outside,
+                 "nested_ttl_split": nested_ttl_split, "bedrock_ttl_split": bedrock_ttl_split,
+                 "EMPTY": {}}
     exec(compile(source, "<catop shape>", "exec"), namespace)
     return namespace["shape"]
 
@@ -1117,8 +1184,12 @@ def _usage_source(plan):
             if index:
                 step = ["if not found:"] + ["    " + line for line in step]
             lines += (["found = False"] if not index else []) + step
-        lines += _first_count_source("rsn", plan.reasoning_paths) + [
-            "rsn = rsn or 0", "if rsn > out:", "    rsn = out"]  # min(), without the call
+        lines += _first_count_source("rsn", plan.reasoning_paths) + ["rsn = rsn or 0"]
+        if plan.total_arbiter:
+            lines += ["if rsn and reasoning_outside(usage, out, rsn):", "    out += rsn",
+                      "elif rsn > out:", "    rsn = out"]
+        else:
+            lines += ["if rsn > out:", "    rsn = out"]  # min(), without the call
     lines += _first_count_source("read", plan.read_paths) + ["read = read or 0"]
     lines.append("w5 = w1 = None")
     if plan.split:  # the TTL split wins, and then the flat figure is not read at all
@@ -1129,12 +1200,19 @@ def _usage_source(plan):
                   "    " + _count_source("w5"),
                   "    v = split.get('ephemeral_1h_input_tokens') or 0",
                   "    " + _count_source("w1")]
+    for flag, call in ((plan.nested_split, "nested_ttl_split(usage)"),
+                       (plan.bedrock_split, "bedrock_ttl_split(get('cacheDetails'))")):
+        if flag:
+            lines += ["if w5 is None:", "    split = %s" % call, "    if split is not None:",
+                      "        w5, w1 = split"]
     flat = _first_count_source("w5", plan.write_paths, declare=False) + ["w5, w1 = w5 or 0, 0"]
     lines += ["if w5 is None:"] + ["    " + line for line in flat]
     lines += ["if inp is None:", "    miss = 0",
               "elif inclusive:", "    miss = inp - read - w5 - w1",
               "    if miss < 0:", "        miss = 0",
               "else:", "    miss = inp"]
+    if plan.tool_prompt:
+        lines += ["v = get('toolUsePromptTokenCount') or 0", _count_source("v"), "miss += v"]
     return lines
 
 
@@ -1160,7 +1238,7 @@ _PLACE_SOURCE = {
     _MESSAGE: "record.get('message')", _SLO: "record.get('standard_logging_object')",
     _METADATA: "record.get('metadata')",
     _SLO_METADATA: "slo.get('metadata') if type(slo) is dict else None",
-    _USAGE_COST: "usage.get('cost')"}
+    _USAGE_COST: "usage.get('cost')", _USAGE: "usage"}
 
 
 def _runs_by_place(pairs):
@@ -1496,13 +1574,14 @@ def parse_gemini(record, ctx):
     tokens = record["tokens"]
     prompt = as_count(tokens.get("input") or 0)
     cached = min(as_count(tokens.get("cached") or 0), prompt)
+    tool = as_count(tokens.get("tool") or 0)   # tool results' prompt, on top of input
     thoughts = as_count(tokens.get("thoughts") or 0)
     output = as_count(tokens.get("output") or 0) + thoughts
     if not (prompt or output):
         return None
     req = Request(parse_timestamp(record.get("timestamp")), "gemini", "google",
                   str(record.get("model") or "unknown"), ctx.project, ctx.session,
-                  prompt - cached, cached, 0, 0, output, thoughts)
+                  prompt - cached + tool, cached, 0, 0, output, thoughts)
     message_id = record.get("id")
     if not message_id:  # the same record read again (or by another process) keys alike
         message_id = "h%x" % _stable_hash(json.dumps(record, sort_keys=True, default=str))

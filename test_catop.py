@@ -429,10 +429,12 @@ def random_records(seed, count):
     usage_keys = sorted(set(catop._USAGE_KEYS) | {
         path[0] for path in catop._CACHE_READ_PATHS + catop._CACHE_WRITE_PATHS
         + catop._REASONING_PATHS} | {"cache_creation", "prompt_cache_miss_tokens",
-                                     "thoughtsTokenCount", "cost", "total_tokens"})
+                                     "thoughtsTokenCount", "cost", "total_tokens",
+                                     "cacheDetails", "toolUsePromptTokenCount"})
     inner_keys = ["cached_tokens", "cache_write_tokens", "reasoning_tokens", "read", "write",
                   "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "total",
-                  "response_cost"]
+                  "response_cost", "cache_creation_token_details", "cache_creation_input_tokens",
+                  "ttl", "inputTokens"]
     attribute_keys = sorted(set(catop._MODEL_KEYS + catop._PROVIDER_KEYS + catop._PROJECT_KEYS
                                 + catop._SESSION_KEYS + catop._TIME_KEYS + catop._COST_KEYS
                                 + ("agent",)))
@@ -502,6 +504,97 @@ RANDOM_DIAGNOSIS_VALUES = [
 
 
 # ------------------------------------------------------------------ pricing
+
+class MoreShapesTests(unittest.TestCase):
+    """formats.md section 2's second table, row by row, by the interpreter and by the
+    compiled reader alike: (miss, read, 5m write, 1h write, output, reasoning)."""
+
+    ROWS = [
+        ("Bedrock cacheDetails: the TTL split of the writes",
+         {"modelId": "anthropic.claude-sonnet-4-5", "usage": {
+             "inputTokens": 100, "cacheReadInputTokens": 5000, "cacheWriteInputTokens": 3000,
+             "cacheDetails": [{"ttl": "5m", "inputTokens": 1000},
+                              {"ttl": "1h", "inputTokens": 2000}], "outputTokens": 50}},
+         (100, 5000, 1000, 2000, 50, 0)),
+        ("Bedrock cacheDetails of an unknown TTL: the flat figure",
+         {"modelId": "x", "usage": {"inputTokens": 100, "cacheWriteInputTokens": 3000,
+                                    "cacheDetails": [{"ttl": "2h", "inputTokens": 3000}],
+                                    "outputTokens": 5}},
+         (100, 0, 3000, 0, 5, 0)),
+        ("LiteLLM cache_creation_token_details",
+         {"model": "claude-sonnet-4-5", "usage": {
+             "prompt_tokens": 10000, "completion_tokens": 100, "cache_read_input_tokens": 6000,
+             "cache_creation_input_tokens": 3000, "prompt_tokens_details": {
+                 "cached_tokens": 6000, "cache_creation_token_details": {
+                     "ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000}}}},
+         (1000, 6000, 1000, 2000, 100, 0)),
+        ("xAI: reasoning outside completion_tokens, as total_tokens says",
+         {"model": "grok-4", "usage": {
+             "prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1500,
+             "completion_tokens_details": {"reasoning_tokens": 300},
+             "prompt_tokens_details": {"cached_tokens": 400}}},
+         (600, 400, 0, 0, 500, 300)),
+        ("OpenAI: the total is prompt + completion, reasoning inside",
+         {"model": "o3", "usage": {
+             "prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200,
+             "completion_tokens_details": {"reasoning_tokens": 150}}},
+         (1000, 0, 0, 0, 200, 150)),
+        ("Moonshot's top-level cached_tokens, inside prompt_tokens",
+         {"model": "kimi-k2", "usage": {"prompt_tokens": 2000, "completion_tokens": 50,
+                                        "cached_tokens": 1500}},
+         (500, 1500, 0, 0, 50, 0)),
+        ("Gemini's toolUsePromptTokenCount: uncached input on top",
+         {"modelVersion": "gemini-2.5-pro", "usageMetadata": {
+             "promptTokenCount": 4000, "cachedContentTokenCount": 1000,
+             "candidatesTokenCount": 100, "thoughtsTokenCount": 50,
+             "toolUsePromptTokenCount": 700}},
+         (3700, 1000, 0, 0, 150, 50)),
+        ("DashScope's writes inside prompt_tokens, with their split",
+         {"model": "qwen-plus", "usage": {"prompt_tokens": 5000, "completion_tokens": 20,
+                                          "prompt_tokens_details": {
+                                              "cached_tokens": 2000,
+                                              "cache_creation_input_tokens": 1000,
+                                              "cache_creation": {
+                                                  "ephemeral_5m_input_tokens": 1000}}}},
+         (2000, 2000, 1000, 0, 20, 0)),
+        ("DashScope's writes, no split",
+         {"model": "qwen-plus", "usage": {"prompt_tokens": 5000, "completion_tokens": 20,
+                                          "prompt_tokens_details": {
+                                              "cache_creation_input_tokens": 1000}}},
+         (4000, 0, 1000, 0, 20, 0)),
+    ]
+
+    def test_each_row(self):
+        for name, record, want in self.ROWS:
+            with self.subTest(name):
+                usage, attributes = record.get("usage"), None
+                if usage is None:
+                    usage, attributes = catop.find_usage(record)
+                interpreted = catop.interpret_record(record, usage, attributes,
+                                                     catop.ALL_ATTRIBUTES)
+                compiled = catop.compile_shape(catop.ALL_ATTRIBUTES, tuple(record),
+                                               tuple(usage), attributes is not None)(
+                    record, usage, attributes)
+                self.assertEqual(usage_tuple(interpreted), want)
+                self.assertEqual(compiled, interpreted)
+
+    def test_openrouter_cost_is_observed(self):
+        record = {"model": "openai/gpt-4o", "usage": {"prompt_tokens": 100,
+                                                      "completion_tokens": 10, "cost": 0.00042}}
+        for req in (catop.interpret_record(record, record["usage"], None, catop.ALL_ATTRIBUTES),
+                    catop.compile_shape(catop.ALL_ATTRIBUTES, tuple(record),
+                                        tuple(record["usage"]))(record, record["usage"], None)):
+            self.assertEqual(req.observed_cost, 0.00042)
+        openclaw = {"model": "m", "usage": {"input": 5, "output": 1, "cost": {"total": 0.5}}}
+        self.assertEqual(catop.normalize_record(openclaw).observed_cost, 0.5)
+
+    def test_gemini_cli_tool_tokens_are_uncached_input(self):
+        ctx = catop.FileContext("x.jsonl")
+        _, req = catop.parse_gemini({"type": "gemini", "id": "g1", "model": "gemini-2.5-pro",
+                                     "tokens": {"input": 5000, "cached": 3000, "output": 100,
+                                                "thoughts": 40, "tool": 600, "total": 5740}}, ctx)
+        self.assertEqual(usage_tuple(req), (2600, 3000, 0, 0, 140, 40))
+
 
 class PlatformPriceTests(IsolatedEnv):
     """A model the map has only under a cloud platform's key is priced at it, and
