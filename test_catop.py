@@ -323,7 +323,8 @@ class UsageShapeTests(unittest.TestCase):
         records = [record for record in records if type(record) is dict]
         records += random_records(seed=11, count=600)
         wanted_sets = (catop.ALL_ATTRIBUTES, frozenset({"model", "provider", "time", "cost"}),
-                       frozenset({"agent", "project", "session"}))
+                       frozenset({"agent", "project", "session"}),
+                       catop.Aggregate(PRICES).wanted_attributes())   # advice_project
         compared = produced = 0
         functions = {}
         for record in records:
@@ -577,6 +578,18 @@ class MoreShapesTests(unittest.TestCase):
                     record, usage, attributes)
                 self.assertEqual(usage_tuple(interpreted), want)
                 self.assertEqual(compiled, interpreted)
+
+    def test_a_project_is_read_for_the_advice_only_where_the_ttl_is_a_choice(self):
+        wanted = catop.Aggregate(PRICES).wanted_attributes()
+        for provider, project in (("anthropic", "shop"), ("openai", ""), ("bedrock", "shop")):
+            record = {"model": "m", "provider": provider, "metadata": {"project": "shop"},
+                      "usage": {"prompt_tokens": 10, "completion_tokens": 1}}
+            shape = (wanted, tuple(record), tuple(record["usage"]), False)
+            compiled = catop.compile_shape(*shape)(record, record["usage"], None)
+            interpreted = catop.interpret_record(record, record["usage"], None, wanted)
+            self.assertEqual((compiled.project, interpreted.project), (project, project))
+        self.assertEqual(catop.Aggregate(PRICES, ("project",)).wanted_attributes() >=
+                         {"project"}, True)
 
     def test_openrouter_cost_is_observed(self):
         record = {"model": "openai/gpt-4o", "usage": {"prompt_tokens": 100,
@@ -3639,8 +3652,10 @@ class StatuslineTests(IsolatedEnv):
         code, out, _ = self.run_main("--statusline", "--install")
         entry = json.loads(out)["statusLine"]
         self.assertEqual((entry["type"], entry["padding"]), ("command", 0))
-        self.assertIn("-S -m catop --statusline", entry["command"])
-        self.assertIn(os.path.dirname(os.path.abspath(catop.__file__)), entry["command"])
+        folder = os.path.dirname(os.path.abspath(catop.__file__))
+        self.assertEqual(entry["command"], "%s -S -E -c 'import sys; sys.path[0] = \"%s\"; "
+                         "import catop; sys.exit(catop.main())' --statusline" % (
+                             sys.executable, folder))
         home = os.path.join(self.tmp, "claude-config")
         os.makedirs(home)
         os.environ["CLAUDE_CONFIG_DIR"] = home
@@ -3671,6 +3686,105 @@ class StatuslineTests(IsolatedEnv):
         self.assertIn("unknown field {x}", err)
         code, _, err = self.run_main("--install")
         self.assertEqual(code, 2)
+        code, _, err = self.run_main("--statusline", "--write")
+        self.assertEqual(code, 2)
+
+    def test_write_keeps_a_linked_settings_file_and_its_mode_and_refuses_what_it_cannot_read(self):
+        home = os.path.join(self.tmp, "claude-config")
+        dotfiles = os.path.join(self.tmp, "dotfiles")
+        os.makedirs(home)
+        os.makedirs(dotfiles)
+        os.environ["CLAUDE_CONFIG_DIR"] = home
+        target = os.path.join(dotfiles, "settings.json")
+        with open(target, "w") as handle:
+            json.dump({"theme": "dark"}, handle)
+        os.chmod(target, 0o644)
+        os.symlink(target, os.path.join(home, "settings.json"))
+        self.assertEqual(self.run_main("--statusline", "--install", "--write")[0], 0)
+        self.assertTrue(os.path.islink(os.path.join(home, "settings.json")))
+        with open(target) as handle:
+            self.assertEqual(sorted(json.load(handle)), ["statusLine", "theme"])
+        self.assertEqual(stat.S_IMODE(os.stat(target).st_mode), 0o644)
+        os.unlink(os.path.join(home, "settings.json"))
+        os.mkdir(os.path.join(home, "settings.json"))   # not a file: never replaced
+        code, _, err = self.run_main("--statusline", "--install", "--write")
+        self.assertEqual(code, 1)
+        self.assertIn("cannot read", err)
+        self.assertTrue(os.path.isdir(os.path.join(home, "settings.json")))
+
+    def test_the_command_never_imports_from_the_project_folder(self):
+        project = os.path.join(self.tmp, "project")
+        os.makedirs(project)
+        for name in ("catop.py", "base64.py", "json.py"):
+            with open(os.path.join(project, name), "w") as handle:
+                handle.write("print('PWNED')\nraise SystemExit(9)\n")
+        result = subprocess.run(catop.statusline_command(), shell=True, cwd=project,
+                                input=json.dumps(self.input()).encode(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(os.environ, PYTHONPATH=project), timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn(b"PWNED", result.stdout)
+        self.assertIn(b"$3.09", result.stdout)
+
+    def test_a_streamed_response_that_grows_in_a_quiet_file_is_counted_whole(self):
+        """The last response of a file stays open while the file is quiet: its final
+        line, written later, replaces the early one (fresh read: $0.0896)."""
+        os.environ["NO_COLOR"] = "1"
+        home = os.path.join(self.tmp, "claude")
+        shutil.copytree(DIAGNOSIS_HOME, home)
+        path = self.transcript(home)
+        with open(path) as handle:
+            lines = handle.read().splitlines(True)
+        early = [n for n, line in enumerate(lines) if '"id":"msg_01Diag0002"' in line][0]
+        state_dir = os.path.join(self.tmp, "cache", "catop", "statusline")
+        with open(path, "w") as handle:
+            handle.write(lines[early])          # the early line, output 1
+        self.call(self.input(path))
+        self.call(self.input(path))              # nothing new: it must stay open
+        with open(path, "a") as handle:
+            handle.write(lines[early + 1])      # the final line, output 120
+        grown = self.call(self.input(path))
+        shutil.rmtree(state_dir)
+        self.assertEqual(grown, self.call(self.input(path)))
+        # and a transcript fed in random pieces ends where a fresh read does
+        rng = random.Random(3)
+        data = "".join(lines)
+        with open(path, "w") as handle:
+            pass
+        position = 0
+        while position < len(data):
+            step = rng.randint(1, 4000)
+            with open(path, "a") as handle:
+                handle.write(data[position:position + step])
+            position += step
+            self.call(self.input(path))
+        pieces = self.call(self.input(path))
+        shutil.rmtree(state_dir)
+        self.assertEqual(pieces, self.call(self.input(path)))
+
+    def test_a_damaged_state_is_read_again_from_the_logs(self):
+        os.environ["NO_COLOR"] = "1"
+        want = self.call(self.input())
+        state_dir = os.path.join(self.tmp, "cache", "catop", "statusline")
+        name = [n for n in os.listdir(state_dir) if n.endswith(".json")][0]
+        with open(os.path.join(state_dir, name)) as handle:
+            good = json.load(handle)
+        damages = [lambda d: d["effects"]["models"].clear(),
+                   lambda d: d["pending"][0][2].__setitem__(0, "noon") if d["pending"] else
+                   d["effects"]["tallies"].__setitem__(0, "x"),
+                   lambda d: d["effects"]["tallies"].__setitem__(0, "x"),
+                   lambda d: d.__setitem__("files", []),
+                   lambda d: d["effects"].__setitem__("held", "!!")]
+        for damage in damages:
+            doc = json.loads(json.dumps(good))
+            damage(doc)
+            with open(os.path.join(state_dir, name), "w") as handle:
+                json.dump(doc, handle)
+            got = self.call(self.input())
+            if got != want:
+                with open(os.path.join(state_dir, "statusline.log")) as handle:
+                    self.fail(handle.read())
+            self.assertEqual(self.call(self.input()), want)     # and the state mended
 
     def test_the_command_runs_as_settings_json_runs_it(self):
         os.environ["NO_COLOR"] = "1"
