@@ -6377,7 +6377,7 @@ class SessionTail(object):
         self.prices = prices
         self.states = {}         # path -> FileState
         self.effects = CacheEffects(prices, _NO_GROUP)
-        self.folded = set()      # the keys of the responses in the running sums
+        self.folded = set()      # the short_key of each response in the running sums
         self.main_messages = set()   # their message parts, of the main thread's
         self.pending = {}        # key -> Request, the latest response of each file
         self.last_keys = {}      # path -> the key of its latest response (still pending)
@@ -6406,7 +6406,7 @@ class SessionTail(object):
                     continue
                 key, req = result
                 key = _field_key(req) if key is None else key
-                if key in self.folded:
+                if short_key(key) in self.folded:
                     continue
                 held = self.pending.get(key)
                 if held is None or _line_size(key, req) > _line_size(key, held):
@@ -6422,7 +6422,7 @@ class SessionTail(object):
         """Moves these pending responses into the running sums, in time order."""
         chosen = [(key, self.pending.pop(key)) for key in keys]
         for key, req in sorted(chosen, key=lambda item: request_order(item[1])):
-            self.folded.add(key)
+            self.folded.add(short_key(key))
             if self._replayed(key, req):
                 continue
             if type(key) is int and not req.sidechain:
@@ -6455,7 +6455,7 @@ class SessionTail(object):
     def as_state(self):
         return {"version": STATUSLINE_STATE_VERSION, "effects": effects_state(self.effects),
                 "files": {path: file_state_dict(state) for path, state in self.states.items()},
-                "folded": [[k, None] if type(k) is int else [None, k] for k in self.folded],
+                "folded": sorted(self.folded),
                 "main_messages": sorted(self.main_messages),
                 "pending": [[k if type(k) is int else None, None if type(k) is int else k,
                              list(_REQUEST_FIELDS(r))[:-1]] for k, r in self.pending.items()],
@@ -6470,7 +6470,7 @@ class SessionTail(object):
         tail = cls(prices)
         tail.effects = effects_from_state(doc["effects"], prices)
         tail.states = {path: file_state_from(path, row) for path, row in doc["files"].items()}
-        tail.folded = {k if k is not None else str(text) for k, text in doc["folded"]}
+        tail.folded = set(int(k) for k in doc["folded"])
         tail.main_messages = set(int(m) for m in doc["main_messages"])
         for number, text, values in doc["pending"]:
             values[15] = values[15] and tuple(values[15])   # the diagnosis
@@ -6482,6 +6482,14 @@ class SessionTail(object):
 
 
 STATUSLINE_STATE_VERSION = "2:" + _HELD.format   # a state of another layout is not read
+
+
+def short_key(key):
+    """A response's key in 64 bits, as the state keeps the keys it counted (a 50 MB
+    transcript's 5,000 in 100 KB, not 400 KB): a collision is about 1 in 10^12."""
+    if type(key) is int:
+        return (key >> 64) ^ (key & 0xFFFFFFFFFFFFFFFF)
+    return _stable_hash(key)
 
 
 def file_state_dict(state):
@@ -9327,6 +9335,57 @@ def claude_facts(document):
     return facts
 
 
+class RememberedPrices(object):
+    """The rates a session's state remembers, standing in for the price book while
+    the files prices come from are unchanged (reading 1,100 models costs more than
+    the rest of a call); the book is loaded at the first model it does not know."""
+
+    def __init__(self, remembered, load):
+        self.remembered = remembered   # "model\0provider" -> [base, tier] or None
+        self.load = load
+        self.book = None
+        self.tuples = {}
+        self.priced_as = {}
+        self.origin, self.age_s = "remembered", 0.0
+
+    def rates(self, model, provider=""):
+        key = model + "\0" + provider
+        found = self.tuples.get(key, False)
+        if found is not False:
+            return found
+        if key in self.remembered:
+            value = self.remembered[key]
+            found = None if value is None else (
+                tuple(float(r) for r in value[0]),
+                tuple(float(r) for r in value[1]) if value[1] else None)
+            if found is not None and (len(found[0]) != 6 or found[1] and len(found[1]) != 6):
+                raise ValueError("remembered rates of another shape")
+        else:
+            if self.book is None:
+                self.book = self.load()
+                self.origin, self.age_s = self.book.origin, self.book.age_s
+            found = self.book.rates(model, provider)
+            self.remembered[key] = None if found is None else [list(found[0]), list(
+                found[1]) if found[1] else None]
+            self.priced_as.update(self.book.priced_as)
+        self.tuples[key] = found
+        return found
+
+
+def prices_fingerprint(args):
+    """What decides the rates: each file prices may come from, its size and time,
+    and whether the cache is still young enough to be used."""
+    found = []
+    for path in (args.prices, price_cache_path(), bundled_prices_path()):
+        try:
+            info = os.stat(path) if path else None
+        except OSError:
+            info = None
+        found.append([path, info.st_size, info.st_mtime,
+                      time.time() - info.st_mtime < PRICE_CACHE_MAX_AGE_S] if info else None)
+    return found
+
+
 def statusline(args, stream, now):
     document = read_claude_input(stream)
     claude = claude_facts(document)
@@ -9347,8 +9406,7 @@ def statusline(args, stream, now):
             values["cost"] = (fmt_usd(claude["cost"]) + " (Claude Code)", "")
     else:
         session = str(document.get("session_id") or transcript)
-        prices = load_prices(args.prices, True, False, now, warn=statusline_log)
-        effects, spend = session_figures(session, transcript, prices)
+        effects, spend = session_figures(session, transcript, args, now)
         budget = load_budget_config(warn=statusline_log).get("daily")
         today = spend.get(local_day(now), 0.0)
         values.update(statusline_values(effects, today_spend(session, today, now) if budget
@@ -9358,13 +9416,21 @@ def statusline(args, stream, now):
                                      unicode_ok, colour, width) or "catop: no data yet"
 
 
-def session_figures(session, transcript, prices):
+def session_figures(session, transcript, args, now):
     """(CacheEffects, spend by day) of a session, from its state and what its files
     gained since; the state is written back (atomically)."""
     path = os.path.join(statusline_dir(), "%016x.json" % _stable_hash(session))
     paths = session_files(transcript)
+    fingerprint = prices_fingerprint(args)
+
+    def load():
+        return load_prices(args.prices, True, False, now, warn=statusline_log)
+    prices = RememberedPrices({}, load)
     try:
         doc = json.loads(read_regular(path, 64 * 1024 * 1024))
+        remembered = doc.get("prices") or {}
+        if remembered.get("fingerprint") == fingerprint:
+            prices = RememberedPrices(dict(remembered["rates"]), load)
         tail = SessionTail.from_state(doc, prices) if doc.get("transcript") == transcript \
             else None
         figures = tail.shown() if tail is not None and tail.read(paths) else None
@@ -9376,11 +9442,13 @@ def session_figures(session, transcript, prices):
         statusline_log("state %s not used: %s: %s" % (path, type(error).__name__, error))
         figures = None
     if figures is None:
+        prices = RememberedPrices({}, load)
         tail = SessionTail(prices)
         tail.read(paths)
         figures = tail.shown()
     state = tail.as_state()
     state["transcript"] = transcript
+    state["prices"] = {"fingerprint": fingerprint, "rates": prices.remembered}
     try:
         write_atomic(path, json.dumps(state, separators=(",", ":")).encode("utf-8"))
     except OSError as error:
