@@ -124,12 +124,12 @@ class Request(object):
     __slots__ = ("ts", "agent", "provider", "model", "project", "session",
                  "miss", "cache_read", "cache_write_5m", "cache_write_1h",
                  "output", "reasoning", "observed_cost", "sidechain", "thread", "diagnosis",
-                 "origin")
+                 "tier", "origin")
 
     def __init__(self, ts=None, agent="", provider="", model="", project="",
                  session="", miss=0, cache_read=0, cache_write_5m=0,
                  cache_write_1h=0, output=0, reasoning=0, observed_cost=None,
-                 sidechain=False, thread="", diagnosis=None, origin=None):
+                 sidechain=False, thread="", diagnosis=None, tier="", origin=None):
         self.ts = ts
         self.agent = agent
         self.provider = provider
@@ -146,6 +146,7 @@ class Request(object):
         self.sidechain = sidechain
         self.thread = thread     # the conversation thread in its session: "" the main one
         self.diagnosis = diagnosis   # the provider's cache-miss diagnosis (Diagnosis) or None
+        self.tier = tier         # the price dimensions it was billed at (price_dimensions)
         self.origin = origin     # the log file it was read from (agents), else None
 
     @property
@@ -955,6 +956,11 @@ _FIELD_SEARCH = (
     ("agent", (_RECORD, _METADATA), ("agent",)),
     ("time", (_RECORD, _SLO, _MESSAGE, _RESPONSE), _TIME_KEYS),
     ("cost", (_RECORD, _SLO, _USAGE_COST, _USAGE), _COST_KEYS + ("total",)),
+    # the price dimensions (formats.md section 4): OpenAI's on the response, Anthropic's
+    # in its usage
+    ("tier", (_RECORD, _USAGE, _RESPONSE), ("service_tier",)),
+    ("speed", (_USAGE, _RECORD), ("speed",)),
+    ("geo", (_USAGE, _RECORD), ("inference_geo",)),
 )
 _ATTRIBUTION_PLANS = {}
 
@@ -962,7 +968,8 @@ _ATTRIBUTION_PLANS = {}
 ALL_ATTRIBUTES = frozenset(name for name, _, _ in _FIELD_SEARCH)
 
 
-def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES, attribute_keys=None):
+def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES, attribute_keys=None,
+                     usage_keys=None):
     """For each attribute, the (place, key) pairs that can exist in a record with
     these top-level keys, in search order (a nested place may hold any key, but
     the OTel attributes only attribute_keys, when they are known); none for an
@@ -980,7 +987,8 @@ def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES, attribute_keys=None):
             elif place == _ATTRIBUTES and attribute_keys is not None:
                 pairs.extend((place, key) for key in keys if key in attribute_keys)
             elif place == _USAGE:   # a number there: OpenRouter's usage.cost
-                pairs.append((place, "cost"))
+                pairs.extend((place, key) for key in (("cost",) if name == "cost" else keys)
+                             if usage_keys is None or key in usage_keys)
             elif place == _USAGE_COST or _PLACE_KEYS[place] in present:
                 pairs.extend((place, key) for key in keys)
         plan.append(pairs)
@@ -1064,6 +1072,41 @@ def project_only_for_advice(wanted):
     return "project" not in wanted and "advice_project" in wanted
 
 
+_STANDARD_TIERS = ("", "standard", "default", "auto", "on_demand", "standard_only")
+
+
+def price_dimensions(service_tier=None, speed=None, geo=None):
+    """The price dimensions of a request as one short text ("" at the standard rate;
+    "priority", "batch+fast", "geo:us", ...); unknown names are kept, to be priced at
+    base and listed."""
+    parts = []
+    tier = service_tier.strip().lower()[:24] if type(service_tier) is str else ""
+    if tier == "scale":        # OpenAI's scale tier bills as priority
+        tier = "priority"
+    if tier not in _STANDARD_TIERS:
+        parts.append(clean(tier))
+    if type(speed) is str and speed.strip().lower() == "fast":
+        parts.append("fast")
+    region = geo.strip().lower()[:24] if type(geo) is str else ""
+    if region and region not in ("global", "default", "standard"):
+        parts.append("geo:" + clean(region))
+    return "+".join(parts)
+
+
+_DIMENSIONS = {}
+
+
+def dimensions_of(tier, speed, geo):
+    """price_dimensions of three scalars from a log, remembered (a log repeats one)."""
+    key = tuple(value if type(value) is str else None for value in (tier, speed, geo))
+    found = _DIMENSIONS.get(key)
+    if found is None:
+        found = price_dimensions(*key)
+        if len(_DIMENSIONS) < 4096:
+            _DIMENSIONS[key] = found
+    return found
+
+
 def normalize_record(record, wanted=ALL_ATTRIBUTES):
     """A Request from one generic log record; None when it carries no token usage.
     Attributes not in wanted are left empty.
@@ -1100,7 +1143,8 @@ def interpret_record(record, usage, attributes, wanted):
     slo = get("standard_logging_object")
     places = (record, attributes, get("response"), get("message"), slo, get("metadata"),
               slo.get("metadata") if type(slo) is dict else None, usage.get("cost"), usage)
-    model, provider, project, session, agent, when, cost = _planned_values(places, plan)
+    model, provider, project, session, agent, when, cost, tier, speed, geo = \
+        _planned_values(places, plan)
     model = _text(model)
     provider = _text(provider) or (infer_provider(model) if model else "")
     if project is not None and project_only_for_advice(wanted) and not ttl_is_a_choice(provider):
@@ -1108,7 +1152,9 @@ def interpret_record(record, usage, attributes, wanted):
     miss, read, write_5m, write_1h, output, reasoning = tokens
     return Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
                    _text(session), miss, read, write_5m, write_1h, output, reasoning,
-                   as_money(cost), False, "", find_diagnosis(record))
+                   as_money(cost), False, "", find_diagnosis(record),
+                   "" if tier is None and speed is None and geo is None else
+                   dimensions_of(tier, speed, geo))
 
 
 # Compiled shapes.  A log repeats a handful of record shapes (the same keys, the
@@ -1149,13 +1195,14 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
     else:
         body = (["get = usage.get"] + _usage_source(plan) + _diagnosis_source(record_keys)
                 + _attribution_source(attribution_plan(
-                    record_keys, wanted, usage_keys if usage_is_attributes else ()),
-                    project_only_for_advice(wanted)))
+                    record_keys, wanted, usage_keys if usage_is_attributes else (),
+                    usage_keys), project_only_for_advice(wanted)))
     source = "def shape(record, usage, attributes):\n    %s\n" % "\n    ".join(body)
     namespace = {"as_count": as_count, "MAX": MAX_TOKENS_PER_FIELD, "Request": Request,
                  "text": _text, "infer_provider": infer_provider, "as_money": as_money,
                  "parse_timestamp": parse_timestamp, "shared_get": _SHARED_TEXT.get,
                  "diagnosis_of": diagnosis_of, "ttl_get": _TTL_CHOICE.get,
+                 "dimensions_of": dimensions_of,
                  "ttl_is_a_choice": ttl_is_a_choice, "nested_ttl_split": nested_ttl_split, "bedrock_ttl_split": bedrock_ttl_split,
                  "EMPTY": {}}
     exec(compile(source, "<catop shape>", "exec"), namespace)
@@ -1311,7 +1358,8 @@ def _attribution_source(plan, advice_project=False):
         # (one shared EMPTY dict: the code only ever reads it)
         lines += ["p%d = %s" % (place, _PLACE_SOURCE[place]),
                   "if type(p%d) is not dict:" % place, "    p%d = EMPTY" % place]
-    names = ("model", "provider", "project", "session", "agent", "when", "cost")
+    names = ("model", "provider", "project", "session", "agent", "when", "cost", "tier",
+             "speed", "geo")
     project_lines = []
     for name, pairs in zip(names, plan):
         if name == "project" and advice_project:   # looked up after the provider, if at all
@@ -1348,12 +1396,16 @@ def _attribution_source(plan, advice_project=False):
         "provider = %s(infer_provider(model) if model else '')" % (
             text_of("provider") + " or " if searched["provider"] else "")] + project_lines + [
         "return Request(%s, %s, provider, model, %s, %s, miss, read, w5, w1, out, rsn, %s,"
-        " False, '', diag)" % (
+        " False, '', diag, %s)" % (
             "parse_timestamp(when)" if searched["when"] else "None", text_of("agent"),
             text_of("project"), text_of("session"),
             # as_money, its common case (a float in range) inline
             "cost if type(cost) is float and -1e9 <= cost <= 1e9 else "
-            "None if cost is None else as_money(cost)" if searched["cost"] else "None")]
+            "None if cost is None else as_money(cost)" if searched["cost"] else "None",
+            "'' if %s else dimensions_of(%s)" % (
+                " and ".join("%s is None" % n for n in ("tier", "speed", "geo") if searched[n]),
+                ", ".join(n if searched[n] else "None" for n in ("tier", "speed", "geo")))
+            if any(searched[n] for n in ("tier", "speed", "geo")) else "''")]
 
 
 # ------------------------------------------------------------ agent parsers
@@ -1440,9 +1492,12 @@ def parse_claude_code(record, ctx):
     model = message.get("model") or ""
     if model == "<synthetic>" or record.get("isApiErrorMessage"):
         return None
-    miss, read, write_5m, write_1h, output = decode_anthropic_usage(message["usage"])
+    usage = message["usage"]
+    miss, read, write_5m, write_1h, output = decode_anthropic_usage(usage)
     if not (miss or read or write_5m or write_1h or output):
         return None
+    tier, speed, geo = (usage.get("service_tier"), usage.get("speed"),
+                        usage.get("inference_geo"))
     sidechain = bool(record.get("isSidechain")) or ctx.sidechain
     req = Request(parse_timestamp(record.get("timestamp")), "claude-code", "anthropic",
                   _text(model), _text(record.get("cwd") or ctx.project),
@@ -1451,7 +1506,9 @@ def parse_claude_code(record, ctx):
                   as_money(record.get("costUSD")), sidechain,
                   claude_code_thread(record, ctx) if sidechain else "",
                   anthropic_diagnosis(message["diagnostics"]) if "diagnostics" in message
-                  else None)
+                  else None, "" if tier is None and speed is None and geo is None
+                  or tier == "standard" and speed is None and geo is None
+                  else dimensions_of(tier, speed, geo))
     message_id = message.get("id")
     key = dedup_key(message_id, record.get("requestId") or "") if message_id else None
     return key, req
@@ -1786,6 +1843,50 @@ def rates_from_entry(entry, name=""):
     return base, tier
 
 
+# Price dimensions a log can select (formats.md section 4): a service tier's variant
+# keys, and multipliers of provider_specific_entry for speed and region.
+SERVICE_TIER_SUFFIXES = {"batch": "_batches", "flex": "_flex", "priority": "_priority",
+                         "ultrafast": "_ultrafast"}
+_TIER_SUFFIXES = tuple(SERVICE_TIER_SUFFIXES.values())
+MAX_MULTIPLIER = 100.0
+
+
+def _is_rate_key(key, value):
+    return (type(value) in (int, float) and ("cost_per" in key or "_token_cost" in key)
+            and not key.endswith(_TIER_SUFFIXES))
+
+
+def entry_for_dimensions(entry, dims):
+    """(the entry with the rates of these dimensions, whether one had no rate in the
+    map: the request is then priced at base for it, and counted as a fallback)."""
+    out, fallback = dict(entry), False
+    for part in dims.split("+"):
+        suffix = SERVICE_TIER_SUFFIXES.get(part)
+        if suffix is not None:
+            found = False
+            for key, value in entry.items():
+                if not _is_rate_key(key, value):
+                    continue
+                variant = bounded_number(entry.get(key + suffix), 0.0, MAX_RATE_USD, "rate")
+                if variant is not None:
+                    out[key], found = variant, True
+                elif part == "batch":   # no _batches key: half the base rate
+                    out[key] = value * 0.5
+            fallback = fallback or not (found or part == "batch")
+            continue
+        name = "fast" if part == "fast" else part[4:] if part.startswith("geo:") else None
+        special = entry.get("provider_specific_entry")
+        factor = bounded_number(special.get(name), 0.0, MAX_MULTIPLIER, "multiplier") \
+            if name and type(special) is dict and name in special else None
+        if not factor:      # unknown, absent, refused or 0: at base, and counted
+            fallback = True
+            continue
+        for key, value in list(out.items()):
+            if _is_rate_key(key, value):
+                out[key] = value * factor
+    return out, fallback
+
+
 def is_price_entry(name, entry):
     return (name != "sample_spec" and type(entry) is dict
             and ("input_cost_per_token" in entry or "output_cost_per_token" in entry))
@@ -1826,6 +1927,7 @@ class PriceBook(object):
         self.age_s = age_s
         self._resolved = {}
         self.priced_as = {}      # model -> the platform key it is priced under
+        self.fallbacks = set()   # (model, provider, dims) priced at base for a dimension
         self.model_names = ModelNames(self)   # the name a model's group goes by
 
     def __len__(self):
@@ -1862,8 +1964,8 @@ class PriceBook(object):
                 return dated[-1]
         return None
 
-    def rates(self, model, provider=""):
-        key = (model, provider)
+    def rates(self, model, provider="", dims=""):
+        key = (model, provider, dims)
         try:
             return self._resolved[key]
         except KeyError:
@@ -1873,7 +1975,12 @@ class PriceBook(object):
             name = self.platform_name(model)
             if name is not None:
                 self.priced_as[model] = name
-        rates = rates_from_entry(self.table[name], name) if name else None
+        entry = self.table[name] if name else None
+        if entry is not None and dims:
+            entry, fallback = entry_for_dimensions(entry, dims)
+            if fallback:
+                self.fallbacks.add(key)
+        rates = rates_from_entry(entry, name) if name else None
         self._resolved[key] = rates
         return rates
 
@@ -1999,7 +2106,8 @@ class PriceClasses(object):
     only counted as they come, and each class is priced once, when it is read."""
 
     def __init__(self):
-        self.keys = []     # class id -> (group, model, provider, above tier, paired, scope)
+        self.keys = []     # class id -> (group, model, provider, above tier, paired, scope,
+        #                                  price dimensions)
         self.tallies = []  # class id -> Tally of its requests in the window, unpriced
         self.ids = {}      # key -> class id
 
@@ -2015,7 +2123,7 @@ class PriceClasses(object):
         key = (group, req.model, req.provider, req.miss + req.cache_read + req.cache_write_5m
                + req.cache_write_1h > TIER_THRESHOLD_TOKENS, paired,
                _CLAUDE_CODE_SCOPES[req.sidechain] if req.agent == "claude-code"
-               else req.project)
+               else req.project, req.tier)
         class_id = self.ids.get(key)
         if class_id is None:
             class_id = self._new_class(key, Tally())
@@ -2027,7 +2135,7 @@ class PriceClasses(object):
         """The id of req's class, which it was counted in."""
         return self.ids[(group, req.model, req.provider, req.input > TIER_THRESHOLD_TOKENS,
                          paired, _CLAUDE_CODE_SCOPES[req.sidechain]
-                         if req.agent == "claude-code" else req.project)]
+                         if req.agent == "claude-code" else req.project, req.tier)]
 
     def _new_class(self, key, tally):
         class_id = self.ids[key] = len(self.keys)
@@ -2082,11 +2190,11 @@ def price_classes(classes, prices):
     sets to the same).  A group of one class shares that class's tally.  The paired
     and unpaired classes of one rate are summed before pricing, so that a table that
     pairs nothing (the live view's) prices to the same cent, to the last digit."""
-    by_rate = sum_tallies((key[:4], tally) for key, tally in zip(classes.keys, classes.tallies)
-                          if tally.requests)
+    by_rate = sum_tallies((key[:4] + key[6:], tally)
+                          for key, tally in zip(classes.keys, classes.tallies) if tally.requests)
     unpriced = {}
-    for (group, model, provider, above_tier), tally in by_rate.items():
-        rates = prices.rates(model, provider)
+    for (group, model, provider, above_tier, dims), tally in by_rate.items():
+        rates = prices.rates(model, provider, dims)
         if rates is None:
             tally.cost = tally.no_cache_cost = 0.0
             tally.unpriced_requests = tally.requests
@@ -2096,6 +2204,40 @@ def price_classes(classes, prices):
             tally.cost, tally.no_cache_cost = tokens_cost(tally, tier_rates(rates, above_tier))
             tally.unpriced_requests = 0
     return sum_tallies((rate[0], tally) for rate, tally in by_rate.items()), unpriced
+
+
+def tier_figures(classes, prices):
+    """({group: {dims: [requests, cost]}}, {"model (dims)": requests priced at base for
+    a dimension the map has no rate for}) of the requests not at the standard rate."""
+    by_group, fallbacks = {}, {}
+    for key, tally in zip(classes.keys, classes.tallies):
+        group, model, provider, above_tier, dims = key[:4] + key[6:]
+        if not dims or not tally.requests:
+            continue
+        rates = prices.rates(model, provider, dims)
+        cost = tokens_cost(tally, tier_rates(rates, above_tier))[0] if rates else 0.0
+        figures = by_group.setdefault(group, {}).setdefault(dims, [0, 0.0])
+        figures[0] += tally.requests
+        figures[1] += cost
+        if (model, provider, dims) in prices.fallbacks:
+            name = "%s (%s)" % (model or "(unknown model)", dims)
+            fallbacks[name] = fallbacks.get(name, 0) + tally.requests
+    return by_group, fallbacks
+
+
+def tiers_dict(by_dims):
+    return {dims: {"requests": n, "cost_usd": round(cost, 9)}
+            for dims, (n, cost) in sorted(by_dims.items())}
+
+
+def total_tiers(by_group):
+    total = {}
+    for figures in by_group.values():
+        for dims, (n, cost) in figures.items():
+            mine = total.setdefault(dims, [0, 0.0])
+            mine[0] += n
+            mine[1] += cost
+    return total
 
 
 class Aggregate(object):
@@ -2167,7 +2309,8 @@ class Aggregate(object):
     def wanted_attributes(self):
         """The attributes of a request this view needs (the rest need not be looked up)."""
         # sessions: breaks; projects, where the TTL is a choice: the advice of a log
-        wanted = {"model", "provider", "time", "cost", "session", "advice_project"}
+        wanted = {"model", "provider", "time", "cost", "session", "advice_project", "tier",
+                  "speed", "geo"}
         wanted.update(f for f in self.group_by if f not in _CALENDAR_GROUPS)
         if self.details is not None:
             wanted.add("project")
@@ -2212,7 +2355,7 @@ class Aggregate(object):
 
     def cost_of(self, req):
         """(cost, no-cache cost) of one request."""
-        return request_cost(req, self.prices.rates(req.model, req.provider))
+        return request_cost(req, self.prices.rates(req.model, req.provider, req.tier))
 
     @property
     def tallies(self):
@@ -2609,7 +2752,7 @@ def break_cause(before_ts, after_ts, switched, ttl, compaction_times, shrunk=Fal
 def break_cost(after, rewritten, prices):
     """What the rewritten tokens cost above the cache-read rate: written at the write
     rate the request paid (5 m / 1 h mix), the rest at the input rate."""
-    rates = prices.rates(after.model, after.provider)
+    rates = prices.rates(after.model, after.provider, after.tier)
     if rates is None or rewritten <= 0:
         return 0.0
     base, tier = rates
@@ -2659,7 +2802,7 @@ _SHORTEST_TTL_POLICY_S = min(ttl for _, ttl in TTL_POLICIES)
 
 def _write_rates(req, prices):
     """(input, cache read, 5m write, 1h write) rates for a request, tier included."""
-    rates = prices.rates(req.model, req.provider)
+    rates = prices.rates(req.model, req.provider, req.tier)
     if rates is None:
         return None
     return tier_rates(rates, req.input > TIER_THRESHOLD_TOKENS)[:4]
@@ -2902,6 +3045,7 @@ class CacheEffects(object):
         policy_cost, wasted = {}, {}
         for class_id, key in enumerate(keys):
             group, model, provider, above_tier, paired = key[:5]
+            dims = key[6]
             tally = self.classes.tallies[class_id]
             # the TTL policies re-price the writes of the requests paired in sessions
             repriced = paired and tally.requests and self._provider(provider)[0]
@@ -2909,7 +3053,7 @@ class CacheEffects(object):
             if not repriced and unread is None:
                 continue
             unread5, unread1 = unread or (0, 0)
-            rates = self.prices.rates(model, provider)
+            rates = self.prices.rates(model, provider, dims)
             if rates is None:
                 continue
             rates = tier_rates(rates, above_tier)
@@ -3049,22 +3193,22 @@ def warm_sessions(effects, now):
         if not (now - WARM_ACTIVE_S <= ts and ts + ttl > now) or class_id < 0 \
                 or expected < BREAK_MIN_EXPECTED_TOKENS:
             continue
-        model, provider, above_tier = effects.models[model_id], keys[class_id][2], \
-            keys[class_id][3]
+        model, provider, above_tier, dims = effects.models[model_id], keys[class_id][2], \
+            keys[class_id][3], keys[class_id][6]
         found.append({"session": session_of(chain), "thread": thread_of(chain) or None,
                       "model": model, "expires_at": ts + ttl,
                       "rewrite_cost_usd": rewrite_cost(expected, ttl, model, provider,
-                                                       above_tier, effects.prices),
+                                                       above_tier, effects.prices, dims),
                       "cached_tokens": expected})
     found.sort(key=lambda item: (item["expires_at"], item["session"]))
     return found
 
 
-def rewrite_cost(tokens, ttl, model, provider, above_tier, prices):
+def rewrite_cost(tokens, ttl, model, provider, above_tier, prices, dims=""):
     """What writing tokens of prefix again costs above reading them: at the write
     rate of this TTL where the provider bills writes, else at the input rate; None
     when the model has no price."""
-    rates = prices.rates(model, provider)
+    rates = prices.rates(model, provider, dims)
     if rates is None:
         return None
     p_in, p_read, p_w5, p_w1 = tier_rates(rates, above_tier)[:4]
@@ -3164,7 +3308,7 @@ class Entry(object):
 def price_entries(requests, prices):
     entries = []
     for req in requests:
-        rates = prices.rates(req.model, req.provider)
+        rates = prices.rates(req.model, req.provider, req.tier)
         cost, no_cache_cost = request_cost(req, rates)
         entries.append(Entry(req, cost, no_cache_cost, rates is not None))
     return entries
@@ -5497,13 +5641,13 @@ def _break_order(item):
 HISTORY_SCHEMA = 4
 _HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
                     "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
-                    "size", "msg", "file", "rank", "thread", "diagnosis")
+                    "size", "msg", "file", "rank", "thread", "diagnosis", "tier")
 _HISTORY_TABLES = (
     "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
     " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT, miss INTEGER,"
     " read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER, reasoning INTEGER, observed REAL,"
     " sidechain INTEGER, size INTEGER, msg TEXT, file TEXT, rank REAL, thread TEXT,"
-    " diagnosis TEXT)",
+    " diagnosis TEXT, tier TEXT)",
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
     " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT)",
@@ -5647,13 +5791,15 @@ class History(object):
     def _add_columns(db):
         """Schema 3 keeps, per request, the file it came from and that file's rank
         (which of two copies of one response wins), and per file its first bytes;
-        schema 4, per request, its thread and the provider's cache-miss diagnosis.
+        schema 4, per request, its thread, the provider's cache-miss diagnosis and the
+        price dimensions it was billed at.
         Every file is read again once, from the start, to fill them in: the keys
         are the same, so nothing is counted twice."""
         added = False
         for table, column, kind in (("requests", "file", "TEXT"), ("requests", "rank", "REAL"),
                                     ("files", "head", "TEXT"), ("requests", "thread", "TEXT"),
-                                    ("requests", "diagnosis", "TEXT")):
+                                    ("requests", "diagnosis", "TEXT"),
+                                    ("requests", "tier", "TEXT")):
             if column not in [row[1] for row in db.execute("PRAGMA table_info(%s)" % table)]:
                 db.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, kind))
                 added = True
@@ -5735,13 +5881,13 @@ class History(object):
             values.append(until)
         cursor = self.db.execute(
             "SELECT %s, agent, provider, model, project, session, miss, read, w5, w1, output,"
-            " reasoning, observed, sidechain, thread, diagnosis, source FROM requests"
+            " reasoning, observed, sidechain, thread, diagnosis, tier, source FROM requests"
             " WHERE %s ORDER BY ts" % (_STORED_TIME, " AND ".join(where)), values)
         for row in cursor:
-            yield row[16], Request(row[0], row[1] or "", row[2] or "", row[3] or "",
+            yield row[17], Request(row[0], row[1] or "", row[2] or "", row[3] or "",
                                    row[4] or "", row[5] or "", row[6], row[7], row[8], row[9],
                                    row[10], row[11], row[12], bool(row[13]), row[14] or "",
-                                   row[15] and stored_diagnosis(row[15]))
+                                   row[15] and stored_diagnosis(row[15]), str(row[16] or ""))
 
     def rows(self, label=None, exclude=()):
         """(key, Request) of the stored requests of one source (label), or of every
@@ -5749,7 +5895,7 @@ class History(object):
         # the columns in the order Request takes them: a row becomes one directly
         query = ("SELECT key, " + _STORED_TIME + ", agent, provider, model, project, session,"
                  " miss, read, w5, w1, output, reasoning, observed, sidechain, thread,"
-                 " diagnosis, file FROM requests")
+                 " diagnosis, tier, file FROM requests")
         if label:
             query, values = query + " WHERE source = ?", (label,)
         elif exclude:
@@ -5760,7 +5906,7 @@ class History(object):
         for row in self.db.execute(query, values):
             yield row[0], Request(*row[1:15], thread=row[15] or "",
                                   diagnosis=row[16] and stored_diagnosis(row[16]),
-                                  origin=row[17])
+                                  tier=str(row[17] or ""), origin=row[18])
 
     def holds(self, scope):
         """Whether any stored request is in scope (see requests)."""
@@ -5842,7 +5988,8 @@ def history_row(source, key, req, size=None, msg=None, rank=None):
             req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output,
             req.reasoning, req.observed_cost, int(req.sidechain),
             req.input + req.output if size is None else size, msg, req.origin, rank,
-            req.thread or None, None if req.diagnosis is None else json.dumps(req.diagnosis))
+            req.thread or None, None if req.diagnosis is None else json.dumps(req.diagnosis),
+            req.tier or None)
 
 
 def stored_diagnosis(text):
@@ -6334,7 +6481,7 @@ def effects_state(effects):
     return {"last": [[listed(chain), offset] for chain, offset in effects.last.items()],
             "held": base64.b64encode(bytes(effects.held)).decode("ascii"),
             "models": effects.models,
-            "classes": [[list(key[0])] + list(key[1:5]) + [listed(key[5])]
+            "classes": [[list(key[0])] + list(key[1:5]) + [listed(key[5]), key[6]]
                         for key in effects.classes.keys],
             "tallies": [list(_TALLY_FIELDS(tally)) for tally in effects.classes.tallies],
             "unread": [[class_id, list(pair)] for class_id, pair in effects.unread.items()],
@@ -6355,8 +6502,8 @@ def effects_from_state(doc, prices):
         raise ValueError("a held state outside the held bytes")
     for model in doc["models"]:
         effects._model_id(str(model))
-    keys = [(tuple(k[0]), k[1], k[2], bool(k[3]), bool(k[4]), chain(k[5]))
-            for k in doc["classes"]]
+    keys = [(tuple(k[0]), str(k[1]), str(k[2]), bool(k[3]), bool(k[4]), chain(k[5]),
+             str(k[6])) for k in doc["classes"]]
     effects.classes.__setstate__((keys, [_tally_from(values) for values in doc["tallies"]]))
     effects.unread = {int(class_id): list(pair) for class_id, pair in doc["unread"]}
     effects.breaks = [CacheBreak(*values) for values in doc["breaks"]]
@@ -6430,7 +6577,8 @@ class SessionTail(object):
             self.effects.add(req)
             if req.ts is not None:
                 day = local_day(req.ts)
-                cost = request_cost(req, self.prices.rates(req.model, req.provider))[0]
+                cost = request_cost(req, self.prices.rates(req.model, req.provider,
+                                                          req.tier))[0]
                 self.spend[day] = self.spend.get(day, 0.0) + cost
 
     def _replayed(self, key, req):
@@ -7158,6 +7306,18 @@ def render_report(report, width=80, ellipsis="~"):
     if breaks:
         lines.append("")
         lines.extend(breaks)
+    tiers, fallbacks = tier_figures(agg.effects.classes, prices)
+    if tiers:
+        lines.append("")
+        lines.append(fit("tiers  " + " | ".join(
+            "%s %s %s" % (dims, counted(n, "request"), fmt_usd(cost)) for dims, (n, cost) in
+            sorted(total_tiers(tiers).items(), key=lambda item: -item[1][1])) +
+            " (the rest at the standard rate)", width, ellipsis))
+    if fallbacks:
+        lines.append(fit("tier fallback: %s - the map has no rate for that tier, speed or "
+                         "region: priced at base" % ", ".join(
+                             "%s %s" % (clean(name), fmt_int(n))
+                             for name, n in sorted(fallbacks.items())), width, ellipsis))
     platform = priced_as(agg, prices)
     if platform:
         lines.append("")
@@ -7969,6 +8129,7 @@ def report_dict(report):
     models = logged_models(agg) if "model" in agg.group_by else None
     histograms = gap_histograms(agg.effects)
     totals = agg.totals.as_dict()    # priced first: prices.priced_as is then complete
+    tiers, fallbacks = tier_figures(agg.effects.classes, report.prices)
     doc = {
         "catop_version": __version__,
         "generated_at": iso_utc(report.now),
@@ -7980,8 +8141,12 @@ def report_dict(report):
         "totals": totals,
         "groups": (dict([("key", dict(zip(agg.group_by, key)))] +
                         ([("models", sorted(models[key]))] if models else []) +
-                        list(t.as_dict().items()))
+                        list(t.as_dict().items()) +
+                        ([("tiers", tiers_dict(tiers[key]))] if key in tiers else []))
                    for key, t in report.rows),
+        "tiers": tiers_dict(total_tiers(tiers)),
+        "tier_fallback": {"requests": sum(fallbacks.values()),
+                          "models": dict(sorted(fallbacks.items()))},
         "unpriced_models": sorted(agg.unpriced_models),
         "breaks": EncodedItems(item.as_json() for item in agg.effects.breaks),
         "break_summary": break_summary(agg.effects.breaks),
@@ -9348,8 +9513,8 @@ class RememberedPrices(object):
         self.priced_as = {}
         self.origin, self.age_s = "remembered", 0.0
 
-    def rates(self, model, provider=""):
-        key = model + "\0" + provider
+    def rates(self, model, provider="", dims=""):
+        key = "\0".join((model, provider, dims))
         found = self.tuples.get(key, False)
         if found is not False:
             return found
@@ -9364,7 +9529,7 @@ class RememberedPrices(object):
             if self.book is None:
                 self.book = self.load()
                 self.origin, self.age_s = self.book.origin, self.book.age_s
-            found = self.book.rates(model, provider)
+            found = self.book.rates(model, provider, dims)
             self.remembered[key] = None if found is None else [list(found[0]), list(
                 found[1]) if found[1] else None]
             self.priced_as.update(self.book.priced_as)

@@ -609,6 +609,101 @@ class MoreShapesTests(unittest.TestCase):
         self.assertEqual(usage_tuple(req), (2600, 3000, 0, 0, 140, 40))
 
 
+class PriceDimensionTests(IsolatedEnv):
+    """formats.md section 4, price dimensions: the rate a request was billed at."""
+
+    def cost(self, *records, prices=None):
+        path = os.path.join(self.tmp, "tiers.jsonl")
+        with open(path, "w") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+        argv = ("--file", path) + (("--prices", prices) if prices else ())
+        return self.run_json(*argv)
+
+    def test_openai_service_tiers(self):
+        usage = {"prompt_tokens": 5500, "completion_tokens": 1000}
+        # gpt-5: 1.25e-6 in and 1e-5 out; flex and batch the map's halves, priority 2x
+        for tier, want in ((None, 5500 * 1.25e-6 + 1000 * 1e-5),
+                           ("default", 5500 * 1.25e-6 + 1000 * 1e-5),
+                           ("flex", 5500 * 6.25e-7 + 1000 * 5e-6),
+                           ("batch", 5500 * 6.25e-7 + 1000 * 5e-6),
+                           ("priority", 5500 * 2.5e-6 + 1000 * 2e-5),
+                           ("scale", 5500 * 2.5e-6 + 1000 * 2e-5)):
+            with self.subTest(tier=tier):
+                record = {"model": "gpt-5", "usage": usage}
+                if tier:
+                    record["service_tier"] = tier
+                doc = self.cost(record)
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], want, places=12)
+                self.assertEqual(doc["tier_fallback"]["requests"], 0)
+        self.assertAlmostEqual(want, 0.03375, places=12)
+        doc = self.cost({"model": "gpt-5", "service_tier": "flex", "usage": usage})
+        self.assertEqual(doc["tiers"], {"flex": {"requests": 1, "cost_usd": 0.0084375}})
+
+    def test_anthropic_batch_fast_and_region(self):
+        usage = {"input_tokens": 1000, "cache_read_input_tokens": 10000,
+                 "cache_creation_input_tokens": 3000, "output_tokens": 500,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 2000,
+                                    "ephemeral_1h_input_tokens": 1000}}
+        # claude-opus-4-6 batch: the _batches keys; its 1 h write has none: half of 1e-5
+        doc = self.cost({"model": "claude-opus-4-6", "provider": "anthropic",
+                         "usage": dict(usage, service_tier="batch")})
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 1000 * 2.5e-6 + 10000 * 2.5e-7 +
+                               2000 * 3.125e-6 + 1000 * 5e-6 + 500 * 1.25e-5, places=12)
+        # claude-opus-4-8: fast 2x and us 1.1x of every rate
+        base = 1000 * 5e-6 + 10000 * 5e-7 + 2000 * 6.25e-6 + 1000 * 1e-5 + 500 * 2.5e-5
+        for extra, factor in (({"speed": "fast"}, 2.0), ({"inference_geo": "us"}, 1.1),
+                              ({"speed": "fast", "inference_geo": "us"}, 2.2),
+                              ({"speed": "standard", "inference_geo": "global"}, 1.0)):
+            with self.subTest(extra=extra):
+                doc = self.cost({"model": "claude-opus-4-8", "provider": "anthropic",
+                                 "usage": dict(usage, **extra)})
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], base * factor, places=12)
+                self.assertEqual(doc["tier_fallback"]["requests"], 0)
+        # a model with no fast rate was served at the standard speed: base, and listed
+        doc = self.cost({"model": "claude-opus-4-6", "provider": "anthropic",
+                         "usage": dict(usage, speed="fast")})
+        self.assertEqual(doc["tier_fallback"], {"requests": 1,
+                                                "models": {"claude-opus-4-6 (fast)": 1}})
+
+    def test_claude_code_lines_carry_their_dimensions(self):
+        ctx = catop.FileContext("s.jsonl")
+        record = {"type": "assistant", "sessionId": "s", "timestamp": "2026-03-10T08:00:00Z",
+                  "message": {"id": "m", "model": "claude-opus-4-8", "usage": {
+                      "input_tokens": 10, "output_tokens": 5, "service_tier": "standard",
+                      "speed": "fast", "inference_geo": "us"}}}
+        self.assertEqual(catop.parse_claude_code(record, ctx)[1].tier, "fast+geo:us")
+        record["message"]["usage"].update(speed=["fast"], inference_geo=7)
+        self.assertEqual(catop.parse_claude_code(record, ctx)[1].tier, "")
+
+    def test_hostile_dimensions_are_priced_at_base_and_counted(self):
+        prices = os.path.join(self.tmp, "map.json")
+        entry = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+        table = {"m-zero": dict(entry, provider_specific_entry={"fast": 0}),
+                 "m-negative": dict(entry, provider_specific_entry={"fast": -1}),
+                 "m-huge": dict(entry, provider_specific_entry={"fast": 1e308}),
+                 "m-text": dict(entry, provider_specific_entry={"fast": "2x"}),
+                 "m-flex-text": dict(entry, input_cost_per_token_flex="cheap")}
+        with open(prices, "w") as handle:
+            json.dump(table, handle)
+        records = [{"model": name, "usage": {"input_tokens": 1000, "output_tokens": 100,
+                                             "speed": "fast"}}
+                   for name in ("m-zero", "m-negative", "m-huge", "m-text")]
+        records.append({"model": "m-flex-text", "service_tier": "flex",
+                        "usage": {"prompt_tokens": 1000, "completion_tokens": 100}})
+        records.append({"model": "m-zero", "service_tier": "turbo-ultra",
+                        "usage": {"prompt_tokens": 1000, "completion_tokens": 100}})
+        doc = self.cost(*records, prices=prices)
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 6 * (1000 * 1e-6 + 100 * 2e-6),
+                               places=12)
+        self.assertEqual(doc["tier_fallback"]["requests"], 6)
+        self.assertIn("m-zero (turbo-ultra)", doc["tier_fallback"]["models"])
+        self.assertNotIn("Infinity", json.dumps(doc))
+        code, out, _ = self.run_main("--file", os.path.join(self.tmp, "tiers.jsonl"),
+                                     "--prices", prices, "--no-history", "--width", "250")
+        self.assertIn("tier fallback: m-flex-text (flex) 1, m-huge (fast) 1", out)
+
+
 class PlatformPriceTests(IsolatedEnv):
     """A model the map has only under a cloud platform's key is priced at it, and
     says so; a Claude entry without cache keys takes Anthropic's multipliers."""
@@ -1747,7 +1842,8 @@ class CliTests(IsolatedEnv):
     def test_json_schema_is_exact(self):
         doc = self.run_json("--file", example("litellm.jsonl"), "--file", example("hostile.jsonl"))
         self.assertEqual(list(doc), ["catop_version", "generated_at", "window", "sources",
-                                     "prices", "totals", "groups", "unpriced_models", "breaks",
+                                     "prices", "totals", "groups", "tiers", "tier_fallback",
+                                     "unpriced_models", "breaks",
                                      "break_summary", "what_if", "wasted_writes",
                                      "ttl_advice", "gaps", "session_gaps", "warm_sessions",
                                      "refused_values"])
