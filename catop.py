@@ -81,7 +81,9 @@ PRICE_CACHE_MAX_AGE_S = 24 * 3600
 PRICE_FAILURE_MEMORY_S = 3600
 USER_AGENT = "catop/%s (+https://github.com/catop/catop)" % __version__
 
-TIER_THRESHOLD_TOKENS = 200000
+# The prompt sizes past which a map prices a request at other rates (its
+# *_above_<N>k_tokens keys, tiered_pricing ranges); a price map adds its own.
+SIZE_THRESHOLDS = [32000, 100000, 128000, 200000, 256000, 272000, 512000]
 MAX_TOKENS_PER_FIELD = 10 ** 9      # more than any context window: a corrupt count
 MAX_LINE_BYTES = 64 * 1024 * 1024   # a longer line is skipped, not held in memory
 READ_BLOCK_BYTES = 1 << 18
@@ -1816,9 +1818,21 @@ def _rate(entry, key, fallback):
 CLAUDE_CACHE_MULTIPLIERS = (0.1, 1.25, 2.0)   # read, 5-minute write, 1-hour write
 
 
+_ABOVE_KEY = re.compile(r"_above_(\d{1,5})k_tokens$")
+
+
 def rates_from_entry(entry, name=""):
-    """(base rates, rates above 200k or None); each rate tuple is
-    (input, cache read, 5m write, 1h write, output, reasoning)."""
+    """(base rates, ((threshold tokens, rates), ...) ascending, or None); each rate
+    tuple is (input, cache read, 5m write, 1h write, output, reasoning).  A request
+    whose input exceeds a threshold pays that level's rates, the highest it exceeds
+    (formats.md section 4): *_above_<N>k_tokens keys, or tiered_pricing ranges."""
+    ranges = tiered_ranges(entry.get("tiered_pricing"))
+    if ranges:
+        levels = [(low, rates_from_entry(dict(entry, tiered_pricing=None, **rates), name)[0])
+                  for low, rates in ranges]
+        return (levels[0][1] if ranges[0][0] == 0 else rates_from_entry(
+            dict(entry, tiered_pricing=None), name)[0]), tuple(
+                level for level in levels if level[0] > 0) or None
     p_in = _rate(entry, "input_cost_per_token", 0.0)
     p_out = _rate(entry, "output_cost_per_token", 0.0)
     read, five, hour = CLAUDE_CACHE_MULTIPLIERS if "claude" in name.lower() else (1, 1, None)
@@ -1828,19 +1842,72 @@ def rates_from_entry(entry, name=""):
                  p_w5 if hour is None else p_in * hour)
     p_rsn = _rate(entry, "output_cost_per_reasoning_token", p_out)
     base = (p_in, p_read, p_w5, p_w1, p_out, p_rsn)
-    if not any(key.endswith("_above_200k_tokens") for key in entry):
+    sizes = sorted({int(found.group(1)) for found in map(_ABOVE_KEY.search, entry)
+                    if found and int(found.group(1)) > 0})
+    if not sizes:
         return base, None
-    t_out = _rate(entry, "output_cost_per_token_above_200k_tokens", p_out)
     explicit_rsn = "output_cost_per_reasoning_token" in entry
-    tier = (_rate(entry, "input_cost_per_token_above_200k_tokens", p_in),
-            _rate(entry, "cache_read_input_token_cost_above_200k_tokens", p_read),
-            _rate(entry, "cache_creation_input_token_cost_above_200k_tokens", p_w5),
-            _rate(entry, "cache_creation_input_token_cost_above_1hr_above_200k_tokens", p_w1),
+    levels = []
+    for size in sizes:
+        above = "_above_%dk_tokens" % size
+        t_out = _rate(entry, "output_cost_per_token" + above, p_out)
+        levels.append((size * 1000, (
+            _rate(entry, "input_cost_per_token" + above, p_in),
+            _rate(entry, "cache_read_input_token_cost" + above, p_read),
+            _rate(entry, "cache_creation_input_token_cost" + above, p_w5),
+            _rate(entry, "cache_creation_input_token_cost_above_1hr" + above, p_w1),
             t_out,
-            # without a reasoning rate of its own, reasoning is output at the tier rate
-            _rate(entry, "output_cost_per_reasoning_token_above_200k_tokens",
-                  p_rsn if explicit_rsn else t_out))
-    return base, tier
+            # without a reasoning rate of its own, reasoning is output at the level's rate
+            _rate(entry, "output_cost_per_reasoning_token" + above,
+                  p_rsn if explicit_rsn else t_out))))
+    return base, tuple(levels)
+
+
+def tiered_ranges(ranges, count=True):
+    """[(low tokens, {rate key: rate})] of a tiered_pricing list, ascending; [] when it
+    is not one (ranges that overlap, run backwards or are not numbers refuse it all,
+    counted: the entry's flat rates are used)."""
+    if type(ranges) is not list or not ranges:
+        return []
+    found = []
+    for item in ranges:
+        span = item.get("range") if type(item) is dict else None
+        low, high = (bounded_number(v, 0.0, 1e9, "price range") if count else
+                     v if type(v) in (int, float) and 0 <= v <= 1e9 else None
+                     for v in span) if type(span) is list and len(span) == 2 else (None, None)
+        if low is None or high is None or high <= low:
+            return refused("price range") or [] if count else []
+        found.append((low, high, {k: v for k, v in item.items() if k != "range"}))
+    found.sort(key=lambda item: item[0])
+    if any(a[1] > b[0] for a, b in zip(found, found[1:])):
+        return refused("price range") or [] if count else []
+    return [(int(low), rates) for low, _, rates in found]
+
+
+def note_size_thresholds(table):
+    """Adds to SIZE_THRESHOLDS the ones a price map has that it lacks, so a price class
+    tells them apart (done when a map is loaded, before any request is counted)."""
+    found = set()
+    for entry in table.values():
+        for key in entry:
+            if key.endswith("k_tokens") and "_above_" in key:
+                size = _ABOVE_KEY.search(key)
+                if size and int(size.group(1)) > 0:
+                    found.add(int(size.group(1)) * 1000)
+        if "tiered_pricing" in entry:
+            found.update(low for low, _ in tiered_ranges(entry["tiered_pricing"], False)
+                         if low > 0)
+    SIZE_THRESHOLDS[:] = sorted(set(SIZE_THRESHOLDS) | found)
+
+
+def size_level(tokens):
+    """How many of SIZE_THRESHOLDS a prompt of these tokens exceeds (a price class's)."""
+    return bisect.bisect_left(SIZE_THRESHOLDS, tokens)
+
+
+def level_tokens(level):
+    """A prompt size of that level: just over its threshold."""
+    return SIZE_THRESHOLDS[level - 1] + 1 if level > 0 else 0
 
 
 # Price dimensions a log can select (formats.md section 4): a service tier's variant
@@ -1889,7 +1956,8 @@ def entry_for_dimensions(entry, dims):
 
 def is_price_entry(name, entry):
     return (name != "sample_spec" and type(entry) is dict
-            and ("input_cost_per_token" in entry or "output_cost_per_token" in entry))
+            and ("input_cost_per_token" in entry or "output_cost_per_token" in entry
+                 or bool(tiered_ranges(entry.get("tiered_pricing"), False))))
 
 
 _DATE_SUFFIX = re.compile(r"[-@](?:20\d{6}|20\d\d-\d\d-\d\d)(?=$|-v\d+(?::\d+)?$)")
@@ -1920,6 +1988,7 @@ class PriceBook(object):
 
     def __init__(self, table, origin, age_s=0.0):
         self.table = {k: v for k, v in table.items() if is_price_entry(k, v)}
+        note_size_thresholds(self.table)
         self.lower = {}
         for name in self.table:
             self.lower.setdefault(name.lower(), name)
@@ -2014,17 +2083,23 @@ def request_cost(req, rates):
     """(cost, no-cache cost) of one request in USD; (0, 0) when unpriced."""
     if rates is None:
         return 0.0, 0.0
-    base, tier = rates  # tier_rates, inline: the live view prices every request
-    if tier is not None and (req.miss + req.cache_read + req.cache_write_5m
-                             + req.cache_write_1h > TIER_THRESHOLD_TOKENS):
-        base = tier
+    base, levels = rates  # tier_rates, inline: the live view prices every request
+    if levels is not None:
+        tokens = req.miss + req.cache_read + req.cache_write_5m + req.cache_write_1h
+        for threshold, level in levels:
+            if tokens > threshold:
+                base = level
     return tokens_cost(req, base)
 
 
-def tier_rates(rates, above_threshold):
-    """The six rates of a (base, 200k tier or None) pair that a request pays."""
-    base, tier = rates
-    return tier if tier is not None and above_threshold else base
+def tier_rates(rates, tokens):
+    """The six rates a request of a prompt of these tokens pays: of the highest
+    threshold it exceeds, else the base ones."""
+    base, levels = rates
+    for threshold, level in levels or ():
+        if tokens > threshold:
+            base = level
+    return base
 
 
 def tokens_cost(counts, rates):
@@ -2120,8 +2195,8 @@ class PriceClasses(object):
 
     def count(self, req, group, in_window, paired):
         """Counts req in its class (when in the window); returns the class id."""
-        key = (group, req.model, req.provider, req.miss + req.cache_read + req.cache_write_5m
-               + req.cache_write_1h > TIER_THRESHOLD_TOKENS, paired,
+        key = (group, req.model, req.provider, size_level(
+            req.miss + req.cache_read + req.cache_write_5m + req.cache_write_1h), paired,
                _CLAUDE_CODE_SCOPES[req.sidechain] if req.agent == "claude-code"
                else req.project, req.tier)
         class_id = self.ids.get(key)
@@ -2133,7 +2208,7 @@ class PriceClasses(object):
 
     def id_of(self, req, group, paired):
         """The id of req's class, which it was counted in."""
-        return self.ids[(group, req.model, req.provider, req.input > TIER_THRESHOLD_TOKENS,
+        return self.ids[(group, req.model, req.provider, size_level(req.input),
                          paired, _CLAUDE_CODE_SCOPES[req.sidechain]
                          if req.agent == "claude-code" else req.project, req.tier)]
 
@@ -2201,7 +2276,8 @@ def price_classes(classes, prices):
             name = model or "(unknown model)"
             unpriced[name] = unpriced.get(name, 0) + tally.requests
         else:
-            tally.cost, tally.no_cache_cost = tokens_cost(tally, tier_rates(rates, above_tier))
+            tally.cost, tally.no_cache_cost = tokens_cost(tally, tier_rates(
+                rates, level_tokens(above_tier)))
             tally.unpriced_requests = 0
     return sum_tallies((rate[0], tally) for rate, tally in by_rate.items()), unpriced
 
@@ -2215,7 +2291,8 @@ def tier_figures(classes, prices):
         if not dims or not tally.requests:
             continue
         rates = prices.rates(model, provider, dims)
-        cost = tokens_cost(tally, tier_rates(rates, above_tier))[0] if rates else 0.0
+        cost = tokens_cost(tally, tier_rates(rates, level_tokens(above_tier)))[0] \
+            if rates else 0.0
         figures = by_group.setdefault(group, {}).setdefault(dims, [0, 0.0])
         figures[0] += tally.requests
         figures[1] += cost
@@ -2755,9 +2832,7 @@ def break_cost(after, rewritten, prices):
     rates = prices.rates(after.model, after.provider, after.tier)
     if rates is None or rewritten <= 0:
         return 0.0
-    base, tier = rates
-    p_in, p_read, p_w5, p_w1 = (tier if tier is not None and after.input >
-                                TIER_THRESHOLD_TOKENS else base)[:4]
+    p_in, p_read, p_w5, p_w1 = tier_rates(rates, after.input)[:4]
     writes = after.cache_write_5m + after.cache_write_1h
     written = min(rewritten, writes)
     p_write = ((after.cache_write_5m * p_w5 + after.cache_write_1h * p_w1) / writes
@@ -2805,7 +2880,7 @@ def _write_rates(req, prices):
     rates = prices.rates(req.model, req.provider, req.tier)
     if rates is None:
         return None
-    return tier_rates(rates, req.input > TIER_THRESHOLD_TOKENS)[:4]
+    return tier_rates(rates, req.input)[:4]
 
 
 def pair_what_if(before_ts, after, found, rates, policy, ttl):
@@ -3056,7 +3131,7 @@ class CacheEffects(object):
             rates = self.prices.rates(model, provider, dims)
             if rates is None:
                 continue
-            rates = tier_rates(rates, above_tier)
+            rates = tier_rates(rates, level_tokens(above_tier))
             p_in, p_read, p_w5, p_w1 = rates[:4]
             group_figures = what_if.setdefault(group, _empty_what_if())
             if repriced:
@@ -3211,7 +3286,7 @@ def rewrite_cost(tokens, ttl, model, provider, above_tier, prices, dims=""):
     rates = prices.rates(model, provider, dims)
     if rates is None:
         return None
-    p_in, p_read, p_w5, p_w1 = tier_rates(rates, above_tier)[:4]
+    p_in, p_read, p_w5, p_w1 = tier_rates(rates, level_tokens(above_tier))[:4]
     p_write = (p_w1 if ttl >= 3600 else p_w5) if reports_writes(provider) else p_in
     return round(tokens * (p_write - p_read), 9)
 
@@ -6502,7 +6577,7 @@ def effects_from_state(doc, prices):
         raise ValueError("a held state outside the held bytes")
     for model in doc["models"]:
         effects._model_id(str(model))
-    keys = [(tuple(k[0]), str(k[1]), str(k[2]), bool(k[3]), bool(k[4]), chain(k[5]),
+    keys = [(tuple(k[0]), str(k[1]), str(k[2]), int(k[3]), bool(k[4]), chain(k[5]),
              str(k[6])) for k in doc["classes"]]
     effects.classes.__setstate__((keys, [_tally_from(values) for values in doc["tallies"]]))
     effects.unread = {int(class_id): list(pair) for class_id, pair in doc["unread"]}
@@ -9522,16 +9597,19 @@ class RememberedPrices(object):
             value = self.remembered[key]
             found = None if value is None else (
                 tuple(float(r) for r in value[0]),
-                tuple(float(r) for r in value[1]) if value[1] else None)
-            if found is not None and (len(found[0]) != 6 or found[1] and len(found[1]) != 6):
+                tuple((int(t), tuple(float(r) for r in rates)) for t, rates in value[1])
+                if value[1] else None)
+            if found is not None and (len(found[0]) != 6 or any(
+                    len(rates) != 6 for _, rates in found[1] or ())):
                 raise ValueError("remembered rates of another shape")
         else:
             if self.book is None:
                 self.book = self.load()
                 self.origin, self.age_s = self.book.origin, self.book.age_s
             found = self.book.rates(model, provider, dims)
-            self.remembered[key] = None if found is None else [list(found[0]), list(
-                found[1]) if found[1] else None]
+            self.remembered[key] = None if found is None else [
+                list(found[0]), [[t, list(rates)] for t, rates in found[1]] if found[1]
+                else None]
             self.priced_as.update(self.book.priced_as)
         self.tuples[key] = found
         return found

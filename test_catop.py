@@ -676,6 +676,57 @@ class PriceDimensionTests(IsolatedEnv):
         record["message"]["usage"].update(speed=["fast"], inference_geo=7)
         self.assertEqual(catop.parse_claude_code(record, ctx)[1].tier, "")
 
+    def test_every_size_threshold(self):
+        # gpt-5.4 above 272k: 5e-6 in, 5e-7 read, 2.25e-5 out (base 2.5e-6, 2.5e-7, 1.5e-5)
+        for prompt, rates in ((272000, (2.5e-6, 2.5e-7, 1.5e-5)),
+                              (272001, (5e-6, 5e-7, 2.25e-5))):
+            with self.subTest(prompt=prompt):
+                doc = self.cost({"model": "gpt-5.4", "usage": {
+                    "prompt_tokens": prompt, "completion_tokens": 1000,
+                    "prompt_tokens_details": {"cached_tokens": 200000}}})
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], (prompt - 200000) * rates[0]
+                                       + 200000 * rates[1] + 1000 * rates[2], places=12)
+        # a map of two thresholds and one of ranges: the highest exceeded decides
+        prices = os.path.join(self.tmp, "sizes.json")
+        with open(prices, "w") as handle:
+            json.dump({"two": {"input_cost_per_token": 1e-6, "output_cost_per_token": 0,
+                               "input_cost_per_token_above_128k_tokens": 2e-6,
+                               "input_cost_per_token_above_200k_tokens": 3e-6},
+                       "ranged": {"tiered_pricing": [
+                           {"range": [256000, 1000000], "input_cost_per_token": 2.5e-7,
+                            "output_cost_per_token": 2e-6},
+                           {"range": [0, 256000], "input_cost_per_token": 5e-8,
+                            "output_cost_per_token": 4e-7}]},
+                       "overlapping": {"tiered_pricing": [
+                           {"range": [0, 300000], "input_cost_per_token": 1e-6},
+                           {"range": [256000, 1000000], "input_cost_per_token": 2e-6}]},
+                       "backwards": {"input_cost_per_token": 1e-6, "tiered_pricing": [
+                           {"range": [300000, 100000], "input_cost_per_token": 9e-6}]},
+                       "only-63k": {"input_cost_per_token": 1e-6,
+                                    "input_cost_per_token_above_63k_tokens": 4e-6}}, handle)
+        for model, prompt, want in (("two", 100000, 100000 * 1e-6),
+                                    ("two", 150000, 150000 * 2e-6),
+                                    ("two", 250000, 250000 * 3e-6),
+                                    ("ranged", 100000, 100000 * 5e-8 + 10 * 4e-7),
+                                    ("ranged", 300000, 300000 * 2.5e-7 + 10 * 2e-6),
+                                    ("backwards", 400000, 400000 * 1e-6),
+                                    ("only-63k", 64000, 64000 * 4e-6),
+                                    ("only-63k", 60000, 60000 * 1e-6)):
+            with self.subTest(model=model, prompt=prompt):
+                doc = self.cost({"model": model, "usage": {"prompt_tokens": prompt,
+                                                           "completion_tokens": 10}},
+                                prices=prices)
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], want, places=12)
+        doc = self.cost({"model": "overlapping", "usage": {"prompt_tokens": 10,
+                                                           "completion_tokens": 1}},
+                        {"model": "backwards", "usage": {"prompt_tokens": 10,
+                                                         "completion_tokens": 1}},
+                        prices=prices)
+        self.assertEqual(doc["unpriced_models"], ["overlapping"])   # no rate it can trust
+        self.assertEqual(doc["refused_values"], {"price range": 1})   # backwards: flat rates
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 10 * 1e-6, places=12)
+        self.assertNotIn("Infinity", json.dumps(doc))
+
     def test_hostile_dimensions_are_priced_at_base_and_counted(self):
         prices = os.path.join(self.tmp, "map.json")
         entry = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
