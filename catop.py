@@ -921,9 +921,12 @@ _DIAGNOSIS_PLACES = ((), ("response",), ("message",), ("standard_logging_object"
 
 
 def find_diagnosis(record):
-    """The diagnosis wherever the record keeps its response, or None."""
-    for path in _DIAGNOSIS_PLACES:
-        holder = _dig(record, *path) if path else record
+    """The diagnosis wherever the record keeps its response (_DIAGNOSIS_PLACES), or
+    None.  Most records have none of those places: three lookups tell."""
+    get = record.get
+    slo = get("standard_logging_object")
+    for holder in (record, get("response"), get("message"),
+                   slo.get("response") if type(slo) is dict else None):
         if type(holder) is dict and ("diagnostics" in holder
                                      or "prompt_cache_diagnostics" in holder):
             found = diagnosis_of(holder)
@@ -1037,6 +1040,10 @@ def _text(value):
     return shared
 
 
+FAILED = object()   # what normalize_record gives for a failed call (failed_call)
+_FAILURE_KEYS = frozenset(("standard_logging_object", "status", "error_str", "exception"))
+
+
 def failed_call(record, req):
     """Whether a record is of a call that failed (formats.md section 2): LiteLLM's
     status "failure", or an error with no tokens.  Not a request."""
@@ -1100,8 +1107,12 @@ _DIMENSIONS = {}
 
 def dimensions_of(tier, speed, geo):
     """price_dimensions of three scalars from a log, remembered (a log repeats one)."""
-    key = tuple(value if type(value) is str else None for value in (tier, speed, geo))
-    found = _DIMENSIONS.get(key)
+    key = (tier, speed, geo)
+    try:
+        return _DIMENSIONS[key]
+    except (KeyError, TypeError):   # new, or a list in a log (not hashable)
+        key = tuple(value if type(value) is str else None for value in key)
+        found = _DIMENSIONS.get(key)
     if found is None:
         found = price_dimensions(*key)
         if len(_DIMENSIONS) < 4096:
@@ -1135,10 +1146,10 @@ def interpret_record(record, usage, attributes, wanted):
     tokens = decode_usage(usage)
     if tokens is None:
         return None
-    keys = (wanted, tuple(record))
+    keys = (wanted, tuple(record), tuple(usage) if attributes is None else None)
     plan = _ATTRIBUTION_PLANS.get(keys)
     if plan is None:
-        plan = attribution_plan(keys[1], wanted)
+        plan = attribution_plan(keys[1], wanted, usage_keys=keys[2])
         if len(_ATTRIBUTION_PLANS) < _PLAN_CACHE_LIMIT:
             _ATTRIBUTION_PLANS[keys] = plan
     get = record.get
@@ -1152,11 +1163,13 @@ def interpret_record(record, usage, attributes, wanted):
     if project is not None and project_only_for_advice(wanted) and not ttl_is_a_choice(provider):
         project = None
     miss, read, write_5m, write_1h, output, reasoning = tokens
-    return Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
-                   _text(session), miss, read, write_5m, write_1h, output, reasoning,
-                   as_money(cost), False, "", find_diagnosis(record),
-                   "" if tier is None and speed is None and geo is None else
-                   dimensions_of(tier, speed, geo))
+    req = Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
+                  _text(session), miss, read, write_5m, write_1h, output, reasoning,
+                  as_money(cost), False, "", find_diagnosis(record),
+                  "" if tier is None and speed is None and geo is None else
+                  dimensions_of(tier, speed, geo))
+    return FAILED if not _FAILURE_KEYS.isdisjoint(keys[1]) and failed_call(record, req) \
+        else req
 
 
 # Compiled shapes.  A log repeats a handful of record shapes (the same keys, the
@@ -1198,13 +1211,15 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
         body = (["get = usage.get"] + _usage_source(plan) + _diagnosis_source(record_keys)
                 + _attribution_source(attribution_plan(
                     record_keys, wanted, usage_keys if usage_is_attributes else (),
-                    usage_keys), project_only_for_advice(wanted)))
+                    usage_keys), project_only_for_advice(wanted),
+                    not _FAILURE_KEYS.isdisjoint(record_keys)))
     source = "def shape(record, usage, attributes):\n    %s\n" % "\n    ".join(body)
     namespace = {"as_count": as_count, "MAX": MAX_TOKENS_PER_FIELD, "Request": Request,
                  "text": _text, "infer_provider": infer_provider, "as_money": as_money,
                  "parse_timestamp": parse_timestamp, "shared_get": _SHARED_TEXT.get,
                  "diagnosis_of": diagnosis_of, "ttl_get": _TTL_CHOICE.get,
-                 "dimensions_of": dimensions_of,
+                 "dimensions_of": dimensions_of, "failed_call": failed_call,
+                 "FAILED": FAILED,
                  "ttl_is_a_choice": ttl_is_a_choice, "nested_ttl_split": nested_ttl_split, "bedrock_ttl_split": bedrock_ttl_split,
                  "EMPTY": {}}
     exec(compile(source, "<catop shape>", "exec"), namespace)
@@ -1349,7 +1364,7 @@ def _runs_by_place(pairs):
     return runs
 
 
-def _attribution_source(plan, advice_project=False):
+def _attribution_source(plan, advice_project=False, may_fail=False):
     """_planned_values and the Request of interpret_record, as lines returning it;
     advice_project: the project is looked up only where the TTL is a choice."""
     used = sorted({place for pairs in plan for place, _ in pairs} - {_RECORD})
@@ -1397,7 +1412,8 @@ def _attribution_source(plan, advice_project=False):
         "model = %s" % text_of("model"),
         "provider = %s(infer_provider(model) if model else '')" % (
             text_of("provider") + " or " if searched["provider"] else "")] + project_lines + [
-        "return Request(%s, %s, provider, model, %s, %s, miss, read, w5, w1, out, rsn, %s,"
+        ("req = " if may_fail else "return ") +
+        "Request(%s, %s, provider, model, %s, %s, miss, read, w5, w1, out, rsn, %s,"
         " False, '', diag, %s)" % (
             "parse_timestamp(when)" if searched["when"] else "None", text_of("agent"),
             text_of("project"), text_of("session"),
@@ -1407,7 +1423,8 @@ def _attribution_source(plan, advice_project=False):
             "'' if %s else dimensions_of(%s)" % (
                 " and ".join("%s is None" % n for n in ("tier", "speed", "geo") if searched[n]),
                 ", ".join(n if searched[n] else "None" for n in ("tier", "speed", "geo")))
-            if any(searched[n] for n in ("tier", "speed", "geo")) else "''")]
+            if any(searched[n] for n in ("tier", "speed", "geo")) else "''")] + (
+        ["return FAILED if failed_call(record, req) else req"] if may_fail else [])
 
 
 # ------------------------------------------------------------ agent parsers
@@ -1900,9 +1917,12 @@ def note_size_thresholds(table):
     SIZE_THRESHOLDS[:] = sorted(set(SIZE_THRESHOLDS) | found)
 
 
+_bisect_left = bisect.bisect_left
+
+
 def size_level(tokens):
     """How many of SIZE_THRESHOLDS a prompt of these tokens exceeds (a price class's)."""
-    return bisect.bisect_left(SIZE_THRESHOLDS, tokens)
+    return _bisect_left(SIZE_THRESHOLDS, tokens)
 
 
 def level_tokens(level):
@@ -2195,9 +2215,10 @@ class PriceClasses(object):
 
     def count(self, req, group, in_window, paired):
         """Counts req in its class (when in the window); returns the class id."""
-        key = (group, req.model, req.provider, size_level(
-            req.miss + req.cache_read + req.cache_write_5m + req.cache_write_1h), paired,
-               _CLAUDE_CODE_SCOPES[req.sidechain] if req.agent == "claude-code"
+        tokens = req.miss + req.cache_read + req.cache_write_5m + req.cache_write_1h
+        key = (group, req.model, req.provider,   # size_level, its common case inline
+               0 if tokens <= SIZE_THRESHOLDS[0] else _bisect_left(SIZE_THRESHOLDS, tokens),
+               paired, _CLAUDE_CODE_SCOPES[req.sidechain] if req.agent == "claude-code"
                else req.project, req.tier)
         class_id = self.ids.get(key)
         if class_id is None:
@@ -3826,8 +3847,7 @@ def scan_request_lines(lines, stats, sink, wanted=ALL_ATTRIBUTES):
         if req is None:
             stats.skipped["no_usage"] += 1
             continue
-        if ("standard_logging_object" in record or "error_str" in record or "exception" in
-                record or record.get("status") == "failure") and failed_call(record, req):
+        if req is FAILED:
             stats.skipped["failed"] += 1
             continue
         records += 1
