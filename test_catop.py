@@ -3735,14 +3735,18 @@ class StatuslineTests(IsolatedEnv):
         left = int(match.group(1)) * 60 + int(match.group(2))
         self.assertTrue(195 <= left <= 200, line)   # 300 s from the last, 100 s ago
 
-    def test_the_state_follows_a_transcript_that_grows_is_cut_and_is_replaced(self):
+    def copied_session(self):
+        """(transcript path, its lines, the state folder) of a copy of the example home."""
         os.environ["NO_COLOR"] = "1"
         home = os.path.join(self.tmp, "claude")
         shutil.copytree(DIAGNOSIS_HOME, home)
         path = self.transcript(home)
         with open(path) as handle:
             lines = handle.read().splitlines(True)
-        state_dir = os.path.join(self.tmp, "cache", "catop", "statusline")
+        return path, lines, os.path.join(self.tmp, "cache", "catop", "statusline")
+
+    def test_the_state_follows_a_transcript_that_grows_is_cut_and_is_replaced(self):
+        path, lines, state_dir = self.copied_session()
 
         def stateless():
             shutil.rmtree(state_dir, ignore_errors=True)
@@ -3875,15 +3879,9 @@ class StatuslineTests(IsolatedEnv):
 
     def test_a_streamed_response_that_grows_in_a_quiet_file_is_counted_whole(self):
         """The last response of a file stays open while the file is quiet: its final
-        line, written later, replaces the early one (fresh read: $0.0896)."""
-        os.environ["NO_COLOR"] = "1"
-        home = os.path.join(self.tmp, "claude")
-        shutil.copytree(DIAGNOSIS_HOME, home)
-        path = self.transcript(home)
-        with open(path) as handle:
-            lines = handle.read().splitlines(True)
+        line, written later, replaces the early one, as a fresh read counts it."""
+        path, lines, state_dir = self.copied_session()
         early = [n for n, line in enumerate(lines) if '"id":"msg_01Diag0002"' in line][0]
-        state_dir = os.path.join(self.tmp, "cache", "catop", "statusline")
         with open(path, "w") as handle:
             handle.write(lines[early])          # the early line, output 1
         self.call(self.input(path))
