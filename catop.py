@@ -9004,8 +9004,9 @@ def build_parser():
                            "the session's hit rate, cost and saved, the cache entry's time "
                            "left, the last break (always exit 0)")
     line.add_argument("--statusline-format", metavar="TEMPLATE",
-                      help="the line's template, fields {%s}; a part between ' \u00b7 ' is "
-                           "left out when a field in it is empty (default: %s)" % (
+                      help="the line's template, fields {%s}; an empty field is left out "
+                           "with the text before it, and a part between ' \u00b7 ' whose "
+                           "fields are all empty is left out (default: %s)" % (
                                "} {".join(STATUSLINE_FIELDS),
                                STATUSLINE_FORMAT.replace("%", "%%")))
     line.add_argument("--install", action="store_true",
