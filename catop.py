@@ -126,12 +126,13 @@ class Request(object):
     __slots__ = ("ts", "agent", "provider", "model", "project", "session",
                  "miss", "cache_read", "cache_write_5m", "cache_write_1h",
                  "output", "reasoning", "observed_cost", "sidechain", "thread", "diagnosis",
-                 "tier", "origin")
+                 "tier", "searches", "origin")
 
     def __init__(self, ts=None, agent="", provider="", model="", project="",
                  session="", miss=0, cache_read=0, cache_write_5m=0,
                  cache_write_1h=0, output=0, reasoning=0, observed_cost=None,
-                 sidechain=False, thread="", diagnosis=None, tier="", origin=None):
+                 sidechain=False, thread="", diagnosis=None, tier="", searches=0,
+                 origin=None):
         self.ts = ts
         self.agent = agent
         self.provider = provider
@@ -149,6 +150,7 @@ class Request(object):
         self.thread = thread     # the conversation thread in its session: "" the main one
         self.diagnosis = diagnosis   # the provider's cache-miss diagnosis (Diagnosis) or None
         self.tier = tier         # the price dimensions it was billed at (price_dimensions)
+        self.searches = searches  # server-side web searches, priced per search
         self.origin = origin     # the log file it was read from (agents), else None
 
     @property
@@ -182,9 +184,12 @@ class Tally(object):
 
     __slots__ = ("requests", "miss", "cache_read", "cache_write_5m", "cache_write_1h",
                  "output", "reasoning", "cost", "no_cache_cost", "observed_cost",
-                 "observed_requests", "unpriced_requests", "first_ts", "last_ts")
+                 "observed_requests", "unpriced_requests", "first_ts", "last_ts", "searches",
+                 "search_cost")
 
     def __init__(self):
+        self.searches = 0
+        self.search_cost = 0.0   # set when priced, as cost is; inside cost
         self.requests = self.miss = self.cache_read = 0
         self.cache_write_5m = self.cache_write_1h = self.output = self.reasoning = 0
         self.cost = self.no_cache_cost = self.observed_cost = 0.0
@@ -201,6 +206,7 @@ class Tally(object):
     def count(self, req):
         """Sums req's tokens, not its cost (a price class sets that once: price_classes)."""
         self.requests += 1
+        self.searches += req.searches
         self.miss += req.miss
         self.cache_read += req.cache_read
         self.cache_write_5m += req.cache_write_5m
@@ -232,6 +238,8 @@ class Tally(object):
         self.no_cache_cost += other.no_cache_cost
         self.observed_cost += other.observed_cost
         self.observed_requests += other.observed_requests
+        self.searches += other.searches
+        self.search_cost += other.search_cost
         self.unpriced_requests += other.unpriced_requests
         for ts in (other.first_ts, other.last_ts):
             if ts is not None:
@@ -272,6 +280,8 @@ class Tally(object):
             "saved_usd": round(self.saved, 9),
             "observed_cost_usd": round(self.observed_cost, 9) if self.observed_requests else None,
             "unpriced_requests": self.unpriced_requests,
+            "web_searches": self.searches,
+            "web_search_cost_usd": round(self.search_cost, 9),
         }
 
 
@@ -1040,6 +1050,17 @@ def _text(value):
     return shared
 
 
+def server_searches(usage):
+    """Anthropic's server-side web searches (usage.server_tool_use), billed per search;
+    a count that is not one is refused, counted, and taken as none."""
+    tools = usage.get("server_tool_use")
+    if type(tools) is not dict:
+        return 0
+    count = bounded_number(tools.get("web_search_requests"), 0, MAX_TOKENS_PER_FIELD,
+                           "web search count")
+    return int(count) if count else 0
+
+
 FAILED = object()   # what normalize_record gives for a failed call (failed_call)
 _FAILURE_KEYS = frozenset(("standard_logging_object", "status", "error_str", "exception"))
 
@@ -1167,7 +1188,8 @@ def interpret_record(record, usage, attributes, wanted):
                   _text(session), miss, read, write_5m, write_1h, output, reasoning,
                   as_money(cost), False, "", find_diagnosis(record),
                   "" if tier is None and speed is None and geo is None else
-                  dimensions_of(tier, speed, geo))
+                  dimensions_of(tier, speed, geo),
+                  server_searches(usage) if "server_tool_use" in usage else 0)
     return FAILED if not _FAILURE_KEYS.isdisjoint(keys[1]) and failed_call(record, req) \
         else req
 
@@ -1212,14 +1234,14 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
                 + _attribution_source(attribution_plan(
                     record_keys, wanted, usage_keys if usage_is_attributes else (),
                     usage_keys), project_only_for_advice(wanted),
-                    not _FAILURE_KEYS.isdisjoint(record_keys)))
+                    not _FAILURE_KEYS.isdisjoint(record_keys), "server_tool_use" in usage_keys))
     source = "def shape(record, usage, attributes):\n    %s\n" % "\n    ".join(body)
     namespace = {"as_count": as_count, "MAX": MAX_TOKENS_PER_FIELD, "Request": Request,
                  "text": _text, "infer_provider": infer_provider, "as_money": as_money,
                  "parse_timestamp": parse_timestamp, "shared_get": _SHARED_TEXT.get,
                  "diagnosis_of": diagnosis_of, "ttl_get": _TTL_CHOICE.get,
                  "dimensions_of": dimensions_of, "failed_call": failed_call,
-                 "FAILED": FAILED,
+                 "FAILED": FAILED, "server_searches": server_searches,
                  "ttl_is_a_choice": ttl_is_a_choice, "nested_ttl_split": nested_ttl_split, "bedrock_ttl_split": bedrock_ttl_split,
                  "EMPTY": {}}
     exec(compile(source, "<catop shape>", "exec"), namespace)
@@ -1364,7 +1386,7 @@ def _runs_by_place(pairs):
     return runs
 
 
-def _attribution_source(plan, advice_project=False, may_fail=False):
+def _attribution_source(plan, advice_project=False, may_fail=False, searches=False):
     """_planned_values and the Request of interpret_record, as lines returning it;
     advice_project: the project is looked up only where the TTL is a choice."""
     used = sorted({place for pairs in plan for place, _ in pairs} - {_RECORD})
@@ -1414,7 +1436,7 @@ def _attribution_source(plan, advice_project=False, may_fail=False):
             text_of("provider") + " or " if searched["provider"] else "")] + project_lines + [
         ("req = " if may_fail else "return ") +
         "Request(%s, %s, provider, model, %s, %s, miss, read, w5, w1, out, rsn, %s,"
-        " False, '', diag, %s)" % (
+        " False, '', diag, %s, %s)" % (
             "parse_timestamp(when)" if searched["when"] else "None", text_of("agent"),
             text_of("project"), text_of("session"),
             # as_money, its common case (a float in range) inline
@@ -1423,7 +1445,8 @@ def _attribution_source(plan, advice_project=False, may_fail=False):
             "'' if %s else dimensions_of(%s)" % (
                 " and ".join("%s is None" % n for n in ("tier", "speed", "geo") if searched[n]),
                 ", ".join(n if searched[n] else "None" for n in ("tier", "speed", "geo")))
-            if any(searched[n] for n in ("tier", "speed", "geo")) else "''")] + (
+            if any(searched[n] for n in ("tier", "speed", "geo")) else "''",
+            "server_searches(usage)" if searches else "0")] + (
         ["return FAILED if failed_call(record, req) else req"] if may_fail else [])
 
 
@@ -1527,7 +1550,8 @@ def parse_claude_code(record, ctx):
                   anthropic_diagnosis(message["diagnostics"]) if "diagnostics" in message
                   else None, "" if tier is None and speed is None and geo is None
                   or tier == "standard" and speed is None and geo is None
-                  else dimensions_of(tier, speed, geo))
+                  else dimensions_of(tier, speed, geo),
+                  server_searches(usage) if "server_tool_use" in usage else 0)
     message_id = message.get("id")
     key = dedup_key(message_id, record.get("requestId") or "") if message_id else None
     return key, req
@@ -1806,6 +1830,13 @@ _EMBEDDED_TIERS = {  # above 200k input tokens: (input, cache read, cache write,
 }
 
 
+_EMBEDDED_SEARCH = {  # USD a server-side web search
+    "claude-opus-4-5": 0.01, "claude-sonnet-4-5": 0.01, "claude-opus-4-6": 0.01,
+    "claude-sonnet-4-6": 0.01, "gpt-5": 0.01, "gpt-5-mini": 0.01, "gpt-5.1": 0.01,
+    "gpt-4o-mini": 0.025, "gpt-4.1": 0.025, "gpt-4.1-mini": 0.025, "o3": 0.01, "o4-mini": 0.01,
+    "gemini-2.5-pro": 0.035, "gemini-2.5-flash": 0.035}
+
+
 def embedded_price_map():
     """EMBEDDED_PRICES in LiteLLM's format."""
     table = {}
@@ -1815,6 +1846,9 @@ def embedded_price_map():
         if p_w5 is not None:
             entry["cache_creation_input_token_cost"] = p_w5
             entry["cache_creation_input_token_cost_above_1hr"] = p_w1
+        if model in _EMBEDDED_SEARCH:
+            entry["search_context_cost_per_query"] = {
+                "search_context_size_medium": _EMBEDDED_SEARCH[model]}
         tier = _EMBEDDED_TIERS.get(model)
         if tier:
             entry["input_cost_per_token_above_200k_tokens"] = tier[0]
@@ -1858,7 +1892,10 @@ def rates_from_entry(entry, name=""):
     p_w1 = _rate(entry, "cache_creation_input_token_cost_above_1hr",
                  p_w5 if hour is None else p_in * hour)
     p_rsn = _rate(entry, "output_cost_per_reasoning_token", p_out)
-    base = (p_in, p_read, p_w5, p_w1, p_out, p_rsn)
+    searches = entry.get("search_context_cost_per_query")
+    p_search = _rate(searches, "search_context_size_medium", 0.0) \
+        if type(searches) is dict else 0.0
+    base = (p_in, p_read, p_w5, p_w1, p_out, p_rsn, p_search)
     sizes = sorted({int(found.group(1)) for found in map(_ABOVE_KEY.search, entry)
                     if found and int(found.group(1)) > 0})
     if not sizes:
@@ -1876,7 +1913,7 @@ def rates_from_entry(entry, name=""):
             t_out,
             # without a reasoning rate of its own, reasoning is output at the level's rate
             _rate(entry, "output_cost_per_reasoning_token" + above,
-                  p_rsn if explicit_rsn else t_out))))
+                  p_rsn if explicit_rsn else t_out), p_search)))
     return base, tuple(levels)
 
 
@@ -2125,11 +2162,13 @@ def tier_rates(rates, tokens):
 def tokens_cost(counts, rates):
     """(cost, no-cache cost) in USD of the tokens of a Request, or of a Tally of
     requests of one tier: every term is linear in the tokens."""
-    p_in, p_read, p_w5, p_w1, p_out, p_rsn = rates
+    p_in, p_read, p_w5, p_w1, p_out, p_rsn, p_search = rates
     miss, read = counts.miss, counts.cache_read
     w5, w1 = counts.cache_write_5m, counts.cache_write_1h
     reasoning = counts.reasoning
-    output_cost = (counts.output - reasoning) * p_out + reasoning * p_rsn
+    # web searches are billed alike with the cache or without: on both sides
+    output_cost = (counts.output - reasoning) * p_out + reasoning * p_rsn + \
+        counts.searches * p_search
     cost = miss * p_in + read * p_read + w5 * p_w5 + w1 * p_w1 + output_cost
     return cost, (miss + read + w5 + w1) * p_in + output_cost
 
@@ -2292,13 +2331,14 @@ def price_classes(classes, prices):
     for (group, model, provider, above_tier, dims), tally in by_rate.items():
         rates = prices.rates(model, provider, dims)
         if rates is None:
-            tally.cost = tally.no_cache_cost = 0.0
+            tally.cost = tally.no_cache_cost = tally.search_cost = 0.0
             tally.unpriced_requests = tally.requests
             name = model or "(unknown model)"
             unpriced[name] = unpriced.get(name, 0) + tally.requests
         else:
-            tally.cost, tally.no_cache_cost = tokens_cost(tally, tier_rates(
-                rates, level_tokens(above_tier)))
+            chosen = tier_rates(rates, level_tokens(above_tier))
+            tally.cost, tally.no_cache_cost = tokens_cost(tally, chosen)
+            tally.search_cost = tally.searches * chosen[6]
             tally.unpriced_requests = 0
     return sum_tallies((rate[0], tally) for rate, tally in by_rate.items()), unpriced
 
@@ -5736,13 +5776,13 @@ def _break_order(item):
 HISTORY_SCHEMA = 4
 _HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
                     "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
-                    "size", "msg", "file", "rank", "thread", "diagnosis", "tier")
+                    "size", "msg", "file", "rank", "thread", "diagnosis", "tier", "searches")
 _HISTORY_TABLES = (
     "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
     " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT, miss INTEGER,"
     " read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER, reasoning INTEGER, observed REAL,"
     " sidechain INTEGER, size INTEGER, msg TEXT, file TEXT, rank REAL, thread TEXT,"
-    " diagnosis TEXT, tier TEXT)",
+    " diagnosis TEXT, tier TEXT, searches INTEGER)",
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
     " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT)",
@@ -5894,7 +5934,8 @@ class History(object):
         for table, column, kind in (("requests", "file", "TEXT"), ("requests", "rank", "REAL"),
                                     ("files", "head", "TEXT"), ("requests", "thread", "TEXT"),
                                     ("requests", "diagnosis", "TEXT"),
-                                    ("requests", "tier", "TEXT")):
+                                    ("requests", "tier", "TEXT"),
+                                    ("requests", "searches", "INTEGER")):
             if column not in [row[1] for row in db.execute("PRAGMA table_info(%s)" % table)]:
                 db.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, kind))
                 added = True
@@ -5976,13 +6017,14 @@ class History(object):
             values.append(until)
         cursor = self.db.execute(
             "SELECT %s, agent, provider, model, project, session, miss, read, w5, w1, output,"
-            " reasoning, observed, sidechain, thread, diagnosis, tier, source FROM requests"
-            " WHERE %s ORDER BY ts" % (_STORED_TIME, " AND ".join(where)), values)
+            " reasoning, observed, sidechain, thread, diagnosis, tier, searches, source"
+            " FROM requests WHERE %s ORDER BY ts" % (_STORED_TIME, " AND ".join(where)), values)
         for row in cursor:
-            yield row[17], Request(row[0], row[1] or "", row[2] or "", row[3] or "",
+            yield row[18], Request(row[0], row[1] or "", row[2] or "", row[3] or "",
                                    row[4] or "", row[5] or "", row[6], row[7], row[8], row[9],
                                    row[10], row[11], row[12], bool(row[13]), row[14] or "",
-                                   row[15] and stored_diagnosis(row[15]), str(row[16] or ""))
+                                   row[15] and stored_diagnosis(row[15]), str(row[16] or ""),
+                                   row[17] if type(row[17]) is int and row[17] > 0 else 0)
 
     def rows(self, label=None, exclude=()):
         """(key, Request) of the stored requests of one source (label), or of every
@@ -5990,7 +6032,7 @@ class History(object):
         # the columns in the order Request takes them: a row becomes one directly
         query = ("SELECT key, " + _STORED_TIME + ", agent, provider, model, project, session,"
                  " miss, read, w5, w1, output, reasoning, observed, sidechain, thread,"
-                 " diagnosis, tier, file FROM requests")
+                 " diagnosis, tier, searches, file FROM requests")
         if label:
             query, values = query + " WHERE source = ?", (label,)
         elif exclude:
@@ -6001,7 +6043,9 @@ class History(object):
         for row in self.db.execute(query, values):
             yield row[0], Request(*row[1:15], thread=row[15] or "",
                                   diagnosis=row[16] and stored_diagnosis(row[16]),
-                                  tier=str(row[17] or ""), origin=row[18])
+                                  tier=str(row[17] or ""),
+                                  searches=row[18] if type(row[18]) is int and row[18] > 0 else 0,
+                                  origin=row[19])
 
     def holds(self, scope):
         """Whether any stored request is in scope (see requests)."""
@@ -6084,7 +6128,7 @@ def history_row(source, key, req, size=None, msg=None, rank=None):
             req.reasoning, req.observed_cost, int(req.sidechain),
             req.input + req.output if size is None else size, msg, req.origin, rank,
             req.thread or None, None if req.diagnosis is None else json.dumps(req.diagnosis),
-            req.tier or None)
+            req.tier or None, req.searches or None)
 
 
 def stored_diagnosis(text):
@@ -7249,6 +7293,9 @@ def render_summary(totals, width, ellipsis="~"):
         "cost      %s    without cache %s    saved %s%s" % (
             fmt_usd(t.cost), fmt_usd(t.no_cache_cost), fmt_usd(t.saved), saved_share),
     ]
+    if t.searches:
+        lines.append("searches  %s server-side web searches: %s, inside the cost" % (
+            fmt_int(t.searches), fmt_usd(t.search_cost)))
     if t.observed_requests:
         lines.append("observed  %s reported by the logs for %s requests (not mixed in)" % (
             fmt_usd(t.observed_cost), fmt_int(t.observed_requests)))
@@ -9620,8 +9667,8 @@ class RememberedPrices(object):
                 tuple(float(r) for r in value[0]),
                 tuple((int(t), tuple(float(r) for r in rates)) for t, rates in value[1])
                 if value[1] else None)
-            if found is not None and (len(found[0]) != 6 or any(
-                    len(rates) != 6 for _, rates in found[1] or ())):
+            if found is not None and (len(found[0]) != 7 or any(
+                    len(rates) != 7 for _, rates in found[1] or ())):
                 raise ValueError("remembered rates of another shape")
         else:
             if self.book is None:

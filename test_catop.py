@@ -431,11 +431,12 @@ def random_records(seed, count):
         path[0] for path in catop._CACHE_READ_PATHS + catop._CACHE_WRITE_PATHS
         + catop._REASONING_PATHS} | {"cache_creation", "prompt_cache_miss_tokens",
                                      "thoughtsTokenCount", "cost", "total_tokens",
-                                     "cacheDetails", "toolUsePromptTokenCount"})
+                                     "cacheDetails", "toolUsePromptTokenCount",
+                                     "server_tool_use", "service_tier", "speed"})
     inner_keys = ["cached_tokens", "cache_write_tokens", "reasoning_tokens", "read", "write",
                   "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "total",
                   "response_cost", "cache_creation_token_details", "cache_creation_input_tokens",
-                  "ttl", "inputTokens"]
+                  "ttl", "inputTokens", "web_search_requests"]
     attribute_keys = sorted(set(catop._MODEL_KEYS + catop._PROVIDER_KEYS + catop._PROJECT_KEYS
                                 + catop._SESSION_KEYS + catop._TIME_KEYS + catop._COST_KEYS
                                 + ("agent",)))
@@ -726,6 +727,27 @@ class PriceDimensionTests(IsolatedEnv):
         self.assertEqual(doc["refused_values"], {"price range": 1})   # backwards: flat rates
         self.assertAlmostEqual(doc["totals"]["cost_usd"], 10 * 1e-6, places=12)
         self.assertNotIn("Infinity", json.dumps(doc))
+
+    def test_web_searches_are_priced_per_search(self):
+        # the call: 100 in and 100 out of claude-sonnet-4-5 is $0.0018, and its
+        # one web search $0.01 more, as LiteLLM's response_cost says ($0.0118)
+        usage = {"input_tokens": 100, "output_tokens": 100,
+                 "server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 2}}
+        doc = self.cost({"model": "claude-sonnet-4-5", "provider": "anthropic", "usage": usage},
+                        {"model": "claude-sonnet-4-5", "provider": "anthropic", "usage": dict(
+                            usage, server_tool_use={"web_search_requests": "many"})})
+        totals = doc["totals"]
+        self.assertAlmostEqual(totals["cost_usd"], 2 * 0.0018 + 0.01, places=12)
+        self.assertAlmostEqual(totals["no_cache_cost_usd"], 2 * 0.0018 + 0.01, places=12)
+        self.assertEqual((totals["web_searches"], totals["web_search_cost_usd"]), (1, 0.01))
+        self.assertEqual(doc["refused_values"], {"web search count": 1})
+        code, out, _ = self.run_main("--file", os.path.join(self.tmp, "tiers.jsonl"),
+                                     "--offline", "--no-history")
+        self.assertIn("searches  1 server-side web searches: $0.0100, inside the cost", out)
+        ctx = catop.FileContext("s.jsonl")
+        record = {"type": "assistant", "sessionId": "s", "message": {
+            "id": "m", "model": "claude-sonnet-4-5", "usage": usage}}
+        self.assertEqual(catop.parse_claude_code(record, ctx)[1].searches, 1)
 
     def test_hostile_dimensions_are_priced_at_base_and_counted(self):
         prices = os.path.join(self.tmp, "map.json")
@@ -1888,7 +1910,8 @@ class CliTests(IsolatedEnv):
     TOTAL_FIELDS = ["requests", "input_tokens", "miss_tokens", "cache_read_tokens",
                     "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
                     "reasoning_tokens", "hit_rate", "cost_usd", "no_cache_cost_usd", "saved_usd",
-                    "observed_cost_usd", "unpriced_requests"]
+                    "observed_cost_usd", "unpriced_requests", "web_searches",
+                    "web_search_cost_usd"]
 
     def test_json_schema_is_exact(self):
         doc = self.run_json("--file", example("litellm.jsonl"), "--file", example("hostile.jsonl"))
@@ -1985,7 +2008,7 @@ class CliTests(IsolatedEnv):
         self.assertEqual(result.returncode, 3)
         self.assertTrue(result.stdout.endswith(
             b"\ngpt-4o-mini,1,3000,952,2048,0,0,100,0,0.682667,0.0003564,0.00051,0.0001536,"
-            b"0.0004,0\n"), result.stdout)
+            b"0.0004,0,0,0.0\n"), result.stdout)
         self.assertEqual(result.stderr, b"catop: gate: cost $0.0177 exceeds --max-cost $0.0010\n")
 
     def test_utc_times_are_written_as_datetime_would(self):
@@ -2132,12 +2155,13 @@ class CliTests(IsolatedEnv):
         self.assertEqual(code, 0)
         rows = out.splitlines()
         self.assertEqual(rows[0], "model," + ",".join(self.TOTAL_FIELDS))
-        self.assertEqual(rows[1], "gpt-4o,1,2000,500,1500,0,0,300,0,0.75,0.006125,0.008,0.001875,,0")
-        self.assertEqual(rows[2], "o3,1,10000,2000,8000,0,0,2000,1500,0.8,0.024,0.036,0.012,,0")
+        self.assertEqual(rows[1],
+                         "gpt-4o,1,2000,500,1500,0,0,300,0,0.75,0.006125,0.008,0.001875,,0,0,0.0")
+        self.assertEqual(rows[2], "o3,1,10000,2000,8000,0,0,2000,1500,0.8,0.024,0.036,0.012,,0,0,0.0")
         code, out, _ = self.run_main("--file", example("openai-chat.jsonl"), "--format", "csv",
                                      "--offline", "--group-by", "none")
         self.assertEqual(out.splitlines()[1],
-                         "2,12000,2500,9500,0,0,2300,1500,0.791667,0.030125,0.044,0.013875,,0")
+                         "2,12000,2500,9500,0,0,2300,1500,0.791667,0.030125,0.044,0.013875,,0,0,0.0")
 
     def test_csv_of_a_hostile_model_name_is_text_not_a_formula(self):
         path = os.path.join(self.tmp, "evil.jsonl")
