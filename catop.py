@@ -1548,8 +1548,7 @@ def parse_claude_code(record, ctx):
                   as_money(record.get("costUSD")), sidechain,
                   claude_code_thread(record, ctx) if sidechain else "",
                   anthropic_diagnosis(message["diagnostics"]) if "diagnostics" in message
-                  else None, "" if tier is None and speed is None and geo is None
-                  or tier == "standard" and speed is None and geo is None
+                  else None, "" if speed is None and geo is None and tier in (None, "standard")
                   else dimensions_of(tier, speed, geo),
                   server_searches(usage) if "server_tool_use" in usage else 0)
     message_id = message.get("id")
@@ -7857,10 +7856,15 @@ def _breaks_lines(frame, view, width, rows_room, ellipsis):
 WARM_SOON_S = 60   # an entry this close to expiring is drawn as a warning
 
 
+def still_warm(warm, now):
+    """The warm_sessions entries (as of the model's last change) still alive at now."""
+    return [item for item in warm if item["expires_at"] > now]
+
+
 def warm_segments(warm, now, unicode_ok=True, limit=3):
     """The main screen's cache line: how many sessions are warm, and the next to
     expire, counting down, with what their next request would pay to rewrite."""
-    alive = [item for item in warm if item["expires_at"] > now]
+    alive = still_warm(warm, now)
     if not alive:
         return [("cache  ", "dim"), ("no session warm", "dim")]
     dot = " · " if unicode_ok else " - "
@@ -7893,7 +7897,7 @@ def fmt_countdown(seconds):
 def _cache_panel_lines(frame, width, ellipsis, room):
     """The breaks panel's head: the gaps between requests and the warm sessions."""
     lines = [[(line, "")] for line in gap_lines(frame.gaps)]
-    alive = [item for item in frame.warm if item["expires_at"] > frame.now]
+    alive = still_warm(frame.warm, frame.now)
     if alive:
         lines.append([("warm  %s, the soonest to expire first:" % counted(len(alive),
                                                                            "session"),
@@ -9717,19 +9721,22 @@ def statusline(args, stream, now):
             values["cost"] = (fmt_usd(claude["cost"]) + " (Claude Code)", "")
     else:
         session = str(document.get("session_id") or transcript)
-        effects, spend = session_figures(session, transcript, args, now)
         budget = load_budget_config(warn=statusline_log).get("daily")
-        today = spend.get(local_day(now), 0.0)
-        values.update(statusline_values(effects, today_spend(session, today, now) if budget
-                                        else today, now, claude, budget))
+
+        def show(effects, spend):
+            today = spend.get(local_day(now), 0.0)
+            return statusline_values(effects, today_spend(session, today, now) if budget
+                                     else today, now, claude, budget)
+        values.update(session_figures(session, transcript, args, now, show))
     line = render_statusline(parts, values, unicode_ok, colour, width)
     return line or render_statusline(parse_statusline_format("{model}"), values,
                                      unicode_ok, colour, width) or "catop: no data yet"
 
 
-def session_figures(session, transcript, args, now):
-    """(CacheEffects, spend by day) of a session, from its state and what its files
-    gained since; the state is written back (atomically)."""
+def session_figures(session, transcript, args, now, show):
+    """show(CacheEffects, spend by day) of a session, from its state and what its files
+    gained since; the state is written back (atomically).  A state whose figures fail
+    to show (damaged sums) is dropped and the session read again."""
     path = os.path.join(statusline_dir(), "%016x.json" % _stable_hash(session))
     paths = session_files(transcript)
     fingerprint = prices_fingerprint(args)
@@ -9744,9 +9751,7 @@ def session_figures(session, transcript, args, now):
             prices = RememberedPrices(dict(remembered["rates"]), load)
         tail = SessionTail.from_state(doc, prices) if doc.get("transcript") == transcript \
             else None
-        figures = tail.shown() if tail is not None and tail.read(paths) else None
-        if figures is not None:   # what the line shows, worked out once: a damaged sum fails
-            statusline_values(figures[0], sum(figures[1].values()), time.time(), {})
+        figures = show(*tail.shown()) if tail is not None and tail.read(paths) else None
     except OSError:
         figures = None
     except Exception as error:   # a damaged or foreign state: read the session again
@@ -9756,7 +9761,7 @@ def session_figures(session, transcript, args, now):
         prices = RememberedPrices({}, load)
         tail = SessionTail(prices)
         tail.read(paths)
-        figures = tail.shown()
+        figures = show(*tail.shown())
     state = tail.as_state()
     state["transcript"] = transcript
     state["prices"] = {"fingerprint": fingerprint, "rates": prices.remembered}
