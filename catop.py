@@ -1004,7 +1004,10 @@ def attribution_plan(record_keys, wanted=ALL_ATTRIBUTES, attribute_keys=None,
             elif place == _USAGE:   # a number there: OpenRouter's usage.cost
                 pairs.extend((place, key) for key in (("cost",) if name == "cost" else keys)
                              if usage_keys is None or key in usage_keys)
-            elif place == _USAGE_COST or _PLACE_KEYS[place] in present:
+            elif place == _USAGE_COST:   # usage.cost, an object of costs
+                if usage_keys is None or "cost" in usage_keys:
+                    pairs.extend((place, key) for key in keys)
+            elif _PLACE_KEYS[place] in present:
                 pairs.extend((place, key) for key in keys)
         plan.append(pairs)
     return plan
@@ -1065,15 +1068,35 @@ FAILED = object()   # what normalize_record gives for a failed call (failed_call
 _FAILURE_KEYS = frozenset(("standard_logging_object", "status", "error_str", "exception"))
 
 
-def failed_call(record, req):
+def failed_call(record, tokens):
     """Whether a record is of a call that failed (formats.md section 2): LiteLLM's
-    status "failure", or an error with no tokens.  Not a request."""
+    status "failure", or an error with no tokens (miss, read, writes, output).
+    Not a request."""
     slo = record.get("standard_logging_object")
     slo = slo if type(slo) is dict else {}
     if record.get("status") == "failure" or slo.get("status") == "failure":
         return True
-    errored = any(place.get(key) for place in (record, slo) for key in ("error_str", "exception"))
-    return errored and not (req.input or req.output)
+    if any(tokens[:5]):
+        return False
+    return any(place.get(key) for place in (record, slo) for key in ("error_str", "exception"))
+
+
+def _failure_source(record_keys):
+    """failed_call for records with these keys, inline, as lines returning FAILED
+    (the request's figures are in miss, read, w5, w1 and out)."""
+    if _FAILURE_KEYS.isdisjoint(record_keys):
+        return []
+    lines, places = [], ["record"]
+    if "status" in record_keys:
+        lines += ["if record.get('status') == 'failure':", "    return FAILED"]
+    if "standard_logging_object" in record_keys:
+        lines += ["s = record.get('standard_logging_object')", "if type(s) is not dict:",
+                  "    s = EMPTY", "if s.get('status') == 'failure':", "    return FAILED"]
+        places.append("s")
+    errors = " or ".join("%s.get(%r)" % (place, key) for place in places
+                         for key in ("error_str", "exception"))
+    return lines + ["if not (miss or read or w5 or w1 or out) and (%s):" % errors,
+                    "    return FAILED"]
 
 
 _WRITE_REPORTING = ("anthropic", "bedrock", "vertex_ai-anthropic_models")
@@ -1168,6 +1191,8 @@ def interpret_record(record, usage, attributes, wanted):
     if tokens is None:
         return None
     keys = (wanted, tuple(record), tuple(usage) if attributes is None else None)
+    if not _FAILURE_KEYS.isdisjoint(keys[1]) and failed_call(record, tokens):
+        return FAILED
     plan = _ATTRIBUTION_PLANS.get(keys)
     if plan is None:
         plan = attribution_plan(keys[1], wanted, usage_keys=keys[2])
@@ -1184,14 +1209,12 @@ def interpret_record(record, usage, attributes, wanted):
     if project is not None and project_only_for_advice(wanted) and not ttl_is_a_choice(provider):
         project = None
     miss, read, write_5m, write_1h, output, reasoning = tokens
-    req = Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
-                  _text(session), miss, read, write_5m, write_1h, output, reasoning,
-                  as_money(cost), False, "", find_diagnosis(record),
-                  "" if tier is None and speed is None and geo is None else
-                  dimensions_of(tier, speed, geo),
-                  server_searches(usage) if "server_tool_use" in usage else 0)
-    return FAILED if not _FAILURE_KEYS.isdisjoint(keys[1]) and failed_call(record, req) \
-        else req
+    return Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
+                   _text(session), miss, read, write_5m, write_1h, output, reasoning,
+                   as_money(cost), False, "", find_diagnosis(record),
+                   "" if tier is None and speed is None and geo is None else
+                   dimensions_of(tier, speed, geo),
+                   server_searches(usage) if "server_tool_use" in usage else 0)
 
 
 # Compiled shapes.  A log repeats a handful of record shapes (the same keys, the
@@ -1230,18 +1253,18 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
     if plan is None:
         body = ["return None"]
     else:
-        body = (["get = usage.get"] + _usage_source(plan) + _diagnosis_source(record_keys)
+        body = (["get = usage.get"] + _usage_source(plan) + _failure_source(record_keys)
+                + _diagnosis_source(record_keys)
                 + _attribution_source(attribution_plan(
                     record_keys, wanted, usage_keys if usage_is_attributes else (),
                     usage_keys), project_only_for_advice(wanted),
-                    not _FAILURE_KEYS.isdisjoint(record_keys), "server_tool_use" in usage_keys))
+                    "server_tool_use" in usage_keys))
     source = "def shape(record, usage, attributes):\n    %s\n" % "\n    ".join(body)
     namespace = {"as_count": as_count, "MAX": MAX_TOKENS_PER_FIELD, "Request": Request,
                  "text": _text, "infer_provider": infer_provider, "as_money": as_money,
                  "parse_timestamp": parse_timestamp, "shared_get": _SHARED_TEXT.get,
                  "diagnosis_of": diagnosis_of, "ttl_get": _TTL_CHOICE.get,
-                 "dimensions_of": dimensions_of, "failed_call": failed_call,
-                 "FAILED": FAILED, "server_searches": server_searches,
+                 "dimensions_of": dimensions_of, "FAILED": FAILED, "server_searches": server_searches,
                  "ttl_is_a_choice": ttl_is_a_choice, "nested_ttl_split": nested_ttl_split, "bedrock_ttl_split": bedrock_ttl_split,
                  "EMPTY": {}}
     exec(compile(source, "<catop shape>", "exec"), namespace)
@@ -1386,7 +1409,7 @@ def _runs_by_place(pairs):
     return runs
 
 
-def _attribution_source(plan, advice_project=False, may_fail=False, searches=False):
+def _attribution_source(plan, advice_project=False, searches=False):
     """_planned_values and the Request of interpret_record, as lines returning it;
     advice_project: the project is looked up only where the TTL is a choice."""
     used = sorted({place for pairs in plan for place, _ in pairs} - {_RECORD})
@@ -1434,7 +1457,7 @@ def _attribution_source(plan, advice_project=False, may_fail=False, searches=Fal
         "model = %s" % text_of("model"),
         "provider = %s(infer_provider(model) if model else '')" % (
             text_of("provider") + " or " if searched["provider"] else "")] + project_lines + [
-        ("req = " if may_fail else "return ") +
+        "return " +
         "Request(%s, %s, provider, model, %s, %s, miss, read, w5, w1, out, rsn, %s,"
         " False, '', diag, %s, %s)" % (
             "parse_timestamp(when)" if searched["when"] else "None", text_of("agent"),
@@ -1446,8 +1469,7 @@ def _attribution_source(plan, advice_project=False, may_fail=False, searches=Fal
                 " and ".join("%s is None" % n for n in ("tier", "speed", "geo") if searched[n]),
                 ", ".join(n if searched[n] else "None" for n in ("tier", "speed", "geo")))
             if any(searched[n] for n in ("tier", "speed", "geo")) else "''",
-            "server_searches(usage)" if searches else "0")] + (
-        ["return FAILED if failed_call(record, req) else req"] if may_fail else [])
+            "server_searches(usage)" if searches else "0")]
 
 
 # ------------------------------------------------------------ agent parsers

@@ -321,11 +321,19 @@ class UsageShapeTests(unittest.TestCase):
                     except ValueError:
                         pass
         records = [record for record in records if type(record) is dict]
+        marks = random.Random(3)   # failed calls' marks on good records, and on damaged ones
+        for record in records[:300] + [{"model": "gpt-4o", "usage": {"prompt_tokens": 0}}] * 20:
+            copy = json.loads(json.dumps(record))
+            slo = copy.get("standard_logging_object")
+            holder = marks.choice([copy, slo if type(slo) is dict else copy])
+            holder[marks.choice(["status", "error_str", "exception"])] = marks.choice(
+                ["failure"] * 4 + ["success", "429 Too Many Requests", "", None, 0, {"x": 1}])
+            records.append(copy)
         records += random_records(seed=11, count=600)
         wanted_sets = (catop.ALL_ATTRIBUTES, frozenset({"model", "provider", "time", "cost"}),
                        frozenset({"agent", "project", "session"}),
                        catop.Aggregate(PRICES).wanted_attributes())   # advice_project
-        compared = produced = 0
+        compared = produced = failed = 0
         functions = {}
         for record in records:
             usage, attributes = record.get("usage"), None
@@ -342,8 +350,10 @@ class UsageShapeTests(unittest.TestCase):
                 self.assertEqual(compiled, interpreted, record)
                 compared += 1
                 produced += interpreted[0] == "request"
+                failed += interpreted[1] is catop.FAILED
         self.assertGreater(compared, 1000)
         self.assertGreater(produced, 150)  # the generator makes real requests, not only junk
+        self.assertGreater(failed, 20)
 
     def test_a_frequent_shape_is_compiled_and_reads_the_same(self):
         record = {"model": "gpt-4o", "shape-of-this-test": 1,
