@@ -7438,6 +7438,29 @@ def priced_as(agg, prices):
     return {model: key for model, key in sorted(prices.priced_as.items()) if model in logged}
 
 
+def tier_lines(tiers, group_by, most=8):
+    """The requests and cost at each tier, speed or region not standard: in the
+    totals, then per group when more than one group has any (the costliest first)."""
+
+    def figures(by_dims):
+        return " | ".join("%s %s %s" % (dims, counted(n, "request"), fmt_usd(cost))
+                          for dims, (n, cost) in sorted(by_dims.items(),
+                                                        key=lambda item: (-item[1][1], item[0])))
+
+    lines = ["tiers  %s (the rest at the standard rate)" % figures(total_tiers(tiers))]
+    if len(tiers) < 2 or not group_by:
+        return lines
+    ranked = sorted(tiers.items(), key=lambda item: (
+        -sum(cost for _, cost in item[1].values()), repr(item[0])))
+    for key, by_dims in ranked[:most]:
+        label = " / ".join(display_key(field, value) for field, value in zip(group_by, key))
+        lines.append("  %s: %s" % (label, figures(by_dims)))
+    if len(ranked) > most:
+        lines.append("  (%s more groups with tiers: --format json lists them)"
+                     % fmt_int(len(ranked) - most))
+    return lines
+
+
 def render_report(report, width=80, ellipsis="~"):
     """The --once table output as lines."""
     agg = report.aggregate
@@ -7472,10 +7495,7 @@ def render_report(report, width=80, ellipsis="~"):
     tiers, fallbacks = tier_figures(agg.effects.classes, prices)
     if tiers:
         lines.append("")
-        lines.append(fit("tiers  " + " | ".join(
-            "%s %s %s" % (dims, counted(n, "request"), fmt_usd(cost)) for dims, (n, cost) in
-            sorted(total_tiers(tiers).items(), key=lambda item: -item[1][1])) +
-            " (the rest at the standard rate)", width, ellipsis))
+        lines.extend(fit(line, width, ellipsis) for line in tier_lines(tiers, agg.group_by))
     if fallbacks:
         lines.append(fit("tier fallback: %s - the map has no rate for that tier, speed or "
                          "region: priced at base" % ", ".join(

@@ -651,6 +651,30 @@ class PriceDimensionTests(IsolatedEnv):
         doc = self.cost({"model": "gpt-5", "service_tier": "flex", "usage": usage})
         self.assertEqual(doc["tiers"], {"flex": {"requests": 1, "cost_usd": 0.0084375}})
 
+    def test_the_table_tells_tiers_per_group(self):
+        usage = {"prompt_tokens": 5500, "completion_tokens": 1000}
+        path = os.path.join(self.tmp, "tiers.jsonl")
+        with open(path, "w") as handle:
+            for model, tier in (("gpt-5", "flex"), ("gpt-5", "flex"), ("gpt-5", "priority"),
+                                ("gpt-5-mini", "flex"), ("gpt-5-mini", None)):
+                record = {"model": model, "usage": usage}
+                if tier:
+                    record["service_tier"] = tier
+                handle.write(json.dumps(record) + "\n")
+        code, out, _ = self.run_main("--file", path, "--offline", "--no-history",
+                                     "--width", "200", "--group-by", "model")
+        # gpt-5 flex 0.0084375 a request, priority 0.03375; gpt-5-mini flex (its
+        # _flex keys): 5500 * 1.25e-7 + 1000 * 1e-6 = 0.0016875; flex 3: 0.0185625
+        self.assertIn("tiers  priority 1 request $0.0338 | flex 3 requests $0.0186 "
+                      "(the rest at the standard rate)\n"
+                      "  gpt-5: priority 1 request $0.0338 | flex 2 requests $0.0169\n"
+                      "  gpt-5-mini: flex 1 request $0.0017\n", out)
+        code, out, _ = self.run_main("--file", path, "--offline", "--no-history",
+                                     "--width", "200", "--group-by", "provider")
+        self.assertIn("tiers  priority 1 request $0.0338 | flex 3 requests $0.0186 "
+                      "(the rest at the standard rate)\n", out)
+        self.assertNotIn("  openai: ", out)   # one group: no lines of its own
+
     def test_anthropic_batch_fast_and_region(self):
         usage = {"input_tokens": 1000, "cache_read_input_tokens": 10000,
                  "cache_creation_input_tokens": 3000, "output_tokens": 500,
