@@ -976,7 +976,10 @@ _FIELD_SEARCH = (
     ("tier", (_RECORD, _USAGE, _RESPONSE), ("service_tier",)),
     ("speed", (_USAGE, _RECORD), ("speed",)),
     ("geo", (_USAGE, _RECORD), ("inference_geo",)),
+    # OpenAI's extended prompt-cache retention, on the response (its writes' 12 h rate)
+    ("retention", (_RECORD, _RESPONSE), ("prompt_cache_retention",)),
 )
+DIMENSIONS = ("tier", "speed", "geo", "retention")   # the price dimensions' attributes
 _ATTRIBUTION_PLANS = {}
 
 
@@ -1128,10 +1131,10 @@ def project_only_for_advice(wanted):
 _STANDARD_TIERS = ("", "standard", "default", "auto", "on_demand", "standard_only")
 
 
-def price_dimensions(service_tier=None, speed=None, geo=None):
+def price_dimensions(service_tier=None, speed=None, geo=None, retention=None):
     """The price dimensions of a request as one short text ("" at the standard rate;
-    "priority", "batch+fast", "geo:us", ...); unknown names are kept, to be priced at
-    base and listed."""
+    "priority", "batch+fast", "geo:us", "retention:24h", ...); unknown names are kept,
+    to be priced at base and listed."""
     parts = []
     tier = service_tier.strip().lower()[:24] if type(service_tier) is str else ""
     if tier == "scale":        # OpenAI's scale tier bills as priority
@@ -1143,15 +1146,18 @@ def price_dimensions(service_tier=None, speed=None, geo=None):
     region = geo.strip().lower()[:24] if type(geo) is str else ""
     if region and region not in ("global", "default", "standard"):
         parts.append("geo:" + clean(region))
+    kept = retention.strip().lower()[:24] if type(retention) is str else ""
+    if kept and kept not in ("in_memory", "in-memory", "default"):
+        parts.append("retention:" + clean(kept))   # last: it renames the tier's keys
     return "+".join(parts)
 
 
 _DIMENSIONS = {}
 
 
-def dimensions_of(tier, speed, geo):
-    """price_dimensions of three scalars from a log, remembered (a log repeats one)."""
-    key = (tier, speed, geo)
+def dimensions_of(tier, speed, geo, retention=None):
+    """price_dimensions of scalars from a log, remembered (a log repeats one)."""
+    key = (tier, speed, geo, retention)
     try:
         return _DIMENSIONS[key]
     except (KeyError, TypeError):   # new, or a list in a log (not hashable)
@@ -1202,7 +1208,7 @@ def interpret_record(record, usage, attributes, wanted):
     slo = get("standard_logging_object")
     places = (record, attributes, get("response"), get("message"), slo, get("metadata"),
               slo.get("metadata") if type(slo) is dict else None, usage.get("cost"), usage)
-    model, provider, project, session, agent, when, cost, tier, speed, geo = \
+    model, provider, project, session, agent, when, cost, tier, speed, geo, retention = \
         _planned_values(places, plan)
     model = _text(model)
     provider = _text(provider) or (infer_provider(model) if model else "")
@@ -1212,8 +1218,8 @@ def interpret_record(record, usage, attributes, wanted):
     return Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
                    _text(session), miss, read, write_5m, write_1h, output, reasoning,
                    as_money(cost), False, "", find_diagnosis(record),
-                   "" if tier is None and speed is None and geo is None else
-                   dimensions_of(tier, speed, geo),
+                   "" if tier is None and speed is None and geo is None and retention is None
+                   else dimensions_of(tier, speed, geo, retention),
                    server_searches(usage) if "server_tool_use" in usage else 0)
 
 
@@ -1420,8 +1426,7 @@ def _attribution_source(plan, advice_project=False, searches=False):
         # (one shared EMPTY dict: the code only ever reads it)
         lines += ["p%d = %s" % (place, _PLACE_SOURCE[place]),
                   "if type(p%d) is not dict:" % place, "    p%d = EMPTY" % place]
-    names = ("model", "provider", "project", "session", "agent", "when", "cost", "tier",
-             "speed", "geo")
+    names = ("model", "provider", "project", "session", "agent", "when", "cost") + DIMENSIONS
     project_lines = []
     for name, pairs in zip(names, plan):
         if name == "project" and advice_project:   # looked up after the provider, if at all
@@ -1466,9 +1471,9 @@ def _attribution_source(plan, advice_project=False, searches=False):
             "cost if type(cost) is float and -1e9 <= cost <= 1e9 else "
             "None if cost is None else as_money(cost)" if searched["cost"] else "None",
             "'' if %s else dimensions_of(%s)" % (
-                " and ".join("%s is None" % n for n in ("tier", "speed", "geo") if searched[n]),
-                ", ".join(n if searched[n] else "None" for n in ("tier", "speed", "geo")))
-            if any(searched[n] for n in ("tier", "speed", "geo")) else "''",
+                " and ".join("%s is None" % n for n in DIMENSIONS if searched[n]),
+                ", ".join(n if searched[n] else "None" for n in DIMENSIONS))
+            if any(searched[n] for n in DIMENSIONS) else "''",
             "server_searches(usage)" if searches else "0")]
 
 
@@ -2019,6 +2024,9 @@ def entry_for_dimensions(entry, dims):
                     out[key] = value * 0.5
             fallback = fallback or not (found or part == "batch")
             continue
+        if part.startswith("retention:"):
+            fallback = not retained_writes(out, part[10:]) or fallback
+            continue
         name = "fast" if part == "fast" else part[4:] if part.startswith("geo:") else None
         special = entry.get("provider_specific_entry")
         factor = bounded_number(special.get(name), 0.0, MAX_MULTIPLIER, "multiplier") \
@@ -2030,6 +2038,31 @@ def entry_for_dimensions(entry, dims):
             if _is_rate_key(key, value):
                 out[key] = value * factor
     return out, fallback
+
+
+_LONG_WRITE = "cache_creation_input_token_cost_above_12hr"
+
+
+def retained_writes(rates, retention):
+    """Prices the (5-minute) cache writes of an extended retention at the map's 12 h
+    write keys, in place; False for a retention under 12 h or unknown (then at base).
+    A threshold without a 12 h key of its own takes the 12 h base rate (section 4:
+    the threshold is dropped before the TTL)."""
+    match = re.match(r"(\d{1,4})h$", retention)
+    if not match or int(match.group(1)) < 12:
+        return False
+    long_base = rates.get(_LONG_WRITE)
+    for key in list(rates):
+        if key.startswith("cache_creation_input_token_cost_above_") and \
+                _ABOVE_KEY.search(key) and not key.startswith(_LONG_WRITE) and \
+                "_above_1hr" not in key:
+            own = rates.get(_LONG_WRITE + key[len("cache_creation_input_token_cost"):])
+            if own is not None or long_base is not None:
+                rates[key] = own if own is not None else long_base
+    for key, value in list(rates.items()):
+        if key.startswith(_LONG_WRITE) and _is_rate_key(key, value):
+            rates["cache_creation_input_token_cost" + key[len(_LONG_WRITE):]] = value
+    return True
 
 
 def is_price_entry(name, entry):
@@ -2468,8 +2501,8 @@ class Aggregate(object):
     def wanted_attributes(self):
         """The attributes of a request this view needs (the rest need not be looked up)."""
         # sessions: breaks; projects, where the TTL is a choice: the advice of a log
-        wanted = {"model", "provider", "time", "cost", "session", "advice_project", "tier",
-                  "speed", "geo"}
+        wanted = {"model", "provider", "time", "cost", "session", "advice_project"}
+        wanted.update(DIMENSIONS)
         wanted.update(f for f in self.group_by if f not in _CALENDAR_GROUPS)
         if self.details is not None:
             wanted.add("project")

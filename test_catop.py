@@ -651,6 +651,41 @@ class PriceDimensionTests(IsolatedEnv):
         doc = self.cost({"model": "gpt-5", "service_tier": "flex", "usage": usage})
         self.assertEqual(doc["tiers"], {"flex": {"requests": 1, "cost_usd": 0.0084375}})
 
+    def test_extended_retention_writes_at_the_12_hour_rate(self):
+        def record(prompt, read, write, **extra):
+            return dict({"model": "gpt-5.6", "usage": {
+                "prompt_tokens": prompt, "completion_tokens": 100, "prompt_tokens_details": {
+                    "cached_tokens": read, "cache_write_tokens": write}}}, **extra)
+        # gpt-5.6: in 4e-6, read 4e-7, write 5e-6 (12 h: 1e-5), out 2e-5; priority and
+        # above 272k: in 1.6e-5, read 1.6e-6, 12 h write 4e-5, out 6e-5
+        small, large = (10000, 4000, 3000), (300000, 200000, 50000)
+        for sizes, extra, want, fallback in (
+                (small, {}, 3000 * 4e-6 + 4000 * 4e-7 + 3000 * 5e-6 + 100 * 2e-5, 0),
+                (small, {"prompt_cache_retention": "in_memory"}, 0.0306, 0),
+                (small, {"prompt_cache_retention": "24h"}, 0.012 + 0.0016 + 0.03 + 0.002, 0),
+                (small, {"prompt_cache_retention": "24h", "service_tier": "priority"},
+                 3000 * 8e-6 + 4000 * 8e-7 + 3000 * 2e-5 + 100 * 4e-5, 0),
+                (large, {"prompt_cache_retention": "24h"},
+                 50000 * 8e-6 + 200000 * 8e-7 + 50000 * 2e-5 + 100 * 3e-5, 0),
+                (large, {"prompt_cache_retention": "24h", "service_tier": "priority"},
+                 50000 * 1.6e-5 + 200000 * 1.6e-6 + 50000 * 4e-5 + 100 * 6e-5, 0),
+                # hostile or unknown: at base; a number is no retention at all
+                (small, {"prompt_cache_retention": "99999h"}, 0.0306, 1),
+                (small, {"prompt_cache_retention": "2h"}, 0.0306, 1),
+                (small, {"prompt_cache_retention": 24}, 0.0306, 0)):
+            with self.subTest(extra=extra, sizes=sizes):
+                doc = self.cost(*[record(*sizes, **extra)] * 9)   # compiled after 8
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], 9 * want, places=10)
+                self.assertEqual(doc["tier_fallback"]["requests"], 9 * fallback)
+        self.assertAlmostEqual(want, 0.0306, places=12)
+        # on the response object, where OpenAI echoes it; gpt-5 has no 12 h key: the 5 m rate
+        doc = self.cost({"response": {"model": "gpt-5.6", "prompt_cache_retention": "24h",
+                                      "usage": record(*small)["usage"]}},
+                        {"model": "gpt-5", "prompt_cache_retention": "24h", "usage": {
+                            "prompt_tokens": 1000, "completion_tokens": 0}})
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.0456 + 1000 * 1.25e-6, places=12)
+        self.assertEqual(doc["tiers"]["retention:24h"]["requests"], 2)
+
     def test_the_table_tells_tiers_per_group(self):
         usage = {"prompt_tokens": 5500, "completion_tokens": 1000}
         path = os.path.join(self.tmp, "tiers.jsonl")
