@@ -1927,11 +1927,11 @@ def rates_from_entry(entry, name=""):
     if not sizes:
         return base, None
     explicit_rsn = "output_cost_per_reasoning_token" in entry
-    levels = []
+    levels, reached = [], threshold_reached(entry, name)
     for size in sizes:
         above = "_above_%dk_tokens" % size
         t_out = _rate(entry, "output_cost_per_token" + above, p_out)
-        levels.append((size * 1000, (
+        levels.append((size * 1000 - reached, (
             _rate(entry, "input_cost_per_token" + above, p_in),
             _rate(entry, "cache_read_input_token_cost" + above, p_read),
             _rate(entry, "cache_creation_input_token_cost" + above, p_w5),
@@ -1964,16 +1964,30 @@ def tiered_ranges(ranges, count=True):
     return [(int(low), rates) for low, _, rates in found]
 
 
+# Providers whose higher rates start where the prompt reaches the threshold, not
+# where it passes it: xAI ("Requests whose prompt reaches 200k tokens are billed at
+# the higher rate", docs.x.ai; LiteLLM's cost calculator agrees).
+_THRESHOLD_REACHED = ("xai",)
+
+
+def threshold_reached(entry, name=""):
+    """1 where a prompt of exactly a threshold's size pays its higher rates, else 0."""
+    provider = entry.get("litellm_provider")
+    return int(provider in _THRESHOLD_REACHED if type(provider) is str
+               else name.lower().startswith(tuple(p + "/" for p in _THRESHOLD_REACHED)))
+
+
 def note_size_thresholds(table):
     """Adds to SIZE_THRESHOLDS the ones a price map has that it lacks, so a price class
-    tells them apart (done when a map is loaded, before any request is counted)."""
+    tells them apart (done when a map is loaded, before any request is counted); a
+    threshold a prompt need only reach is a token lower."""
     found = set()
-    for entry in table.values():
+    for name, entry in table.items():
         for key in entry:
             if key.endswith("k_tokens") and "_above_" in key:
                 size = _ABOVE_KEY.search(key)
                 if size and int(size.group(1)) > 0:
-                    found.add(int(size.group(1)) * 1000)
+                    found.add(int(size.group(1)) * 1000 - threshold_reached(entry, name))
         if "tiered_pricing" in entry:
             found.update(low for low, _ in tiered_ranges(entry["tiered_pricing"], False)
                          if low > 0)

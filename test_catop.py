@@ -5,6 +5,7 @@ Every expected number here was computed by hand from the rates in prices.json
 network or the real home folder.
 """
 
+import collections
 import contextlib
 import io
 import json
@@ -685,6 +686,21 @@ class PriceDimensionTests(IsolatedEnv):
                             "prompt_tokens": 1000, "completion_tokens": 0}})
         self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.0456 + 1000 * 1.25e-6, places=12)
         self.assertEqual(doc["tiers"]["retention:24h"]["requests"], 2)
+
+    def test_xai_higher_rates_start_where_the_prompt_reaches_the_threshold(self):
+        # docs.x.ai: "Requests whose prompt reaches 200k tokens are billed at the
+        # higher rate"; grok-4.20 1.25e-6 in, 2e-7 read, 2.5e-6 out, twice that at 200k
+        for prompt, rates in ((199999, (1.25e-6, 2e-7, 2.5e-6)), (200000, (2.5e-6, 4e-7, 5e-6))):
+            with self.subTest(prompt=prompt):
+                doc = self.cost({"model": "grok-4.20", "provider": "xai", "usage": {
+                    "prompt_tokens": prompt, "completion_tokens": 100, "total_tokens":
+                    prompt + 100, "prompt_tokens_details": {"cached_tokens": 50000}}})
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], (prompt - 50000) * rates[0]
+                                       + 50000 * rates[1] + 100 * rates[2], places=12)
+        # anyone else's threshold is passed, not reached: gpt-5.4 at exactly 272,000
+        doc = self.cost({"model": "gpt-5.4", "usage": {"prompt_tokens": 272000,
+                                                       "completion_tokens": 0}})
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 272000 * 2.5e-6, places=12)
 
     def test_the_table_tells_tiers_per_group(self):
         usage = {"prompt_tokens": 5500, "completion_tokens": 1000}
@@ -4174,6 +4190,167 @@ class FakeProviders(object):
                 self.wfile.write(body)
 
         self.server, self.base = serve_on_loopback(Handler)
+
+
+# ------------------------------------------------------------ LiteLLM as the oracle
+
+# (model, provider, shapes, service tiers): every dimension the bundled map prices
+
+ORACLE_MODELS = [  # (model, provider, shapes, tiers)
+    ("gpt-5", "openai", "chat responses", (None, "flex", "priority", "batch")),
+    ("gpt-5.4", "openai", "chat responses", (None, "flex", "priority", "batch")),
+    ("gpt-5-mini", "openai", "chat", (None, "flex", "batch")),
+    ("gpt-4o", "openai", "chat", (None, "priority", "batch")),
+    ("gpt-5.6", "openai", "chat", (None, "priority")),
+    ("claude-sonnet-4-5", "anthropic", "anthropic", (None, "batch")),
+    ("claude-opus-4-6", "anthropic", "anthropic", (None, "batch")),
+    ("claude-opus-4-8", "anthropic", "anthropic", (None, None, None, "batch")),
+    ("claude-haiku-4-5", "anthropic", "anthropic", (None, "batch")),
+    ("gemini-2.5-pro", "gemini", "gemini", (None, "flex", "priority", "batch")),
+    ("gemini-2.5-flash", "gemini", "gemini", (None,)),
+    ("xai/grok-4.20", "xai", "chat", (None,)),
+    ("deepseek-chat", "deepseek", "deepseek", (None,)),
+    ("dashscope/qwen-plus-2025-07-14", "dashscope", "chat", (None,)),
+]
+ORACLE_SIZES = [900, 40000, 127999, 128000, 128001, 199999, 200000, 200001, 250000, 272000, 272001,
+         300000]
+
+
+def oracle_cases(seed=7, count=360):
+    """(record, model, provider, the LiteLLM usage it equals, service tier): usage
+    records in five shapes across the models, tiers, sizes and writes of the map."""
+    rng = random.Random(seed)
+    cases = []
+    for number in range(count):
+        model, provider, shapes, tiers = ORACLE_MODELS[number % len(ORACLE_MODELS)]
+        shape = rng.choice(shapes.split())
+        tier = rng.choice(tiers)
+        prompt = rng.choice(ORACLE_SIZES)
+        read = rng.randint(0, prompt // 2) if rng.random() < 0.8 else 0
+        out = rng.randint(1, 6000)
+        rsn = rng.randint(0, out) if rng.random() < 0.6 else 0
+        record, usage = {"model": model}, None
+        if shape == "chat":
+            write = rng.randint(0, (prompt - read) // 3) if model == "gpt-5.6" else 0
+            details = {"cached_tokens": read}
+            if write:
+                details["cache_write_tokens"] = write
+            record["usage"] = {"prompt_tokens": prompt, "completion_tokens": out,
+                               "prompt_tokens_details": details,
+                               "completion_tokens_details": {"reasoning_tokens": rsn},
+                               "total_tokens": prompt + out}
+            usage = dict(record["usage"])
+        elif shape == "responses":
+            record["usage"] = {"input_tokens": prompt, "output_tokens": out,
+                               "input_tokens_details": {"cached_tokens": read},
+                               "output_tokens_details": {"reasoning_tokens": rsn}}
+            usage = {"prompt_tokens": prompt, "completion_tokens": out,
+                     "prompt_tokens_details": {"cached_tokens": read},
+                     "completion_tokens_details": {"reasoning_tokens": rsn}}
+        elif shape == "anthropic":
+            write = rng.randint(0, (prompt - read) // 2) if rng.random() < 0.7 else 0
+            hour = rng.randint(0, write) if write and rng.random() < 0.5 else 0
+            miss = prompt - read - write
+            record["provider"] = "anthropic"
+            record["usage"] = anthropic = {
+                "input_tokens": miss, "cache_read_input_tokens": read,
+                "cache_creation_input_tokens": write, "output_tokens": out,
+                "cache_creation": {"ephemeral_5m_input_tokens": write - hour,
+                                   "ephemeral_1h_input_tokens": hour}}
+            usage = {"prompt_tokens": prompt, "completion_tokens": out,
+                     "cache_read_input_tokens": read, "cache_creation_input_tokens": write,
+                     "prompt_tokens_details": {
+                         "cached_tokens": read, "cache_creation_tokens": write,
+                         "cache_creation_token_details": {
+                             "ephemeral_5m_input_tokens": write - hour,
+                             "ephemeral_1h_input_tokens": hour}}}
+            if model == "claude-opus-4-8" and tier is None:
+                for key, values in (("speed", ("fast", "standard")),
+                                    ("inference_geo", ("us", "global"))):
+                    if rng.random() < 0.7:
+                        anthropic[key] = usage[key] = rng.choice(values)
+            if tier:
+                anthropic["service_tier"] = tier
+        elif shape == "gemini":
+            record["usageMetadata"] = {"promptTokenCount": prompt,
+                                       "cachedContentTokenCount": read,
+                                       "candidatesTokenCount": out, "thoughtsTokenCount": rsn}
+            usage = {"prompt_tokens": prompt, "completion_tokens": out + rsn,
+                     "prompt_tokens_details": {"cached_tokens": read},
+                     "completion_tokens_details": {"reasoning_tokens": rsn}}
+        elif shape == "deepseek":
+            record["usage"] = {"prompt_tokens": prompt, "completion_tokens": out,
+                               "prompt_cache_hit_tokens": read,
+                               "prompt_cache_miss_tokens": prompt - read}
+            usage = {"prompt_tokens": prompt, "completion_tokens": out,
+                     "prompt_tokens_details": {"cached_tokens": read}}
+        if tier and shape != "anthropic":
+            record["service_tier"] = tier
+        cases.append((record, model, provider, usage, tier))
+    return cases
+
+
+class LiteLLMOracleTests(unittest.TestCase):
+    """catop's cost of 360 generated usage records against LiteLLM's own calculator
+    on the same map (formats.md section 4: the reference implementation), skipped
+    where LiteLLM is not installed (.ci/run installs it into a virtual environment)."""
+
+    def setUp(self):
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")   # no network
+        try:
+            import litellm
+        except ImportError:
+            self.skipTest("LiteLLM is not installed here (pip install litellm)")
+        self.addCleanup(setattr, litellm, "model_cost", litellm.model_cost)
+        with open(os.path.join(HERE, "prices.json")) as handle:
+            litellm.model_cost = json.load(handle)
+
+    @staticmethod
+    def litellm_cost(model, provider, usage, tier):
+        import litellm
+        from litellm.cost_calculator import batch_cost_calculator
+        from litellm.types.utils import Usage
+        usage = Usage(**json.loads(json.dumps(usage)))
+        if tier == "batch":   # cost_per_token leaves batches to their own calculator
+            return sum(batch_cost_calculator(usage, model, provider))
+        return sum(litellm.cost_per_token(model=model, custom_llm_provider=provider,
+                                          usage_object=usage, service_tier=tier))
+
+    def test_every_dimension_and_shape_priced_as_litellm_prices_it(self):
+        equal, explained = 0, collections.Counter()
+        for record, model, provider, usage, tier in oracle_cases():
+            req = catop.normalize_record(record)
+            rates = PRICES.rates(req.model, req.provider, req.tier)
+            mine = catop.request_cost(req, rates)[0]
+            theirs = self.litellm_cost(model, provider, usage, tier)
+            if abs(mine - theirs) <= 1e-9 * theirs:
+                equal += 1
+                continue
+            # Where LiteLLM is wrong, its figure is catop's with its one wrong rate:
+            p_read, p_w5, p_w1 = catop.tier_rates(rates, req.input)[1:4]
+            if tier == "batch" and req.cache_write_1h:
+                # 1. Anthropic batches are half price on every token kind, a 1 h write
+                # included (2x input, halved); LiteLLM's batch calculator prices every
+                # write at the 5-minute batch rate (litellm/cost_calculator.py,
+                # batch_cost_calculator): the very 1 h-at-5 m error catop exists to avoid.
+                theirs_ours = mine - req.cache_write_1h * (p_w1 - p_w5)
+                reason = "1h writes in a batch"
+            elif tier == "batch" and req.cache_read and "cache_read_input_token_cost_batches" \
+                    not in PRICES.table[PRICES.resolve(req.model, req.provider)]:
+                # 2. A batch of a model whose map entry has no batch cache-read rate: the
+                # map's rule (formats.md section 4) is half the base rate, as for every
+                # key without its _batches variant; LiteLLM bills the cached tokens of a
+                # batch at the full standard cache-read rate (twice catop's).
+                theirs_ours = mine + req.cache_read * p_read
+                reason = "batch cache reads without a batch rate"
+            else:
+                self.fail("catop %.12f, LiteLLM %.12f: %r" % (mine, theirs, record))
+            self.assertAlmostEqual(theirs_ours, theirs, delta=1e-9 * theirs, msg=record)
+            explained[reason] += 1
+        self.assertGreaterEqual(equal + sum(explained.values()), 360)
+        self.assertGreaterEqual(equal, 320)
+        self.assertEqual(sorted(explained), ["1h writes in a batch",
+                                             "batch cache reads without a batch rate"])
 
 
 class LiteLLMCallbackTests(IsolatedEnv):
