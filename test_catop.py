@@ -866,6 +866,21 @@ class PlatformPriceTests(IsolatedEnv):
     """A model the map has only under a cloud platform's key is priced at it, and
     says so; a Claude entry without cache keys takes Anthropic's multipliers."""
 
+    def test_the_map_holds_the_coding_agents_models(self):
+        # refreshed from LiteLLM's map: Vertex-only Gemini previews, GitHub Copilot's
+        # and OpenCode Go's own rates, DashScope's and MiniMax's coding models
+        for model, provider, key, rates in (
+                ("gemini-3-pro-preview", "", "vertex_ai/gemini-3-pro-preview", (2e-6, 1.2e-5)),
+                ("claude-haiku-4.5", "github_copilot", "github_copilot/claude-haiku-4.5",
+                 (1e-6, 5e-6)),
+                ("glm-5.2", "opencode_go", "opencode_go/glm-5.2", (1.4e-6, 4.4e-6)),
+                ("MiniMax-M2.5", "minimax", "minimax/MiniMax-M2.5", (3e-7, 1.2e-6))):
+            with self.subTest(model=model):
+                self.assertEqual(PRICES.resolve(model, provider) or
+                                 PRICES.platform_name(model), key)
+                base = PRICES.rates(model, provider)[0]
+                self.assertEqual((base[0], base[4]), rates)
+
     def test_claude_opus_4_1_priced_as_bedrocks_entry(self):
         path = os.path.join(self.tmp, "opus.jsonl")
         with open(path, "w") as handle:
