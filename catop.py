@@ -1772,31 +1772,6 @@ def parse_gemini(record, ctx):
     return str(message_id), req
 
 
-def parse_opencode(message, project=""):
-    """(message id, Request) of an OpenCode assistant message."""
-    if type(message) is not dict or message.get("role") != "assistant":
-        return None
-    tokens = message.get("tokens")
-    if type(tokens) is not dict:
-        return None
-    cache = tokens.get("cache") if type(tokens.get("cache")) is dict else {}
-    reasoning = as_count(tokens.get("reasoning") or 0)
-    # OpenCode keeps reasoning beside output, not inside it: bill both as output
-    output = as_count(tokens.get("output") or 0) + reasoning
-    miss = as_count(tokens.get("input") or 0)
-    read, write = as_count(cache.get("read") or 0), as_count(cache.get("write") or 0)
-    if not (miss or read or write or output):
-        return None
-    times = message.get("time") if type(message.get("time")) is dict else {}
-    path = message.get("path") if type(message.get("path")) is dict else {}
-    model = str(message.get("modelID") or "unknown")
-    req = Request(parse_timestamp(times.get("created")), "opencode",
-                  str(message.get("providerID") or infer_provider(model)), model,
-                  str(path.get("cwd") or project), str(message.get("sessionID") or ""),
-                  miss, read, write, 0, output, reasoning, as_money(message.get("cost")))
-    return str(message.get("id") or ""), req
-
-
 def parse_openclaw(record, ctx):
     """A Request of an OpenClaw assistant message; session facts kept in ctx."""
     kind = record.get("type")
@@ -1823,6 +1798,415 @@ def parse_openclaw(record, ctx):
                    ctx.project, ctx.session, miss, read, write_5m, write_1h, output,
                    reasoning, as_money(cost.get("total")) if type(cost) is dict else None)
 
+
+
+_DOTTED_CLAUDE = re.compile(r"(^|/)(claude-(?:opus|sonnet|haiku)-\d+)\.(\d+)")
+
+
+def dashed_claude(model):
+    """claude-sonnet-4.5 -> claude-sonnet-4-5: GitHub Copilot's and Kilo's gateway
+    spelling of a Claude model, written as the price map names it."""
+    return _DOTTED_CLAUDE.sub(r"\1\2-\3", model)
+
+
+def _content_key(*parts):
+    """A key made of what every copy of a record keeps (forks copy records whole)."""
+    return "h%x" % _stable_hash(json.dumps(parts, sort_keys=True, default=str))
+
+
+def parse_opencode(message, agent="opencode", session="", directory=""):
+    """(key, Request) of an assistant message of OpenCode or of Kilo (its fork).  A
+    database row keeps the message's id and session in its own columns, not in its
+    JSON; a forked session copies each message with a new id, the same times and
+    tokens, and cost 0: the key is what a copy keeps, so it counts once."""
+    if type(message) is not dict or message.get("role") != "assistant":
+        return None
+    tokens = message.get("tokens")
+    if type(tokens) is not dict:
+        return None
+    cache = tokens.get("cache") if type(tokens.get("cache")) is dict else {}
+    reasoning = as_count(tokens.get("reasoning") or 0)
+    output = as_count(tokens.get("output") or 0)
+    miss = as_count(tokens.get("input") or 0)     # net of both cache figures
+    read, write = as_count(cache.get("read") or 0), as_count(cache.get("write") or 0)
+    # reasoning sits beside output (AI SDK 6 and later); builds before kept it inside,
+    # and then the provider's total counts it once: the total tells them apart
+    total = tokens.get("total")
+    if not (reasoning and total is not None and
+            as_count(total) == miss + read + write + output):
+        output += reasoning
+    if not (miss or read or write or output):
+        return None
+    times = message.get("time") if type(message.get("time")) is dict else {}
+    path = message.get("path") if type(message.get("path")) is dict else {}
+    model = str(message.get("modelID") or "unknown")
+    provider = str(message.get("providerID") or "")
+    if provider in ("", "kilo", "openrouter", "opencode"):  # a gateway: the model tells
+        provider = infer_provider(model)
+    key = _content_key(times.get("created"), times.get("completed"),
+                       message.get("providerID"), message.get("modelID"), tokens)
+    req = Request(parse_timestamp(times.get("created")), agent, provider,
+                  _text(dashed_claude(model)), _text(path.get("cwd") or directory),
+                  _text(message.get("sessionID") or session), miss, read, write, 0, output,
+                  min(reasoning, output), as_money(message.get("cost")))
+    return key, req
+
+
+def parse_pi(record, ctx):
+    """(entry key, Request) of a pi assistant message; 'compact' for a compaction.
+    A fork or branch copies its parent's lines verbatim (entry id and time) into a
+    new session file: the key is the same in every file."""
+    kind = record.get("type")
+    if kind == "session":
+        ctx.session = str(record.get("id") or ctx.session)
+        ctx.project = str(record.get("cwd") or ctx.project)
+        return None
+    if kind == "compaction":
+        return "compact"
+    message = record.get("message")
+    if kind != "message" or type(message) is not dict or message.get("role") != "assistant":
+        return None
+    usage = message.get("usage")
+    if type(usage) is not dict:
+        return None
+    miss, read = as_count(usage.get("input") or 0), as_count(usage.get("cacheRead") or 0)
+    write, output = as_count(usage.get("cacheWrite") or 0), as_count(usage.get("output") or 0)
+    if not (miss or read or write or output):
+        return None
+    cost = usage.get("cost")
+    model = str(message.get("model") or "unknown")
+    ts = parse_timestamp(record.get("timestamp"))
+    req = Request(ts if ts is not None else parse_timestamp(message.get("timestamp")), "pi",
+                  str(message.get("provider") or infer_provider(model)), _text(model),
+                  _text(ctx.project), _text(ctx.session), miss, read, write, 0, output, 0,
+                  as_money(cost.get("total")) if type(cost) is dict else None)
+    return "%s@%s" % (record.get("id"), record.get("timestamp")), req
+
+
+_COPILOT_CONTEXT_SUFFIX = re.compile(r"-1m(?:-internal)?$")
+
+
+def parse_copilot(record, ctx):
+    """[(key, Request)] of a GitHub Copilot CLI session.shutdown, one per model: the
+    usage of one run of the CLI (its counters start from zero in every process, so
+    every shutdown counts); session facts from the folder and session.start."""
+    if not ctx.session:
+        ctx.session = os.path.basename(os.path.dirname(ctx.path))
+    kind, data = record.get("type"), record.get("data")
+    if type(data) is not dict:
+        return None
+    if kind in ("session.start", "session.resume"):
+        context = data.get("context")
+        if type(context) is dict and context.get("cwd"):
+            ctx.project = str(context["cwd"])
+        return None
+    if kind == "session.compaction_complete":
+        return "compact"
+    metrics = data.get("modelMetrics")
+    if kind != "session.shutdown" or type(metrics) is not dict:
+        return None
+    ts = parse_timestamp(record.get("timestamp"))
+    event = str(record.get("id") or _content_key(record))
+    results = []
+    for name in sorted(metrics):
+        metric = metrics[name]
+        usage = metric.get("usage") if type(metric) is dict else None
+        if type(usage) is not dict:
+            continue
+        prompt = as_count(usage.get("inputTokens") or 0)       # both caches inside
+        read = min(as_count(usage.get("cacheReadTokens") or 0), prompt)
+        write = min(as_count(usage.get("cacheWriteTokens") or 0), prompt - read)
+        output = as_count(usage.get("outputTokens") or 0)      # reasoning inside
+        if not (prompt or output):
+            continue
+        model = dashed_claude(_COPILOT_CONTEXT_SUFFIX.sub("", str(name))) or "unknown"
+        results.append(("%s.%s" % (event, name), Request(
+            ts, "copilot", infer_provider(model), _text(model), _text(ctx.project),
+            _text(ctx.session), prompt - read - write, read, write, 0, output,
+            min(as_count(usage.get("reasoningTokens") or 0), output))))
+    return results or None
+
+
+# Kimi: Kimi CLI (~/.kimi) writes sessions/<md5(work dir)>/<session>/wire.jsonl (its
+# subagents subagents/<id>/wire.jsonl); Kimi Code (~/.kimi-code) writes
+# sessions/<workspace>/<session>/agents/<agent>/wire.jsonl.  The model is not in a
+# Kimi CLI wire: it is its config.toml's default_model.
+
+KIMI_FOR_CODING_K2_6_FROM = 1776698890.072   # when the "kimi-for-coding" plan alias moved
+_TOML_DEFAULT = re.compile(r'^\s*default_model\s*=\s*"([^"]*)"', re.M)
+_TOML_SECTION = re.compile(r'^\s*\[models\.(?:"([^"]+)"|([^\]\s]+))\]\s*$', re.M)
+_TOML_MODEL = re.compile(r'^\s*model\s*=\s*"([^"]*)"', re.M)
+_KIMI_ROOT_FACTS = {}
+
+
+def kimi_price_model(model, ts):
+    """The price-map name of Kimi's plan alias (kimi-k2.5, then kimi-k2.6)."""
+    if model == "kimi-for-coding":
+        return "kimi-k2.6" if ts is not None and ts >= KIMI_FOR_CODING_K2_6_FROM else "kimi-k2.5"
+    return model
+
+
+def _read_text(path):
+    try:
+        return read_regular(path, 1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _toml_default_model(text):
+    """The model config.toml's default_model names (its [models.<key>] model)."""
+    default = _TOML_DEFAULT.search(text)
+    if not default:
+        return ""
+    model = default.group(1)
+    for section in _TOML_SECTION.finditer(text):
+        if (section.group(1) or section.group(2)) == model:
+            found = _TOML_MODEL.search(text, section.end())
+            following = text.find("\n[", section.end())
+            if found and (following < 0 or found.start() < following):
+                return found.group(1)
+            break
+    return model
+
+
+def _kimi_root_facts(root):
+    """(model, {md5 of a work dir: work dir}, {session: work dir}) of a Kimi folder,
+    from config.toml, kimi.json and session_index.jsonl; read once a run."""
+    facts = _KIMI_ROOT_FACTS.get(root)
+    if facts is not None:
+        return facts
+    model = _toml_default_model(_read_text(os.path.join(root, "config.toml")))
+    by_hash, by_session = {}, {}
+    try:
+        meta = json.loads(_read_text(os.path.join(root, "kimi.json")) or "{}")
+    except (ValueError, RecursionError):
+        meta = {}
+    import hashlib   # md5: the name Kimi CLI gives a work dir's folder
+    for work in (meta.get("work_dirs") or []) if type(meta) is dict else []:
+        if type(work) is dict and type(work.get("path")) is str:
+            by_hash[hashlib.md5(work["path"].encode("utf-8")).hexdigest()] = work["path"]
+    for line in _read_text(os.path.join(root, "session_index.jsonl")).splitlines():
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if type(entry) is dict and entry.get("sessionId") and entry.get("workDir"):
+            by_session[str(entry["sessionId"])] = str(entry["workDir"])
+    facts = (model or "kimi-for-coding", by_hash, by_session)
+    if len(_KIMI_ROOT_FACTS) < 64:
+        _KIMI_ROOT_FACTS[root] = facts
+    return facts
+
+
+def _kimi_context(ctx):
+    """Session, thread, project and fork of a wire file, from its path (once)."""
+    if getattr(ctx, "kimi_code", None) is not None:
+        return
+    parts = ctx.path.split(os.sep)
+    group = ""
+    if len(parts) >= 6 and parts[-3] == "agents":          # Kimi Code
+        ctx.kimi_code = True
+        ctx.session, agent, root = parts[-4], parts[-2], os.sep.join(parts[:-6])
+        ctx.thread = "" if agent == "main" else agent
+    elif len(parts) >= 6 and parts[-3] == "subagents":     # a Kimi CLI subagent
+        ctx.kimi_code = False
+        ctx.session, ctx.thread = parts[-4], parts[-2]
+        root, group = os.sep.join(parts[:-6]), parts[-5]
+    else:                                                  # a Kimi CLI session
+        ctx.kimi_code = False
+        ctx.session, ctx.thread = parts[-2], ""
+        root, group = os.sep.join(parts[:-4]), parts[-3]
+    ctx.sidechain = bool(ctx.thread)
+    ctx.model, by_hash, by_session = _kimi_root_facts(root)
+    if not ctx.kimi_code:
+        ctx.project = by_hash.get(group, group)
+        return
+    ctx.project = by_session.get(ctx.session, "")
+    try:
+        state = json.loads(_read_text(os.path.join(os.sep.join(parts[:-3]), "state.json"))
+                           or "{}")
+    except (ValueError, RecursionError):
+        state = {}
+    if type(state) is dict:
+        ctx.project = ctx.project or str(state.get("workDir") or "")
+        if not ctx.parent_session:   # (kept from where a resumed reading stopped)
+            ctx.parent_session = str(state.get("forkedFrom") or "")
+            ctx.fork = bool(ctx.parent_session)   # lines above its "forked" mark: copies
+
+
+def _kimi_request(ctx, ts, model, other, output, read, write):
+    head, _, tail = model.partition("/")
+    if tail:
+        provider, model = ("moonshot" if head in ("kimi-code", "kimi", "moonshot",
+                                                  "moonshotai") else head), tail
+    else:
+        provider = infer_provider(model)
+        provider = "moonshot" if provider == "unknown" else provider
+    return Request(ts, "kimi", provider, _text(kimi_price_model(model, ts)), _text(ctx.project),
+                   _text(ctx.session), other, read, write, 0, output, 0, None, ctx.sidechain,
+                   ctx.thread)
+
+
+def parse_kimi(record, ctx):
+    """(key, Request) of a Kimi CLI StatusUpdate or a Kimi Code usage.record.  Input
+    is exclusive of both cache figures; output holds the thinking."""
+    _kimi_context(ctx)
+    kind = record.get("type")
+    if kind == "forked":          # /fork copied its parent's records above this line
+        ctx.fork = False
+        return None
+    if kind == "usage.record":                             # Kimi Code
+        usage = record.get("usage")
+        if type(usage) is not dict:
+            return None
+        other, output = as_count(usage.get("inputOther") or 0), as_count(usage.get("output") or 0)
+        read = as_count(usage.get("inputCacheRead") or 0)
+        write = as_count(usage.get("inputCacheCreation") or 0)
+        if not (other or output or read or write):
+            return None
+        model = str(record.get("model") or ctx.model)
+        # every scope is one model call ('session': a compaction, the title); a fork
+        # copies its parent's records verbatim, so the key leaves the session out
+        key = _content_key("kc", ctx.thread, record.get("time"), model,
+                           record.get("usageScope"), other, output, read, write)
+        req = _kimi_request(ctx, parse_timestamp(record.get("time")), model,
+                            other, output, read, write)
+        if ctx.fork:              # its parent's request, copied: the parent's session
+            req.session = _text(ctx.parent_session)
+        return key, req
+    message = record.get("message")
+    payload = message.get("payload") if type(message) is dict else None
+    if type(payload) is not dict:
+        return None
+    thread = None
+    if message.get("type") == "SubagentEvent":
+        # relayed to the parent's wire; with an agent_id the subagent's own wire
+        # file holds it, and it is counted there
+        inner = payload.get("event")
+        if payload.get("agent_id") or type(inner) is not dict:
+            return None
+        message, payload = inner, inner.get("payload")
+        if type(payload) is not dict:
+            return None
+        thread = str(payload.get("task_tool_call_id") or payload.get("parent_tool_call_id")
+                     or "subagent")
+    usage = payload.get("token_usage")
+    if message.get("type") != "StatusUpdate" or type(usage) is not dict:
+        return None
+    other, output = as_count(usage.get("input_other") or 0), as_count(usage.get("output") or 0)
+    read = as_count(usage.get("input_cache_read") or 0)
+    write = as_count(usage.get("input_cache_creation") or 0)
+    if not (other or output or read or write):
+        return None
+    req = _kimi_request(ctx, parse_timestamp(record.get("timestamp")), ctx.model,
+                        other, output, read, write)
+    if thread is not None:
+        req.sidechain, req.thread = True, _text(thread)
+    message_id = payload.get("message_id")
+    key = "m:%s" % message_id if message_id else _content_key(
+        "kcli", ctx.session, record.get("timestamp"), other, output, read, write)
+    return key, req
+
+
+def parse_qwen(record, ctx):
+    """(uuid, Request) of a Qwen Code assistant record.  Its usageMetadata is
+    Gemini's (prompt inclusive of the cache); thoughts are inside the candidates but
+    on Gemini's own API, where the total counts them beside.  /branch copies every
+    record into the new session, uuid kept and forkedFrom set: the copy keeps the
+    parent's session, and its uuid makes it one request with the parent's."""
+    if record.get("type") != "assistant":
+        return None
+    usage = record.get("usageMetadata")
+    if type(usage) is not dict:
+        return None
+    prompt = as_count(usage.get("promptTokenCount") or 0)
+    cached = min(as_count(usage.get("cachedContentTokenCount") or 0), prompt)
+    candidates = as_count(usage.get("candidatesTokenCount") or 0)
+    thoughts = as_count(usage.get("thoughtsTokenCount") or 0)
+    total = as_count(usage.get("totalTokenCount") or 0)
+    output = candidates + thoughts if thoughts and total >= prompt + candidates + thoughts \
+        else candidates
+    if not (prompt or output):
+        return None
+    ctx.session = str(record.get("sessionId") or ctx.session)
+    ctx.project = str(record.get("cwd") or ctx.project)
+    forked = record.get("forkedFrom")
+    session = str(forked["sessionId"]) if type(forked) is dict and forked.get("sessionId") \
+        else ctx.session
+    model = str(record.get("model") or "unknown")
+    sidechain = bool(record.get("isSidechain"))
+    req = Request(parse_timestamp(record.get("timestamp")), "qwen", infer_provider(model),
+                  _text(model), _text(ctx.project), _text(session), prompt - cached, cached, 0,
+                  0, output, min(thoughts, output), None, sidechain,
+                  _text(record.get("agentId") or "") if sidechain else "")
+    return str(record.get("uuid") or _content_key(session, record.get("timestamp"), usage)), req
+
+
+def _grok_context(ctx):
+    """Session, project and model of a Grok Build CLI session folder (once)."""
+    if getattr(ctx, "grok_folder", None) is not None:
+        return
+    from urllib.parse import unquote
+    folder = ctx.grok_folder = os.path.dirname(ctx.path)
+    ctx.session = os.path.basename(folder)
+    ctx.project = unquote(os.path.basename(os.path.dirname(folder)))
+    try:
+        summary = json.loads(_read_text(os.path.join(folder, "summary.json")) or "{}")
+    except (ValueError, RecursionError):
+        summary = {}
+    if type(summary) is dict:
+        info = summary.get("info") if type(summary.get("info")) is dict else {}
+        ctx.session = str(info.get("id") or ctx.session)
+        ctx.project = str(info.get("cwd") or summary.get("git_root_dir") or ctx.project)
+        ctx.model = str(summary.get("current_model_id") or "")
+
+
+def _grok_model(raw):
+    name = (raw[7:] if raw.startswith("[grok] ") else raw).strip()
+    return name[:-6] if name.endswith("-build") else name
+
+
+def parse_grok(record, ctx):
+    """[(key, Request)] of a Grok Build CLI turn_completed update, one per model of
+    its modelUsage (a request here is a whole turn: the log keeps no call).  Input
+    includes the cache; output includes the reasoning; the cost is in ticks of
+    1e-10 USD."""
+    _grok_context(ctx)
+    params = record.get("params")
+    update = params.get("update") if type(params) is dict else None
+    if type(update) is not dict or update.get("sessionUpdate") != "turn_completed":
+        return None
+    usage = update.get("usage")
+    if type(usage) is not dict:
+        return None
+    meta = params.get("_meta") if type(params.get("_meta")) is dict else {}
+    ts = parse_timestamp(meta.get("agentTimestampMs"))
+    ts = ts if ts is not None else parse_timestamp(record.get("timestamp"))
+    session = str(params.get("sessionId") or ctx.session)
+    rows = usage.get("modelUsage")
+    if type(rows) is not dict or not rows:
+        rows = {ctx.model or "unknown": usage}
+    event, results = meta.get("eventId"), []
+    for raw_model in sorted(rows):
+        row = rows[raw_model]
+        if type(row) is not dict:
+            continue
+        prompt = as_count(row.get("inputTokens") or 0)
+        cached = min(as_count(row.get("cachedReadTokens") or 0), prompt)
+        created = min(as_count(row.get("cacheCreationTokens") or 0), prompt - cached)
+        output = as_count(row.get("outputTokens") or 0)
+        if not (prompt or output):
+            continue
+        ticks = as_money(row.get("costUsdTicks"))
+        model = _grok_model(str(raw_model))
+        key = "%s|%s" % (event, raw_model) if event else _content_key(
+            session, ts, raw_model, prompt, output, cached, created)
+        results.append((key, Request(
+            ts, "grok", "xai", _text(model), _text(ctx.project), _text(session),
+            prompt - cached - created, cached, created, 0, output,
+            min(as_count(row.get("reasoningTokens") or 0), output),
+            ticks / 1e10 if ticks else None)))
+    return results or None
 
 # ------------------------------------------------------------------ pricing
 # LiteLLM price-map format, USD per token (formats.md section 4).
@@ -4240,6 +4624,15 @@ def _home(*parts):
     return os.path.join(os.path.expanduser("~"), *parts)
 
 
+def _default_root(parts):
+    """A default folder: under the home folder, or under XDG's data folder (where an
+    agent follows XDG, as its own code does on Linux and macOS alike)."""
+    if parts[0] == "XDG_DATA":
+        base = os.environ.get("XDG_DATA_HOME") or _home(".local", "share")
+        return os.path.join(base, *parts[1:])
+    return _home(*parts)
+
+
 def agent_roots(name):
     """The folders an agent's logs live in, from its environment variable or default,
     as absolute paths (the history stores the files under them)."""
@@ -4304,6 +4697,111 @@ def _codex_files(root):
     return sorted(path for _, path in by_name.values())
 
 
+def _named_files(root, names, depth):
+    """Files called one of names under root, sorted."""
+    return [p for p in _walk_files(root, names, depth) if os.path.basename(p) in names]
+
+
+def _amp_files(root):
+    return _walk_files(os.path.join(root, "threads"), (".json",), 2)
+
+
+def _droid_files(root):
+    """<root>/[<-cwd-slug>/]<session>.settings.json; a session found in several places
+    (the older flat layout and its project folder, a backup) counts once: the copy
+    with the largest counters (they only grow), then the newest."""
+    best = {}
+    for path in _walk_files(root, (".settings.json",), 3):
+        try:
+            counts = _droid_counts(json.loads(read_regular(path, 1 << 20)))
+            rank = (sum(counts) if counts else -1, os.path.getmtime(path), path)
+        except (OSError, ValueError, RecursionError):
+            rank = (-2, 0.0, path)   # unreadable: kept only where it is the one copy
+        name = os.path.basename(path)
+        if name not in best or rank > best[name][0]:
+            best[name] = (rank, path)
+    return sorted(path for _, path in best.values())
+
+
+def _codebuff_files(root):
+    """<root>/projects/<project>/chats/<chat>/chat-messages.json; root is a channel
+    folder (~/.config/manicode[-dev|-staging]) or its projects folder."""
+    base = root if os.path.basename(root.rstrip(os.sep)) == "projects" \
+        else os.path.join(root, "projects")
+    return _named_files(base, ("chat-messages.json",), 4)
+
+
+def _hermes_files(root):
+    """state.db, then each named profile's (a profile is a Hermes home of its own;
+    a name starting with '.' is a deleted one)."""
+    found = [os.path.join(root, "state.db")]
+    with contextlib.suppress(OSError):
+        found += [os.path.join(root, "profiles", name, "state.db")
+                  for name in sorted(os.listdir(os.path.join(root, "profiles")))
+                  if not name.startswith(".")]
+    return [path for path in found if os.path.isfile(path)]
+
+
+def _pi_files(root):
+    """<agent dir>/sessions/--<cwd>--/<time>_<uuid>.jsonl, or the same under a root
+    that is the sessions folder itself (ccusage's PI_AGENT_DIR)."""
+    sessions = os.path.join(root, "sessions")
+    base = sessions if os.path.isdir(sessions) else root
+    return [p for p in _walk_files(base, (".jsonl",), 2) if os.path.dirname(p) != base]
+
+
+def _goose_files(root):
+    """sessions.db under a GOOSE_PATH_ROOT (data/sessions/) or the data folder
+    (sessions/); never its backups."""
+    for parts in (("data", "sessions", "sessions.db"), ("sessions", "sessions.db")):
+        if os.path.isfile(os.path.join(root, *parts)):
+            return [os.path.join(root, *parts)]
+    return []
+
+
+def _kilo_files(root):
+    """kilo.db (the latest, beta and prod channels), then the kilo-<channel>.db of
+    preview builds."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    names = [n for n in names if n == "kilo.db"] + \
+        [n for n in names if n.startswith("kilo-") and n.endswith(".db")]
+    return [os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n))]
+
+
+def _copilot_files(root):
+    return _named_files(os.path.join(root, "session-state"), ("events.jsonl",), 2)
+
+
+def _antigravity_files(root):
+    return _walk_files(os.path.join(root, "conversations"), (".db",), 4)
+
+
+def _kimi_files(root):
+    """wire.jsonl three or five folders below sessions/: a session's, its agents'
+    or subagents'."""
+    sessions = os.path.join(root, "sessions")
+    depth = sessions.rstrip(os.sep).count(os.sep)
+    return [p for p in _named_files(sessions, ("wire.jsonl",), 6)
+            if p.count(os.sep) - depth in (3, 5)]
+
+
+def _qwen_files(root):
+    return [p for p in _walk_files(os.path.join(root, "projects"), (".jsonl",), 3)
+            if os.path.basename(os.path.dirname(p)) == "chats"]
+
+
+def _grok_files(root):
+    return _named_files(os.path.join(root, "sessions"), ("updates.jsonl",), 4)
+
+
+def _zcode_files(root):
+    path = os.path.join(root, "cli", "db", "db.sqlite")
+    return [path] if os.path.isfile(path) else []
+
+
 def agent_present(name):
     return bool(agent_files(name))
 
@@ -4328,22 +4826,28 @@ class AgentSpec(object):
     """One entry of the agent table: everything catop knows of one coding agent.
 
     variable, defaults: where its logs live (the variable's value, comma-separated
-    when listed, else the defaults under the home folder); find(root): its log files
-    under one root; parser(record, FileContext): a JSONL line's Request, (key,
-    Request), "compact" or None, reading only lines holding one of needles;
-    document(path, FileContext): the results of a whole-document file (by suffix);
-    whole: its files are read whole whenever one changes (a database); rank: which
+    when listed, else the defaults under the home folder, or under the XDG data
+    folder for a default that starts with XDG_DATA); variables: more names the same
+    setting goes by (another tool's); find(root): its log files under one root;
+    parser(record, FileContext): a JSONL line's Request, (key, Request), a list of
+    them, "compact" or None, reading only lines holding one of needles;
+    document(path, FileContext): ([(session, result)], malformed) of a
+    whole-document file (by suffix), read again whole when it changes;
+    database(path): the same of one file of an agent whose files are all read
+    whole whenever one changes (SQLite databases, and their -wal); rank: which
     of several files holding equal copies of a response keeps it (formats.md
     section 3); subagent_replays: a subagent file may replay a response of its
     parent.  history_key(key) / key_from_history(text) store a dedup key and read
     it back."""
 
     def __init__(self, name, variable, defaults, find, parser=None, needles=(),
-                 document=None, document_suffix=None, whole=False, listed=False,
+                 document=None, document_suffix=None, database=None, listed=False,
                  rank="time", key_prefix=None, subagent_replays=False, sessions_keyed=True,
-                 keyed=True):
+                 keyed=True, variables=()):
         self.name, self.variable, self.defaults, self.find = name, variable, defaults, find
-        self.parser, self.needles, self.whole, self.listed = parser, needles, whole, listed
+        self.variables = (variable,) + tuple(variables)
+        self.parser, self.needles, self.listed = parser, needles, listed
+        self.database, self.whole = database, database is not None
         self.document, self.document_suffix = document, document_suffix
         self.rank = rank                      # "time" (earliest record) or "jsonl first"
         self.key_prefix = key_prefix or name  # of its history keys
@@ -4352,11 +4856,11 @@ class AgentSpec(object):
         self.keyed = keyed    # its parser gives (id, Request), not a Request alone
 
     def roots(self):
-        value = os.environ.get(self.variable) or ""
+        value = next((os.environ[name] for name in self.variables if os.environ.get(name)), "")
         configured = ([p.strip() for p in value.split(",") if p.strip()] if self.listed
                       else [value] if value else [])
         return [os.path.abspath(root) for root in
-                configured or [_home(*parts) for parts in self.defaults]]
+                configured or [_default_root(parts) for parts in self.defaults]]
 
     def reads_document(self, path):
         return self.document is not None and path.endswith(self.document_suffix)
@@ -4375,8 +4879,9 @@ class AgentSpec(object):
             return int(text[3:], 16)
         if not self.keyed:
             return None     # stored under its fields: no id to de-duplicate against
-        parts = text.split(":", 2)
-        return tuple(parts[1:]) if self.sessions_keyed else parts[1]
+        if not self.sessions_keyed:
+            return text.split(":", 1)[1]    # the key itself may hold a colon
+        return tuple(text.split(":", 2)[1:])
 
 
 # The agent table: adding an agent is one entry here and one parser.  Lines of a
@@ -4393,10 +4898,51 @@ AGENT_TABLE = dict((spec.name, spec) for spec in (
               parse_gemini, (b'"gemini"', b'"sessionId"'), document_suffix=".json",
               document=lambda path, ctx: read_gemini_document(path, ctx),
               rank="jsonl first"),
-    AgentSpec("opencode", "OPENCODE_DATA_DIR", ((".local", "share", "opencode"),),
-              _opencode_files, whole=True, sessions_keyed=False),
+    AgentSpec("opencode", "OPENCODE_DATA_DIR", (("XDG_DATA", "opencode"),),
+              _opencode_files, database=lambda path: read_opencode_store(path),
+              sessions_keyed=False),
     AgentSpec("openclaw", "OPENCLAW_DIR", ((".openclaw",),), _openclaw_files, parse_openclaw,
               (b'"assistant"', b'"session"', b'"compaction"'), keyed=False),
+    AgentSpec("amp", "AMP_DATA_DIR", (("XDG_DATA", "amp"),), _amp_files,
+              document=lambda path, ctx: read_amp_thread(path, ctx), document_suffix=".json",
+              listed=True),
+    AgentSpec("droid", "DROID_SESSIONS_DIR", ((".factory", "sessions"),), _droid_files,
+              document=lambda path, ctx: read_droid_settings(path, ctx),
+              document_suffix=".settings.json", listed=True, sessions_keyed=False),
+    AgentSpec("codebuff", "CODEBUFF_DATA_DIR", ((".config", "manicode"),
+                                                (".config", "manicode-dev"),
+                                                (".config", "manicode-staging")),
+              _codebuff_files, document=lambda path, ctx: read_codebuff_chat(path, ctx),
+              document_suffix="chat-messages.json", listed=True),
+    AgentSpec("hermes", "HERMES_HOME", ((".hermes",),), _hermes_files,
+              database=lambda path: read_hermes_state(path), listed=True),
+    AgentSpec("pi", "PI_CODING_AGENT_DIR", ((".pi", "agent"),), _pi_files, parse_pi,
+              (b'"assistant"', b'"session"', b'"compaction"'), sessions_keyed=False,
+              variables=("PI_AGENT_DIR",)),
+    AgentSpec("goose", "GOOSE_PATH_ROOT", (("XDG_DATA", "goose"),), _goose_files,
+              database=lambda path: read_goose_sessions(path), sessions_keyed=False),
+    AgentSpec("kilo", "KILO_DATA_DIR", (("XDG_DATA", "kilo"),), _kilo_files,
+              database=lambda path: read_opencode_store(path, "kilo"), listed=True,
+              sessions_keyed=False),
+    AgentSpec("copilot", "COPILOT_HOME", ((".copilot",),), _copilot_files, parse_copilot,
+              (b'"session.shutdown"', b'"session.start"', b'"session.resume"',
+               b'"session.compaction_complete"')),
+    AgentSpec("antigravity", "ANTIGRAVITY_DATA_DIR", (
+        (".gemini", "antigravity-cli"), (".gemini", "antigravity"),
+        (".gemini", "antigravity-ide"), (".gemini", "antigravity-backup"),
+        (".config", "antigravity")), _antigravity_files,
+        database=lambda path: read_antigravity_database(path), listed=True,
+        sessions_keyed=False),
+    AgentSpec("kimi", "KIMI_DATA_DIR", ((".kimi",), (".kimi-code",)), _kimi_files,
+              parse_kimi, (b'"StatusUpdate"', b'"usage.record"', b'"forked"'), listed=True,
+              sessions_keyed=False),
+    AgentSpec("qwen", "QWEN_DATA_DIR", ((".qwen",),), _qwen_files, parse_qwen,
+              (b'"usageMetadata"',), listed=True, sessions_keyed=False),
+    AgentSpec("grok", "GROK_HOME", ((".grok",),), _grok_files, parse_grok,
+              (b'"turn_completed"',), sessions_keyed=False),
+    AgentSpec("zcode", "ZCODE_HOME", ((".zcode",),), _zcode_files,
+              database=lambda path: read_zcode_database(path), listed=True,
+              sessions_keyed=False),
 ))
 AGENTS = tuple(AGENT_TABLE)   # as shipped; the table itself is what is read
 
@@ -4529,7 +5075,9 @@ def scan_agent_jsonl(agent, state, final=True):
                 continue
             if result == "compact":
                 result = Compaction(parse_timestamp(record.get("timestamp")))
-            if result is not None:
+            if type(result) is list:   # one line, several requests (one per model)
+                results.extend((ctx.session, one) for one in result)
+            elif result is not None:
                 results.append((ctx.session, result))
     stats.skip("malformed", state.lines.oversized)
     state.lines.oversized = 0
@@ -4568,7 +5116,7 @@ class AgentSource(object):
         self.compactions = {}    # session -> count
         self.compaction_times = []  # (session, ts)
         self.version = 0         # grows whenever something new was read
-        self.opencode_signature = None
+        self.whole_signature = None   # what the files of a whole-read agent were
         self.first_ts = {}       # path -> its earliest record's time, when not in its state
         self.ties = {}           # key -> {path: Request}: equal copies in several files
 
@@ -4602,7 +5150,7 @@ class AgentSource(object):
         """Reads what is new in every file of the agent (or in paths)."""
         paths = agent_files(self.agent) if paths is None else paths
         if self.spec.whole:
-            self._scan_opencode(paths)
+            self._scan_whole(paths)
             return
         fresh = [p for p in paths if p not in self.states]
         workers = worker_count()
@@ -4681,6 +5229,8 @@ class AgentSource(object):
         info = os.stat(state.path)
         if (info.st_size, info.st_mtime) == (state.size, state.mtime):
             return [], stats
+        if state.mtime is not None:
+            self.forget(state.path)   # read before: its requests come again, not twice
         state.size, state.mtime = info.st_size, info.st_mtime
         results, malformed = self.spec.document(state.path, state.context)
         stats.skip("malformed", malformed)
@@ -4735,41 +5285,45 @@ class AgentSource(object):
         for key, copies in self.ties.items():
             self.keyed[key] = copies[min(copies, key=self.file_rank)]
 
-    def _scan_opencode(self, paths):
+    def _scan_whole(self, paths):
+        """Every file read again whole, when any of them (or a database's write-ahead
+        log, where its newest rows may sit) changed since the last reading."""
         signature = []
-        for path in paths + [p + "-wal" for p in paths if p.endswith(".db")]:
+        for path in paths + [p + "-wal" for p in paths if p.endswith((".db", ".sqlite"))]:
             try:
                 info = os.stat(path)
                 signature.append((path, info.st_mtime, info.st_size))
             except OSError:
                 pass
-        if signature == self.opencode_signature:
+        if signature == self.whole_signature:
             return
-        self.opencode_signature = signature
+        self.whole_signature = signature
         self.version += 1
-        self.keyed = {}
+        self.keyed, self.loose, self.ties = {}, {}, {}
+        self.compactions, self.compaction_times = {}, []
         self.stats = SourceStats(self.stats.name)
         for path in paths:
             try:
-                messages = (read_opencode_database(path) if path.endswith(".db")
-                            else [read_json_file(path)])
+                results, malformed = self.spec.database(path)
             except (OSError, ValueError, RecursionError) as error:
                 self.stats.error = "cannot read %s: %s" % (path, error)
                 continue
-            for message in messages:
-                try:
-                    result = parse_opencode(message)
-                except (ValueError, TypeError):
-                    self.stats.skip("malformed")
-                    continue
-                if result is None:
-                    continue
-                message_id, req = result
-                if message_id in self.keyed:
-                    self.stats.skip("duplicate")  # the database and a legacy file
-                    continue
-                req.origin = path
-                self.keyed[message_id] = req
+            self.stats.skip("malformed", malformed)
+            self._take(results, path)
+
+    def forget(self, path):
+        """Drops what one file gave (a document read again whole gives it anew); a
+        copy another file holds stays."""
+        self.loose.pop(path, None)
+        for key, copies in list(self.ties.items()):
+            if path in copies:
+                del copies[path]
+                if self.keyed[key].origin == path:
+                    self.keyed[key] = next(iter(copies.values()))
+                if len(copies) < 2:
+                    del self.ties[key]
+        for key in [key for key, req in self.keyed.items() if req.origin == path]:
+            del self.keyed[key]
 
     def deduplicated(self):
         """(the de-duplicated requests read so far, how many subagent replays of a
@@ -4848,30 +5402,703 @@ def read_json_file(path):
     return json.loads(read_regular(path))
 
 
-def read_opencode_database(path):
-    """Messages of OpenCode's SQLite database, opened read-only so a running
-    OpenCode is never blocked.  Raises OSError when it cannot be read."""
+def open_sqlite_readonly(path):
+    """A read-only connection to an agent's SQLite database (a running agent is never
+    blocked).  Raises OSError when it cannot be opened."""
     try:
         import sqlite3
     except ImportError:
         raise OSError("this Python has no sqlite3 module")
     from urllib.parse import quote
-    uri = "file:%s?mode=ro" % quote(os.path.abspath(path))
     try:
-        connection = sqlite3.connect(uri, uri=True, timeout=2.0)
+        return sqlite3.connect("file:%s?mode=ro" % quote(os.path.abspath(path)), uri=True,
+                               timeout=2.0)
+    except sqlite3.Error as error:
+        raise OSError(str(error))
+
+
+def sqlite_query(path, query):
+    """query(connection) of a database opened read-only, its errors as OSError."""
+    import sqlite3
+    connection = open_sqlite_readonly(path)
+    try:
         try:
-            rows = connection.execute("SELECT data FROM message").fetchall()
+            return query(connection)
         finally:
             connection.close()
     except sqlite3.Error as error:
         raise OSError(str(error))
-    messages = []
-    for (data,) in rows:
+
+
+def sqlite_rows(connection, table, wanted):
+    """The rows of table as dicts of the wanted columns, a column this version of the
+    schema lacks read as None (agents add columns as they go); [] without the table."""
+    names = set(row[1] for row in connection.execute("PRAGMA table_info(%s)" % table))
+    if not names:
+        return []
+    select = ", ".join(name if name in names else "NULL" for name in wanted)
+    return [dict(zip(wanted, row))
+            for row in connection.execute("SELECT %s FROM %s" % (select, table))]
+
+
+def _parsed_rows(rows, parse, session_of=lambda result: result[1].session):
+    """([(session, result)], malformed) of parse(row) over rows (None: no usage)."""
+    results, malformed = [], 0
+    for row in rows:
         try:
-            messages.append(json.loads(data))
+            result = parse(row)
         except (ValueError, TypeError, RecursionError):
-            messages.append(None)
-    return messages
+            malformed += 1
+            continue
+        if result is not None:
+            results.append((session_of(result), result))
+    return results, malformed
+
+
+def read_opencode_store(path, agent="opencode"):
+    """([(session, (key, Request))], malformed) of an OpenCode (or Kilo) database, or
+    of one of OpenCode's legacy message files; a summary reply is a compaction."""
+    if not path.endswith(".db"):
+        try:
+            message = read_json_file(path)
+        except (ValueError, RecursionError):
+            return [], 1
+        rows = [(None, None, message, None)]
+    else:
+        def query(connection):
+            sessions = set(row[1] for row in connection.execute("PRAGMA table_info(session)"))
+            return connection.execute(
+                "SELECT m.id, m.session_id, m.data, %s FROM message m%s" % (
+                    ("s.directory", " LEFT JOIN session s ON s.id = m.session_id")
+                    if "directory" in sessions else ("NULL", ""))).fetchall()
+        rows = sqlite_query(path, query)
+    results, malformed = [], 0
+    for row_id, session, data, directory in rows:
+        try:
+            message = json.loads(data) if type(data) is str else data
+            result = parse_opencode(message, agent, session or "", directory or "")
+        except (ValueError, TypeError, RecursionError):
+            malformed += 1
+            continue
+        if result is None:
+            continue
+        results.append((result[1].session, result))
+        if message.get("summary") is True:    # the reply that summarized the context
+            results.append((result[1].session, Compaction(result[1].ts)))
+    return results, malformed
+
+
+def _read_json_document(path, limit=None):
+    """A JSON document, or None when it is not one (counted malformed)."""
+    try:
+        return json.loads(read_regular(path, limit) if limit else read_regular(path))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _amp_project(document):
+    env = document.get("env")
+    initial = env.get("initial") if type(env) is dict else None
+    trees = initial.get("trees") if type(initial) is dict else None
+    for tree in trees if type(trees) is list else ():
+        uri = tree.get("uri") if type(tree) is dict else None
+        if type(uri) is str and uri.startswith("file://"):
+            return uri[len("file://"):]
+    return ""
+
+
+def read_amp_thread(path, ctx):
+    """([(thread, (messageId, Request))], malformed) of one Amp thread document.  A
+    request is an assistant message with usage (Anthropic-style: input exclusive of
+    both cache figures), or an event of the older usageLedger; an event naming a
+    message with usage is that same request, so each messageId counts once."""
+    document = _read_json_document(path)
+    if type(document) is not dict or type(document.get("id")) is not str:
+        return [], 1
+    thread = ctx.session = document["id"]
+    project = ctx.project = _amp_project(document)
+    messages = document.get("messages") if type(document.get("messages")) is list else []
+    ledger = document.get("usageLedger")
+    events = ledger.get("events") if type(ledger) is dict else None
+    by_message, loose_events = {}, []
+    for event in events if type(events) is list else ():
+        if type(event) is dict:
+            if type(event.get("toMessageId")) is int:
+                by_message[event["toMessageId"]] = event
+            else:
+                loose_events.append(event)
+    results, malformed, seen = [], 0, set()
+    for message in messages:
+        if type(message) is not dict or message.get("role") != "assistant" or \
+                type(message.get("usage")) is not dict:
+            continue
+        usage = message["usage"]
+        message_id = message.get("messageId")
+        event = by_message.get(message_id) if type(message_id) is int else None
+        event = event or {}
+        try:
+            miss, read = as_count(usage.get("inputTokens") or 0), \
+                as_count(usage.get("cacheReadInputTokens") or 0)
+            write = as_count(usage.get("cacheCreationInputTokens") or 0)
+            output = as_count(usage.get("outputTokens") or 0)
+        except ValueError:
+            malformed += 1
+            continue
+        if not (miss or read or write or output):
+            continue
+        model = str(usage.get("model") or event.get("model") or "unknown")
+        seen.add(message_id)
+        results.append((thread, (str(message_id), Request(
+            parse_timestamp(usage.get("timestamp") or message.get("timestamp")
+                            or event.get("timestamp")), "amp", infer_provider(model),
+            _text(model), _text(project), _text(thread), miss, read, write, 0, output))))
+    for event in [e for k, e in by_message.items() if k not in seen] + loose_events:
+        tokens = event.get("tokens")
+        if type(tokens) is not dict:
+            continue
+        try:
+            miss, output = as_count(tokens.get("input") or 0), as_count(tokens.get("output") or 0)
+        except ValueError:
+            malformed += 1
+            continue
+        if not (miss or output):
+            continue
+        model = str(event.get("model") or "unknown")
+        key = str(event["toMessageId"]) if type(event.get("toMessageId")) is int \
+            else "ledger:%s" % event.get("id")
+        results.append((thread, (key, Request(
+            parse_timestamp(event.get("timestamp")), "amp", infer_provider(model),
+            _text(model), _text(project), _text(thread), miss, 0, 0, 0, output))))
+    return results, malformed
+
+
+_DROID_FIELDS = ("inputTokens", "cacheReadTokens", "cacheCreationTokens", "outputTokens",
+                 "thinkingTokens")
+
+
+def _droid_counts(settings):
+    usage = settings.get("tokenUsage") if type(settings) is dict else None
+    if type(usage) is not dict:
+        return None
+    return tuple(as_count(usage.get(key) or 0) for key in _DROID_FIELDS)
+
+
+def _droid_cwd(settings_path):
+    """A session's cwd, from the first line (session_start) of its .jsonl beside it."""
+    try:
+        with open_regular(settings_path[:-len(".settings.json")] + ".jsonl") as handle:
+            first = json.loads(handle.readline(1 << 16) or b"{}")
+    except (OSError, ValueError, RecursionError):
+        return ""
+    return str(first.get("cwd") or "") if type(first) is dict and \
+        first.get("type") == "session_start" else ""
+
+
+def read_droid_settings(path, ctx):
+    """([(session, (session, Request))], malformed) of a Droid <session>.settings.json:
+    one running total of the session's own usage (tokenUsage; never
+    inclusiveTokenUsage, which adds child sessions that have files of their own).
+    Thinking tokens sit beside the output."""
+    session = os.path.basename(path)[:-len(".settings.json")]
+    settings = _read_json_document(path, 1 << 20)
+    try:
+        counts = _droid_counts(settings)
+    except ValueError:
+        counts = None
+    if type(settings) is not dict or counts is None and "tokenUsage" in settings:
+        return [], 1
+    if counts is None or not any(counts):
+        return [], 0
+    miss, read, write, output, thinking = counts
+    ts = parse_timestamp(settings.get("providerLockTimestamp"))
+    if ts is None:
+        with contextlib.suppress(OSError):
+            ts = os.path.getmtime(path)
+    model = str(settings.get("model") or "unknown")
+    provider = str(settings.get("providerLock") or infer_provider(model)).lower()
+    ctx.session, ctx.project = session, _droid_cwd(path)
+    return [(session, (session, Request(
+        ts, "droid", provider, _text(model), _text(ctx.project), _text(session), miss, read,
+        write, 0, output + thinking, thinking)))], 0
+
+
+def _codebuff_usage(usage):
+    """(miss, read, write, output, reasoning, cost) of a Codebuff usage object, or
+    None: camelCase inputTokens is Anthropic-style (the cache beside it); OpenRouter's
+    prompt_tokens includes its cached_tokens, completion_tokens its reasoning."""
+    if type(usage) is not dict:
+        return None
+
+    def count(key):
+        return as_count(usage.get(key) or 0)
+    if "prompt_tokens" in usage or "promptTokens" in usage:
+        prompt = count("prompt_tokens") or count("promptTokens")
+        details = usage.get("prompt_tokens_details") or usage.get("promptTokensDetails")
+        cached = as_count(details.get("cached_tokens") or details.get("cachedTokens") or 0) \
+            if type(details) is dict else 0
+        out_details = usage.get("completion_tokens_details")
+        reasoning = as_count(out_details.get("reasoning_tokens") or 0) \
+            if type(out_details) is dict else 0
+        output = count("completion_tokens") or count("completionTokens")
+        cached = min(cached, prompt)
+        tokens = (prompt - cached, cached, 0, output, min(reasoning, output))
+    else:
+        tokens = (count("inputTokens") or count("input_tokens"),
+                  count("cacheReadInputTokens") or count("cache_read_input_tokens"),
+                  count("cacheCreationInputTokens") or count("cache_creation_input_tokens"),
+                  count("outputTokens") or count("output_tokens"), 0)
+    return tokens + (as_money(usage.get("cost")),) if any(tokens[:4]) else None
+
+
+def _codebuff_last_step(metadata):
+    """(model, usage) of the newest assistant step of metadata.runState, whose
+    history replays the whole chat: only its last assistant entry is this reply's."""
+    state = metadata.get("runState")
+    for key in ("sessionState", "mainAgentState", "messageHistory"):
+        state = state.get(key) if type(state) is dict else None
+    for entry in reversed(state if type(state) is list else []):
+        if type(entry) is dict and entry.get("role") == "assistant":
+            options = entry.get("providerOptions")
+            codebuff = options.get("codebuff") if type(options) is dict else None
+            if type(codebuff) is dict:
+                return codebuff.get("model"), codebuff.get("usage")
+            break
+    return None, None
+
+
+def _codebuff_chat_time(chat_id):
+    """2026-03-11T14-30-00.000Z (a chat's start, ':' written as '-') as epoch s."""
+    date, sep, clock = chat_id.partition("T")
+    return parse_timestamp(date + sep + clock.replace("-", ":", 2)) if sep else None
+
+
+def read_codebuff_chat(path, ctx):
+    """([(session, (message id, Request))], malformed) of a Codebuff
+    chat-messages.json; its session is project/chat."""
+    chat_dir = os.path.dirname(path)
+    chat_id = os.path.basename(chat_dir)
+    project = ctx.project = os.path.basename(os.path.dirname(os.path.dirname(chat_dir)))
+    session = ctx.session = "%s/%s" % (project, chat_id)
+    messages = _read_json_document(path)
+    if type(messages) is not list:
+        return [], 1
+    last_ts = _codebuff_chat_time(chat_id)   # a reply without a time: after its prompt
+    results, malformed = [], 0
+    for ordinal, message in enumerate(messages):
+        if type(message) is not dict:
+            continue
+        ts = parse_timestamp(message.get("timestamp"))
+        ts = last_ts = ts if ts is not None else last_ts
+        if message.get("variant", message.get("role")) not in ("ai", "agent", "assistant"):
+            continue
+        metadata = message.get("metadata") if type(message.get("metadata")) is dict else {}
+        model = metadata.get("model")
+        try:
+            tokens = _codebuff_usage(metadata.get("usage"))
+            if tokens is None and type(metadata.get("codebuff")) is dict:
+                tokens = _codebuff_usage(metadata["codebuff"].get("usage"))
+            if tokens is None:
+                step_model, step_usage = _codebuff_last_step(metadata)
+                tokens, model = _codebuff_usage(step_usage), model or step_model
+        except ValueError:
+            malformed += 1
+            continue
+        if tokens is None:
+            continue
+        miss, read, write, output, reasoning, cost = tokens
+        model = str(model or "unknown")
+        provider, _, bare = model.rpartition("/")
+        results.append((session, (str(message.get("id") or "#%d" % ordinal), Request(
+            ts, "codebuff", provider or infer_provider(model), _text(bare or model),
+            _text(project), _text(session), miss, read, write, 0, output, reasoning, cost))))
+    return results, malformed
+
+
+def _db_count(value):
+    """A counter of an agent's database: NULL is 0; text or a negative raises ValueError."""
+    if value is None:
+        return 0
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int:
+        raise ValueError("not a count: %r" % (value,))
+    return as_count(value)
+
+
+_HERMES_SESSION_COLUMNS = ("id", "model", "started_at", "input_tokens", "output_tokens",
+                           "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+                           "cwd", "billing_provider", "estimated_cost_usd", "actual_cost_usd")
+_HERMES_ROUTE_COLUMNS = ("session_id", "model", "billing_provider", "billing_base_url",
+                         "billing_mode", "task", "input_tokens", "output_tokens",
+                         "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+                         "estimated_cost_usd", "actual_cost_usd", "first_seen")
+_HERMES_COUNTERS = ("input_tokens", "output_tokens", "cache_read_tokens",
+                    "cache_write_tokens", "reasoning_tokens")
+
+
+def _hermes_cost(row):
+    """The cost a row records: the billed one, else Hermes' own estimate (as its
+    usage_totals() does); 0 or NULL is none."""
+    for column in ("actual_cost_usd", "estimated_cost_usd"):
+        if row[column] is not None and as_money(row[column]):
+            return as_money(row[column])
+    return None
+
+
+def _hermes_request(row, model, ts, project, session, thread=""):
+    miss, output, read, write, reasoning = (_db_count(row[c]) for c in _HERMES_COUNTERS)
+    provider = str(row["billing_provider"] or "").strip().lower() or infer_provider(model)
+    return Request(ts, "hermes", provider, _text(model), _text(project), _text(session), miss,
+                   read, write, 0, output, min(reasoning, output), _hermes_cost(row),
+                   bool(thread), thread)
+
+
+def _hermes_route_key(route):
+    return ":".join(str(route[c] or "") for c in ("model", "billing_provider",
+                                                   "billing_base_url", "billing_mode"))
+
+
+def hermes_session_requests(row, routes=()):
+    """[(key, Request)] of one Hermes sessions row: its lifetime counters (input
+    exclusive of the cache, reasoning inside output) as one Request, or one per model
+    where its main-loop rows of session_model_usage add up to exactly those counters
+    (they repeat them, split by model: never both)."""
+    model = row["model"].strip() if type(row["model"]) is str else ""
+    if not model:
+        return []          # never reached a model
+    if type(row["started_at"]) not in (int, float):
+        raise ValueError("started_at is not a number")
+    ts = parse_timestamp(row["started_at"])
+    counts = tuple(_db_count(row[c]) for c in _HERMES_COUNTERS)
+    if not any(counts[:4]):
+        return []
+    session, project = row["id"], row["cwd"] or ""
+    split = [tuple(_db_count(route[c]) for c in _HERMES_COUNTERS) for route in routes]
+    if len(split) > 1 and tuple(map(sum, zip(*split))) == counts:
+        return [(("route:" + _hermes_route_key(route)), _hermes_request(
+            route, route["model"] or model, parse_timestamp(route["first_seen"])
+            if type(route["first_seen"]) in (int, float) else ts, project, session))
+            for route in routes]
+    return [("session", _hermes_request(row, model, ts, project, session))]
+
+
+def read_hermes_state(path):
+    """([(session, (key, Request))], malformed) of one Hermes state.db: every session,
+    and the auxiliary calls (titles, compression, ...) session_model_usage alone
+    records, each a thread of its own (not the session's cache)."""
+    def query(connection):
+        return (sqlite_rows(connection, "sessions", _HERMES_SESSION_COLUMNS),
+                sqlite_rows(connection, "session_model_usage", _HERMES_ROUTE_COLUMNS))
+    sessions, routes = sqlite_query(path, query)
+    main_routes = {}
+    for route in routes:
+        if not route["task"]:
+            main_routes.setdefault(route["session_id"], []).append(route)
+    results, malformed, starts = [], 0, {}
+    for row in sessions:
+        try:
+            found = hermes_session_requests(row, main_routes.get(row["id"], ()))
+        except (ValueError, TypeError):
+            malformed += 1
+            continue
+        for key, req in found:
+            starts[row["id"]] = req.ts
+            results.append((req.session, ((req.session, key), req)))
+
+    def auxiliary(route):
+        if not route["task"]:
+            return None
+        first = route["first_seen"]
+        req = _hermes_request(route, route["model"] or "unknown", parse_timestamp(first)
+                              if type(first) in (int, float) else starts.get(route["session_id"]),
+                              "", route["session_id"], _text(route["task"]))
+        if not (req.input or req.output):
+            return None
+        return (req.session, "aux:%s:%s" % (route["task"], _hermes_route_key(route))), req
+    more, bad = _parsed_rows(routes, auxiliary)
+    return results + more, malformed + bad
+
+
+_GOOSE_COLUMNS = ("id", "name", "session_type", "working_dir", "created_at", "total_tokens",
+                  "input_tokens", "output_tokens", "accumulated_total_tokens",
+                  "accumulated_input_tokens", "accumulated_output_tokens", "provider_name",
+                  "model_config_json", "accumulated_cost")
+
+
+def _goose_counter(row, name):
+    """The lifetime counter, else (a legacy imported row) the last turn's."""
+    value = _db_count(row["accumulated_" + name])
+    return value if value > 0 else _db_count(row[name])
+
+
+def goose_session_request(row):
+    """(session, Request) of one Goose sessions row: its lifetime totals.  Goose's
+    input includes the cache reads and writes and stores no split, so all of it is
+    miss; a Gemini model's thoughts are the total's rest, beside the output."""
+    config = row["model_config_json"]
+    config = json.loads(config) if config and str(config).strip() else {}
+    model = str((config.get("model_name") if type(config) is dict else None) or "unknown")
+    miss, output = _goose_counter(row, "input_tokens"), _goose_counter(row, "output_tokens")
+    total = _goose_counter(row, "total_tokens") or miss + output
+    if not (miss or output or total):
+        return None
+    thoughts = max(0, total - miss - output)
+    cost = row["accumulated_cost"]
+    sub = row["session_type"] == "sub_agent"
+    session = _text(row["id"])
+    return session, Request(
+        parse_timestamp(str(row["created_at"] or "")), "goose",
+        str(row["provider_name"] or "").strip().lower() or infer_provider(model), _text(model),
+        _text(row["working_dir"] or ""), session, miss, 0, 0, 0, output + thoughts, thoughts,
+        as_money(cost) if cost is not None and as_money(cost) > 0 else None, sub,
+        session if sub else "")
+
+
+def read_goose_sessions(path):
+    """([(session, (session, Request)) or (session, "duplicate")], malformed) of
+    Goose's sessions.db.  `goose session import` makes a new row (new id and time)
+    with the counters it exported: the same usage again, so of equal rows (model,
+    provider, folder, name and counters) the earliest counts."""
+    rows = sqlite_query(path, lambda connection: sqlite_rows(connection, "sessions",
+                                                             _GOOSE_COLUMNS))
+    rows.sort(key=lambda row: (str(row["created_at"] or ""), str(row["id"])))
+    results, malformed, seen = [], 0, set()
+    for row in rows:
+        try:
+            result = goose_session_request(row)
+        except (ValueError, TypeError, RecursionError):
+            malformed += 1
+            continue
+        if result is None:
+            continue
+        req = result[1]
+        content = (req.model, req.provider, req.project, str(row["name"] or ""), req.miss,
+                   req.output, req.reasoning)
+        results.append((req.session, "duplicate" if content in seen else result))
+        seen.add(content)
+    return results, malformed
+
+
+_ZCODE_COLUMNS = ("id", "session_id", "started_at", "model_id", "provider_id", "input_tokens",
+                  "output_tokens", "reasoning_tokens", "cache_creation_input_tokens",
+                  "cache_read_input_tokens", "computed_total_tokens", "status")
+_ZCODE_PLAN_PROVIDERS = ("builtin:zai-coding-plan", "builtin:bigmodel-coding-plan")
+
+
+def zcode_request(row, directories):
+    """(row id, Request) of one completed call of ZCode's model_usage ledger: its
+    input holds both cache slices; reasoning is inside the output unless the row's
+    own total counts it beside."""
+    if row["status"] != "completed":
+        return None
+    prompt, output = _db_count(row["input_tokens"]), _db_count(row["output_tokens"])
+    reasoning = _db_count(row["reasoning_tokens"])
+    read = min(_db_count(row["cache_read_input_tokens"]), prompt)
+    created = min(_db_count(row["cache_creation_input_tokens"]), prompt - read)
+    if reasoning and _db_count(row["computed_total_tokens"]) >= prompt + output + reasoning:
+        output += reasoning
+    model = str(row["model_id"] or "").strip()
+    if not (prompt or output) or not model:
+        return None
+    provider = str(row["provider_id"] or "")
+    if provider in _ZCODE_PLAN_PROVIDERS or provider.startswith("builtin:z") or \
+            infer_provider(model) == "unknown" and model.lower().startswith("glm"):
+        provider = "zai"
+    else:
+        provider = infer_provider(model)
+    session = _text(row["session_id"] or "")
+    return str(row["id"]), Request(
+        parse_timestamp(row["started_at"]), "zcode", provider, _text(model),
+        _text(directories.get(row["session_id"]) or ""), session, prompt - read - created,
+        read, created, 0, output, min(reasoning, output))
+
+
+def read_zcode_database(path):
+    """([(session, (row id, Request))], malformed) of ZCode's db.sqlite (its per-turn
+    sums in turn_usage are the same tokens again: not read)."""
+    def query(connection):
+        if not {"id", "model_id", "status"} <= set(
+                row[1] for row in connection.execute("PRAGMA table_info(model_usage)")):
+            raise OSError("not a ZCode usage database (no model_usage table)")
+        return (sqlite_rows(connection, "model_usage", _ZCODE_COLUMNS),
+                dict((row["id"], row["directory"]) for row in
+                     sqlite_rows(connection, "session", ("id", "directory"))))
+    rows, directories = sqlite_query(path, query)
+    return _parsed_rows(rows, lambda row: zcode_request(row, directories))
+
+
+# Antigravity keeps a SQLite database a conversation, its model calls in protobuf
+# blobs (field numbers as ccusage reads them: Antigravity's code is not public).
+
+def protobuf_fields(blob):
+    """[(field number, value)] of one protobuf message: an int for a varint, bytes
+    for a length-delimited field, None for a fixed one; ValueError when malformed."""
+    fields, i, end = [], 0, len(blob)
+
+    def varint():
+        nonlocal i
+        value = shift = 0
+        while True:
+            if i >= end or shift > 63:
+                raise ValueError("truncated varint")
+            byte = blob[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+    while i < end:
+        tag = varint()
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("field 0")
+        if wire == 0:
+            value = varint()
+        elif wire == 2:
+            length = varint()
+            if i + length > end:
+                raise ValueError("truncated bytes")
+            value, i = bytes(blob[i:i + length]), i + length
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            if i > end:
+                raise ValueError("truncated fixed field")
+            value = None
+        else:
+            raise ValueError("wire type %d" % wire)
+        fields.append((number, value))
+    return fields
+
+
+def _pb_int(fields, number):
+    found = [value for n, value in fields if n == number and type(value) is int]
+    return found[-1] if found else 0
+
+
+def _pb_bytes(fields, number):
+    return [value for n, value in fields if n == number and type(value) is bytes]
+
+
+def _pb_text(fields, number):
+    for value in reversed(_pb_bytes(fields, number)):
+        text = value.decode("utf-8", "replace").strip()
+        if text:
+            return text
+    return ""
+
+
+def _pb_time(blob):
+    fields = protobuf_fields(blob)
+    seconds = _pb_int(fields, 1)
+    return seconds + min(_pb_int(fields, 2), 999999999) / 1e9 if seconds > 0 else None
+
+
+_ANTIGRAVITY_MODEL_IDS = {      # ModelUsageStats.model ids, as ccusage names them
+    246: "gemini-2.5-pro", 312: "gemini-2.5-flash", 313: "gemini-2.5-flash",
+    329: "gemini-2.5-flash", 330: "gemini-2.5-flash-lite", 281: "claude-sonnet-4",
+    282: "claude-sonnet-4", 290: "claude-opus-4", 291: "claude-opus-4",
+    333: "claude-sonnet-4-5", 334: "claude-sonnet-4-5", 340: "claude-haiku-4-5",
+    341: "claude-haiku-4-5", 342: "gpt-oss-120b"}
+
+
+def antigravity_model(name, model_id):
+    """A price-map name from a display name ("Claude Sonnet 4.5 (Thinking)"), else
+    from the numeric model id."""
+    base = name.split("(", 1)[0].strip().lower()
+    if base:
+        return dashed_claude(re.sub(r"\s+thinking$", "", base).replace(" ", "-"))
+    return _ANTIGRAVITY_MODEL_IDS.get(model_id, "antigravity-model-%d" % model_id
+                                      if model_id else "unknown")
+
+
+def _antigravity_usage(blob, ts, model, session):
+    """(key, Request) of one ModelUsageStats (input exclusive of the cache; output,
+    field 3, holds the thinking, field 9), or None without tokens.  One call sits in
+    its step, its generation and its retries alike: keyed by its response id."""
+    fields = protobuf_fields(blob)
+    prompt, total_out, write, read = (_pb_int(fields, n) for n in (2, 3, 4, 5))
+    thinking = _pb_int(fields, 9)
+    output = max(total_out, _pb_int(fields, 10) + thinking)
+    if not (prompt or output or write or read):
+        return None
+    identity = _pb_text(fields, 11) or _pb_text(fields, 12) or _pb_text(fields, 7) or \
+        _content_key(session, ts, blob.hex())
+    if model == "unknown":
+        model = antigravity_model("", _pb_int(fields, 1))
+    return "%x" % _stable_hash(identity), Request(
+        ts, "antigravity", infer_provider(model), _text(model), "", _text(session),
+        as_count(prompt), as_count(read), as_count(write), 0, as_count(output),
+        as_count(min(thinking, output)))
+
+
+def _antigravity_rows(connection):
+    tables = set(row[0] for row in connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"))
+    if "gen_metadata" not in tables:
+        return None
+    gens = connection.execute("SELECT data FROM gen_metadata ORDER BY idx").fetchall()
+    steps = connection.execute("SELECT metadata FROM steps WHERE metadata IS NOT NULL "
+                               "ORDER BY idx").fetchall() if "steps" in tables else []
+    trajectory = connection.execute(
+        "SELECT data FROM trajectory_metadata_blob ORDER BY rowid LIMIT 1").fetchall() \
+        if "trajectory_metadata_blob" in tables else []
+    return gens, steps, trajectory
+
+
+def _antigravity_generation(blob, model):
+    """(usage blobs, time blobs, model) of a gen_metadata row (1 -> 4, retries 17)."""
+    chat = _pb_bytes(protobuf_fields(blob), 1)
+    if not chat:
+        raise ValueError("no ChatModelMetadata")
+    chat = protobuf_fields(chat[0])
+    info = _pb_bytes(chat, 9)
+    name, model_id = _pb_text(chat, 19) or _pb_text(chat, 21), _pb_int(chat, 3)
+    return (_pb_bytes(chat, 4), _pb_bytes(chat, 17),
+            _pb_bytes(protobuf_fields(info[0]), 4) if info else [],
+            antigravity_model(name, model_id) if name or model_id else model)
+
+
+def _antigravity_step(blob, model):
+    """(usage blobs, retry blobs, time blobs, model) of a steps row (9, retries 28)."""
+    fields = protobuf_fields(blob)
+    info = _pb_bytes(fields, 24)
+    info = protobuf_fields(info[0]) if info else []
+    return (_pb_bytes(fields, 9), _pb_bytes(fields, 28),
+            _pb_bytes(fields, 8) or _pb_bytes(fields, 1),
+            antigravity_model(_pb_text(info, 12) or _pb_text(info, 8), _pb_int(info, 1))
+            if info else model)
+
+
+def read_antigravity_database(path):
+    """([(session, (key, Request))], malformed) of one Antigravity conversation."""
+    session = os.path.splitext(os.path.basename(path))[0]
+    found = sqlite_query(path, _antigravity_rows)
+    if found is None:
+        return [], 1     # not a conversation (a database never initialized)
+    gens, steps, trajectory = found
+    fallback_ts = None
+    with contextlib.suppress(ValueError, IndexError, TypeError):
+        fallback_ts = _pb_time(_pb_bytes(protobuf_fields(trajectory[0][0]), 2)[0])
+    if fallback_ts is None:
+        fallback_ts = os.path.getmtime(path)
+    model = "unknown"   # the conversation's: its last generation that names one
+    for (blob,) in gens:
+        with contextlib.suppress(ValueError, TypeError):
+            model = _antigravity_generation(blob, model)[3]
+    results, malformed = [], 0
+    for read, (blob,) in [(_antigravity_step, row) for row in steps] + \
+            [(_antigravity_generation, row) for row in gens]:
+        try:
+            usages, retries, times, row_model = read(blob, model)
+            ts = (_pb_time(times[0]) if times else None) or fallback_ts
+            for usage in usages[:1] + [u for retry in retries
+                                       for u in _pb_bytes(protobuf_fields(retry), 2)[:1]]:
+                result = _antigravity_usage(usage, ts, row_model, session)
+                if result is not None:
+                    results.append((session, result))
+        except (ValueError, TypeError):
+            malformed += 1
+    return results, malformed
 
 
 def scan_agent(name, aggregate):
@@ -5841,7 +7068,7 @@ def _break_order(item):
 # history: every request kept in SQLite, so a report outlives the agents' log
 # pruning and a warm start reads only what changed
 
-HISTORY_SCHEMA = 4
+HISTORY_SCHEMA = 5
 _HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
                     "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
                     "size", "msg", "file", "rank", "thread", "diagnosis", "tier", "searches")
@@ -5976,6 +7203,9 @@ class History(object):
                 db.execute("ALTER TABLE requests ADD COLUMN msg TEXT")
             for statement in _HISTORY_TABLES:
                 db.execute(statement)
+            if 0 < version < 5:   # OpenCode's keys are its messages' contents since 5:
+                # its database is read whole at every run, so its rows come back
+                db.execute("DELETE FROM requests WHERE source = 'agent:opencode'")
             self._add_columns(db)
             db.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA)
             db.execute("COMMIT")

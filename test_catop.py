@@ -152,13 +152,23 @@ class IsolatedEnv(unittest.TestCase):
             os.environ[variable] = root
         return root
 
-    def point_agents_at_examples(self):
-        os.environ.update(
-            CLAUDE_CONFIG_DIR=os.path.join(AGENT_EXAMPLES, "claude"),
-            CODEX_HOME=os.path.join(AGENT_EXAMPLES, "codex"),
-            GEMINI_DATA_DIR=os.path.join(AGENT_EXAMPLES, "gemini", "tmp"),
-            OPENCODE_DATA_DIR=os.path.join(AGENT_EXAMPLES, "opencode"),
-            OPENCLAW_DIR=os.path.join(AGENT_EXAMPLES, "openclaw"))
+    def point_agents_at_examples(self, home=None):
+        os.environ.update(agent_variables(home or AGENT_EXAMPLES))
+
+
+def agent_variables(home):
+    """Every agent's variable pointed at its folder of the examples (copied to home)."""
+    folders = {"CLAUDE_CONFIG_DIR": "claude", "CODEX_HOME": "codex",
+               "GEMINI_DATA_DIR": os.path.join("gemini", "tmp"), "OPENCODE_DATA_DIR": "opencode",
+               "OPENCLAW_DIR": "openclaw", "AMP_DATA_DIR": "amp", "DROID_SESSIONS_DIR": "droid",
+               "CODEBUFF_DATA_DIR": "codebuff", "HERMES_HOME": "hermes",
+               "PI_CODING_AGENT_DIR": "pi", "GOOSE_PATH_ROOT": "goose", "KILO_DATA_DIR": "kilo",
+               "COPILOT_HOME": "copilot", "ANTIGRAVITY_DATA_DIR": "antigravity",
+               "QWEN_DATA_DIR": "qwen", "GROK_HOME": "grok", "ZCODE_HOME": "zcode"}
+    found = dict((name, os.path.join(home, folder)) for name, folder in folders.items())
+    found["KIMI_DATA_DIR"] = ",".join(os.path.join(home, "kimi", part)
+                                      for part in (".kimi", ".kimi-code"))
+    return found
 
 
 # ------------------------------------------------------------------ parsers
@@ -1722,7 +1732,10 @@ class AgentTests(IsolatedEnv):
         doc = self.run_json()
         names = [s["name"] for s in doc["sources"]]
         self.assertEqual(names, ["agent:" + a for a in catop.AGENTS])
-        self.assertEqual(doc["totals"]["requests"], 6 + 6 + 3 + 1 + 2)
+        # the first five, then amp droid codebuff hermes pi goose kilo copilot antigravity
+        # kimi qwen grok zcode
+        self.assertEqual(doc["totals"]["requests"], 6 + 6 + 3 + 1 + 2 + 6 + 4 + 5 + 8 + 7 + 5
+                         + 7 + 5 + 6 + 11 + 6 + 5 + 8)
 
     def test_nothing_found_says_where_it_looked(self):
         code, out, err = self.run_main("--offline")
@@ -5598,13 +5611,8 @@ class ConsistencyMatrixTests(IsolatedEnv):
                                               "0000resumed") for line in parent))
             handle.write(AgentTests.claude_line("0000resumed", "m-new", "2026-03-10T09:00:00Z",
                                                 700))
-        os.environ.update(CLAUDE_CONFIG_DIR=os.path.join(home, "claude"),
-                          CODEX_HOME=os.path.join(home, "codex"),
-                          GEMINI_DATA_DIR=os.path.join(home, "gemini", "tmp"),
-                          OPENCODE_DATA_DIR=os.path.join(home, "opencode"),
-                          OPENCLAW_DIR=os.path.join(home, "openclaw"))
-        agents = ("--agent", "claude-code", "--agent", "codex", "--agent", "gemini",
-                  "--agent", "openclaw", "--agent", "opencode")
+        os.environ.update(agent_variables(home))
+        agents = tuple(part for name in catop.AGENTS for part in ("--agent", name))
         history = os.path.join(self.tmp, "h.sqlite3")
         with mock.patch.object(catop, "PARALLEL_MIN_BYTES", 1):
             reference = self.snapshot(*agents, "--no-history", "--jobs", "1")
@@ -5833,7 +5841,7 @@ class HistoryTests(IsolatedEnv):
                 self.assertEqual(stored["totals"], fresh["totals"])
                 warm = self.report("--agent", name)
                 self.assertEqual(warm["totals"], fresh["totals"])
-                if name != "opencode":
+                if not catop.AGENT_TABLE[name].whole:   # a database is read whole
                     self.assertEqual(warm["sources"][0]["records"], 0)
 
     def test_opencode_messages_keep_their_own_keys(self):
@@ -6105,7 +6113,7 @@ class HistoryTests(IsolatedEnv):
         # schema 4's threads are filled in too: the subagent is not chained to its parent
         self.assertEqual(upgraded["breaks"], first["breaks"])
         db = sqlite3.connect(self.store)
-        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 4)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 5)
         # the subagent's two lines (its replay of msg_B is stored, and left out when read)
         self.assertEqual(db.execute("SELECT count(*) FROM requests WHERE thread = 'agent-a1'")
                          .fetchone()[0], 2)
