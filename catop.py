@@ -318,7 +318,10 @@ class SourceStats(object):
             self.skipped[kind] += count
 
     def as_dict(self):
-        return {"name": self.name, "records": self.records, "skipped": dict(self.skipped)}
+        found = {"name": self.name, "records": self.records, "skipped": dict(self.skipped)}
+        if self.error:
+            found["error"] = self.error   # (JSON escapes its control characters)
+        return found
 
 
 # ------------------------------------------------------------ small helpers
@@ -4837,14 +4840,16 @@ class AgentSpec(object):
     whole whenever one changes (SQLite databases, and their -wal); rank: which
     of several files holding equal copies of a response keeps it (formats.md
     section 3); subagent_replays: a subagent file may replay a response of its
-    parent.  history_key(key) / key_from_history(text) store a dedup key and read
-    it back."""
+    parent; expects: what the records that carry usage are (a folder that holds none
+    is told so).  history_key(key) / key_from_history(text) store a dedup key and
+    read it back."""
 
     def __init__(self, name, variable, defaults, find, parser=None, needles=(),
                  document=None, document_suffix=None, database=None, listed=False,
                  rank="time", key_prefix=None, subagent_replays=False, sessions_keyed=True,
-                 keyed=True, variables=()):
+                 keyed=True, variables=(), expects="records with token usage"):
         self.name, self.variable, self.defaults, self.find = name, variable, defaults, find
+        self.expects = expects   # what its usage records are, for a file that has none
         self.variables = (variable,) + tuple(variables)
         self.parser, self.needles, self.listed = parser, needles, listed
         self.database, self.whole = database, database is not None
@@ -5089,7 +5094,7 @@ def _scan_file_worker(job):
     agent, path = job
     REFUSED_VALUES.clear()
     source = AgentSource(agent)
-    source.scan(paths=[path], parallel=False)
+    source.scan(paths=[path], parallel=False, note=False)
     return worker_result(source)
 
 
@@ -5146,12 +5151,33 @@ class AgentSource(object):
             first = self.first_ts[path] = earliest_record_time(path)
         return first, path
 
-    def scan(self, final=True, parallel=True, paths=None):
-        """Reads what is new in every file of the agent (or in paths)."""
+    def scan(self, final=True, parallel=True, paths=None, note=True):
+        """Reads what is new in every file of the agent (or in paths); note: tell
+        of files read from their start that hold no usage record at all."""
         paths = agent_files(self.agent) if paths is None else paths
+        unread = [p for p in paths if p not in self.states or self.states[p].offset == 0]
         if self.spec.whole:
             self._scan_whole(paths)
+        else:
+            self._scan_files(paths, final, parallel)
+        if note:
+            self._note_foreign_format(unread)
+
+    def _note_foreign_format(self, paths):
+        """Files that hold something, none of it a usage record: most likely the
+        format of another version of the agent, said in one line, naming a file."""
+        if self.keyed or any(self.loose.values()) or self.stats.error:
             return
+        held = []
+        for path in paths:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(path) > 0:
+                    held.append(path)
+        if held:
+            self.stats.error = "no %s in %s (%s): written by another version of %s?" % (
+                self.spec.expects, counted(len(held), "file"), held[0], self.agent)
+
+    def _scan_files(self, paths, final, parallel):
         fresh = [p for p in paths if p not in self.states]
         workers = worker_count()
         if parallel and workers > 1 and len(fresh) > 1 and \
