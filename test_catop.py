@@ -1717,7 +1717,7 @@ class AgentTests(IsolatedEnv):
            cache read 52,000 where catop's is 37,000).
         2. A forked Codex session replays its parent's token_count history within a
            second of starting: catop does not count the replay (formats.md), ccusage
-           counts it again (cache read 16,864 instead of 12,864).
+           counts it again (cache read 15,864 instead of 12,864).
         3. A Codex rollout that never logged its model: ccusage prices it as gpt-5,
            catop reports it as 'unknown' and lists it as unpriced rather than guess.
         """
@@ -1726,6 +1726,95 @@ class AgentTests(IsolatedEnv):
         codex = self.agent_totals("codex")
         self.assertEqual(codex["totals"]["cache_read_tokens"], 12864)
         self.assertEqual(codex["unpriced_models"], ["unknown"])
+
+    # agent: (requests, miss, cache read, 5m write, 1h write, output, reasoning),
+    # (malformed, duplicates) skipped, observed cost; by hand from each agent's format
+    # (the fixtures in examples/agents/<agent>, what each one tests in its comment)
+    MORE_AGENTS = {
+        # a newer message without a usageLedger event beside ledger-only ones; a cut file
+        "amp": ((6, 2465, 55134, 30680, 0, 3602, 0), (1, 0), None),
+        # running totals a session; a stale flat copy of one ranks below the live one;
+        # thinking beside output; a child's inclusiveTokenUsage not added again
+        "droid": ((4, 23030, 1469900, 111740, 0, 30665, 7170), (1, 0), None),
+        # OpenRouter-style prompt_tokens include cached_tokens; run-state's history
+        # replays the chat: only its last step is the reply's
+        "codebuff": ((5, 32545, 42500, 31100, 0, 5330, 1200), (1, 0), 0.0803),
+        # sessions rows, their per-model rows used where they add up, auxiliary calls
+        # (titles, compression) besides, a named profile's own state.db
+        "hermes": ((8, 55250, 345000, 29700, 0, 15012, 1300), (1, 0), None),
+        # a fork copies its parent's lines (entry id and time kept): counted once
+        "pi": ((7, 3961, 53900, 19150, 0, 6160, 0), (0, 2), None),
+        # an imported session's copy of the counters; Gemini thoughts beside the output
+        "goose": ((5, 499400, 0, 0, 0, 28200, 3200), (1, 1), None),
+        # a forked session's copies (new ids, same times and tokens, cost 0)
+        "kilo": ((7, 13640, 35248, 10500, 0, 3390, 700), (1, 2), 0.101241),
+        # every session.shutdown is one run of the CLI (a resumed run counts too);
+        # inputTokens include both caches; one event read twice counts once
+        "copilot": ((5, 76000, 278000, 27000, 0, 16200, 5556), (1, 2), None),
+        # one call in its step, its generation and its retry; a never-initialized database
+        "antigravity": ((6, 15700, 29000, 19500, 0, 2650, 680), (1, 7), None),
+        # Kimi CLI and Kimi Code: subagent events relayed to the parent's wire, a /fork's
+        # copies, a session-scope call (a compaction) that is a call of its own
+        "kimi": ((11, 20141, 67598, 15800, 0, 5391, 0), (3, 4), None),
+        # /branch copies keep their uuid; thoughts inside candidates but on Gemini's API
+        "qwen": ((6, 25600, 62080, 0, 0, 6862, 3460), (0, 2), None),
+        # a turn split by model; the same turn in two sessions; cost in 1e-10 USD ticks
+        "grok": ((5, 36700, 61440, 0, 0, 4456, 2078), (0, 2), 0.115832),
+        # completed rows of model_usage only; input holds both cache slices
+        "zcode": ((8, 51666, 59016, 11000, 0, 6407, 0), (1, 0), None),
+    }
+
+    def test_thirteen_more_agents(self):
+        self.assertEqual(set(self.MORE_AGENTS) | {"claude-code", "codex", "gemini", "opencode",
+                                                  "openclaw"}, set(catop.AGENTS))
+        for name, (tokens, (malformed, duplicates), cost) in sorted(self.MORE_AGENTS.items()):
+            with self.subTest(agent=name):
+                doc = self.agent_totals(name)
+                t, source = doc["totals"], doc["sources"][0]
+                self.assertEqual((t["requests"], t["miss_tokens"], t["cache_read_tokens"],
+                                  t["cache_write_tokens"] - t["cache_write_1h_tokens"],
+                                  t["cache_write_1h_tokens"], t["output_tokens"],
+                                  t["reasoning_tokens"]), tokens)
+                self.assertEqual((source["skipped"]["malformed"],
+                                  source["skipped"]["duplicate"]), (malformed, duplicates))
+                if cost is not None:
+                    self.assertAlmostEqual(t["observed_cost_usd"], cost, places=9)
+
+    def test_opencode_database_rows_keep_no_id_in_their_json(self):
+        # OpenCode's and Kilo's message table keeps id and session in columns only: two
+        # messages of one session are two requests, and each belongs to its session
+        data = os.path.join(self.tmp, "opencode")
+        os.makedirs(data)
+        database = sqlite3.connect(os.path.join(data, "opencode.db"))
+        database.execute("CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT, data TEXT)")
+        for number in range(2):
+            database.execute("INSERT INTO message VALUES (?, ?, ?)", (
+                "msg_%d" % number, "ses_a", json.dumps({
+                    "role": "assistant", "modelID": "gpt-4o", "providerID": "openai",
+                    "time": {"created": 1773136900000 + number}, "tokens": {
+                        "input": 100, "output": 10, "reasoning": 0,
+                        "cache": {"read": 0, "write": 0}}})))
+        database.commit()
+        database.close()
+        os.environ["OPENCODE_DATA_DIR"] = data
+        doc = self.run_json("--agent", "opencode", "--group-by", "session")
+        self.assertEqual(doc["totals"]["requests"], 2)
+        self.assertEqual([g["key"]["session"] for g in doc["groups"]], ["ses_a"])
+
+    def test_a_folder_of_another_version_is_told_in_one_line(self):
+        self.point_agents_at_examples()
+        folder = os.path.join(self.tmp, "qwen", "projects", "-p", "chats")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "s.jsonl"), "w") as handle:
+            handle.write('{"type": "message", "usage": {"input_tokens": 5}}\n')
+        os.environ["QWEN_DATA_DIR"] = os.path.join(self.tmp, "qwen")
+        code, out, err = self.run_main("--offline", "--no-history", "--width", "300")
+        self.assertEqual(code, 0)
+        self.assertIn("source  agent:qwen: 0 records [no assistant records with usageMetadata "
+                      "in 1 file (%s): written by another version of qwen?]"
+                      % os.path.join(folder, "s.jsonl"), out)
+        self.assertIn("source  agent:kimi: 11 records", out)   # the others still read
+        self.assertNotIn("Traceback", err)
 
     def test_scan_with_no_source_finds_every_agent(self):
         self.point_agents_at_examples()
@@ -4318,6 +4407,95 @@ def oracle_cases(seed=7, count=360):
     return cases
 
 
+class CcusageCrossCheckTests(IsolatedEnv):
+    """ccusage 20.0.24 (the tool catop's users compare it with) over every agent's
+    fixture: equal input, cache read, cache write and output tokens, but where ccusage
+    is wrong by the agent's own format, each case named with the tokens it gets wrong.
+    Skipped where ccusage is not installed (.ci/run installs it from npm; set
+    CATOP_CCUSAGE to its path, or put it on PATH)."""
+
+    # ccusage's figures minus catop's: (input, cache read, cache write, output)
+    WRONG = {
+        # a response logged on two lines without requestId: ccusage keeps the partial
+        # line too (formats.md section 3: the largest line of a response, once)
+        "claude-code": (3, 15000, 0, 20),
+        # the forked session's replay of its parent's last token_count, counted again
+        "codex": (1000, 3000, 0, 300),
+        # g1, copied from the legacy session-*.json into the resumed .jsonl, counted twice
+        # (10,000 input, 180 output); and thoughts (700) left out of output
+        "gemini": (10000, 0, 0, 180 - 700),
+        # a thread with a usageLedger is read from the ledger only: the newer message
+        # with usage and no ledger event is lost
+        "amp": (-30, -10500, -520, -410),
+        # the stale flat copy of a session beats its live copy on a tie of times, and
+        # thinking (7,170) is left out of output
+        "droid": (-2410, -531800, -21140, -12945),
+        # OpenRouter-style prompt_tokens already include cached_tokens (counted twice:
+        # +18,000 input); an empty cache figure of a step filled from the step before
+        # it (+18,000 cache read)
+        "codebuff": (18000, 18000, 0, 0),
+        # the auxiliary calls of session_model_usage (titles, compression) and a named
+        # profile's state.db are not read
+        "hermes": (-45850, -12000, 0, -3012),
+        # a fork's copied lines are dropped only where its parentSession path exists on
+        # this disk (a moved or synced folder double-counts)
+        "pi": (20, 9800, 11250, 730),
+        # an imported session's copy of the counters counted again; Gemini thoughts
+        # (3,200) left out of output
+        "goose": (90500, 0, 0, 2300),
+        # a fork's copies counted again (their ids are unique: Kilo keeps no id in the
+        # JSON ccusage keys on); reasoning (700) left out of output
+        "kilo": (1350, 8000, 8900, 20),
+        # shutdowns taken as running totals and subtracted: a resumed run is lost
+        "copilot": (-19000, -52000, 0, -2100),
+        # thinking (680) left out of output (and, on the fixture as it is, a database
+        # never initialized stops the whole report: it is run without it)
+        "antigravity": (0, 0, 0, -680),
+        # a /fork's copied records counted again, and a session-scope call dropped
+        "kimi": (4287, 16258, 15500, 1438),
+        # cachedContentTokenCount counted in input and cache read both, reasoning added
+        # on top of output that holds it, /branch copies counted again
+        "qwen": (92590, 14720, 0, -100),
+    }
+    NAMES = {"claude-code": "claude"}
+
+    def setUp(self):
+        super().setUp()
+        self.ccusage = os.environ.get("CATOP_CCUSAGE") or shutil.which("ccusage")
+        if not self.ccusage:
+            self.skipTest("ccusage is not installed here (npm install ccusage@20.0.24)")
+
+    def ccusage_totals(self, name, home):
+        env = dict(os.environ, PI_AGENT_DIR=os.path.join(home, "pi", "sessions"))
+        env.update(agent_variables(home))
+        done = subprocess.run([self.ccusage, self.NAMES.get(name, name), "daily", "--json",
+                               "--offline"], cwd=self.tmp, env=env, capture_output=True,
+                              text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        t = json.loads(done.stdout)["totals"]
+        return (t["inputTokens"], t["cacheReadTokens"], t["cacheCreationTokens"],
+                t["outputTokens"])
+
+    def test_every_agent_against_ccusage(self):
+        home = os.path.join(self.tmp, "agents")
+        shutil.copytree(AGENT_EXAMPLES, home)
+        self.point_agents_at_examples(home)
+        mine = {}
+        for name in catop.AGENTS:
+            t = self.run_json("--agent", name)["totals"]
+            mine[name] = (t["miss_tokens"], t["cache_read_tokens"], t["cache_write_tokens"],
+                          t["output_tokens"])
+        empty = os.path.join(home, "antigravity", "conversations",
+                             "e4d3c2b1-a0f9-4e8d-b7c6-5a4b3c2d1e0f.db")
+        self.assertEqual(os.path.getsize(empty), 0)
+        os.remove(empty)   # ccusage stops at it; catop counts it malformed, and goes on
+        for name in catop.AGENTS:
+            with self.subTest(agent=name):
+                wrong = self.WRONG.get(name, (0, 0, 0, 0))
+                self.assertEqual(self.ccusage_totals(name, home),
+                                 tuple(a + b for a, b in zip(mine[name], wrong)))
+
+
 class LiteLLMOracleTests(unittest.TestCase):
     """catop's cost of 360 generated usage records against LiteLLM's own calculator
     on the same map (formats.md section 4: the reference implementation), skipped
@@ -5389,16 +5567,118 @@ class FuzzTests(IsolatedEnv):
                     source = os.path.join(folder, name)
                     target = os.path.join(home, os.path.relpath(source, AGENT_EXAMPLES))
                     self.damaged_copy(source, target, rng, share=0.5)
-            os.environ.update(CLAUDE_CONFIG_DIR=os.path.join(home, "claude"),
-                              CODEX_HOME=os.path.join(home, "codex"),
-                              GEMINI_DATA_DIR=os.path.join(home, "gemini", "tmp"),
-                              OPENCODE_DATA_DIR=os.path.join(home, "opencode"),
-                              OPENCLAW_DIR=os.path.join(home, "openclaw"))
+            os.environ.update(agent_variables(home))
             with self.subTest(seed=seed):
                 for argv in (("--no-history", "--group-by", "day,session"),
                              ("--history", os.path.join(home, "h.sqlite3"), "--group-by",
                               "week,month")):
                     self.totals("--scan-agents", *argv)
+
+
+    def test_every_agent_reader_meets_hostile_values(self):
+        """Each agent's own records, documents and database rows, changed one value at
+        a time: a parser gives a request, nothing, or a ValueError its reader counts
+        as malformed; never another exception, and never a count out of range."""
+        def check(found):
+            for req in found:
+                for field in ("miss", "cache_read", "cache_write_5m", "cache_write_1h",
+                              "output", "reasoning"):
+                    value = getattr(req, field)
+                    self.assertTrue(type(value) is int and
+                                    0 <= value <= catop.MAX_TOKENS_PER_FIELD, (field, value))
+                self.assertLessEqual(req.reasoning, req.output)
+
+        def requests(results):
+            for result in results if type(results) is list else [results]:
+                if type(result) is tuple and isinstance(result[-1], catop.Request):
+                    yield result[-1]
+                elif isinstance(result, catop.Request):
+                    yield result
+        rng = random.Random(19)
+        for name in catop.AGENTS:
+            spec = catop.AGENT_TABLE[name]
+            for path in self.example_paths(name):
+                with self.subTest(agent=name, file=os.path.basename(path)):
+                    if spec.whole:
+                        self.fuzz_database(spec, path, rng, check, requests)
+                    elif spec.reads_document(path):
+                        self.fuzz_document(spec, path, rng, check, requests)
+                    else:
+                        self.fuzz_lines(spec, path, rng, check, requests)
+
+    def example_paths(self, name):
+        os.environ.update(agent_variables(AGENT_EXAMPLES))
+        return catop.agent_files(name)
+
+    def fuzz_lines(self, spec, path, rng, check, requests):
+        with open(path, "rb") as handle:
+            records = [json.loads(line) for line in handle if line.strip().startswith(b"{")
+                       and self.decodes(line)]
+        for _ in range(120):
+            record = mutate_value(rng.choice(records), rng) if records else {}
+            if type(record) is not dict:
+                continue
+            ctx = catop.FileContext(path)
+            try:
+                found = spec.parser(record, ctx)
+            except (ValueError, TypeError, RecursionError, OverflowError):
+                continue   # scan_agent_jsonl counts it malformed
+            if found not in (None, "compact"):
+                check(requests(found))
+
+    def fuzz_document(self, spec, path, rng, check, requests):
+        document = json.loads(catop.read_regular(path)) if self.decodes(
+            catop.read_regular(path)) else None
+        for number in range(60):
+            damaged = os.path.join(self.tmp, "doc%d" % number, os.path.basename(path))
+            os.makedirs(os.path.dirname(damaged), exist_ok=True)
+            with open(damaged, "w") as handle:
+                json.dump(mutate_value(document, rng), handle)
+            results, malformed = spec.document(damaged, catop.FileContext(damaged))
+            check(requests([result for _, result in results]))
+
+    def fuzz_database(self, spec, path, rng, check, requests):
+        if not path.endswith((".db", ".sqlite")) or not os.path.getsize(path):
+            return
+        source = sqlite3.connect(path)
+        tables = source.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        source.close()
+        for number in range(30):
+            damaged = os.path.join(self.tmp, "db%d" % number, os.path.basename(path))
+            os.makedirs(os.path.dirname(damaged), exist_ok=True)
+            shutil.copyfile(path, damaged)
+            database = sqlite3.connect(damaged)
+            for (table,) in tables:
+                columns = [row[1] for row in database.execute("PRAGMA table_info(%s)" % table)]
+                for rowid, *values in database.execute(
+                        "SELECT rowid, * FROM %s" % table).fetchall():
+                    column = rng.randrange(len(columns))
+                    value = values[column]
+                    if type(value) is str and self.decodes(value):
+                        value = json.dumps(mutate_value(json.loads(value), rng))
+                    elif type(value) is bytes and value:
+                        value = bytes(rng.randrange(256) if rng.random() < 0.2 else b
+                                      for b in value)
+                    else:
+                        value = rng.choice([-5, 10 ** 18, 1e308, "x", "1e26", None, b"\xff"])
+                    with contextlib.suppress(sqlite3.Error):   # a constraint refuses it
+                        database.execute("UPDATE %s SET %s = ? WHERE rowid = ?" % (
+                            table, columns[column]), (value, rowid))
+            database.commit()
+            database.close()
+            try:
+                results, malformed = spec.database(damaged)
+            except OSError:
+                continue   # a database it cannot read: said in the source's line
+            check(requests([result for _, result in results]))
+
+    @staticmethod
+    def decodes(text):
+        try:
+            json.loads(text)
+        except ValueError:
+            return False
+        return True
 
 
 class LiveHistoryTests(IsolatedEnv):
