@@ -549,7 +549,7 @@ _PROVIDER_MARKERS = (
     ("claude", "anthropic"), ("gpt", "openai"), ("codex", "openai"), ("o1", "openai"),
     ("o3", "openai"), ("o4", "openai"), ("gemini", "google"), ("deepseek", "deepseek"),
     ("grok", "xai"), ("mistral", "mistral"), ("codestral", "mistral"),
-    ("kimi", "moonshot"), ("llama", "meta"), ("qwen", "alibaba"),
+    ("kimi", "moonshot"), ("llama", "meta"), ("qwen", "dashscope"), ("glm", "zai"),
 )
 
 
