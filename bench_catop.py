@@ -15,6 +15,9 @@ Figures:
             history: a first run, and a warm one that finds nothing changed (target: at
             most a quarter of the first).
   codex     a ~70 MB Codex folder, with ccusage's totals beside catop's.
+  scan      --scan-agents over a home that holds no agent, and over one holding only a
+            20 MB Claude Code folder: the roots of agents that are not there cost a few
+            stat calls, not a walk; and the time to look for all eighteen agents.
   live      the live view's CPU per tick: idle over the Claude folder (target < 20 ms),
             and with 5,000 lines a second appended for 30 s; its first frame, cold and
             resuming from the history (target < 0.3 s), the latter also timed from
@@ -681,9 +684,36 @@ def bench_statusline(folder, runs, target_mb=50):
     print("  the line: %s" % line)
 
 
+def bench_scan(folder, runs):
+    empty = os.path.join(folder, "scan-empty")
+    claude_only = os.path.join(folder, "scan-claude")
+    os.makedirs(empty, exist_ok=True)
+    if not os.path.isdir(os.path.join(claude_only, ".claude")):
+        print("generating a 20 MB Claude Code folder ...", flush=True)
+        make_claude_folder(os.path.join(claude_only, ".claude"), 20, files=40)
+    argv = [sys.executable, CATOP, "--scan-agents", "--once", "--format", "json", "--offline",
+            "--no-history"]
+    print("\nscan of the agents' default folders")
+    for label, home in (("a home with no agent", empty), ("a home with Claude Code only", claude_only)):
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": home}
+        seconds, pss, _, _ = best_of(runs, argv, env)
+        print("  %-34s %7.3f s  peak %5.1f MB" % (label, seconds, pss))
+    probe = ("import sys, time; sys.path[0] = %r; import catop; start = time.perf_counter(); "
+             "found = [catop.agent_files(n) for n in catop.AGENTS]; "
+             "print(len(catop.AGENTS), (time.perf_counter() - start) * 1000)" % HERE)
+    times = []
+    for _ in range(max(runs, 5)):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env={"PATH": os.environ.get("PATH", ""), "HOME": empty}).stdout
+        agents, ms = out.split()
+        times.append(float(ms))
+    print("  looking for all %s agents in a home with none: %.2f ms" % (agents, min(times)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("requests", "claude", "codex", "live", "statusline"),
+    parser.add_argument("--only", choices=("requests", "claude", "codex", "scan", "live",
+                                           "statusline"),
                         help="one corpus only")
     parser.add_argument("--mb", type=int, help="corpus size in MB (default 200 / 300)")
     parser.add_argument("--runs", type=int, default=3, help="best of N runs (default 3)")
@@ -700,6 +730,8 @@ def main():
             bench_claude(folder, args.mb or 300, args.runs)
         if args.only in (None, "codex"):
             bench_codex(folder, args.mb or 100, args.runs)
+        if args.only in (None, "scan"):
+            bench_scan(folder, args.runs)
         if args.only in (None, "live"):
             bench_live(folder)
         if args.only in (None, "statusline"):

@@ -2364,17 +2364,20 @@ def threshold_reached(entry, name=""):
                else name.lower().startswith(tuple(p + "/" for p in _THRESHOLD_REACHED)))
 
 
+_ABOVE_KEYS = re.compile(r"_above_(\d{1,5})k_tokens$", re.M)
+
+
 def note_size_thresholds(table):
     """Adds to SIZE_THRESHOLDS the ones a price map has that it lacks, so a price class
     tells them apart (done when a map is loaded, before any request is counted); a
     threshold a prompt need only reach is a token lower."""
     found = set()
     for name, entry in table.items():
-        for key in entry:
-            if key.endswith("k_tokens") and "_above_" in key:
-                size = _ABOVE_KEY.search(key)
-                if size and int(size.group(1)) > 0:
-                    found.add(int(size.group(1)) * 1000 - threshold_reached(entry, name))
+        keys = "\n".join(entry)   # one search of an entry's keys: a map has a million
+        if "k_tokens" in keys:
+            lower = threshold_reached(entry, name)
+            found.update(int(size) * 1000 - lower for size in _ABOVE_KEYS.findall(keys)
+                         if int(size) > 0)
         if "tiered_pricing" in entry:
             found.update(low for low, _ in tiered_ranges(entry["tiered_pricing"], False)
                          if low > 0)
