@@ -1855,6 +1855,18 @@ def parse_opencode(message, agent="opencode", session="", directory=""):
     return key, req
 
 
+def models_apart(results):
+    """[(key, Request)] of one record that totals several models (a run, a turn): the
+    model with the most input stays on the session's main thread, each other one is a
+    thread of its own, so that their being side by side is no model switch."""
+    if len(results) > 1:
+        main = max(results, key=lambda result: (result[1].input, result[1].model))[1]
+        for _, req in results:
+            if req is not main:
+                req.thread = req.model
+    return results
+
+
 def parse_pi(record, ctx):
     """(entry key, Request) of a pi assistant message; 'compact' for a compaction.
     A fork or branch copies its parent's lines verbatim (entry id and time) into a
@@ -1927,7 +1939,7 @@ def parse_copilot(record, ctx):
             ts, "copilot", infer_provider(model), _text(model), _text(ctx.project),
             _text(ctx.session), prompt - read - write, read, write, 0, output,
             min(as_count(usage.get("reasoningTokens") or 0), output))))
-    return results or None
+    return models_apart(results) or None
 
 
 # Kimi: Kimi CLI (~/.kimi) writes sessions/<md5(work dir)>/<session>/wire.jsonl (its
@@ -2209,7 +2221,7 @@ def parse_grok(record, ctx):
             prompt - cached - created, cached, created, 0, output,
             min(as_count(row.get("reasoningTokens") or 0), output),
             ticks / 1e10 if ticks else None)))
-    return results or None
+    return models_apart(results) or None
 
 # ------------------------------------------------------------------ pricing
 # LiteLLM price-map format, USD per token (formats.md section 4).
@@ -5815,10 +5827,10 @@ def hermes_session_requests(row, routes=()):
     session, project = row["id"], row["cwd"] or ""
     split = [tuple(_db_count(route[c]) for c in _HERMES_COUNTERS) for route in routes]
     if len(split) > 1 and tuple(map(sum, zip(*split))) == counts:
-        return [(("route:" + _hermes_route_key(route)), _hermes_request(
+        return models_apart([(("route:" + _hermes_route_key(route)), _hermes_request(
             route, route["model"] or model, parse_timestamp(route["first_seen"])
             if type(route["first_seen"]) in (int, float) else ts, project, session))
-            for route in routes]
+            for route in routes])
     return [("session", _hermes_request(row, model, ts, project, session))]
 
 
