@@ -1173,6 +1173,51 @@ def dimensions_of(tier, speed, geo, retention=None):
     return found
 
 
+def iteration_requests(req, iterations):
+    """The Requests of a response that ran server-side iterations (Anthropic's
+    usage.iterations, formats.md section 2): each iteration priced on its own (its
+    own size decides its long-context rate), an advisor_message iteration at its own
+    model, on a thread of its own.  Whether the response's figures include the
+    advisors is told by arithmetic; None where the iterations add up to neither
+    (the response then counts as it is: never a token twice).  The first iteration
+    keeps what belongs to the call (its observed cost, diagnosis and searches)."""
+    if type(iterations) is not list or not iterations:
+        return None
+    own, advisors = [], []
+    for item in iterations:
+        if type(item) is not dict:
+            return None
+        tokens = decode_usage(item)
+        if tokens is None:
+            return None
+        tokens = tokens[:5]
+        model = item.get("model")
+        if item.get("type") == "advisor_message" and type(model) is str and model:
+            advisors.append((tokens, _text(model)))
+        else:
+            own.append(tokens)
+    top = (req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output)
+    summed = tuple(sum(part) for part in zip(*own)) if own else (0,) * 5
+    with_advisors = tuple(sum(part) for part in zip(summed, *[t for t, _ in advisors]))
+    if not own or top not in (summed, with_advisors) or not any(map(any, own)):
+        return None
+    found = []
+    for number, (miss, read, write_5m, write_1h, output) in enumerate(own):
+        first = not number
+        found.append(Request(req.ts, req.agent, req.provider, req.model, req.project,
+                             req.session, miss, read, write_5m, write_1h, output,
+                             min(req.reasoning, output) if first else 0,
+                             req.observed_cost if first else None, req.sidechain, req.thread,
+                             req.diagnosis if first else None, req.tier,
+                             req.searches if first else 0, req.origin))
+    for (miss, read, write_5m, write_1h, output), model in advisors:
+        if miss or read or write_5m or write_1h or output:
+            found.append(Request(req.ts, req.agent, req.provider, model, req.project,
+                                 req.session, miss, read, write_5m, write_1h, output, 0, None,
+                                 req.sidechain, model, None, req.tier, 0, req.origin))
+    return found
+
+
 def normalize_record(record, wanted=ALL_ATTRIBUTES):
     """A Request from one generic log record; None when it carries no token usage.
     Attributes not in wanted are left empty.
@@ -1218,12 +1263,14 @@ def interpret_record(record, usage, attributes, wanted):
     if project is not None and project_only_for_advice(wanted) and not ttl_is_a_choice(provider):
         project = None
     miss, read, write_5m, write_1h, output, reasoning = tokens
-    return Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
-                   _text(session), miss, read, write_5m, write_1h, output, reasoning,
-                   as_money(cost), False, "", find_diagnosis(record),
-                   "" if tier is None and speed is None and geo is None and retention is None
-                   else dimensions_of(tier, speed, geo, retention),
-                   server_searches(usage) if "server_tool_use" in usage else 0)
+    req = Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
+                  _text(session), miss, read, write_5m, write_1h, output, reasoning,
+                  as_money(cost), False, "", find_diagnosis(record),
+                  "" if tier is None and speed is None and geo is None and retention is None
+                  else dimensions_of(tier, speed, geo, retention),
+                  server_searches(usage) if "server_tool_use" in usage else 0)
+    return (iteration_requests(req, usage["iterations"]) or req) if "iterations" in usage \
+        else req
 
 
 # Compiled shapes.  A log repeats a handful of record shapes (the same keys, the
@@ -1277,7 +1324,15 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
                  "ttl_is_a_choice": ttl_is_a_choice, "nested_ttl_split": nested_ttl_split, "bedrock_ttl_split": bedrock_ttl_split,
                  "EMPTY": {}}
     exec(compile(source, "<catop shape>", "exec"), namespace)
-    return namespace["shape"]
+    if "iterations" not in usage_keys:
+        return namespace["shape"]
+    shape = namespace["shape"]
+
+    def iterated(record, usage, attributes):   # (the rare shape: no inline code for it)
+        req = shape(record, usage, attributes)
+        return (iteration_requests(req, usage["iterations"]) or req) \
+            if isinstance(req, Request) else req
+    return iterated
 
 
 def _count_source(target, value="v"):
@@ -1502,6 +1557,16 @@ def litellm_usage_tokens(usage):
     return miss, read, write_5m, write_1h, output, reasoning
 
 
+class Superseded(object):
+    """A parser's word that the requests of a key are counted under other keys now
+    (a response split into its iterations): an earlier line of it must not count."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+
 class Compaction(object):
     """A point where an agent summarized its context: the prompt cache starts over."""
 
@@ -1583,6 +1648,13 @@ def parse_claude_code(record, ctx):
                   server_searches(usage) if "server_tool_use" in usage else 0)
     message_id = message.get("id")
     key = dedup_key(message_id, record.get("requestId") or "") if message_id else None
+    if "iterations" in usage:
+        split = iteration_requests(req, usage["iterations"])
+        if split:   # a key a part; the response's own key (a partial line's) gives way
+            if key is None:
+                return split
+            return [Superseded(key)] + [(key ^ (number + 1), part)
+                                        for number, part in enumerate(split)]
     return key, req
 
 
@@ -4360,6 +4432,11 @@ def scan_request_lines(lines, stats, sink, wanted=ALL_ATTRIBUTES):
         if req is FAILED:
             stats.skipped["failed"] += 1
             continue
+        if type(req) is list:   # a response's server-side iterations, each priced alone
+            records += len(req)
+            for part in req:
+                sink(part)
+            continue
         records += 1
         sink(req)
     stats.records += records
@@ -5148,6 +5225,7 @@ class AgentSource(object):
         self.whole_signature = None   # what the files of a whole-read agent were
         self.first_ts = {}       # path -> its earliest record's time, when not in its state
         self.ties = {}           # key -> {path: Request}: equal copies in several files
+        self.superseded = set()  # keys whose requests are counted under other keys
 
     def __getstate__(self):      # a worker sends it home: the table entry stays here
         state = dict(self.__dict__)
@@ -5260,6 +5338,8 @@ class AgentSource(object):
         self.compaction_times.extend(other.compaction_times)
         self.version += other.version + 1
         self.first_ts.update(other.first_ts)
+        for key in other.superseded:
+            self._supersede(key)
         for key, req in other.keyed.items():
             self._hold(key, req)
         for key, copies in other.ties.items():
@@ -5294,6 +5374,9 @@ class AgentSource(object):
                 self.compactions[session] = self.compactions.get(session, 0) + 1
                 self.compaction_times.append((session, result.ts))
                 self.stats.compactions += 1
+            elif type(result) is Superseded:
+                self._supersede((session, result.key) if self.spec.sessions_keyed
+                                else result.key)
             elif result == "duplicate":
                 self.stats.skip("duplicate")
             elif isinstance(result, Request):
@@ -5307,6 +5390,12 @@ class AgentSource(object):
                     continue
                 self._hold((session, key) if self.spec.sessions_keyed else key, req)
 
+    def _supersede(self, key):
+        self.superseded.add(key)
+        if self.keyed.pop(key, None) is not None:
+            self.ties.pop(key, None)
+            self.stats.skip("duplicate")
+
     def _hold(self, key, req, counted=False):
         """Keeps one request per key: the largest (Claude Code writes one response on
         several lines, the early ones partial); of equal ones, within a file the later
@@ -5314,6 +5403,10 @@ class AgentSource(object):
         prefers, settled in deduplicated() once every file is read, so the answer
         never depends on the order files are read in or on the workers.  counted: the
         copy was counted as a duplicate already (by the part it comes from)."""
+        if key in self.superseded:
+            if not counted:
+                self.stats.skip("duplicate")
+            return
         held = self.keyed.get(key)
         if held is not None:
             if not counted:
@@ -5349,7 +5442,7 @@ class AgentSource(object):
             return
         self.whole_signature = signature
         self.version += 1
-        self.keyed, self.loose, self.ties = {}, {}, {}
+        self.keyed, self.loose, self.ties, self.superseded = {}, {}, {}, set()
         self.compactions, self.compaction_times = {}, []
         self.stats = SourceStats(self.stats.name)
         for path in paths:
@@ -8039,6 +8132,10 @@ class SessionTail(object):
                     times = self.effects.compactions.setdefault(session, [])
                     if result.ts is not None and result.ts not in times:
                         times.append(result.ts)
+                    continue
+                if type(result) is Superseded:   # counted as its iterations now
+                    self.pending.pop(result.key, None)
+                    self.folded.add(short_key(result.key))
                     continue
                 key, req = result
                 key = _field_key(req) if key is None else key

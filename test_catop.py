@@ -712,6 +712,77 @@ class PriceDimensionTests(IsolatedEnv):
                                                        "completion_tokens": 0}})
         self.assertAlmostEqual(doc["totals"]["cost_usd"], 272000 * 2.5e-6, places=12)
 
+    ITERATION_PRICES = {
+        "exec": {"litellm_provider": "anthropic", "input_cost_per_token": 1e-6,
+                 "output_cost_per_token": 1e-5, "cache_read_input_token_cost": 1e-7,
+                 "cache_creation_input_token_cost": 1.25e-6,
+                 "input_cost_per_token_above_200k_tokens": 2e-6,
+                 "output_cost_per_token_above_200k_tokens": 2e-5,
+                 "cache_read_input_token_cost_above_200k_tokens": 2e-7,
+                 "cache_creation_input_token_cost_above_200k_tokens": 2.5e-6},
+        "adv": {"litellm_provider": "anthropic", "input_cost_per_token": 5e-6,
+                "output_cost_per_token": 2.5e-5, "cache_read_input_token_cost": 5e-7,
+                "cache_creation_input_token_cost": 6.25e-6}}
+
+    @staticmethod
+    def iterated_usage(top_input=150, top_output=500):
+        def part(kind, miss, read, write, output, model=None):
+            found = {"type": kind, "input_tokens": miss, "cache_read_input_tokens": read,
+                     "cache_creation_input_tokens": write, "output_tokens": output}
+            if model:
+                found["model"] = model
+            return found
+        return {"input_tokens": top_input, "cache_read_input_tokens": 330000,
+                "cache_creation_input_tokens": 30000, "output_tokens": top_output,
+                "iterations": [part("message", 100, 150000, 0, 200),
+                               part("advisor_message", 2000, 0, 0, 700, "adv"),
+                               part("message", 50, 180000, 30000, 300)]}
+
+    def test_server_side_iterations_priced_each_on_its_own(self):
+        prices = os.path.join(self.tmp, "iterations.json")
+        with open(prices, "w") as handle:
+            json.dump(self.ITERATION_PRICES, handle)
+        # the first message iteration 150,100 tokens (base), the second 210,050 (above
+        # 200k), the advisor at its own model's rates
+        first = 100 * 1e-6 + 150000 * 1e-7 + 200 * 1e-5
+        second = 50 * 2e-6 + 180000 * 2e-7 + 30000 * 2.5e-6 + 300 * 2e-5
+        advisor = 2000 * 5e-6 + 700 * 2.5e-5
+        for label, usage, want, requests in (
+                # the top level is the message iterations' sum: the advisor beside it
+                ("advisor beside", self.iterated_usage(), first + second + advisor, 3),
+                # the top level counts the advisor too: the same three requests
+                ("advisor inside", self.iterated_usage(2150, 1200), first + second + advisor,
+                 3),
+                # it adds up to neither: the top level alone, once (above 200k)
+                ("no sum", self.iterated_usage(150, 999), 150 * 2e-6 + 330000 * 2e-7 +
+                 30000 * 2.5e-6 + 999 * 2e-5, 1)):
+            with self.subTest(case=label):
+                doc = self.cost(*[{"model": "exec", "provider": "anthropic",
+                                   "usage": usage}] * 9, prices=prices)   # compiled after 8
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], 9 * want, places=10)
+                self.assertEqual(doc["totals"]["requests"], 9 * requests)
+        self.assertAlmostEqual(first + second + advisor, 0.1617, places=12)
+        # a Claude Code response: an early line without its iterations gives way
+        root = os.path.join(self.tmp, "claude", "projects", "-p")
+        os.makedirs(root)
+        line = {"type": "assistant", "sessionId": "s", "requestId": "r1",
+                "timestamp": "2026-03-10T08:00:00Z", "message": {
+                    "id": "m1", "model": "exec", "usage": {
+                        "input_tokens": 150, "cache_read_input_tokens": 330000,
+                        "cache_creation_input_tokens": 30000, "output_tokens": 10}}}
+        with open(os.path.join(root, "s.jsonl"), "w") as handle:
+            handle.write(json.dumps(line) + "\n")
+            line["message"]["usage"] = self.iterated_usage()
+            handle.write(json.dumps(line) + "\n")
+            handle.write(json.dumps(line) + "\n")   # and written twice
+        os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(self.tmp, "claude")
+        doc = self.run_json("--agent", "claude-code", "--prices", prices, "--group-by",
+                            "model")
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.1617, places=10)
+        self.assertEqual(sorted((g["key"]["model"], g["requests"]) for g in doc["groups"]),
+                         [("adv", 1), ("exec", 2)])
+        self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 4)
+
     def test_the_table_tells_tiers_per_group(self):
         usage = {"prompt_tokens": 5500, "completion_tokens": 1000}
         path = os.path.join(self.tmp, "tiers.jsonl")
