@@ -1848,7 +1848,15 @@ def parse_gemini(record, ctx):
 
 
 def parse_openclaw(record, ctx):
-    """A Request of an OpenClaw assistant message; session facts kept in ctx."""
+    """A Request of an OpenClaw assistant message (OpenClaw writes pi's session
+    format); session facts kept in ctx."""
+    return pi_session_request(record, ctx, "openclaw")
+
+
+def pi_session_request(record, ctx, agent):
+    """The Request of an assistant message of pi's session format (pi and OpenClaw),
+    'compact' for a compaction, else None; session facts kept in ctx.  Its usage
+    is camelCase: input exclusive of cacheRead and cacheWrite, cost.total observed."""
     kind = record.get("type")
     if kind == "session":
         ctx.session = str(record.get("id") or ctx.session)
@@ -1869,10 +1877,9 @@ def parse_openclaw(record, ctx):
     cost = usage.get("cost")
     model = str(message.get("model") or "unknown")
     return Request(parse_timestamp(record.get("timestamp") or message.get("timestamp")),
-                   "openclaw", str(message.get("provider") or infer_provider(model)), model,
-                   ctx.project, ctx.session, miss, read, write_5m, write_1h, output,
-                   reasoning, as_money(cost.get("total")) if type(cost) is dict else None)
-
+                   agent, str(message.get("provider") or infer_provider(model)), _text(model),
+                   _text(ctx.project), _text(ctx.session), miss, read, write_5m, write_1h,
+                   output, reasoning, as_money(cost.get("total")) if type(cost) is dict else None)
 
 
 _DOTTED_CLAUDE = re.compile(r"(^|/)(claude-(?:opus|sonnet|haiku)-\d+)\.(\d+)")
@@ -1943,30 +1950,9 @@ def parse_pi(record, ctx):
     """(entry key, Request) of a pi assistant message; 'compact' for a compaction.
     A fork or branch copies its parent's lines verbatim (entry id and time) into a
     new session file: the key is the same in every file."""
-    kind = record.get("type")
-    if kind == "session":
-        ctx.session = str(record.get("id") or ctx.session)
-        ctx.project = str(record.get("cwd") or ctx.project)
-        return None
-    if kind == "compaction":
-        return "compact"
-    message = record.get("message")
-    if kind != "message" or type(message) is not dict or message.get("role") != "assistant":
-        return None
-    usage = message.get("usage")
-    if type(usage) is not dict:
-        return None
-    miss, read = as_count(usage.get("input") or 0), as_count(usage.get("cacheRead") or 0)
-    write, output = as_count(usage.get("cacheWrite") or 0), as_count(usage.get("output") or 0)
-    if not (miss or read or write or output):
-        return None
-    cost = usage.get("cost")
-    model = str(message.get("model") or "unknown")
-    ts = parse_timestamp(record.get("timestamp"))
-    req = Request(ts if ts is not None else parse_timestamp(message.get("timestamp")), "pi",
-                  str(message.get("provider") or infer_provider(model)), _text(model),
-                  _text(ctx.project), _text(ctx.session), miss, read, write, 0, output, 0,
-                  as_money(cost.get("total")) if type(cost) is dict else None)
+    req = pi_session_request(record, ctx, "pi")
+    if not isinstance(req, Request):
+        return req
     return "%s@%s" % (record.get("id"), record.get("timestamp")), req
 
 
