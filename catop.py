@@ -70,7 +70,7 @@ from datetime import datetime, timedelta, timezone
 
 # ---------------------------------------------------------------- constants
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

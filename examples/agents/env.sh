@@ -1,5 +1,6 @@
-# Points every agent's variable at its example logs here: . examples/agents/env.sh
-here=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)
+# Points every agent's variable at its example logs here.  From the folder that holds
+# catop.py:  . examples/agents/env.sh
+here="$PWD/examples/agents"
 export CLAUDE_CONFIG_DIR="$here/claude" CODEX_HOME="$here/codex" \
   GEMINI_DATA_DIR="$here/gemini/tmp" OPENCODE_DATA_DIR="$here/opencode" \
   OPENCLAW_DIR="$here/openclaw" AMP_DATA_DIR="$here/amp" DROID_SESSIONS_DIR="$here/droid" \
