@@ -1176,30 +1176,30 @@ def dimensions_of(tier, speed, geo, retention=None):
 def iteration_requests(req, iterations):
     """The Requests of a response that ran server-side iterations (Anthropic's
     usage.iterations, formats.md section 2): each iteration priced on its own (its
-    own size decides its long-context rate), an advisor_message iteration at its own
-    model, on a thread of its own.  Whether the response's figures include the
-    advisors is told by arithmetic; None where the iterations add up to neither
-    (the response then counts as it is: never a token twice).  The first iteration
-    keeps what belongs to the call (its observed cost, diagnosis and searches)."""
+    own size decides its long-context rate); an advisor_message at its own model, on
+    a thread of its own; a compaction or other call at the response's model.  The
+    message iterations are the response's own: whether its figures also include the
+    others is told by arithmetic; None where they add up to neither (the response
+    then counts as it is: never a token twice).  The first message iteration keeps
+    what belongs to the call (its observed cost, diagnosis and searches)."""
     if type(iterations) is not list or not iterations:
         return None
-    own, advisors = [], []
+    own, others = [], []
     for item in iterations:
-        if type(item) is not dict:
-            return None
-        tokens = decode_usage(item)
+        tokens = decode_usage(item) if type(item) is dict else None
         if tokens is None:
             return None
-        tokens = tokens[:5]
-        model = item.get("model")
-        if item.get("type") == "advisor_message" and type(model) is str and model:
-            advisors.append((tokens, _text(model)))
+        kind, model = item.get("type"), item.get("model")
+        if kind in (None, "message"):
+            own.append(tokens[:5])
+        elif kind == "advisor_message" and type(model) is str and model:
+            others.append((tokens[:5], _text(model), _text(model)))
         else:
-            own.append(tokens)
+            others.append((tokens[:5], req.model, req.thread))
     top = (req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output)
     summed = tuple(sum(part) for part in zip(*own)) if own else (0,) * 5
-    with_advisors = tuple(sum(part) for part in zip(summed, *[t for t, _ in advisors]))
-    if not own or top not in (summed, with_advisors) or not any(map(any, own)):
+    with_others = tuple(sum(part) for part in zip(summed, *[t for t, _, _ in others]))
+    if not own or top not in (summed, with_others) or not any(map(any, own)):
         return None
     found = []
     for number, (miss, read, write_5m, write_1h, output) in enumerate(own):
@@ -1210,11 +1210,11 @@ def iteration_requests(req, iterations):
                              req.observed_cost if first else None, req.sidechain, req.thread,
                              req.diagnosis if first else None, req.tier,
                              req.searches if first else 0, req.origin))
-    for (miss, read, write_5m, write_1h, output), model in advisors:
+    for (miss, read, write_5m, write_1h, output), model, thread in others:
         if miss or read or write_5m or write_1h or output:
             found.append(Request(req.ts, req.agent, req.provider, model, req.project,
                                  req.session, miss, read, write_5m, write_1h, output, 0, None,
-                                 req.sidechain, model, None, req.tier, 0, req.origin))
+                                 req.sidechain, thread, None, req.tier, 0, req.origin))
     return found
 
 
@@ -1652,7 +1652,7 @@ def parse_claude_code(record, ctx):
         split = iteration_requests(req, usage["iterations"])
         if split:   # a key a part; the response's own key (a partial line's) gives way
             if key is None:
-                return split
+                return [(None, part) for part in split]
             return [Superseded(key)] + [(key ^ (number + 1), part)
                                         for number, part in enumerate(split)]
     return key, req
@@ -1896,11 +1896,10 @@ def _content_key(*parts):
     return "h%x" % _stable_hash(json.dumps(parts, sort_keys=True, default=str))
 
 
-def parse_opencode(message, agent="opencode", session="", directory=""):
-    """(key, Request) of an assistant message of OpenCode or of Kilo (its fork).  A
-    database row keeps the message's id and session in its own columns, not in its
-    JSON; a forked session copies each message with a new id, the same times and
-    tokens, and cost 0: the key is what a copy keeps, so it counts once."""
+def parse_opencode(message, agent="opencode", session="", directory="", row_id=""):
+    """(message id, Request) of an assistant message of OpenCode or of Kilo (its
+    fork).  A database row keeps the message's id and session in its own columns,
+    not in its JSON (row_id, session)."""
     if type(message) is not dict or message.get("role") != "assistant":
         return None
     tokens = message.get("tokens")
@@ -1925,13 +1924,11 @@ def parse_opencode(message, agent="opencode", session="", directory=""):
     provider = str(message.get("providerID") or "")
     if provider in ("", "kilo", "openrouter", "opencode"):  # a gateway: the model tells
         provider = infer_provider(model)
-    key = _content_key(times.get("created"), times.get("completed"),
-                       message.get("providerID"), message.get("modelID"), tokens)
     req = Request(parse_timestamp(times.get("created")), agent, provider,
                   _text(dashed_claude(model)), _text(path.get("cwd") or directory),
                   _text(message.get("sessionID") or session), miss, read, write, 0, output,
                   min(reasoning, output), as_money(message.get("cost")))
-    return key, req
+    return str(message.get("id") or row_id), req
 
 
 def models_apart(results):
@@ -1953,7 +1950,8 @@ def parse_pi(record, ctx):
     req = pi_session_request(record, ctx, "pi")
     if not isinstance(req, Request):
         return req
-    return "%s@%s" % (record.get("id"), record.get("timestamp")), req
+    entry = record.get("id")
+    return ("%s@%s" % (entry, record.get("timestamp")) if entry else _content_key(record)), req
 
 
 _COPILOT_CONTEXT_SUFFIX = re.compile(r"-1m(?:-internal)?$")
@@ -5153,9 +5151,9 @@ def scan_agent_jsonl(agent, state, final=True):
     parser, needles = spec.parser, spec.needles
     stats = SourceStats("")
     results = []
-    ctx = state.context
     decode = decode_json_line
     for block in read_new_blocks(state, final):
+        ctx = state.context   # (a file read afresh has a context of its own by now)
         for line in candidate_lines(block, needles):
             try:
                 record = decode(line)
@@ -5212,6 +5210,8 @@ class AgentSource(object):
         self.first_ts = {}       # path -> its earliest record's time, when not in its state
         self.ties = {}           # key -> {path: Request}: equal copies in several files
         self.superseded = set()  # keys whose requests are counted under other keys
+        self.seeded = {}         # key -> Request the history holds (whole-read agents)
+        self.document_malformed = {}   # path -> malformed records of its latest reading
 
     def __getstate__(self):      # a worker sends it home: the table entry stays here
         state = dict(self.__dict__)
@@ -5324,6 +5324,7 @@ class AgentSource(object):
         self.compaction_times.extend(other.compaction_times)
         self.version += other.version + 1
         self.first_ts.update(other.first_ts)
+        self.document_malformed.update(other.document_malformed)
         for key in other.superseded:
             self._supersede(key)
         for key, req in other.keyed.items():
@@ -5349,7 +5350,9 @@ class AgentSource(object):
             self.forget(state.path)   # read before: its requests come again, not twice
         state.size, state.mtime = info.st_size, info.st_mtime
         results, malformed = self.spec.document(state.path, state.context)
-        stats.skip("malformed", malformed)
+        # a document read again counts its malformed records anew, not on top
+        stats.skip("malformed", malformed - self.document_malformed.get(state.path, 0))
+        self.document_malformed[state.path] = malformed
         return results, stats
 
     def _take(self, results, path):
@@ -5416,7 +5419,9 @@ class AgentSource(object):
 
     def _scan_whole(self, paths):
         """Every file read again whole, when any of them (or a database's write-ahead
-        log, where its newest rows may sit) changed since the last reading."""
+        log, where its newest rows may sit) changed since the last reading.  A file
+        that cannot be read now (a database locked) leaves the last reading as it
+        was, to be tried again at the next scan; what the history holds stays."""
         signature = []
         for path in paths + [p + "-wal" for p in paths if p.endswith((".db", ".sqlite"))]:
             try:
@@ -5426,19 +5431,24 @@ class AgentSource(object):
                 pass
         if signature == self.whole_signature:
             return
+        readings = []
+        for path in paths:
+            try:
+                readings.append((path,) + tuple(self.spec.database(path)))
+            except (OSError, ValueError, RecursionError) as error:
+                self.stats.error = "cannot read %s: %s" % (path, error)
+                self.whole_signature = None
+                return
         self.whole_signature = signature
         self.version += 1
         self.keyed, self.loose, self.ties, self.superseded = {}, {}, {}, set()
         self.compactions, self.compaction_times = {}, []
         self.stats = SourceStats(self.stats.name)
-        for path in paths:
-            try:
-                results, malformed = self.spec.database(path)
-            except (OSError, ValueError, RecursionError) as error:
-                self.stats.error = "cannot read %s: %s" % (path, error)
-                continue
+        for path, results, malformed in readings:
             self.stats.skip("malformed", malformed)
             self._take(results, path)
+        for key, req in self.seeded.items():
+            self.keyed.setdefault(key, req)
 
     def forget(self, path):
         """Drops what one file gave (a document read again whole gives it anew); a
@@ -5585,8 +5595,11 @@ def _parsed_rows(rows, parse, session_of=lambda result: result[1].session):
 
 
 def read_opencode_store(path, agent="opencode"):
-    """([(session, (key, Request))], malformed) of an OpenCode (or Kilo) database, or
-    of one of OpenCode's legacy message files; a summary reply is a compaction."""
+    """([(session, (message id, Request))], malformed) of an OpenCode (or Kilo)
+    database, or of one of OpenCode's legacy message files; a summary reply is a
+    compaction.  A forked session copies each message with a new id, the same times
+    and tokens, and cost 0: of equal messages the first (the smallest id) counts,
+    the copies are duplicates."""
     if not path.endswith(".db"):
         try:
             message = read_json_file(path)
@@ -5596,26 +5609,34 @@ def read_opencode_store(path, agent="opencode"):
     else:
         def query(connection):
             sessions = set(row[1] for row in connection.execute("PRAGMA table_info(session)"))
-            # newest id first: of a message and its fork's copies (later ids, cost 0),
-            # the original is read last, and kept
             return connection.execute(
-                "SELECT m.id, m.session_id, m.data, %s FROM message m%s ORDER BY m.id DESC" % (
+                "SELECT m.id, m.session_id, m.data, %s FROM message m%s ORDER BY m.id" % (
                     ("s.directory", " LEFT JOIN session s ON s.id = m.session_id")
                     if "directory" in sessions else ("NULL", ""))).fetchall()
         rows = sqlite_query(path, query)
-    results, malformed = [], 0
+    results, malformed, originals = [], 0, set()
     for row_id, session, data, directory in rows:
         try:
             message = json.loads(data) if type(data) is str else data
-            result = parse_opencode(message, agent, session or "", directory or "")
+            result = parse_opencode(message, agent, session or "", directory or "",
+                                    row_id or "")
+            if result is None:
+                continue
+            times = message.get("time") if type(message.get("time")) is dict else {}
+            copy = _content_key(times.get("created"), times.get("completed"),
+                                message.get("providerID"), message.get("modelID"),
+                                message.get("tokens"))
         except (ValueError, TypeError, RecursionError):
             malformed += 1
             continue
-        if result is None:
+        session = result[1].session
+        if copy in originals:
+            results.append((session, "duplicate"))
             continue
-        results.append((result[1].session, result))
+        originals.add(copy)
+        results.append((session, result))
         if message.get("summary") is True:    # the reply that summarized the context
-            results.append((result[1].session, Compaction(result[1].ts)))
+            results.append((session, Compaction(result[1].ts)))
     return results, malformed
 
 
@@ -5696,7 +5717,7 @@ def read_amp_thread(path, ctx):
             continue
         model = str(event.get("model") or "unknown")
         key = str(event["toMessageId"]) if type(event.get("toMessageId")) is int \
-            else "ledger:%s" % event.get("id")
+            else "ledger:%s" % (event.get("id") or _content_key(event))
         results.append((thread, (key, Request(
             parse_timestamp(event.get("timestamp")), "amp", infer_provider(model),
             _text(model), _text(project), _text(thread), miss, 0, 0, 0, output))))
@@ -5889,63 +5910,44 @@ def _hermes_route_key(route):
                                                    "billing_base_url", "billing_mode"))
 
 
-def hermes_session_requests(row, routes=()):
-    """[(key, Request)] of one Hermes sessions row: its lifetime counters (input
-    exclusive of the cache, reasoning inside output) as one Request, or one per model
-    where its main-loop rows of session_model_usage add up to exactly those counters
-    (they repeat them, split by model: never both)."""
+def hermes_session_request(row):
+    """("session", Request) of one Hermes sessions row: its lifetime
+    counters (input exclusive of the cache, reasoning inside output), at the
+    session's start and first model; None before it reached a model.  (Its per-model
+    rows in session_model_usage repeat these counters: they are not added.)"""
     model = row["model"].strip() if type(row["model"]) is str else ""
     if not model:
-        return []          # never reached a model
+        return None
     if type(row["started_at"]) not in (int, float):
         raise ValueError("started_at is not a number")
-    ts = parse_timestamp(row["started_at"])
-    counts = tuple(_db_count(row[c]) for c in _HERMES_COUNTERS)
-    if not any(counts[:4]):
-        return []
-    session, project = row["id"], row["cwd"] or ""
-    split = [tuple(_db_count(route[c]) for c in _HERMES_COUNTERS) for route in routes]
-    if len(split) > 1 and tuple(map(sum, zip(*split))) == counts:
-        return models_apart([(("route:" + _hermes_route_key(route)), _hermes_request(
-            route, route["model"] or model, parse_timestamp(route["first_seen"])
-            if type(route["first_seen"]) in (int, float) else ts, project, session))
-            for route in routes])
-    return [("session", _hermes_request(row, model, ts, project, session))]
+    req = _hermes_request(row, model, parse_timestamp(row["started_at"]), row["cwd"] or "",
+                          row["id"])
+    return ("session", req) if req.input or req.output else None
 
 
 def read_hermes_state(path):
     """([(session, (key, Request))], malformed) of one Hermes state.db: every session,
     and the auxiliary calls (titles, compression, ...) session_model_usage alone
-    records, each a thread of its own (not the session's cache)."""
+    records, each a thread of its own (not the session's cache).  One key a session
+    whatever its rows say, so that a session growing is never counted twice."""
     def query(connection):
         return (sqlite_rows(connection, "sessions", _HERMES_SESSION_COLUMNS),
                 sqlite_rows(connection, "session_model_usage", _HERMES_ROUTE_COLUMNS))
     sessions, routes = sqlite_query(path, query)
-    main_routes = {}
-    for route in routes:
-        if not route["task"]:
-            main_routes.setdefault(route["session_id"], []).append(route)
-    results, malformed, starts = [], 0, {}
-    for row in sessions:
-        try:
-            found = hermes_session_requests(row, main_routes.get(row["id"], ()))
-        except (ValueError, TypeError):
-            malformed += 1
-            continue
-        for key, req in found:
-            starts[row["id"]] = req.ts
-            results.append((req.session, ((req.session, key), req)))
+    results, malformed = _parsed_rows(sessions, hermes_session_request)
+    starts = dict((req.session, req.ts) for _, (_, req) in results)
 
     def auxiliary(route):
         if not route["task"]:
             return None
         first = route["first_seen"]
-        req = _hermes_request(route, route["model"] or "unknown", parse_timestamp(first)
-                              if type(first) in (int, float) else starts.get(route["session_id"]),
-                              "", route["session_id"], _text(route["task"]))
+        ts = parse_timestamp(first) if type(first) in (int, float) else \
+            starts.get(_text(route["session_id"]))
+        req = _hermes_request(route, route["model"] or "unknown", ts, "", route["session_id"],
+                              _text(route["task"]))
         if not (req.input or req.output):
             return None
-        return (req.session, "aux:%s:%s" % (route["task"], _hermes_route_key(route))), req
+        return "aux:%s:%s" % (route["task"], _hermes_route_key(route)), req
     more, bad = _parsed_rows(routes, auxiliary)
     return results + more, malformed + bad
 
@@ -6121,7 +6123,8 @@ def _pb_text(fields, number):
 def _pb_time(blob):
     fields = protobuf_fields(blob)
     seconds = _pb_int(fields, 1)
-    return seconds + min(_pb_int(fields, 2), 999999999) / 1e9 if seconds > 0 else None
+    return seconds + min(_pb_int(fields, 2), 999999999) / 1e9 if 0 < seconds <= TS_MAX \
+        else None
 
 
 _ANTIGRAVITY_MODEL_IDS = {      # ModelUsageStats.model ids, as ccusage names them
@@ -7402,9 +7405,10 @@ class History(object):
                             tuple(value) if name == "previous_total" and value else value)
         return state
 
-    def save(self, rows, states=(), compactions=()):
+    def save(self, rows, states=(), compactions=(), drop=()):
         """Stores rows (keeping the larger of two for one key: Claude Code's streamed
-        lines), file states and compactions in one transaction."""
+        lines), file states and compactions, and drops the rows of the keys in drop
+        (a response now counted under other keys), in one transaction."""
         db = self.db
         self._files = None
         columns = ", ".join(_HISTORY_COLUMNS)
@@ -7421,6 +7425,7 @@ class History(object):
                 for s in states])
             db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
                            [c for c in compactions if c[1] is not None])
+            db.executemany("DELETE FROM requests WHERE key = ?", [(key,) for key in drop])
             db.execute("COMMIT")
         except BaseException:
             self._roll_back(db)
@@ -7618,7 +7623,8 @@ def ingest_agent(history, name):
             state.mtime = os.path.getmtime(state.path)
         except OSError:
             state.mtime = None
-    history.save(rows(), changed if not spec.whole else (), source.compaction_times)
+    history.save(rows(), changed if not spec.whole else (), source.compaction_times,
+                 [spec.history_key(key) for key in source.superseded])
     source.stats.records = counted[0]
     return source.stats
 
@@ -7637,6 +7643,8 @@ def seed_agent_source(live, history):
             source.loose.setdefault("history", []).append(req)
         else:
             source.keyed[key] = req
+            if source.spec.whole:   # kept when its databases are read again whole
+                source.seeded[key] = req
     for session, times in history.compactions().items():
         source.compaction_times.extend((session, ts) for ts in times)
 
@@ -7668,17 +7676,33 @@ class LiveStoredSource(LiveSource):
 HISTORY_SAVE_ROWS = 20000   # rows stored a transaction: memory stays flat on a big log
 
 
+class LineKeeper(object):
+    """Stores the requests of one line after another under the line's key (set
+    .key before each line): the second and later requests of one line (a response's
+    iterations) under the key and their number."""
+
+    def __init__(self, rows, label):
+        self.rows, self.label, self.key, self.count = rows, label, None, 0
+
+    def line(self, key):
+        self.key, self.count = key, 0
+
+    def __call__(self, req):
+        self.rows.append(history_row(self.label, "%s#%d" % (self.key, self.count)
+                                     if self.count else self.key, req))
+        self.count += 1
+
+
 def ingest_stream(history, stream, stats):
     """Standard input into the history (only with --history): a key a line's content."""
     rows = []
-    key = [None]
-    keep = lambda req: rows.append(history_row("stdin", key[0], req))  # noqa: E731
+    keep = LineKeeper(rows, "stdin")
     reader = LineReader()
 
     def store(lines):
         for line in lines:
             if line:
-                key[0] = "s:%032x" % _stable_hash(line)
+                keep.line("s:%032x" % _stable_hash(line))
                 scan_request_lines((line,), stats, keep)
     for block in iter_blocks(stream):
         store(reader.feed(block))
@@ -7740,14 +7764,14 @@ def ingest_range(history, job, byte_range, stats, state=None):
     each slice also stores how far the file is read, so an interrupted run resumes
     from the last slice stored.  Returns the offset reached."""
     (prefix, label, path), (start, end) = job, byte_range
-    rows, key = [], [None]
-    keep = lambda req: rows.append(history_row(label, key[0], req))  # noqa: E731
+    rows = []
+    keep = LineKeeper(rows, label)
     reader = LineReader(start)
     saved = [state] if state is not None else ()
     with open_regular(path) as handle:
         for block in iter_blocks(handle, start, end):
             for offset, line in reader.feed_located(block):
-                key[0] = prefix + str(offset)
+                keep.line(prefix + str(offset))
                 scan_request_lines((line,), stats, keep)
             if len(rows) >= HISTORY_SAVE_ROWS:
                 if state is not None:
@@ -7756,7 +7780,7 @@ def ingest_range(history, job, byte_range, stats, state=None):
                 del rows[:]
     tail_start, tail = reader.line_start, reader.finish()
     if tail:  # a line still being written: stored as it is now, read again next time
-        key[0] = prefix + str(tail_start)
+        keep.line(prefix + str(tail_start))
         scan_request_lines((tail,), stats, keep)
     stats.skipped["malformed"] += reader.oversized
     if state is not None:
@@ -10728,6 +10752,9 @@ def run_watch(args, prices, since, until):
     """--once --duration: read the sources as they grow for that long (serving
     --metrics-listen meanwhile), then print the snapshot of all that was read."""
     sources = live_sources(args, time.time(), keys_from_tty=False)
+    if not args.no_history:   # what the history holds counts, as in --once and live
+        with gc_paused():
+            sources = resume_from_history(args, sources)
     if not sources:
         raise CatopError(no_data_message())
     model = LiveModel(sources, prices)
@@ -10746,6 +10773,8 @@ def run_watch(args, prices, since, until):
     now = time.time()
     with lock:
         model.finish()
+        if not args.no_history:
+            HistoryWriter(args, sources).store_once()
         aggregate, _ = one_session(args, lambda exact: (aggregate_model(
             model, args.group_by, since, until, args.session, now,
             None if args.session else budget_tracker(args, now), exact), None))

@@ -1810,9 +1810,9 @@ class AgentTests(IsolatedEnv):
         # OpenRouter-style prompt_tokens include cached_tokens; run-state's history
         # replays the chat: only its last step is the reply's
         "codebuff": ((5, 32545, 42500, 31100, 0, 5330, 1200), (1, 0), 0.0803),
-        # sessions rows, their per-model rows used where they add up, auxiliary calls
-        # (titles, compression) besides, a named profile's own state.db
-        "hermes": ((8, 55250, 345000, 29700, 0, 15012, 1300), (1, 0), None),
+        # sessions rows (one a session, its per-model rows not added again), auxiliary
+        # calls (titles, compression) besides, a named profile's own state.db
+        "hermes": ((7, 55250, 345000, 29700, 0, 15012, 1300), (1, 0), None),
         # a fork copies its parent's lines (entry id and time kept): counted once
         "pi": ((7, 3961, 53900, 19150, 0, 6160, 0), (0, 2), None),
         # an imported session's copy of the counters; Gemini thoughts beside the output
@@ -1894,7 +1894,7 @@ class AgentTests(IsolatedEnv):
         self.assertEqual(names, ["agent:" + a for a in catop.AGENTS])
         # the first five, then amp droid codebuff hermes pi goose kilo copilot antigravity
         # kimi qwen grok zcode
-        self.assertEqual(doc["totals"]["requests"], 6 + 6 + 3 + 1 + 2 + 6 + 4 + 5 + 8 + 7 + 5
+        self.assertEqual(doc["totals"]["requests"], 6 + 6 + 3 + 1 + 2 + 6 + 4 + 5 + 7 + 7 + 5
                          + 7 + 5 + 6 + 11 + 6 + 5 + 8)
 
     def test_nothing_found_says_where_it_looked(self):
@@ -5752,6 +5752,168 @@ class FuzzTests(IsolatedEnv):
         return True
 
 
+class ChangingLogsTests(IsolatedEnv):
+    """Logs that change between readings give what one reading of their last state
+    gives, by every path (the history, the live sources)."""
+
+    def doc(self, *argv):
+        """The JSON report of argv, with the history unless argv says otherwise."""
+        code, out, err = self.run_main(*(argv + ("--format", "json", "--offline")))
+        self.assertEqual(code, 0, err)
+        return json.loads(out)
+
+    def totals(self, *argv):
+        doc = self.doc(*argv)
+        t = doc["totals"]
+        return (t["requests"], t["input_tokens"], t["output_tokens"]), doc
+
+    def copy(self, agent):
+        self.point_agents_at_examples(os.path.join(self.tmp, "agents"))
+        shutil.copytree(os.path.join(AGENT_EXAMPLES, agent), os.path.join(self.tmp, "agents",
+                                                                           agent))
+        return os.path.join(self.tmp, "agents", agent)
+
+    def test_a_file_read_in_two_parts_keeps_its_session(self):
+        root = self.copy("pi")
+        path = sorted(catop.agent_files("pi"))[0]
+        with open(path) as handle:
+            lines = handle.readlines()
+        history = os.path.join(self.tmp, "h.sqlite3")
+        with open(path, "w") as handle:
+            handle.writelines(lines[:len(lines) // 2])
+        self.doc("--agent", "pi", "--history", history)
+        with open(path, "w") as handle:
+            handle.writelines(lines)
+        want, plain = self.totals("--agent", "pi", "--no-history", "--group-by", "session")
+        got, stored = self.totals("--agent", "pi", "--history", history, "--group-by", "session")
+        self.assertEqual(got, want)
+        self.assertEqual(sorted((g["key"]["session"], g["requests"]) for g in stored["groups"]),
+                         sorted((g["key"]["session"], g["requests"]) for g in plain["groups"]))
+        self.assertNotIn("", [g["key"]["session"] for g in stored["groups"]])
+        self.assertTrue(root)
+
+    def test_a_message_updated_in_place_counts_once_in_the_history(self):
+        root = self.copy("kilo")
+        database = sqlite3.connect(os.path.join(root, "kilo.db"))
+        # the newest reply (of the fork: its own, no copy of it anywhere)
+        row_id, data = database.execute("SELECT id, data FROM message WHERE data LIKE "
+                                        "'%\"completed\"%' ORDER BY id DESC LIMIT 1").fetchone()
+        message = json.loads(data)
+        streaming = dict(message, time={"created": message["time"]["created"]},
+                         tokens=dict(message["tokens"], output=1))
+        database.execute("UPDATE message SET data = ? WHERE id = ?",
+                         (json.dumps(streaming), row_id))
+        database.commit()
+        history = os.path.join(self.tmp, "h.sqlite3")
+        self.doc("--agent", "kilo", "--history", history)
+        database.execute("UPDATE message SET data = ? WHERE id = ?", (data, row_id))
+        database.commit()
+        database.close()
+        want, _ = self.totals("--agent", "kilo", "--no-history")
+        self.assertEqual(want[:2], (7, 59388))
+        self.assertEqual(self.totals("--agent", "kilo", "--history", history)[0], want)
+
+    def test_a_hermes_session_that_grows_counts_once(self):
+        root = self.copy("hermes")
+        history = os.path.join(self.tmp, "h.sqlite3")
+        before, _ = self.totals("--agent", "hermes", "--history", history)
+        database = sqlite3.connect(os.path.join(root, "state.db"))
+        session = database.execute("SELECT id FROM sessions WHERE model IS NOT NULL "
+                                   "ORDER BY id LIMIT 1").fetchone()[0]
+        database.execute("UPDATE sessions SET input_tokens = input_tokens + 1000, "
+                         "output_tokens = output_tokens + 500 WHERE id = ?", (session,))
+        database.execute("INSERT INTO session_model_usage (session_id, model, billing_provider,"
+                         " billing_base_url, billing_mode, task, input_tokens, output_tokens,"
+                         " cache_read_tokens, cache_write_tokens, reasoning_tokens) VALUES"
+                         " (?, 'gpt-5', 'openai', '', '', '', 1000, 500, 0, 0, 0)", (session,))
+        database.commit()
+        database.close()
+        want, _ = self.totals("--agent", "hermes", "--no-history")
+        self.assertEqual(want, (before[0], before[1] + 1000, before[2] + 500))
+        self.assertEqual(self.totals("--agent", "hermes", "--history", history)[0], want)
+
+    def test_a_response_split_into_iterations_later_counts_once(self):
+        folder = os.path.join(self.tmp, "claude", "projects", "-p")
+        os.makedirs(folder)
+        os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(self.tmp, "claude")
+        path = os.path.join(folder, "s.jsonl")
+        line = {"type": "assistant", "sessionId": "s", "requestId": "r1",
+                "timestamp": "2026-03-10T08:00:00Z", "message": {
+                    "id": "m1", "model": "claude-sonnet-4-5", "usage": {
+                        "input_tokens": 1100, "output_tokens": 5}}}
+        with open(path, "w") as handle:
+            handle.write(json.dumps(line) + "\n")
+        history = os.path.join(self.tmp, "h.sqlite3")
+        self.doc("--agent", "claude-code", "--history", history)
+        line["message"]["usage"] = {"input_tokens": 1100, "output_tokens": 300, "iterations": [
+            {"type": "message", "input_tokens": 500, "output_tokens": 100},
+            {"type": "message", "input_tokens": 600, "output_tokens": 200}]}
+        with open(path, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        for argv in (("--no-history",), ("--history", history),
+                     ("--history", history)):      # and again, warm
+            with self.subTest(argv=argv):
+                self.assertEqual(self.totals("--agent", "claude-code", *argv)[0],
+                                 (2, 1100, 300))
+        # a response without message.id split alike: the status line reads it too
+        ctx = catop.FileContext(path)
+        del line["message"]["id"]
+        found = catop.parse_claude_code(line, ctx)
+        self.assertEqual([(key, req.input) for key, req in found], [(None, 500), (None, 600)])
+
+    def test_compaction_iterations_are_priced_beside_the_response(self):
+        usage = {"input_tokens": 23000, "output_tokens": 1000, "iterations": [
+            {"type": "compaction", "input_tokens": 180000, "output_tokens": 3500},
+            {"type": "message", "input_tokens": 23000, "output_tokens": 1000}]}
+        path = os.path.join(self.tmp, "c.jsonl")
+        with open(path, "w") as handle:
+            handle.write(json.dumps({"model": "claude-sonnet-4-5", "provider": "anthropic",
+                                     "usage": usage}) + "\n")
+        (requests, input_tokens, output), doc = self.totals("--file", path)
+        self.assertEqual((requests, input_tokens, output), (2, 203000, 4500))
+        # claude-sonnet-4-5: 3e-6 in, 1.5e-5 out
+        self.assertAlmostEqual(doc["totals"]["cost_usd"], 203000 * 3e-6 + 4500 * 1.5e-5,
+                               places=12)
+
+    def test_a_locked_database_keeps_its_last_reading(self):
+        root = self.copy("zcode")
+        live = catop.LiveAgentSource("zcode")
+        live.poll()
+        self.assertEqual(len(live.requests), 8)
+        database = sqlite3.connect(os.path.join(root, "cli", "db", "db.sqlite"))
+        database.execute("UPDATE model_usage SET output_tokens = output_tokens + 1")
+        database.commit()
+        database.execute("BEGIN EXCLUSIVE")
+        live.poll()
+        self.assertEqual(len(live.requests), 8)   # locked: the last reading stays
+        self.assertIn("cannot read", live.stats.error)
+        database.rollback()
+        database.close()
+        live.poll()
+        self.assertEqual((len(live.requests), live.stats.error), (8, None))
+
+    def test_the_live_view_keeps_what_only_the_history_holds(self):
+        root = self.copy("zcode")
+        history = os.path.join(self.tmp, "h.sqlite3")
+        self.doc("--agent", "zcode", "--history", history)
+        database = sqlite3.connect(os.path.join(root, "cli", "db", "db.sqlite"))
+        database.execute("DELETE FROM model_usage WHERE id = (SELECT id FROM model_usage WHERE"
+                         " status = 'completed' ORDER BY id LIMIT 1)")
+        database.commit()
+        database.close()
+        once, _ = self.totals("--agent", "zcode", "--history", history)
+        watched, _ = self.totals("--agent", "zcode", "--history", history, "--once",
+                                 "--duration", "0.3", "--interval", "0.1")
+        self.assertEqual(once[0], 8)
+        self.assertEqual(watched, once)
+
+    def test_a_time_out_of_range_is_no_time(self):
+        seconds = bytes([0x08]) + bytes([0xff] * 8 + [0x3f])   # field 1, varint 2**62 - 1
+        self.assertIsNone(catop._pb_time(seconds))
+        self.assertEqual(catop._pb_time(bytes([0x08, 0x80, 0xa6, 0xc5, 0xcd, 0x06])),
+                         1773228800.0)   # 2026-03-11T11:33:20Z
+
+
 class LiveHistoryTests(IsolatedEnv):
     """The live view keeps its history as it runs."""
 
@@ -5973,7 +6135,10 @@ class ConsistencyMatrixTests(IsolatedEnv):
                      "history, two processes": self.snapshot(*agents, "--history",
                                                              history + "2", "--jobs", "2"),
                      "--duration": self.snapshot(*agents, "--no-history", "--once",
-                                                 "--duration", "0.2", "--interval", "0.1")}
+                                                 "--duration", "0.2", "--interval", "0.1"),
+                     "--duration, history": self.snapshot(*agents, "--history", history,
+                                                          "--once", "--duration", "0.2",
+                                                          "--interval", "0.1")}
             shutil.rmtree(home)
             paths["history, the logs deleted"] = self.snapshot("--history", history)
         self.assertGreater(reference["totals"]["requests"], 10)
