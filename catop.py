@@ -5229,6 +5229,8 @@ class AgentSource(object):
         for Gemini CLI a .jsonl before the legacy .json it was copied from."""
         if self.spec.rank == "jsonl first":
             return (0.0 if path.endswith(".jsonl") else 1.0), path
+        if self.spec.whole:   # a database has no first record: its rows decide alone
+            return 0.0, path or ""
         if path is None:            # stored by an older catop: the file is not known
             return math.inf, "\U0010ffff"
         state = self.states.get(path)
