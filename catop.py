@@ -978,7 +978,7 @@ _FIELD_SEARCH = (
     # in its usage
     ("tier", (_RECORD, _USAGE, _RESPONSE), ("service_tier",)),
     ("speed", (_USAGE, _RECORD), ("speed",)),
-    ("geo", (_USAGE, _RECORD), ("inference_geo",)),
+    ("geo", (_USAGE, _RECORD), ("inference_geo", "data_residency")),
     # OpenAI's extended prompt-cache retention, on the response (its writes' 12 h rate)
     ("retention", (_RECORD, _RESPONSE), ("prompt_cache_retention",)),
 )
@@ -2501,8 +2501,11 @@ def entry_for_dimensions(entry, dims):
             continue
         name = "fast" if part == "fast" else part[4:] if part.startswith("geo:") else None
         special = entry.get("provider_specific_entry")
+        special = special if type(special) is dict else {}
+        if name and name not in special and part.startswith("geo:"):   # OpenAI's
+            special = {name: entry.get("regional_processing_uplift_multiplier_" + name)}
         factor = bounded_number(special.get(name), 0.0, MAX_MULTIPLIER, "multiplier") \
-            if name and type(special) is dict and name in special else None
+            if name and special.get(name) is not None else None
         if not factor:      # unknown, absent, refused or 0: at base, and counted
             fallback = True
             continue

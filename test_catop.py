@@ -697,6 +697,18 @@ class PriceDimensionTests(IsolatedEnv):
         self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.0456 + 1000 * 1.25e-6, places=12)
         self.assertEqual(doc["tiers"]["retention:24h"]["requests"], 2)
 
+    def test_openai_regional_processing_uplift(self):
+        # gpt-5.4: 2.5e-6 in, 2.5e-7 read, 1.5e-5 out; processed in the EU or the US 1.1x
+        usage = {"prompt_tokens": 10000, "completion_tokens": 100,
+                 "prompt_tokens_details": {"cached_tokens": 4000}}
+        base = 6000 * 2.5e-6 + 4000 * 2.5e-7 + 100 * 1.5e-5
+        for residency, factor, fallback in (("eu", 1.1, 0), ("US", 1.1, 0), ("jp", 1.0, 1)):
+            with self.subTest(residency=residency):
+                doc = self.cost({"model": "gpt-5.4", "data_residency": residency,
+                                 "usage": usage})
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], base * factor, places=12)
+                self.assertEqual(doc["tier_fallback"]["requests"], fallback)
+
     def test_xai_higher_rates_start_where_the_prompt_reaches_the_threshold(self):
         # docs.x.ai: "Requests whose prompt reaches 200k tokens are billed at the
         # higher rate"; grok-4.20 1.25e-6 in, 2e-7 read, 2.5e-6 out, twice that at 200k
@@ -4474,7 +4486,10 @@ def oracle_cases(seed=7, count=360):
                      "prompt_tokens_details": {"cached_tokens": read}}
         if tier and shape != "anthropic":
             record["service_tier"] = tier
-        cases.append((record, model, provider, usage, tier))
+        residency = None
+        if model in ("gpt-5.4", "gpt-5.6") and tier != "batch" and rng.random() < 0.5:
+            residency = record["data_residency"] = rng.choice(["eu", "us"])
+        cases.append((record, model, provider, usage, tier, residency))
     return cases
 
 
@@ -4583,7 +4598,7 @@ class LiteLLMOracleTests(unittest.TestCase):
             litellm.model_cost = json.load(handle)
 
     @staticmethod
-    def litellm_cost(model, provider, usage, tier):
+    def litellm_cost(model, provider, usage, tier, residency):
         import litellm
         from litellm.cost_calculator import batch_cost_calculator
         from litellm.types.utils import Usage
@@ -4591,15 +4606,16 @@ class LiteLLMOracleTests(unittest.TestCase):
         if tier == "batch":   # cost_per_token leaves batches to their own calculator
             return sum(batch_cost_calculator(usage, model, provider))
         return sum(litellm.cost_per_token(model=model, custom_llm_provider=provider,
-                                          usage_object=usage, service_tier=tier))
+                                          usage_object=usage, service_tier=tier,
+                                          data_residency=residency))
 
     def test_every_dimension_and_shape_priced_as_litellm_prices_it(self):
         equal, explained = 0, collections.Counter()
-        for record, model, provider, usage, tier in oracle_cases():
+        for record, model, provider, usage, tier, residency in oracle_cases():
             req = catop.normalize_record(record)
             rates = PRICES.rates(req.model, req.provider, req.tier)
             mine = catop.request_cost(req, rates)[0]
-            theirs = self.litellm_cost(model, provider, usage, tier)
+            theirs = self.litellm_cost(model, provider, usage, tier, residency)
             if abs(mine - theirs) <= 1e-9 * theirs:
                 equal += 1
                 continue
