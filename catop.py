@@ -4920,15 +4920,18 @@ class AgentSpec(object):
     of several files holding equal copies of a response keeps it (formats.md
     section 3); subagent_replays: a subagent file may replay a response of its
     parent; expects: what the records that carry usage are (a folder that holds none
-    is told so).  history_key(key) / key_from_history(text) store a dedup key and
+    is told so); copies_by_name: find() lists one of the files that share a name
+    (copies of one log), and which one may change as they grow.  history_key(key) / key_from_history(text) store a dedup key and
     read it back."""
 
     def __init__(self, name, variable, defaults, find, parser=None, needles=(),
                  document=None, document_suffix=None, database=None, listed=False,
                  rank="time", key_prefix=None, subagent_replays=False, sessions_keyed=True,
-                 keyed=True, variables=(), expects="records with token usage"):
+                 keyed=True, variables=(), expects="records with token usage",
+                 copies_by_name=False):
         self.name, self.variable, self.defaults, self.find = name, variable, defaults, find
         self.expects = expects   # what its usage records are, for a file that has none
+        self.copies_by_name = copies_by_name   # find() lists one file of each name
         self.variables = (variable,) + tuple(variables)
         self.parser, self.needles, self.listed = parser, needles, listed
         self.database, self.whole = database, database is not None
@@ -4978,7 +4981,7 @@ AGENT_TABLE = dict((spec.name, spec) for spec in (
               expects="assistant lines with message.usage"),
     AgentSpec("codex", "CODEX_HOME", ((".codex",),), _codex_files, parse_codex,
               (b'"token_count"', b'"session_meta"', b'"turn_context"', b'"compacted"'),
-              keyed=False, expects="token_count events"),
+              keyed=False, copies_by_name=True, expects="token_count events"),
     AgentSpec("gemini", "GEMINI_DATA_DIR", ((".gemini", "tmp"),), _gemini_files,
               parse_gemini, (b'"gemini"', b'"sessionId"'), document_suffix=".json",
               document=lambda path, ctx: read_gemini_document(path, ctx),
@@ -5248,6 +5251,8 @@ class AgentSource(object):
         """Reads what is new in every file of the agent (or in paths); note: tell
         of files read from their start that hold no usage record at all."""
         paths = agent_files(self.agent) if paths is None else paths
+        if self.spec.copies_by_name:
+            self._drop_replaced_copies(paths)
         unread = [p for p in paths if p not in self.states or self.states[p].offset == 0]
         if self.spec.whole:
             self._scan_whole(paths)
@@ -5255,6 +5260,16 @@ class AgentSource(object):
             self._scan_files(paths, final, parallel)
         if note:
             self._note_foreign_format(unread)
+
+    def _drop_replaced_copies(self, paths):
+        """A file read before that is no longer listed because another copy of the
+        same name now is: what it gave is given by that copy (never twice)."""
+        names = set(os.path.basename(path) for path in paths)
+        listed = set(paths)
+        for path in [p for p in self.states if p not in listed]:
+            if os.path.basename(path) in names:
+                self.forget(path)
+                del self.states[path]
 
     def _note_foreign_format(self, paths):
         """Files that hold something, none of it a usage record: most likely the

@@ -5923,6 +5923,26 @@ class ChangingLogsTests(IsolatedEnv):
         self.assertEqual(once[0], 8)
         self.assertEqual(watched, once)
 
+    def test_a_codex_copy_that_overtakes_the_other_replaces_it(self):
+        root = self.copy("codex")
+        live = os.path.join(root, "sessions", "2026", "03", "10",
+                            "rollout-2026-03-10T08-00-00-codex-s1.jsonl")
+        archived = os.path.join(root, "archived_sessions",
+                                "rollout-2026-03-10T08-00-00-codex-s1.jsonl")
+        with open(live) as handle:
+            lines = handle.readlines()
+        with open(archived, "w") as handle:     # the archived copy behind, then ahead
+            handle.writelines(lines[:3])
+        source = catop.LiveAgentSource("codex")
+        source.poll(True)
+        with open(archived, "w") as handle:
+            handle.writelines(lines + ['{"type": "event_msg"}\n'])
+        source.poll(True)
+        want, _ = self.totals("--agent", "codex", "--no-history")
+        got = source.requests
+        self.assertEqual((len(got), sum(r.input for r in got), sum(r.output for r in got)),
+                         want)
+
     def test_a_time_out_of_range_is_no_time(self):
         seconds = bytes([0x08]) + bytes([0xff] * 8 + [0x3f])   # field 1, varint 2**62 - 1
         self.assertIsNone(catop._pb_time(seconds))
