@@ -1197,6 +1197,12 @@ def iteration_requests(req, iterations):
         else:
             others.append((tokens[:5], req.model, req.thread))
     top = (req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output)
+    if req.cache_write_1h and not req.cache_write_5m and not any(
+            t[3] for t in own + [t for t, _, _ in others]):
+        # the response says all its writes were 1 h ones, its iterations only how many
+        own = [(m, r, 0, w5, o) for m, r, w5, _, o in own]
+        others = [((m, r, 0, w5, o), model, thread) for (m, r, w5, _, o), model, thread
+                  in others]
     summed = tuple(sum(part) for part in zip(*own)) if own else (0,) * 5
     with_others = tuple(sum(part) for part in zip(summed, *[t for t, _, _ in others]))
     if not own or top not in (summed, with_others) or not any(map(any, own)):

@@ -5891,6 +5891,28 @@ class ChangingLogsTests(IsolatedEnv):
         self.assertAlmostEqual(doc["totals"]["cost_usd"], 203000 * 3e-6 + 4500 * 1.5e-5,
                                places=12)
 
+    def test_iterations_without_a_ttl_split_take_the_responses_own(self):
+        # the response's writes all 1 h (its cache_creation split); its iterations give
+        # flat figures only: theirs are 1 h writes too (claude-sonnet-4-5: 2x 3e-6)
+        usage = {"input_tokens": 30, "cache_creation_input_tokens": 5000,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                    "ephemeral_1h_input_tokens": 5000},
+                 "output_tokens": 300, "iterations": [
+                     {"type": "message", "input_tokens": 10,
+                      "cache_creation_input_tokens": 2000, "output_tokens": 100},
+                     {"type": "message", "input_tokens": 20,
+                      "cache_creation_input_tokens": 3000, "output_tokens": 200}]}
+        path = os.path.join(self.tmp, "i.jsonl")
+        with open(path, "w") as handle:
+            handle.write(json.dumps({"model": "claude-sonnet-4-5", "provider": "anthropic",
+                                     "usage": usage}) + "\n")
+        doc = self.doc("--file", path, "--no-history")
+        t = doc["totals"]
+        self.assertEqual((t["requests"], t["cache_write_tokens"], t["cache_write_1h_tokens"]),
+                         (2, 5000, 5000))
+        self.assertAlmostEqual(t["cost_usd"], 30 * 3e-6 + 5000 * 6e-6 + 300 * 1.5e-5,
+                               places=12)
+
     def test_a_locked_database_keeps_its_last_reading(self):
         root = self.copy("zcode")
         live = catop.LiveAgentSource("zcode")
