@@ -1158,6 +1158,17 @@ def price_dimensions(service_tier=None, speed=None, geo=None, retention=None):
 _DIMENSIONS = {}
 
 
+REGIONAL_HOSTS = ("https://eu.", "https://us.", "http://eu.", "http://us.")
+
+
+def regional_host(url):
+    """The region of OpenAI's regional processing a request's host names
+    (eu.api.openai.com, us.api.openai.com), else None."""
+    host = url.split("://", 1)[-1].split("/", 1)[0].lower()
+    region = host[:-len(".api.openai.com")] if host.endswith(".api.openai.com") else ""
+    return region if region in ("eu", "us") else None
+
+
 def dimensions_of(tier, speed, geo, retention=None):
     """price_dimensions of scalars from a log, remembered (a log repeats one)."""
     key = (tier, speed, geo, retention)
@@ -1268,6 +1279,9 @@ def interpret_record(record, usage, attributes, wanted):
     provider = _text(provider) or (infer_provider(model) if model else "")
     if project is not None and project_only_for_advice(wanted) and not ttl_is_a_choice(provider):
         project = None
+    if geo is None and type(record.get("api_base")) is str and \
+            record["api_base"].startswith(REGIONAL_HOSTS):
+        geo = regional_host(record["api_base"])
     miss, read, write_5m, write_1h, output, reasoning = tokens
     req = Request(parse_timestamp(when), _text(agent), provider, model, _text(project),
                   _text(session), miss, read, write_5m, write_1h, output, reasoning,
@@ -1320,15 +1334,17 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
                 + _attribution_source(attribution_plan(
                     record_keys, wanted, usage_keys if usage_is_attributes else (),
                     usage_keys), project_only_for_advice(wanted),
-                    "server_tool_use" in usage_keys))
+                    "server_tool_use" in usage_keys, "api_base" in record_keys))
     source = "def shape(record, usage, attributes):\n    %s\n" % "\n    ".join(body)
     namespace = {"as_count": as_count, "MAX": MAX_TOKENS_PER_FIELD, "Request": Request,
                  "text": _text, "infer_provider": infer_provider, "as_money": as_money,
                  "parse_timestamp": parse_timestamp, "shared_get": _SHARED_TEXT.get,
                  "diagnosis_of": diagnosis_of, "ttl_get": _TTL_CHOICE.get,
-                 "dimensions_of": dimensions_of, "FAILED": FAILED, "server_searches": server_searches,
-                 "ttl_is_a_choice": ttl_is_a_choice, "nested_ttl_split": nested_ttl_split, "bedrock_ttl_split": bedrock_ttl_split,
-                 "EMPTY": {}}
+                 "dimensions_of": dimensions_of, "FAILED": FAILED,
+                 "regional_host": regional_host, "REGIONAL_HOSTS": REGIONAL_HOSTS,
+                 "server_searches": server_searches,
+                 "ttl_is_a_choice": ttl_is_a_choice, "nested_ttl_split": nested_ttl_split,
+                 "bedrock_ttl_split": bedrock_ttl_split, "EMPTY": {}}
     exec(compile(source, "<catop shape>", "exec"), namespace)
     if "iterations" not in usage_keys:
         return namespace["shape"]
@@ -1479,7 +1495,7 @@ def _runs_by_place(pairs):
     return runs
 
 
-def _attribution_source(plan, advice_project=False, searches=False):
+def _attribution_source(plan, advice_project=False, searches=False, api_base=False):
     """_planned_values and the Request of interpret_record, as lines returning it;
     advice_project: the project is looked up only where the TTL is a choice."""
     used = sorted({place for pairs in plan for place, _ in pairs} - {_RECORD})
@@ -1514,6 +1530,12 @@ def _attribution_source(plan, advice_project=False, searches=False):
         if name == "project" and advice_project:
             lines, project_lines = project_lines, lines
     searched = dict(zip(names, plan))
+    if api_base:   # OpenAI's regional host, where the log names no region
+        lines += ([] if searched["geo"] else ["geo = None"]) + [
+            "if geo is None:", "    v = record.get('api_base')",
+            "    if type(v) is str and v.startswith(REGIONAL_HOSTS):",
+            "        geo = regional_host(v)"]
+        searched["geo"] = True
     if advice_project and searched["project"]:
         project_lines = (["project = None", "c = ttl_get(provider)",
                           "if c or c is None and ttl_is_a_choice(provider):"]
@@ -4927,8 +4949,8 @@ class AgentSpec(object):
     section 3); subagent_replays: a subagent file may replay a response of its
     parent; expects: what the records that carry usage are (a folder that holds none
     is told so); copies_by_name: find() lists one of the files that share a name
-    (copies of one log), and which one may change as they grow.  history_key(key) / key_from_history(text) store a dedup key and
-    read it back."""
+    (copies of one log), and which one may change as they grow.  history_key(key)
+    / key_from_history(text) store a dedup key and read it back."""
 
     def __init__(self, name, variable, defaults, find, parser=None, needles=(),
                  document=None, document_suffix=None, database=None, listed=False,

@@ -708,6 +708,16 @@ class PriceDimensionTests(IsolatedEnv):
                                  "usage": usage})
                 self.assertAlmostEqual(doc["totals"]["cost_usd"], base * factor, places=12)
                 self.assertEqual(doc["tier_fallback"]["requests"], fallback)
+        # a LiteLLM record names no region, but its host does (the compiled reader too)
+        for api_base, factor in (("https://eu.api.openai.com/v1", 1.1),
+                                 ("https://us.api.openai.com", 1.1),
+                                 ("https://api.openai.com/v1", 1.0),
+                                 ("https://eu.example.com/api.openai.com", 1.0)):
+            with self.subTest(api_base=api_base):
+                doc = self.cost(*[{"model": "gpt-5.4", "api_base": api_base,
+                                   "usage": usage}] * 9)
+                self.assertAlmostEqual(doc["totals"]["cost_usd"], 9 * base * factor,
+                                       places=11)
 
     def test_xai_higher_rates_start_where_the_prompt_reaches_the_threshold(self):
         # docs.x.ai: "Requests whose prompt reaches 200k tokens are billed at the
