@@ -1235,6 +1235,13 @@ def iteration_requests(req, iterations):
     return found
 
 
+def with_iterations(req, usage):
+    """req, or the requests of its server-side iterations where its usage has them."""
+    if isinstance(req, Request) and "iterations" in usage:
+        return iteration_requests(req, usage["iterations"]) or req
+    return req
+
+
 def normalize_record(record, wanted=ALL_ATTRIBUTES):
     """A Request from one generic log record; None when it carries no token usage.
     Attributes not in wanted are left empty.
@@ -1289,8 +1296,7 @@ def interpret_record(record, usage, attributes, wanted):
                   "" if tier is None and speed is None and geo is None and retention is None
                   else dimensions_of(tier, speed, geo, retention),
                   server_searches(usage) if "server_tool_use" in usage else 0)
-    return (iteration_requests(req, usage["iterations"]) or req) if "iterations" in usage \
-        else req
+    return with_iterations(req, usage)
 
 
 # Compiled shapes.  A log repeats a handful of record shapes (the same keys, the
@@ -1351,9 +1357,7 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
     shape = namespace["shape"]
 
     def iterated(record, usage, attributes):   # (the rare shape: no inline code for it)
-        req = shape(record, usage, attributes)
-        return (iteration_requests(req, usage["iterations"]) or req) \
-            if isinstance(req, Request) else req
+        return with_iterations(shape(record, usage, attributes), usage)
     return iterated
 
 
@@ -1734,7 +1738,10 @@ def file_kind(mode):
     return "not a file"
 
 
-def read_regular(path, limit_bytes=256 * 1024 * 1024):
+READ_LIMIT_BYTES = 256 * 1024 * 1024   # a whole file read at once is at most this
+
+
+def read_regular(path, limit_bytes=READ_LIMIT_BYTES):
     """The bytes of a regular file of at most limit_bytes; OSError otherwise."""
     with open_regular(path) as handle:
         data = handle.read(limit_bytes + 1)
@@ -5688,10 +5695,10 @@ def read_opencode_store(path, agent="opencode"):
     return results, malformed
 
 
-def _read_json_document(path, limit=None):
+def _read_json_document(path, limit=READ_LIMIT_BYTES):
     """A JSON document, or None when it is not one (counted malformed)."""
     try:
-        return json.loads(read_regular(path, limit) if limit else read_regular(path))
+        return json.loads(read_regular(path, limit))
     except (ValueError, RecursionError):
         return None
 
