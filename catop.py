@@ -11347,15 +11347,13 @@ def claude_settings_path():
 
 
 def statusline_command():
-    """The command for settings.json: the interpreter running now imports this file
-    as a module (a script is compiled afresh at every run, ten times the time of the
-    rest; a module once), without site (faster) and with this file's folder, and
-    only it, in place of the working folder: Claude Code runs the command in the
-    project, whose own catop.py or base64.py must never be imported."""
+    """The command for settings.json: the interpreter running now loads this file as
+    a module (a script is compiled afresh at every run, ten times the time of the
+    rest; a module once), without site (faster) and without the working folder on
+    its path: Claude Code runs the command in the project, whose own catop.py or
+    base64.py must never be imported."""
     import shlex
-    folder = os.path.dirname(os.path.abspath(__file__))
-    code = "import sys; sys.path[0] = %s; import catop; sys.exit(catop.main())" % (
-        json.dumps(folder))   # a JSON string is a Python one
+    code = module_bootstrap("sys.exit(catop.main())")
     return "%s -S -E -c %s --statusline" % (shlex.quote(sys.executable or "python3"),
                                              shlex.quote(code))
 
@@ -11580,19 +11578,54 @@ def run_as_module():
 
     Python keeps the syntax tree of the script it runs alive until the script ends:
     for this file about 17 MB of every process, workers included.  Imported, the file
-    is compiled and its tree freed at once.  The cost: one more interpreter start and
-    compile.  CATOP_AS_SCRIPT=1 runs the script as it is, always."""
+    is compiled and its tree freed at once, and the compiled form kept for the next
+    run.  The cost: one more interpreter start (without site: catop needs none of it).
+    CATOP_AS_SCRIPT=1 runs the script as it is, always."""
     if os.environ.get("CATOP_AS_SCRIPT") or not hasattr(os, "execv"):
         return
-    folder = os.path.dirname(os.path.abspath(__file__))
-    bootstrap = ("import sys; sys.path.insert(0, %r); sys.argv[0] = %r; import catop; "
-                 "catop.exit_at_once(catop.main())" % (folder, sys.argv[0]))
+    bootstrap = module_bootstrap("sys.argv[0] = %s; catop.exit_at_once(catop.main())"
+                                 % json.dumps(sys.argv[0]))
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-c", bootstrap] + sys.argv[1:])
+        os.execv(sys.executable, [sys.executable] + interpreter_flags() +
+                 ["-S", "-c", bootstrap] + sys.argv[1:])
     except (OSError, ValueError):
         return  # no exec here: run as the script, as before
+
+
+def interpreter_flags():
+    """The options this interpreter was started with (-X utf8, -E, -W ...), for one
+    started in its place; none where Python does not tell them."""
+    try:
+        import subprocess
+        return [flag for flag in subprocess._args_from_interpreter_flags() if flag != "-S"]
+    except (ImportError, AttributeError):
+        return []
+
+
+def bytecode_dir():
+    return os.path.join(xdg_dir("XDG_CACHE_HOME", (".cache",)), "bytecode")
+
+
+def module_bootstrap(call):
+    """Source for python -c that loads this very file as the module catop, whatever
+    the file is called (catop.py, /usr/local/bin/catop, catop-0.5.py) and whatever
+    else lies beside it or in the working folder, then runs call.  The compiled form
+    is kept in catop's cache folder: the file's own folder may be read-only, and a
+    curl'd copy gains no __pycache__ beside it (only catop's own: the modules it
+    imports are cached where Python keeps them)."""
+    return ("import sys, importlib.machinery as m, importlib.util as u\n"
+            "if sys.path and sys.path[0] == \"\": del sys.path[0]\n"
+            "loader = m.SourceFileLoader(\"catop\", %s)\n"
+            "catop = sys.modules[\"catop\"] = u.module_from_spec("
+            "u.spec_from_loader(\"catop\", loader))\n"
+            "kept = sys.pycache_prefix, sys.dont_write_bytecode\n"
+            "sys.pycache_prefix, sys.dont_write_bytecode = %s, False\n"
+            "code = loader.get_code(\"catop\")\n"
+            "sys.pycache_prefix, sys.dont_write_bytecode = kept\n"
+            "exec(code, catop.__dict__)\n%s" % (
+                json.dumps(os.path.abspath(__file__)), json.dumps(bytecode_dir()), call))
 
 
 if __name__ == "__main__":

@@ -2398,6 +2398,39 @@ class CliTests(IsolatedEnv):
                          (2, "catop: error: argument --width: at least 20 columns "
                              "(catop --help for more)\n"))
 
+    def test_a_renamed_copy_runs_itself_as_a_module_and_keeps_its_bytecode(self):
+        """/usr/local/bin/catop (no .py) beside another catop.py, with bytecode writing
+        turned off: the copy loads itself by its path, never the catop.py beside it
+        (it was imported by name), and keeps its compiled form in catop's cache."""
+        folder = os.path.join(self.tmp, "bin")
+        os.makedirs(folder)
+        shutil.copy(os.path.join(HERE, "catop.py"), os.path.join(folder, "catop"))
+        shutil.copy(os.path.join(HERE, "prices.json"), folder)
+        with open(os.path.join(folder, "catop.py"), "w") as handle:
+            handle.write("raise SystemExit('the other catop.py was imported')\n")
+        cache = os.path.join(self.tmp, "cache")
+        env = dict(os.environ, CATOP_AS_MODULE="1", PYTHONDONTWRITEBYTECODE="1",
+                   XDG_CACHE_HOME=cache)
+        argv = [sys.executable, os.path.join(folder, "catop"), "--file", EXAMPLES,
+                "--offline", "--no-history", "--format", "json"]
+        runs = [subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                               timeout=60) for _ in range(2)]
+        for result in runs:
+            self.assertEqual((result.returncode, result.stderr), (0, b""))
+        script = subprocess.run(argv, stdout=subprocess.PIPE, timeout=60,
+                                env=dict(env, CATOP_AS_MODULE="", CATOP_AS_SCRIPT="1"))
+        docs = [json.loads(result.stdout) for result in runs + [script]]
+        for doc in docs:
+            doc.pop("generated_at")
+            doc["prices"].pop("age_s")
+        self.assertEqual(docs[0], docs[2])
+        self.assertEqual(docs[1], docs[2])
+        kept = [name for _, _, names in os.walk(os.path.join(cache, "catop", "bytecode"))
+                for name in names]
+        self.assertEqual(len(kept), 1)   # catop's own; the standard modules' stay theirs
+        self.assertTrue(kept[0].startswith("catop") and kept[0].endswith(".pyc"), kept)
+        self.assertFalse(os.path.exists(os.path.join(folder, "__pycache__")))
+
     def test_a_closed_pipe_ends_quietly(self):
         """`catop | head -1`: the reader goes away; catop exits 0, and nothing such as
         'Exception ignored' or a traceback reaches stderr."""
@@ -4123,9 +4156,10 @@ class StatuslineTests(IsolatedEnv):
         entry = json.loads(out)["statusLine"]
         self.assertEqual((entry["type"], entry["padding"]), ("command", 0))
         folder = os.path.dirname(os.path.abspath(catop.__file__))
-        self.assertEqual(entry["command"], "%s -S -E -c 'import sys; sys.path[0] = \"%s\"; "
-                         "import catop; sys.exit(catop.main())' --statusline" % (
-                             sys.executable, folder))
+        self.assertTrue(entry["command"].startswith("%s -S -E -c 'import sys, " % sys.executable))
+        self.assertTrue(entry["command"].endswith("sys.exit(catop.main())' --statusline"))
+        self.assertIn('SourceFileLoader("catop", "%s")' % os.path.join(folder, "catop.py"),
+                      entry["command"])
         home = os.path.join(self.tmp, "claude-config")
         os.makedirs(home)
         os.environ["CLAUDE_CONFIG_DIR"] = home
