@@ -4190,13 +4190,19 @@ class View(object):
 def break_summary(breaks):
     """Count and cost of the breaks, by cause and by where the cause came from, and
     how far the inferred causes agree with the provider's (cause_agreement)."""
-    summary = {"count": len(breaks), "cost_usd": round(sum((b.cost for b in breaks), 0.0), 9),
-               "by_cause": {}, "by_source": {}}
-    for cause in BREAK_CAUSES:
-        chosen = [b for b in breaks if b.cause == cause]
-        summary["by_cause"][cause] = {"count": len(chosen),
-                                      "cost_usd": round(sum((b.cost for b in chosen), 0.0), 9)}
-    reported = [b for b in breaks if b.reported]
+    by_cause = {cause: [0, 0.0] for cause in BREAK_CAUSES}
+    cost, reported = 0.0, []
+    for found in breaks:   # one pass: a report may list a break every few requests
+        cost += found.cost
+        figures = by_cause.get(found.cause)
+        if figures is not None:
+            figures[0] += 1
+            figures[1] += found.cost
+        if found.reported:
+            reported.append(found)
+    summary = {"count": len(breaks), "cost_usd": round(cost, 9),
+               "by_cause": {cause: {"count": count, "cost_usd": round(total, 9)}
+                            for cause, (count, total) in by_cause.items()}}
     summary["by_source"] = {"reported": len(reported), "inferred": len(breaks) - len(reported)}
     summary["agreement"] = cause_agreement(reported)
     return summary
