@@ -2770,8 +2770,15 @@ def group_key_function(group_by, prices=None):
         def model_name(req):   # the hot path of a grouping by model: one look-up
             name = known.get((req.model, req.provider))
             return name if name is not None else names(req.model, req.provider)
-        if len(group_by) == 1:
-            return lambda req: (model_name(req),)
+        if len(group_by) == 1:   # the default grouping: each model's key made once
+            keys = {}
+
+            def model_key(req):
+                key = keys.get((req.model, req.provider))
+                if key is None:
+                    key = keys[(req.model, req.provider)] = (model_name(req),)
+                return key
+            return model_key
         getters = [(lambda req, of=_CALENDAR_KEYS[field]: of(req.ts)) if field in _CALENDAR_KEYS
                    else model_name if field == "model"
                    else operator.attrgetter(field) for field in group_by]
@@ -4454,19 +4461,17 @@ def scan_request_lines(lines, stats, sink, wanted=ALL_ATTRIBUTES):
         except (ValueError, TypeError, RecursionError, OverflowError):
             stats.skipped["malformed"] += 1
             continue
-        if req is None:
+        if type(req) is Request:
+            records += 1
+            sink(req)
+        elif req is None:
             stats.skipped["no_usage"] += 1
-            continue
-        if req is FAILED:
+        elif req is FAILED:
             stats.skipped["failed"] += 1
-            continue
-        if type(req) is list:   # a response's server-side iterations, each priced alone
+        else:   # a list: a response's server-side iterations, each priced alone
             records += len(req)
             for part in req:
                 sink(part)
-            continue
-        records += 1
-        sink(req)
     stats.records += records
 
 
