@@ -2431,6 +2431,25 @@ class CliTests(IsolatedEnv):
         self.assertTrue(kept[0].startswith("catop") and kept[0].endswith(".pyc"), kept)
         self.assertFalse(os.path.exists(os.path.join(folder, "__pycache__")))
 
+    def test_the_module_run_keeps_the_interpreter_options(self):
+        """python3 -E catop.py ignores PYTHONIOENCODING; run again as a module, it must
+        still (the options pass to the interpreter started in its place)."""
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps({"model": "gpt-4o", "session_id": "caf\u00e9",
+                                     "usage": {"prompt_tokens": 10, "completion_tokens": 1}}) + "\n")
+        outputs = []
+        for extra in ({"CATOP_AS_MODULE": "1"}, {"CATOP_AS_SCRIPT": "1"}):
+            env = dict(os.environ, PYTHONIOENCODING="ascii", LC_ALL="C.UTF-8", **extra)
+            result = subprocess.run(
+                [sys.executable, "-E", os.path.join(HERE, "catop.py"), "--file", path,
+                 "--offline", "--no-history", "--group-by", "session", "--no-color"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=60)
+            self.assertEqual((result.returncode, result.stderr), (0, b""))
+            outputs.append(result.stdout)
+        self.assertIn("caf\u00e9".encode("utf-8"), outputs[1])
+        self.assertEqual(outputs[0].split(b"\n")[2:], outputs[1].split(b"\n")[2:])
+
     def test_a_closed_pipe_ends_quietly(self):
         """`catop | head -1`: the reader goes away; catop exits 0, and nothing such as
         'Exception ignored' or a traceback reaches stderr."""
