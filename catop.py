@@ -47,23 +47,17 @@ To add an output format: FORMATS, a format_* function in output, print_report.
 import argparse
 import base64
 import bisect
-import calendar
 import contextlib
-import csv
 import gc
 import io
 import json
 import math
 import operator
 import os
-import random
 import re
-import shutil
-import signal
 import stat
 import struct
 import sys
-import tempfile
 import time
 import unicodedata
 from datetime import datetime, timedelta, timezone
@@ -497,15 +491,17 @@ def parse_timestamp(value):
     return None
 
 
+_EPOCH, _ONE_SECOND = datetime(1970, 1, 1), timedelta(seconds=1)
+
+
 def _parse_iso(text):
     match = _ISO_RE.match(text)
     if not match:
         return None
     year, month, day, hour, minute, second, frac, zone = match.groups()
     try:
-        base = calendar.timegm((int(year), int(month), int(day), int(hour or 0),
-                                int(minute or 0), 0, 0, 0, 0))
-        datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0))
+        base = (datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0))
+                - _EPOCH) // _ONE_SECOND
     except (ValueError, OverflowError):
         return None
     if zone not in (None, "Z", "z", "UTC"):
@@ -7898,6 +7894,7 @@ def write_atomic(path, data):
     """Writes bytes to path through a temporary file and os.replace."""
     folder = os.path.dirname(path)
     make_private_folder(folder)
+    import tempfile   # the modules few runs need are imported where they are needed
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")   # 0600
     try:
         with os.fdopen(handle, "wb") as out:
@@ -8015,7 +8012,7 @@ def load_prices(prices_path=None, offline=False, refresh=False, now=None,
         return PriceBook(table, "file:prices.json", max(0.0, now - os.path.getmtime(bundled)))
     except (OSError, PriceError):
         pass
-    built = calendar.timegm(time.strptime(EMBEDDED_PRICES_DATE, "%Y-%m-%d"))
+    built = (datetime.strptime(EMBEDDED_PRICES_DATE, "%Y-%m-%d") - _EPOCH) // _ONE_SECOND
     return PriceBook(embedded_price_map(), "embedded", max(0.0, now - built))
 
 
@@ -8052,6 +8049,7 @@ def demo_requests(seed=1, now=None, hours=6.0):
 def demo_traffic(seed=1, now=None, hours=6.0):
     """(requests in time order, compactions as (session, ts)) of the demo."""
     now = time.time() if now is None else now
+    import random
     rng = random.Random(seed)
     requests, compactions = [], []
     for agent, provider, models, project, sessions, system, gap in _DEMO_PROFILES:
@@ -10012,6 +10010,7 @@ def format_csv(report):
     """Header and one row a group (or the totals row without --group-by); with
     --session, one row a request of its timeline."""
     agg = report.aggregate
+    import csv
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     if agg.session is not None:
@@ -10204,6 +10203,7 @@ def run_curses(app, use_colour, unicode_ok):
     def stop(signum, frame):
         raise SystemExit(EXIT_OK)
 
+    import signal
     previous = signal.signal(signal.SIGTERM, stop)
     os.environ.setdefault("ESCDELAY", "25")
     try:
@@ -10627,6 +10627,7 @@ def collect_sources(args, aggregate, now, history=None):
                 stored.append("stdin")
             elif path == "-":
                 deadline = time.time() + args.duration if args.duration else None
+                import tempfile
                 spool = tempfile.TemporaryFile(prefix="catop-stdin-")
                 scan_request_stream(StreamReader(sys.stdin.buffer, deadline, spool), stats,
                                     aggregate.add, wanted=aggregate.wanted_attributes())
@@ -10722,6 +10723,7 @@ def export_history(history, kind, out):
               "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
               "output_tokens", "reasoning_tokens", "observed_cost_usd", "subagent", "source",
               "thread", "reported_reason")
+    import csv
     writer = csv.writer(out, lineterminator="\n") if kind == "csv" else None
     if writer:
         writer.writerow(fields)
@@ -10770,6 +10772,7 @@ def output_width(args):
         return max(20, int(columns))
     if not sys.stdout.isatty():
         return UNCUT_WIDTH
+    import shutil
     return max(20, shutil.get_terminal_size((80, 24)).columns)
 
 
