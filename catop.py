@@ -1922,6 +1922,13 @@ def dashed_claude(model):
     return _DOTTED_CLAUDE.sub(r"\1\2-\3", model)
 
 
+def renamed_copy_content(req):
+    """What a copy of a request under another key keeps of it: its time, model and
+    tokens (the key, session and cost differ: a fork's copy costs 0)."""
+    return (req.ts, req.model, req.provider, req.miss, req.cache_read, req.cache_write_5m,
+            req.cache_write_1h, req.output, req.reasoning)
+
+
 def _content_key(*parts):
     """A key made of what every copy of a record keeps (forks copy records whole)."""
     return "h%x" % _stable_hash(json.dumps(parts, sort_keys=True, default=str))
@@ -4963,17 +4970,19 @@ class AgentSpec(object):
     section 3); subagent_replays: a subagent file may replay a response of its
     parent; expects: what the records that carry usage are (a folder that holds none
     is told so); copies_by_name: find() lists one of the files that share a name
-    (copies of one log), and which one may change as they grow.  history_key(key)
+    (copies of one log), and which one may change as they grow; copies_renamed: a
+    fork copies records under new keys (renamed_copy_content).  history_key(key)
     / key_from_history(text) store a dedup key and read it back."""
 
     def __init__(self, name, variable, defaults, find, parser=None, needles=(),
                  document=None, document_suffix=None, database=None, listed=False,
                  rank="time", key_prefix=None, subagent_replays=False, sessions_keyed=True,
                  keyed=True, variables=(), expects="records with token usage",
-                 copies_by_name=False):
+                 copies_by_name=False, copies_renamed=False):
         self.name, self.variable, self.defaults, self.find = name, variable, defaults, find
         self.expects = expects   # what its usage records are, for a file that has none
         self.copies_by_name = copies_by_name   # find() lists one file of each name
+        self.copies_renamed = copies_renamed   # equal requests under other keys: copies
         self.variables = (variable,) + tuple(variables)
         self.parser, self.needles, self.listed = parser, needles, listed
         self.database, self.whole = database, database is not None
@@ -5030,7 +5039,8 @@ AGENT_TABLE = dict((spec.name, spec) for spec in (
               rank="jsonl first", expects="gemini messages with tokens"),
     AgentSpec("opencode", "OPENCODE_DATA_DIR", (("XDG_DATA", "opencode"),),
               _opencode_files, database=lambda path: read_opencode_store(path),
-              sessions_keyed=False, expects="assistant messages with tokens"),
+              sessions_keyed=False, copies_renamed=True,
+              expects="assistant messages with tokens"),
     AgentSpec("openclaw", "OPENCLAW_DIR", ((".openclaw",),), _openclaw_files, parse_openclaw,
               (b'"assistant"', b'"session"', b'"compaction"'), keyed=False,
               expects="assistant messages with usage"),
@@ -5058,7 +5068,8 @@ AGENT_TABLE = dict((spec.name, spec) for spec in (
               expects="sessions with token counts"),
     AgentSpec("kilo", "KILO_DATA_DIR", (("XDG_DATA", "kilo"),), _kilo_files,
               database=lambda path: read_opencode_store(path, "kilo"), listed=True,
-              sessions_keyed=False, expects="assistant messages with tokens"),
+              sessions_keyed=False, copies_renamed=True,
+              expects="assistant messages with tokens"),
     AgentSpec("copilot", "COPILOT_HOME", ((".copilot",),), _copilot_files, parse_copilot,
               (b'"session.shutdown"', b'"session.start"', b'"session.resume"',
                b'"session.compaction_complete"'),
@@ -5511,6 +5522,22 @@ class AgentSource(object):
             self._take(results, path)
         for key, req in self.seeded.items():
             self.keyed.setdefault(key, req)
+        if self.spec.copies_renamed:
+            self._drop_renamed_copies()
+
+    def _drop_renamed_copies(self):
+        """Of requests equal in all but their keys, the smallest key's counts, the rest
+        are duplicates: a fork copies its parent's messages under new ids (OpenCode,
+        Kilo), into the same database or into files of their own, and the parent's
+        may since be gone from the files while the history still holds them."""
+        kept = set()
+        for key in sorted(self.keyed, key=str):
+            content = renamed_copy_content(self.keyed[key])
+            if content in kept:
+                del self.keyed[key]
+                self.stats.skip("duplicate")
+            else:
+                kept.add(content)
 
     def forget(self, path):
         """Drops what one file gave (a document read again whole gives it anew); a
@@ -5660,8 +5687,9 @@ def read_opencode_store(path, agent="opencode"):
     """([(session, (message id, Request))], malformed) of an OpenCode (or Kilo)
     database, or of one of OpenCode's legacy message files; a summary reply is a
     compaction.  A forked session copies each message with a new id, the same times
-    and tokens, and cost 0: of equal messages the first (the smallest id) counts,
-    the copies are duplicates."""
+    and tokens, and cost 0: its source counts the first of equal messages (the
+    smallest id) and drops the copies (AgentSource._drop_renamed_copies); here a
+    copy's summary is not a compaction again."""
     if not path.endswith(".db"):
         try:
             message = read_json_file(path)
@@ -5676,7 +5704,7 @@ def read_opencode_store(path, agent="opencode"):
                     ("s.directory", " LEFT JOIN session s ON s.id = m.session_id")
                     if "directory" in sessions else ("NULL", ""))).fetchall()
         rows = sqlite_query(path, query)
-    results, malformed, originals = [], 0, set()
+    results, malformed, summaries = [], 0, set()
     for row_id, session, data, directory in rows:
         try:
             message = json.loads(data) if type(data) is str else data
@@ -5684,20 +5712,14 @@ def read_opencode_store(path, agent="opencode"):
                                     row_id or "")
             if result is None:
                 continue
-            times = message.get("time") if type(message.get("time")) is dict else {}
-            copy = _content_key(times.get("created"), times.get("completed"),
-                                message.get("providerID"), message.get("modelID"),
-                                message.get("tokens"))
         except (ValueError, TypeError, RecursionError):
             malformed += 1
             continue
         session = result[1].session
-        if copy in originals:
-            results.append((session, "duplicate"))
-            continue
-        originals.add(copy)
         results.append((session, result))
-        if message.get("summary") is True:    # the reply that summarized the context
+        copied = renamed_copy_content(result[1])
+        if message.get("summary") is True and copied not in summaries:
+            summaries.add(copied)              # the reply that summarized the context
             results.append((session, Compaction(result[1].ts)))
     return results, malformed
 
@@ -7655,6 +7677,9 @@ def ingest_agent(history, name):
     spec = source.spec
     paths = agent_files(name)
     before = {}
+    if spec.copies_renamed:   # a fork's copy of what only the history holds now: a copy
+        source.seeded = {key: req for key, req in stored_agent_rows(history, spec)
+                         if key is not None}
     if not spec.whole:
         for path in paths:
             state = source.states[path] = history.file_state(path)
@@ -7667,6 +7692,8 @@ def ingest_agent(history, name):
 
     def rows():  # streamed into executemany: the rows never all sit in memory at once
         for key, req in source.keyed.items():
+            if source.seeded.get(key) is req:
+                continue    # stored already, and gone from the files
             counted[0] += 1
             rank = source.file_rank(req.origin)[0] if req.origin is not None else None
             message = "%016x" % key_message_part(key) if type(key) is int else None
@@ -7691,6 +7718,12 @@ def ingest_agent(history, name):
     return source.stats
 
 
+def stored_agent_rows(history, spec):
+    """(dedup key or None, Request) of what the history holds of one agent."""
+    for text, req in history.rows("agent:" + spec.name):
+        yield spec.key_from_history(text), req
+
+
 def seed_agent_source(live, history):
     """A live agent source resumed from the history: its files' read state and the
     requests stored for it, keyed again so that later lines de-duplicate against them."""
@@ -7699,8 +7732,7 @@ def seed_agent_source(live, history):
     if not source.spec.whole:
         for path in agent_files(name):
             source.states[path] = history.file_state(path)
-    for text, req in history.rows("agent:" + name):
-        key = source.spec.key_from_history(text)
+    for key, req in stored_agent_rows(history, source.spec):
         if key is None:
             source.loose.setdefault("history", []).append(req)
         else:

@@ -5892,6 +5892,54 @@ class ChangingLogsTests(IsolatedEnv):
         self.assertEqual(want[:2], (7, 59388))
         self.assertEqual(self.totals("--agent", "kilo", "--history", history)[0], want)
 
+    def test_a_fork_outliving_its_parent_counts_once(self):
+        """A fork copies its parent's messages under new ids.  The parent's pruned from
+        the database after a run with the history: the history holds its messages, the
+        database their copies, and they count once by every path (they were counted
+        twice: 9 requests, $0.152766)."""
+        root = self.copy("kilo")
+        history = os.path.join(self.tmp, "h.sqlite3")
+        before, _ = self.totals("--agent", "kilo", "--history", history)
+        self.assertEqual(before, (7, 59388, 3390))
+        database = sqlite3.connect(os.path.join(root, "kilo.db"))
+        copied = [row[0] for row in database.execute(
+            "SELECT id FROM message WHERE id IN ('msg_c9a10a002ffe1A2b3C4d5E6f7G', "
+            "'msg_c9a10a003ffe1A2b3C4d5E6f7G')")]
+        self.assertEqual(len(copied), 2)    # the parent's replies its fork copied
+        database.execute("DELETE FROM message WHERE id IN (?, ?)", copied)
+        database.commit()
+        database.close()
+        fresh, _ = self.totals("--agent", "kilo", "--no-history")
+        self.assertEqual(fresh, before)     # the copies count in their place
+        for _ in range(2):
+            stored, doc = self.totals("--agent", "kilo", "--history", history)
+            self.assertEqual(stored, before)
+            self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.101241, places=6)
+            self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 2)
+        live, _ = self.totals("--agent", "kilo", "--history", history, "--duration", "0.1")
+        self.assertEqual(live, before)
+
+    def test_a_fork_in_opencodes_message_files_counts_once(self):
+        """OpenCode's legacy storage, a message a file: a fork's copy (new id, session
+        and file; cost 0) is a duplicate of its parent's message in another file."""
+        root = self.copy("opencode")
+        original = os.path.join(root, "storage", "message", "ses_oc", "msg_oc1.json")
+        with open(original) as handle:
+            message = json.load(handle)
+        os.makedirs(os.path.join(root, "storage", "message", "ses_zfork"))
+        with open(os.path.join(root, "storage", "message", "ses_zfork", "msg_zfork1.json"),
+                  "w") as handle:
+            json.dump(dict(message, id="msg_zfork1", sessionID="ses_zfork", cost=0), handle)
+        for history in ("--no-history", "--history"):
+            argv = ("--agent", "opencode", "--group-by", "session") + (
+                (history,) if history == "--no-history" else
+                (history, os.path.join(self.tmp, "h.sqlite3")))
+            got, doc = self.totals(*argv)
+            self.assertEqual(got, (1, 6 + 21840 + 1536, 388))
+            self.assertEqual([g["key"]["session"] for g in doc["groups"]], ["ses_oc"])
+            self.assertEqual(doc["totals"]["observed_cost_usd"], 0.01815)
+            self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 1)
+
     def test_a_hermes_session_that_grows_counts_once(self):
         root = self.copy("hermes")
         history = os.path.join(self.tmp, "h.sqlite3")
