@@ -5698,6 +5698,8 @@ def read_opencode_store(path, agent="opencode"):
         rows = [(None, None, message, None)]
     else:
         def query(connection):
+            if not connection.execute("PRAGMA table_info(message)").fetchall():
+                return []   # a database made but not yet set up (or emptied): no messages
             sessions = set(row[1] for row in connection.execute("PRAGMA table_info(session)"))
             return connection.execute(
                 "SELECT m.id, m.session_id, m.data, %s FROM message m%s ORDER BY m.id" % (

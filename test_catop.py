@@ -5940,6 +5940,15 @@ class ChangingLogsTests(IsolatedEnv):
             self.assertEqual(doc["totals"]["observed_cost_usd"], 0.01815)
             self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 1)
 
+    def test_a_database_not_set_up_yet_leaves_opencodes_message_files_counted(self):
+        """OpenCode makes opencode.db before its tables (and a user may empty it): its
+        message files still count; the database was an error that hid them."""
+        root = self.copy("opencode")
+        open(os.path.join(root, "opencode.db"), "wb").close()
+        got, doc = self.totals("--agent", "opencode", "--no-history")
+        self.assertEqual(got, (1, 6 + 21840 + 1536, 388))
+        self.assertNotIn("error", doc["sources"][0])
+
     def test_a_hermes_session_that_grows_counts_once(self):
         root = self.copy("hermes")
         history = os.path.join(self.tmp, "h.sqlite3")
