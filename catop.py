@@ -1748,9 +1748,12 @@ def read_regular(path, limit_bytes=READ_LIMIT_BYTES):
 
 def make_private_folder(folder):
     """folder (and its parents) made if missing; one catop makes is 0700 whatever the
-    umask (os.makedirs's mode is filtered by it)."""
-    if folder and not os.path.isdir(folder):
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+    umask (os.makedirs's mode is filtered by it, and given to the last folder only)."""
+    if not folder or os.path.isdir(folder):
+        return
+    make_private_folder(os.path.dirname(os.path.abspath(folder)))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
         os.chmod(folder, 0o700)
 
 
@@ -1924,7 +1927,10 @@ def dashed_claude(model):
 
 def renamed_copy_content(req):
     """What a copy of a request under another key keeps of it: its time, model and
-    tokens (the key, session and cost differ: a fork's copy costs 0)."""
+    tokens (the key, session and cost differ: a fork's copy costs 0); None without a
+    time (two such requests are not told copies by their tokens alone)."""
+    if req.ts is None:
+        return None
     return (req.ts, req.model, req.provider, req.miss, req.cache_read, req.cache_write_5m,
             req.cache_write_1h, req.output, req.reasoning)
 
@@ -5270,6 +5276,7 @@ class AgentSource(object):
         self.ties = {}           # key -> {path: Request}: equal copies in several files
         self.superseded = set()  # keys whose requests are counted under other keys
         self.seeded = {}         # key -> Request the history holds (whole-read agents)
+        self.copies = set()      # keys of renamed copies dropped (copies_renamed)
         self.document_malformed = {}   # path -> malformed records of its latest reading
 
     def __getstate__(self):      # a worker sends it home: the table entry stays here
@@ -5526,18 +5533,35 @@ class AgentSource(object):
             self._drop_renamed_copies()
 
     def _drop_renamed_copies(self):
-        """Of requests equal in all but their keys, the smallest key's counts, the rest
-        are duplicates: a fork copies its parent's messages under new ids (OpenCode,
-        Kilo), into the same database or into files of their own, and the parent's
-        may since be gone from the files while the history still holds them."""
-        kept = set()
-        for key in sorted(self.keyed, key=str):
-            content = renamed_copy_content(self.keyed[key])
+        """Of requests equal in all but their keys, one counts, the rest are duplicates
+        (and a copied summary no compaction of its own): a fork copies its parent's
+        messages under new ids (OpenCode, Kilo), into the same database or into files
+        of their own, and the parent's may since be gone from the files while the
+        history still holds them.  The one stored already counts, else the smallest
+        key (ids grow with time; the copy's may still be the smaller one, once the
+        ids wrap)."""
+        kept, self.copies = set(), set()
+        for key in sorted(self.keyed, key=lambda key: (key not in self.seeded, str(key))):
+            req = self.keyed[key]
+            content = renamed_copy_content(req)
+            if content is None:
+                continue
             if content in kept:
                 del self.keyed[key]
+                self.copies.add(key)
                 self.stats.skip("duplicate")
+                self._drop_compaction(req.session, req.ts)
             else:
                 kept.add(content)
+
+    def _drop_compaction(self, session, ts):
+        if (session, ts) in self.compaction_times:
+            self.compaction_times.remove((session, ts))
+            self.stats.compactions -= 1
+            if self.compactions.get(session, 0) > 1:
+                self.compactions[session] -= 1
+            else:
+                self.compactions.pop(session, None)
 
     def forget(self, path):
         """Drops what one file gave (a document read again whole gives it anew); a
@@ -5688,8 +5712,8 @@ def read_opencode_store(path, agent="opencode"):
     database, or of one of OpenCode's legacy message files; a summary reply is a
     compaction.  A forked session copies each message with a new id, the same times
     and tokens, and cost 0: its source counts the first of equal messages (the
-    smallest id) and drops the copies (AgentSource._drop_renamed_copies); here a
-    copy's summary is not a compaction again."""
+    smallest id) and drops the copies, their summaries' compactions too
+    (AgentSource._drop_renamed_copies)."""
     if not path.endswith(".db"):
         try:
             message = read_json_file(path)
@@ -5706,7 +5730,7 @@ def read_opencode_store(path, agent="opencode"):
                     ("s.directory", " LEFT JOIN session s ON s.id = m.session_id")
                     if "directory" in sessions else ("NULL", ""))).fetchall()
         rows = sqlite_query(path, query)
-    results, malformed, summaries = [], 0, set()
+    results, malformed = [], 0
     for row_id, session, data, directory in rows:
         try:
             message = json.loads(data) if type(data) is str else data
@@ -5719,9 +5743,7 @@ def read_opencode_store(path, agent="opencode"):
             continue
         session = result[1].session
         results.append((session, result))
-        copied = renamed_copy_content(result[1])
-        if message.get("summary") is True and copied not in summaries:
-            summaries.add(copied)              # the reply that summarized the context
+        if message.get("summary") is True:    # the reply that summarized the context
             results.append((session, Compaction(result[1].ts)))
     return results, malformed
 
@@ -7546,14 +7568,18 @@ class History(object):
                                    row[15] and stored_diagnosis(row[15]), str(row[16] or ""),
                                    row[17] if type(row[17]) is int and row[17] > 0 else 0)
 
-    def rows(self, label=None, exclude=()):
+    def rows(self, label=None, exclude=(), folders=None):
         """(key, Request) of the stored requests of one source (label), or of every
-        source but those in exclude."""
+        source but those in exclude; folders: of an agent's, only those read from a
+        file under one of them (see requests)."""
         # the columns in the order Request takes them: a row becomes one directly
         query = ("SELECT key, " + _STORED_TIME + ", agent, provider, model, project, session,"
                  " miss, read, w5, w1, output, reasoning, observed, sidechain, thread,"
                  " diagnosis, tier, searches, file FROM requests")
-        if label:
+        if label and folders is not None:
+            values = []
+            query += " WHERE " + _scope_condition({label: folders}, values)
+        elif label:
             query, values = query + " WHERE source = ?", (label,)
         elif exclude:
             values = tuple(exclude)
@@ -7715,14 +7741,15 @@ def ingest_agent(history, name):
         except OSError:
             state.mtime = None
     history.save(rows(), changed if not spec.whole else (), source.compaction_times,
-                 [spec.history_key(key) for key in source.superseded])
+                 [spec.history_key(key) for key in source.superseded | source.copies])
     source.stats.records = counted[0]
     return source.stats
 
 
 def stored_agent_rows(history, spec):
-    """(dedup key or None, Request) of what the history holds of one agent."""
-    for text, req in history.rows("agent:" + spec.name):
+    """(dedup key or None, Request) of what the history holds of one agent, read
+    from its folders of now (history_scope: CLAUDE_CONFIG_DIR=B shows nothing of A)."""
+    for text, req in history.rows("agent:" + spec.name, folders=agent_roots(spec.name)):
         yield spec.key_from_history(text), req
 
 
@@ -11408,6 +11435,8 @@ def statusline_command():
 
 def install_statusline(args):
     """--install prints the statusLine entry; --write merges it into settings.json."""
+    with contextlib.suppress(OSError):
+        make_private_folder(bytecode_dir())   # before the command's first run makes it 0755
     entry = {"type": "command", "command": statusline_command(), "padding": 0}
     if args.statusline_format:
         import shlex
@@ -11632,7 +11661,9 @@ def run_as_module():
     if os.environ.get("CATOP_AS_SCRIPT") or not hasattr(os, "execv"):
         return
     bootstrap = module_bootstrap("sys.argv[0] = %s; catop.exit_at_once(catop.main())"
-                                 % json.dumps(sys.argv[0]))
+                                 % python_literal(sys.argv[0]))
+    with contextlib.suppress(OSError):
+        make_private_folder(bytecode_dir())   # Python's own would be 0755
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -11659,21 +11690,32 @@ def bytecode_dir():
 def module_bootstrap(call):
     """Source for python -c that loads this very file as the module catop, whatever
     the file is called (catop.py, /usr/local/bin/catop, catop-0.5.py) and whatever
-    else lies beside it or in the working folder, then runs call.  The compiled form
-    is kept in catop's cache folder: the file's own folder may be read-only, and a
-    curl'd copy gains no __pycache__ beside it (only catop's own: the modules it
-    imports are cached where Python keeps them)."""
-    return ("import sys, importlib.machinery as m, importlib.util as u\n"
+    else lies beside it or in the working folder (taken off the path before anything
+    is imported), then runs call.  The compiled form is kept in catop's cache folder:
+    the file's own folder may be read-only, and a curl'd copy gains no __pycache__
+    beside it (only catop's own: the modules it imports are cached where Python keeps
+    them); a damaged one is compiled again from the file."""
+    return ("import sys\n"
             "if sys.path and sys.path[0] == \"\": del sys.path[0]\n"
+            "import importlib.machinery as m, importlib.util as u\n"
             "loader = m.SourceFileLoader(\"catop\", %s)\n"
             "catop = sys.modules[\"catop\"] = u.module_from_spec("
             "u.spec_from_loader(\"catop\", loader))\n"
             "kept = sys.pycache_prefix, sys.dont_write_bytecode\n"
             "sys.pycache_prefix, sys.dont_write_bytecode = %s, False\n"
-            "code = loader.get_code(\"catop\")\n"
+            "try:\n"
+            "    code = loader.get_code(\"catop\")\n"
+            "except (EOFError, ValueError, TypeError, ImportError):\n"
+            "    code = loader.source_to_code(loader.get_data(loader.path), loader.path)\n"
             "sys.pycache_prefix, sys.dont_write_bytecode = kept\n"
             "exec(code, catop.__dict__)\n%s" % (
-                json.dumps(os.path.abspath(__file__)), json.dumps(bytecode_dir()), call))
+                python_literal(os.path.abspath(__file__)), python_literal(bytecode_dir()), call))
+
+
+def python_literal(text):
+    """text as a Python string literal in double quotes, in ASCII (any character of a
+    path: a quote, an emoji, a byte that is not UTF-8)."""
+    return '"%s"' % text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
 if __name__ == "__main__":

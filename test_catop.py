@@ -2402,7 +2402,7 @@ class CliTests(IsolatedEnv):
         """/usr/local/bin/catop (no .py) beside another catop.py, with bytecode writing
         turned off: the copy loads itself by its path, never the catop.py beside it
         (it was imported by name), and keeps its compiled form in catop's cache."""
-        folder = os.path.join(self.tmp, "bin")
+        folder = os.path.join(self.tmp, "b\u00efn 'x\" \U0001f600")
         os.makedirs(folder)
         shutil.copy(os.path.join(HERE, "catop.py"), os.path.join(folder, "catop"))
         shutil.copy(os.path.join(HERE, "prices.json"), folder)
@@ -2425,11 +2425,25 @@ class CliTests(IsolatedEnv):
             doc["prices"].pop("age_s")
         self.assertEqual(docs[0], docs[2])
         self.assertEqual(docs[1], docs[2])
-        kept = [name for _, _, names in os.walk(os.path.join(cache, "catop", "bytecode"))
-                for name in names]
+        kept = [os.path.join(where, name) for where, _, names in
+                os.walk(os.path.join(cache, "catop", "bytecode")) for name in names]
         self.assertEqual(len(kept), 1)   # catop's own; the standard modules' stay theirs
-        self.assertTrue(kept[0].startswith("catop") and kept[0].endswith(".pyc"), kept)
+        self.assertTrue(os.path.basename(kept[0]).startswith("catop") and
+                        kept[0].endswith(".pyc"), kept)
         self.assertFalse(os.path.exists(os.path.join(folder, "__pycache__")))
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(cache, "catop")).st_mode), 0o700)
+        # a damaged compiled form (its header intact) is compiled again from the file
+        with open(kept[0], "r+b") as handle:
+            handle.seek(16)
+            handle.write(b"\x00garbage")
+            handle.truncate()
+        damaged = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                 timeout=60)
+        self.assertEqual((damaged.returncode, damaged.stderr), (0, b""))
+        doc = json.loads(damaged.stdout)
+        doc.pop("generated_at")
+        doc["prices"].pop("age_s")
+        self.assertEqual(doc, docs[2])
 
     def test_the_module_run_keeps_the_interpreter_options(self):
         """python3 -E catop.py ignores PYTHONIOENCODING; run again as a module, it must
@@ -4175,7 +4189,7 @@ class StatuslineTests(IsolatedEnv):
         entry = json.loads(out)["statusLine"]
         self.assertEqual((entry["type"], entry["padding"]), ("command", 0))
         folder = os.path.dirname(os.path.abspath(catop.__file__))
-        self.assertTrue(entry["command"].startswith("%s -S -E -c 'import sys, " % sys.executable))
+        self.assertTrue(entry["command"].startswith("%s -S -E -c 'import sys\n" % sys.executable))
         self.assertTrue(entry["command"].endswith("sys.exit(catop.main())' --statusline"))
         self.assertIn('SourceFileLoader("catop", "%s")' % os.path.join(folder, "catop.py"),
                       entry["command"])
@@ -4238,7 +4252,8 @@ class StatuslineTests(IsolatedEnv):
     def test_the_command_never_imports_from_the_project_folder(self):
         project = os.path.join(self.tmp, "project")
         os.makedirs(project)
-        for name in ("catop.py", "base64.py", "json.py"):
+        for name in ("catop.py", "base64.py", "json.py", "types.py", "warnings.py",
+                     "functools.py", "importlib.py"):
             with open(os.path.join(project, name), "w") as handle:
                 handle.write("print('PWNED')\nraise SystemExit(9)\n")
         result = subprocess.run(catop.statusline_command(), shell=True, cwd=project,
@@ -5923,13 +5938,8 @@ class ChangingLogsTests(IsolatedEnv):
         """OpenCode's legacy storage, a message a file: a fork's copy (new id, session
         and file; cost 0) is a duplicate of its parent's message in another file."""
         root = self.copy("opencode")
-        original = os.path.join(root, "storage", "message", "ses_oc", "msg_oc1.json")
-        with open(original) as handle:
-            message = json.load(handle)
-        os.makedirs(os.path.join(root, "storage", "message", "ses_zfork"))
-        with open(os.path.join(root, "storage", "message", "ses_zfork", "msg_zfork1.json"),
-                  "w") as handle:
-            json.dump(dict(message, id="msg_zfork1", sessionID="ses_zfork", cost=0), handle)
+        self.fork_file(root, os.path.join(root, "storage", "message", "ses_oc", "msg_oc1.json"),
+                       "msg_zfork1")
         for history in ("--no-history", "--history"):
             argv = ("--agent", "opencode", "--group-by", "session") + (
                 (history,) if history == "--no-history" else
@@ -5939,6 +5949,55 @@ class ChangingLogsTests(IsolatedEnv):
             self.assertEqual([g["key"]["session"] for g in doc["groups"]], ["ses_oc"])
             self.assertEqual(doc["totals"]["observed_cost_usd"], 0.01815)
             self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 1)
+
+    def fork_file(self, root, original, fork_id, fork_session="ses_zfork", **changes):
+        """A fork's copy of one of OpenCode's message files: new id, session and file."""
+        with open(original) as handle:
+            message = json.load(handle)
+        folder = os.path.join(root, "storage", "message", fork_session)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, fork_id + ".json"), "w") as handle:
+            json.dump(dict(message, id=fork_id, sessionID=fork_session, cost=0, **changes),
+                      handle)
+
+    def test_a_copied_summary_is_no_second_compaction(self):
+        root = self.copy("opencode")
+        original = os.path.join(root, "storage", "message", "ses_oc", "msg_oc1.json")
+        with open(original) as handle:
+            message = json.load(handle)
+        with open(original, "w") as handle:
+            json.dump(dict(message, summary=True), handle)
+        self.fork_file(root, original, "msg_zfork1")
+        for history in (("--no-history",), ("--history", os.path.join(self.tmp, "h.sqlite3"))):
+            code, out, err = self.run_main("--agent", "opencode", "--offline", *history)
+            self.assertEqual(code, 0, err)
+            self.assertIn("agent:opencode: 1 record, 1 compaction (skipped 1 duplicate)", out)
+
+    def test_copies_a_previous_version_stored_are_dropped_from_the_history(self):
+        """A history where both a message and its fork's copy were stored (as the last
+        version did, the parent pruned): the copy's row goes, the totals are one
+        reading's; and a copy whose id sorts before its stored parent's (the ids wrap)
+        is the one dropped."""
+        root = self.copy("opencode")
+        history = os.path.join(self.tmp, "h.sqlite3")
+        original = os.path.join(root, "storage", "message", "ses_oc", "msg_oc1.json")
+        self.fork_file(root, original, "msg_zfork1")
+        with mock.patch.object(catop.AGENT_TABLE["opencode"], "copies_renamed", False):
+            doubled, _ = self.totals("--agent", "opencode", "--history", history)
+        self.assertEqual(doubled, (2, 2 * 23382, 2 * 388))
+        want = (1, 23382, 388)
+        for _ in range(2):
+            got, doc = self.totals("--agent", "opencode", "--history", history)
+            self.assertEqual(got, want)
+            self.assertEqual(doc["totals"]["observed_cost_usd"], 0.01815)
+        os.remove(original)            # the parent pruned: its stored row stays counted
+        self.fork_file(root, os.path.join(root, "storage", "message", "ses_zfork",
+                                          "msg_zfork1.json"), "msg_a0copy", "ses_a0")
+        for _ in range(2):
+            got, doc = self.totals("--agent", "opencode", "--history", history,
+                                   "--group-by", "session")
+            self.assertEqual(got, want)
+            self.assertEqual([g["key"]["session"] for g in doc["groups"]], ["ses_oc"])
 
     def test_a_database_not_set_up_yet_leaves_opencodes_message_files_counted(self):
         """OpenCode makes opencode.db before its tables (and a user may empty it): its
