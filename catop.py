@@ -11636,18 +11636,23 @@ AS_SCRIPT = [False]   # set when this file runs as a script (python3 catop.py)
 
 
 def worth_running_as_module(args):
-    """Whether a run reads a request log big enough to be split across processes: then
-    the syntax tree a script keeps (about 17 MB in each of them) is worth one more
-    compile (about 0.2 s) to be rid of.  CATOP_AS_MODULE=1 says so for every run."""
+    """Whether a run reads enough to be split across processes (a big request log, or
+    agents' folders): then the syntax tree a script keeps (about 17 MB in each
+    process) is worth one more interpreter start (about 0.03 s) to be rid of.
+    CATOP_AS_MODULE=1 says so for every run."""
     if os.environ.get("CATOP_AS_MODULE"):
         return True
-    total = 0
-    for path in args.file:
-        if path == "-":
-            continue
-        with contextlib.suppress(OSError):
-            total += os.path.getsize(path)
-    return total >= PARALLEL_MIN_BYTES and worker_count() > 1
+    if worker_count() < 2:
+        return False
+    total = _total_size([path for path in args.file if path != "-"])
+    agents = list(args.agent)
+    if args.scan_agents or not (args.file or args.demo or agents or args.litellm_url):
+        agents += list(AGENT_TABLE)   # those not there cost a stat or two
+    for name in dict.fromkeys(agents):
+        if total >= PARALLEL_MIN_BYTES:
+            break
+        total += _total_size(agent_files(name))
+    return total >= PARALLEL_MIN_BYTES
 
 
 def run_as_module():
