@@ -2374,6 +2374,30 @@ class CliTests(IsolatedEnv):
         # 2,000 tokens at Sonnet's $3 a million, 1,000 at gpt-4o's $2.50
         self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.006 + 0.0025, places=12)
 
+    def test_what_runs_again_as_a_module(self):
+        """A big request log or a big agents' folder (24 MB, read across cores); never a
+        small run, nor one process only."""
+        folder = os.path.join(self.tmp, "claude", "projects", "p")
+        os.makedirs(folder)
+        os.environ["CLAUDE_CONFIG_DIR"] = os.path.join(self.tmp, "claude")
+        log = os.path.join(folder, "s.jsonl")
+        with open(log, "wb") as handle:
+            handle.truncate(catop.PARALLEL_MIN_BYTES - 1)     # sparse: no disk used
+        parse = catop.build_parser().parse_args
+        with mock.patch.object(catop, "JOBS_LIMIT", [2]):
+            for argv, want in ((["--agent", "claude-code"], False), (["--scan-agents"], False),
+                               ([], False), (["--file", EXAMPLES], False),
+                               (["--file", log], False)):
+                self.assertEqual(catop.worth_running_as_module(parse(argv)), want, argv)
+            with open(log, "r+b") as handle:
+                handle.truncate(catop.PARALLEL_MIN_BYTES)
+            for argv in (["--agent", "claude-code"], ["--scan-agents"], [], ["--file", log],
+                         ["--file", EXAMPLES, "--agent", "claude-code"]):
+                self.assertTrue(catop.worth_running_as_module(parse(argv)), argv)
+            self.assertFalse(catop.worth_running_as_module(parse(["--file", EXAMPLES])))
+        with mock.patch.object(catop, "JOBS_LIMIT", [1]):
+            self.assertFalse(catop.worth_running_as_module(parse(["--agent", "claude-code"])))
+
     def test_the_script_runs_itself_as_a_module_and_answers_alike(self):
         """python3 catop.py on a big request log re-executes as an imported module (its
         syntax tree, ~17 MB a process, is then not kept; CATOP_AS_MODULE=1 asks for it
