@@ -11435,8 +11435,6 @@ def statusline_command():
 
 def install_statusline(args):
     """--install prints the statusLine entry; --write merges it into settings.json."""
-    with contextlib.suppress(OSError):
-        make_private_folder(bytecode_dir())   # before the command's first run makes it 0755
     entry = {"type": "command", "command": statusline_command(), "padding": 0}
     if args.statusline_format:
         import shlex
@@ -11444,6 +11442,8 @@ def install_statusline(args):
     if not args.write:
         sys.stdout.write(json.dumps({"statusLine": entry}, indent=2) + "\n")
         return EXIT_OK
+    with contextlib.suppress(OSError):
+        make_private_folder(bytecode_dir())   # before the command's first run makes it 0755
     path = os.path.realpath(claude_settings_path())   # a link to dotfiles stays a link
     try:
         settings = json.loads(read_regular(path, 64 * 1024 * 1024) or b"{}")
