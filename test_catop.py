@@ -5984,6 +5984,33 @@ class ChangingLogsTests(IsolatedEnv):
             json.dump(dict(message, id=fork_id, sessionID=fork_session, cost=0, **changes),
                       handle)
 
+    def test_the_live_view_holds_only_the_stored_rows_of_the_folders_read_now(self):
+        """KILO_DATA_DIR=A with the history, then =B (a copy, read, then its messages
+        deleted): a snapshot shows nothing stored from A, and so must the live view (it
+        showed A's 7 requests)."""
+        root = self.copy("kilo")
+        history = os.path.join(self.tmp, "h.sqlite3")
+
+        def requests(folder, *extra):   # a process of its own, as a user runs it
+            result = subprocess.run(
+                [sys.executable, os.path.join(HERE, "catop.py"), "--agent", "kilo", "--once",
+                 "--format", "json", "--offline", "--history", history] + list(extra),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                env=dict(os.environ, KILO_DATA_DIR=folder))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            return json.loads(result.stdout)["totals"]["requests"]
+        self.assertEqual(requests(root), 7)
+        other = os.path.join(self.tmp, "other-kilo")
+        os.makedirs(other)
+        shutil.copy(os.path.join(root, "kilo.db"), other)
+        requests(other)
+        database = sqlite3.connect(os.path.join(other, "kilo.db"))
+        database.execute("DELETE FROM message")
+        database.commit()
+        database.close()
+        self.assertEqual((requests(other), requests(other, "--duration", "0.1")), (0, 0))
+        self.assertEqual((requests(root), requests(root, "--duration", "0.1")), (7, 7))
+
     def test_a_copied_summary_is_no_second_compaction(self):
         root = self.copy("opencode")
         original = os.path.join(root, "storage", "message", "ses_oc", "msg_oc1.json")
