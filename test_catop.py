@@ -5955,7 +5955,8 @@ class ChangingLogsTests(IsolatedEnv):
             self.assertEqual(stored, before)
             self.assertAlmostEqual(doc["totals"]["cost_usd"], 0.101241, places=6)
             self.assertEqual(doc["sources"][0]["skipped"]["duplicate"], 2)
-        live, _ = self.totals("--agent", "kilo", "--history", history, "--duration", "0.1")
+        live, _ = self.totals("--agent", "kilo", "--history", history, "--once",
+                              "--duration", "0.1")
         self.assertEqual(live, before)
 
     def test_a_fork_in_opencodes_message_files_counts_once(self):
