@@ -634,6 +634,24 @@ class MoreShapesTests(unittest.TestCase):
 class PriceDimensionTests(IsolatedEnv):
     """formats.md section 4, price dimensions: the rate a request was billed at."""
 
+
+    def test_the_readmes_tiers_example(self):
+        """examples/dimensions/tiers.jsonl, as the README shows it, computed by hand."""
+        doc = self.run_json("--file", os.path.join(EXAMPLES, "dimensions", "tiers.jsonl"))
+        gpt5 = 8000 * 1.25e-6 + 2000 * 1.25e-7 + 500 * 1e-5          # standard: $0.01525
+        opus = 1000 * 5e-6 + 500 * 2.5e-5                               # $0.0175
+        want = {"priority": (1, 2 * gpt5), "flex": (1, gpt5 / 2),
+                "retention:24h": (1, 2000 * 4e-6 + 8000 * 1e-5 + 500 * 2e-5),   # 12 h writes
+                "fast": (2, 2 * opus + opus)}   # Opus 4.6 has no fast rate: base, listed
+        self.assertEqual(sorted(doc["tiers"]), sorted(want))
+        for tier, (requests, cost) in want.items():
+            self.assertEqual(doc["tiers"][tier]["requests"], requests, tier)
+            self.assertAlmostEqual(doc["tiers"][tier]["cost_usd"], cost, places=12)
+        self.assertEqual(doc["tier_fallback"], {"requests": 1,
+                                                "models": {"claude-opus-4-6 (fast)": 1}})
+        self.assertAlmostEqual(doc["totals"]["cost_usd"],
+                               2 * gpt5 + gpt5 / 2 + 0.098 + 3 * opus + gpt5, places=12)
+
     def cost(self, *records, prices=None):
         path = os.path.join(self.tmp, "tiers.jsonl")
         with open(path, "w") as handle:
