@@ -10535,14 +10535,15 @@ def parse_ratio(text):
     return value
 
 
-def parse_positive(kind):
+def parse_positive(kind, zero=False):
+    """An argparse type: a finite number above 0 (with zero: 0 or above)."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             value = -1
-        if not value > 0 or value != value or value == math.inf:
-            raise argparse.ArgumentTypeError("a positive number")
+        if not (value >= 0 if zero else value > 0) or value != value or value == math.inf:
+            raise argparse.ArgumentTypeError("0 or more" if zero else "a positive number")
         return value
     return parse
 
@@ -10631,10 +10632,11 @@ def build_parser():
     gates = parser.add_argument_group("CI gates (exit status 3 when breached)")
     gates.add_argument("--min-hit-rate", type=parse_ratio, metavar="RATIO",
                        help="fail when the hit rate is below RATIO (0..1)")
-    gates.add_argument("--max-cost", type=parse_positive(float), metavar="USD",
-                       help="fail when the estimated cost exceeds USD")
-    gates.add_argument("--max-break-cost", type=parse_positive(float), metavar="USD",
-                       help="fail when cache breaks cost more than USD")
+    gates.add_argument("--max-cost", type=parse_positive(float, zero=True), metavar="USD",
+                       help="fail when the estimated cost exceeds USD (0: any cost)")
+    gates.add_argument("--max-break-cost", type=parse_positive(float, zero=True),
+                       metavar="USD",
+                       help="fail when cache breaks cost more than USD (0: any break)")
     store = parser.add_argument_group("history")
     store.add_argument("--history", metavar="PATH",
                        help="the SQLite history (default $XDG_STATE_HOME/catop/history.sqlite3;"

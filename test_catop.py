@@ -2594,6 +2594,13 @@ class CliTests(IsolatedEnv):
         self.assertIn("cost $0.0301 exceeds --max-cost $0.0300", err)
         code, _, _ = self.run_main("--file", path, "--offline", "--max-cost", "0.031")
         self.assertEqual(code, 0)
+        code, _, err = self.run_main("--file", path, "--offline", "--max-cost", "0")
+        self.assertEqual((code, err), (3, "catop: gate: cost $0.0301 exceeds --max-cost $0.00\n"))
+        code, _, _ = self.run_main("--file", path, "--offline", "--max-break-cost", "0")
+        self.assertEqual(code, 0)      # no break in that log: a gate of 0 holds
+        code, _, err = self.run_main("--file", path, "--offline", "--max-cost", "-1")
+        self.assertEqual(code, 2)
+        self.assertIn("argument --max-cost: 0 or more", err)
 
     def test_usage_and_runtime_errors(self):
         for argv in (["--min-hit-rate", "2"], ["--group-by", "color"], ["--top", "0"],
@@ -3535,6 +3542,11 @@ class WhatIfTests(unittest.TestCase):
             code = catop.main(["--file", path, "--offline", "--max-break-cost", "0.04"])
         self.assertEqual(code, 3)
         self.assertIn("cache breaks cost $0.0414, over --max-break-cost $0.0400", err.getvalue())
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = catop.main(["--file", path, "--offline", "--max-break-cost", "0"])
+        self.assertEqual((code, err.getvalue()), (3, "catop: gate: cache breaks cost $0.0414, "
+                                                     "over --max-break-cost $0.00\n"))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             catop.main(["--file", path, "--offline", "--width", "120", "--session", "s"])
