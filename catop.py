@@ -494,14 +494,19 @@ def parse_timestamp(value):
 _EPOCH, _ONE_SECOND = datetime(1970, 1, 1), timedelta(seconds=1)
 
 
+def utc_epoch_s(moment):
+    """Whole epoch seconds of a naive UTC datetime."""
+    return (moment - _EPOCH) // _ONE_SECOND
+
+
 def _parse_iso(text):
     match = _ISO_RE.match(text)
     if not match:
         return None
     year, month, day, hour, minute, second, frac, zone = match.groups()
     try:
-        base = (datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0))
-                - _EPOCH) // _ONE_SECOND
+        base = utc_epoch_s(datetime(int(year), int(month), int(day), int(hour or 0),
+                                    int(minute or 0)))
     except (ValueError, OverflowError):
         return None
     if zone not in (None, "Z", "z", "UTC"):
@@ -8073,7 +8078,7 @@ def load_prices(prices_path=None, offline=False, refresh=False, now=None,
         return PriceBook(table, "file:prices.json", max(0.0, now - os.path.getmtime(bundled)))
     except (OSError, PriceError):
         pass
-    built = (datetime.strptime(EMBEDDED_PRICES_DATE, "%Y-%m-%d") - _EPOCH) // _ONE_SECOND
+    built = utc_epoch_s(datetime.strptime(EMBEDDED_PRICES_DATE, "%Y-%m-%d"))
     return PriceBook(embedded_price_map(), "embedded", max(0.0, now - built))
 
 
