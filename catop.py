@@ -10728,7 +10728,7 @@ def collect_sources(args, aggregate, now, history=None):
             aggregate.add(req)
         sources.append(source.stats)
     agents = list(dict.fromkeys(args.agent))
-    no_source = not (args.file or args.demo or agents or args.scan_agents or args.litellm_url)
+    no_source = names_no_source(args)
     if args.scan_agents or no_source:
         agents = [name for name in AGENT_TABLE if agent_present(name)] or agents
         if no_source and not agents and (history is None or not history.has_requests()):
@@ -10746,6 +10746,12 @@ def collect_sources(args, aggregate, now, history=None):
         # with no source named, everything the history holds: logs since deleted too
         sources.append(report_history(history, aggregate, None if no_source else stored))
     return sources
+
+
+def names_no_source(args):
+    """Whether a snapshot is given no source (it then scans every agent, and reports
+    all the history holds)."""
+    return not (args.file or args.demo or args.agent or args.scan_agents or args.litellm_url)
 
 
 def report_history(history, aggregate, labels):
@@ -11653,7 +11659,7 @@ def worth_running_as_module(args):
         return False
     total = _total_size([path for path in args.file if path != "-"])
     agents = list(args.agent)
-    if args.scan_agents or not (args.file or args.demo or agents or args.litellm_url):
+    if names_no_source(args) or args.scan_agents:
         agents += list(AGENT_TABLE)   # those not there cost a stat or two
     for name in dict.fromkeys(agents):
         if total >= PARALLEL_MIN_BYTES:
