@@ -7315,17 +7315,25 @@ def _break_order(item):
 # history: every request kept in SQLite, so a report outlives the agents' log
 # pruning and a warm start reads only what changed
 
-HISTORY_SCHEMA = 5
+HISTORY_SCHEMA = 6
 _HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
                     "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
-                    "size", "msg", "file", "rank", "thread", "diagnosis", "tier", "searches")
-_HISTORY_TABLES = (
-    "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
+                    "size", "msg", "file", "rank", "thread", "diagnosis", "tier", "searches",
+                    "root")
+# A request is kept once per folder of its agent it was read from (root; "" for a
+# request log): a folder moved or copied keeps its own rows, so CLAUDE_CONFIG_DIR=B
+# shows what B holds even where A held the same responses first.
+_REQUESTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS requests (key TEXT NOT NULL, source TEXT NOT NULL, ts REAL,"
     " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT, miss INTEGER,"
     " read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER, reasoning INTEGER, observed REAL,"
     " sidechain INTEGER, size INTEGER, msg TEXT, file TEXT, rank REAL, thread TEXT,"
-    " diagnosis TEXT, tier TEXT, searches INTEGER)",
+    " diagnosis TEXT, tier TEXT, searches INTEGER, root TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (key, root))")
+_HISTORY_TABLES = (
+    _REQUESTS_TABLE,
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
+    "CREATE INDEX IF NOT EXISTS requests_roots ON requests (source, root)",
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
     " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT)",
     "CREATE TABLE IF NOT EXISTS compactions (session TEXT, ts REAL, PRIMARY KEY (session, ts))",
@@ -7333,11 +7341,20 @@ _HISTORY_TABLES = (
 # Of two rows of one key the larger is kept (a streamed response), of equal ones the
 # one from the file of smaller rank, then path (a resumed session's copy): the same
 # choice AgentSource makes, so the history never depends on the order of the runs.
-_HISTORY_KEEPS_NEW = (
-    "excluded.size > requests.size OR (excluded.size = requests.size AND ("
-    "COALESCE(excluded.rank, 1e308) < COALESCE(requests.rank, 1e308) OR ("
-    "COALESCE(excluded.rank, 1e308) = COALESCE(requests.rank, 1e308) AND"
-    " COALESCE(excluded.file, '') <= COALESCE(requests.file, ''))))")
+_ROW_BEFORE = (
+    "COALESCE({new}.size, 0) > COALESCE({old}.size, 0) OR ("
+    "COALESCE({new}.size, 0) = COALESCE({old}.size, 0) AND ("
+    "COALESCE({new}.rank, 1e308) < COALESCE({old}.rank, 1e308) OR ("
+    "COALESCE({new}.rank, 1e308) = COALESCE({old}.rank, 1e308) AND ("
+    "COALESCE({new}.file, '') < COALESCE({old}.file, '') OR ("
+    "COALESCE({new}.file, '') = COALESCE({old}.file, '') AND {new}.root {tie} {old}.root)))))")
+_HISTORY_KEEPS_NEW = _ROW_BEFORE.format(new="excluded", old="requests", tie="<=")
+# A row schema 6 found in no folder of its agent's (or stored with no file) gives way to
+# the row of a folder read since from the same file (or from any file, for no file).
+_DROP_READ_AGAIN = (
+    "DELETE FROM requests WHERE source = ? AND root = '' AND"
+    " EXISTS (SELECT 1 FROM requests AS copy WHERE copy.key = requests.key AND"
+    " copy.root != '' AND (requests.file IS NULL OR copy.file = requests.file))")
 _CONTEXT_FIELDS = ("session", "project", "model", "start_ts", "first_ts", "fork",
                    "parent_session",
                    "previous_total", "sidechain")
@@ -7448,6 +7465,9 @@ class History(object):
         try:
             if version == 1:  # schema 1 had no Claude Code message part, nor compactions
                 db.execute("ALTER TABLE requests ADD COLUMN msg TEXT")
+            if 0 < version < 6:
+                self._add_columns(db)
+                self._key_by_root(db)
             for statement in _HISTORY_TABLES:
                 db.execute(statement)
             if 0 < version < 5:   # OpenCode's keys are its messages' contents since 5:
@@ -7466,6 +7486,23 @@ class History(object):
         if db.in_transaction:
             with contextlib.suppress(self.sqlite3.Error):
                 db.execute("ROLLBACK")
+
+    @staticmethod
+    def _key_by_root(db):
+        """Schema 6 keys a request by its agent's folder too: the table is made again,
+        each agent's row given the folder of now that holds its file ("" for none)."""
+        db.execute("ALTER TABLE requests RENAME TO requests_before_6")
+        db.execute(_REQUESTS_TABLE)
+        columns = ", ".join(_HISTORY_COLUMNS[:-1])
+        db.execute("INSERT INTO requests (%s, root) SELECT %s, '' FROM requests_before_6"
+                   % (columns, columns))
+        db.execute("DROP TABLE requests_before_6")
+        for name, spec in AGENT_TABLE.items():
+            for root in spec.roots():
+                prefix = os.path.join(root, "")
+                db.execute("UPDATE requests SET root = ? WHERE source = ? AND root = '' AND"
+                           " substr(file, 1, ?) = ?", (root, "agent:" + name, len(prefix),
+                                                       prefix))
 
     @staticmethod
     def _add_columns(db):
@@ -7528,7 +7565,7 @@ class History(object):
         updates = ", ".join("%s = excluded.%s" % (c, c) for c in _HISTORY_COLUMNS[1:])
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO requests (%s) VALUES (%s) ON CONFLICT (key) DO UPDATE SET"
+            db.executemany("INSERT INTO requests (%s) VALUES (%s) ON CONFLICT (key, root) DO UPDATE SET"
                            " %s WHERE %s" % (columns, ", ".join("?" * len(_HISTORY_COLUMNS)),
                                              updates, _HISTORY_KEEPS_NEW), rows)
             db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
@@ -7539,6 +7576,7 @@ class History(object):
             db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
                            [c for c in compactions if c[1] is not None])
             db.executemany("DELETE FROM requests WHERE key = ?", [(key,) for key in drop])
+            db.executemany(_DROP_READ_AGAIN, [("agent:" + name,) for name in AGENT_TABLE])
             db.execute("COMMIT")
         except BaseException:
             self._roll_back(db)
@@ -7549,11 +7587,12 @@ class History(object):
         a subagent's replay of a response its parent counted is left out.  scope,
         {label: folders or None}, keeps the rows of those sources only, and of an
         agent only those read from a file under one of its folders now."""
-        where = ["NOT (sidechain = 1 AND msg IS NOT NULL AND msg IN (SELECT msg FROM requests"
-                 " WHERE sidechain = 0 AND msg IS NOT NULL))"]
         values = []
-        if scope is not None:
-            where.append(_scope_condition(scope, values))
+        in_scope = "1" if scope is None else _scope_condition(scope, values)
+        where = [in_scope, "NOT (sidechain = 1 AND msg IS NOT NULL AND msg IN (SELECT msg FROM"
+                 " requests WHERE sidechain = 0 AND msg IS NOT NULL AND %s))" % (
+                     "1" if scope is None else _scope_condition(scope, values)),
+                 self._one_copy_condition(scope, values)]
         if since is not None or until is not None:
             where.append("ts IS NOT NULL")
         if since is not None:
@@ -7581,22 +7620,64 @@ class History(object):
         query = ("SELECT key, " + _STORED_TIME + ", agent, provider, model, project, session,"
                  " miss, read, w5, w1, output, reasoning, observed, sidechain, thread,"
                  " diagnosis, tier, searches, file FROM requests")
-        if label and folders is not None:
-            values = []
-            query += " WHERE " + _scope_condition({label: folders}, values)
-        elif label:
-            query, values = query + " WHERE source = ?", (label,)
-        elif exclude:
-            values = tuple(exclude)
-            query += " WHERE source NOT IN (%s)" % ", ".join("?" * len(values))
+        values = []
+        if label:
+            scope = {label: folders}
+            where = _scope_condition(scope, values)
         else:
-            values = ()
+            scope = None
+            values.extend(exclude)
+            where = "source NOT IN (%s)" % ", ".join("?" * len(values))
+        query += " WHERE %s AND %s" % (where, self._one_copy_condition(scope, values, exclude))
         for row in self.db.execute(query, values):
             yield row[0], Request(*row[1:15], thread=row[15] or "",
                                   diagnosis=row[16] and stored_diagnosis(row[16]),
                                   tier=str(row[17] or ""),
                                   searches=row[18] if type(row[18]) is int and row[18] > 0 else 0,
                                   origin=row[19])
+
+    def _one_copy_condition(self, scope, values, exclude=()):
+        """SQL keeping one of the copies of a request stored from several folders of
+        its agent (a folder moved or copied, CLAUDE_CONFIG_DIR=A,B): the one a reading
+        of them all would keep (_ROW_BEFORE), its values appended.  Only the sources
+        with rows in more than one of the folders in scope pay for the look-up."""
+        copied = []
+        folders_of = {} if scope is None else scope
+        for label, roots in self._roots().items():
+            if label in exclude or (scope is not None and label not in scope):
+                continue
+            folders = folders_of.get(label)
+            if folders is not None:
+                roots = [root for root in roots if not root or any(
+                    _path_within(root, folder) or _path_within(folder, root)
+                    for folder in folders)]
+            if len(roots) > 1:
+                copied.append(label)
+        if not copied:
+            return "1"
+        values.extend(copied)
+        inner = "1" if scope is None else _scope_condition(scope, values)
+        return ("(source NOT IN (%s) OR NOT EXISTS (SELECT 1 FROM requests AS copy WHERE"
+                " copy.key = requests.key AND copy.root != requests.root AND"
+                " copy.source = requests.source AND %s AND (%s)))" % (
+                    ", ".join("?" * len(copied)), inner,
+                    _ROW_BEFORE.format(new="copy", old="requests", tie="<")))
+
+    def _roots(self):
+        """{source: [folders its rows were read from]} of the agents' sources: a seek
+        in the index a folder, not a scan of every row."""
+        found = {}
+        for name in AGENT_TABLE:
+            label, roots = "agent:" + name, []
+            root = self.db.execute("SELECT min(root) FROM requests WHERE source = ?",
+                                   (label,)).fetchone()[0]
+            while root is not None:
+                roots.append(root)
+                root = self.db.execute("SELECT min(root) FROM requests WHERE source = ? AND"
+                                       " root > ?", (label, root)).fetchone()[0]
+            if roots:
+                found[label] = roots
+        return found
 
     def holds(self, scope):
         """Whether any stored request is in scope (see requests)."""
@@ -7665,6 +7746,19 @@ def _scope_condition(scope, values):
     return "(%s)" % (" OR ".join(alternatives) or "0")
 
 
+def _path_within(path, folder):
+    return path == folder or path.startswith(os.path.join(folder, ""))
+
+
+def root_of(path, roots):
+    """The folder of roots (an agent's) that holds path; "" for none."""
+    if path:
+        for root in roots:
+            if _path_within(path, root):
+                return root
+    return ""
+
+
 def history_scope(labels):
     """{label: folders or None} of the stored sources a run reads: an agent's rows count
     only from files under the folders it reads now (CLAUDE_CONFIG_DIR=B shows nothing
@@ -7673,13 +7767,13 @@ def history_scope(labels):
             for label in labels}
 
 
-def history_row(source, key, req, size=None, msg=None, rank=None):
+def history_row(source, key, req, size=None, msg=None, rank=None, root=""):
     return (key, source, req.ts, req.agent, req.provider, req.model, req.project, req.session,
             req.miss, req.cache_read, req.cache_write_5m, req.cache_write_1h, req.output,
             req.reasoning, req.observed_cost, int(req.sidechain),
             req.input + req.output if size is None else size, msg, req.origin, rank,
             req.thread or None, None if req.diagnosis is None else json.dumps(req.diagnosis),
-            req.tier or None, req.searches or None)
+            req.tier or None, req.searches or None, root)
 
 
 def stored_diagnosis(text):
@@ -7722,6 +7816,7 @@ def ingest_agent(history, name):
     source.settle_ties()
     label = "agent:" + name
     counted = [0]
+    roots = agent_roots(name)
 
     def rows():  # streamed into executemany: the rows never all sit in memory at once
         for key, req in source.keyed.items():
@@ -7731,11 +7826,12 @@ def ingest_agent(history, name):
             rank = source.file_rank(req.origin)[0] if req.origin is not None else None
             message = "%016x" % key_message_part(key) if type(key) is int else None
             yield history_row(label, spec.history_key(key), req, _line_size(key, req),
-                              message, rank)
+                              message, rank, root_of(req.origin, roots))
         for path_requests in source.loose.values():
             for req in path_requests:
                 counted[0] += 1
-                yield history_row(label, "%s:%s" % (name, _field_key(req)), req)
+                yield history_row(label, "%s:%s" % (name, _field_key(req)), req,
+                                  root=root_of(req.origin, roots))
     changed = [state for state in source.states.values()
                if before.get(state.path) != (state.device, state.inode,
                                              state.offset, state.restarts,

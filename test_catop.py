@@ -6016,9 +6016,9 @@ class ChangingLogsTests(IsolatedEnv):
                       handle)
 
     def test_the_live_view_holds_only_the_stored_rows_of_the_folders_read_now(self):
-        """KILO_DATA_DIR=A with the history, then =B (a copy, read, then its messages
-        deleted): a snapshot shows nothing stored from A, and so must the live view (it
-        showed A's 7 requests)."""
+        """KILO_DATA_DIR=A with the history, then =B (a copy with its messages deleted):
+        a snapshot shows nothing stored from A, and so must the live view (it showed
+        A's 7 requests).  A copy read before its messages went keeps them, as A does."""
         root = self.copy("kilo")
         history = os.path.join(self.tmp, "h.sqlite3")
 
@@ -6031,15 +6031,18 @@ class ChangingLogsTests(IsolatedEnv):
             self.assertEqual(result.returncode, 0, result.stderr)
             return json.loads(result.stdout)["totals"]["requests"]
         self.assertEqual(requests(root), 7)
-        other = os.path.join(self.tmp, "other-kilo")
-        os.makedirs(other)
-        shutil.copy(os.path.join(root, "kilo.db"), other)
-        requests(other)
-        database = sqlite3.connect(os.path.join(other, "kilo.db"))
-        database.execute("DELETE FROM message")
-        database.commit()
-        database.close()
-        self.assertEqual((requests(other), requests(other, "--duration", "0.1")), (0, 0))
+        emptied, copy = os.path.join(self.tmp, "emptied-kilo"), os.path.join(self.tmp, "copy")
+        for folder in (emptied, copy):
+            os.makedirs(folder)
+            shutil.copy(os.path.join(root, "kilo.db"), folder)
+        self.assertEqual(requests(copy), 7)
+        for folder in (emptied, copy):
+            database = sqlite3.connect(os.path.join(folder, "kilo.db"))
+            database.execute("DELETE FROM message")
+            database.commit()
+            database.close()
+        self.assertEqual((requests(emptied), requests(emptied, "--duration", "0.1")), (0, 0))
+        self.assertEqual((requests(copy), requests(copy, "--duration", "0.1")), (7, 7))
         self.assertEqual((requests(root), requests(root, "--duration", "0.1")), (7, 7))
 
     def test_a_copied_summary_is_no_second_compaction(self):
@@ -6893,6 +6896,89 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(len([n for n in os.listdir(os.path.dirname(self.store))
                               if ".corrupt-" in n]), 1)
 
+    def totals_of(self, *argv):
+        totals = self.report(*argv)["totals"]
+        return totals["requests"], round(totals["cost_usd"], 6)
+
+    def test_a_moved_folder_shows_what_it_holds(self):
+        """CLAUDE_CONFIG_DIR=A read with the history, A moved to B: B showed 0 requests
+        (each stored row kept A's file, out of B's scope), and A moved back showed 0
+        again.  Each folder now keeps its own rows: every reading gives what the
+        example holds, as without the history (6 requests, $0.126286)."""
+        a = self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
+        b = os.path.join(self.tmp, "moved")
+        expected = (6, 0.126286)
+        self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+        for there, here in ((a, b), (b, a), (a, b)):
+            os.rename(there, here)
+            os.environ["CLAUDE_CONFIG_DIR"] = here
+            self.assertEqual(self.totals_of("--agent", "claude-code", "--no-history"), expected)
+            self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+            self.assertEqual(self.totals_of("--agent", "claude-code", "--duration", "0.1"),
+                             expected)
+        db = sqlite3.connect(self.store)
+        self.assertEqual(sorted(db.execute("SELECT root, count(*) FROM requests GROUP BY root")),
+                         [(a, 7), (b, 7)])   # 6 requests and a subagent's replay, each
+        db.close()
+        self.assertEqual(self.totals_of(), expected)   # everything stored: each once
+
+    def test_a_copied_folder_read_beside_its_original_counts_once(self):
+        a = self.copy_agent_examples("claude")
+        copy = os.path.join(self.tmp, "copy")
+        shutil.copytree(a, copy)
+        expected = (6, 0.126286)
+        os.environ["CLAUDE_CONFIG_DIR"] = copy
+        self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+        os.environ["CLAUDE_CONFIG_DIR"] = "%s,%s" % (a, copy)
+        self.assertEqual(self.totals_of("--agent", "claude-code", "--no-history"), expected)
+        for _ in range(2):   # A read, then nothing new
+            self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+            self.assertEqual(self.totals_of("--agent", "claude-code", "--duration", "0.1"),
+                             expected)
+        self.assertEqual(self.totals_of(), expected)
+        with open(os.path.join(copy, "projects", "extra.jsonl"), "w") as handle:
+            handle.write(json.dumps({
+                "type": "assistant", "timestamp": "2026-11-30T10:00:00Z", "sessionId": "s-x",
+                "requestId": "req_x", "message": {
+                    "id": "msg_x", "model": "claude-sonnet-4-5-20250929",
+                    "usage": {"input_tokens": 1000000, "output_tokens": 0}}}) + "\n")
+        plus = (7, round(0.126286 + 3.0, 6))   # Sonnet 4.5 input: $3 a million
+        self.assertEqual(self.totals_of("--agent", "claude-code", "--no-history"), plus)
+        self.assertEqual(self.totals_of("--agent", "claude-code"), plus)
+        os.environ["CLAUDE_CONFIG_DIR"] = a
+        self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+
+    def test_migration_to_schema_six_gives_each_row_its_folder(self):
+        """A schema 5 store (a key a request, whatever its folder) is made again with
+        each row's folder of now; a folder moved since reads as itself."""
+        a = self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
+        expected = (6, 0.126286)
+        self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+        db = sqlite3.connect(self.store)
+        columns = ", ".join(catop._HISTORY_COLUMNS[:-1])
+        db.execute("CREATE TABLE r5 (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
+                   " agent TEXT, provider TEXT, model TEXT, project TEXT, session TEXT,"
+                   " miss INTEGER, read INTEGER, w5 INTEGER, w1 INTEGER, output INTEGER,"
+                   " reasoning INTEGER, observed REAL, sidechain INTEGER, size INTEGER,"
+                   " msg TEXT, file TEXT, rank REAL, thread TEXT, diagnosis TEXT, tier TEXT,"
+                   " searches INTEGER)")
+        db.execute("INSERT INTO r5 SELECT %s FROM requests" % columns)
+        db.execute("DROP TABLE requests")
+        db.execute("ALTER TABLE r5 RENAME TO requests")
+        db.execute("PRAGMA user_version = 5")
+        db.commit()
+        db.close()
+        self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+        db = sqlite3.connect(self.store)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 6)
+        self.assertEqual(list(db.execute("SELECT root, count(*) FROM requests GROUP BY root")),
+                         [(a, 7)])
+        db.close()
+        b = os.path.join(self.tmp, "moved")
+        os.rename(a, b)
+        os.environ["CLAUDE_CONFIG_DIR"] = b
+        self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+
     def test_migration_from_schema_one(self):
         import sqlite3
         os.makedirs(os.path.dirname(self.store))
@@ -6948,7 +7034,7 @@ class HistoryTests(IsolatedEnv):
         # schema 4's threads are filled in too: the subagent is not chained to its parent
         self.assertEqual(upgraded["breaks"], first["breaks"])
         db = sqlite3.connect(self.store)
-        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 5)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], catop.HISTORY_SCHEMA)
         # the subagent's two lines (its replay of msg_B is stored, and left out when read)
         self.assertEqual(db.execute("SELECT count(*) FROM requests WHERE thread = 'agent-a1'")
                          .fetchone()[0], 2)
