@@ -4177,12 +4177,14 @@ class View(object):
 
     GROUPINGS = ("model", "project", "agent", "provider", "session", "day", "week", "month")
     WINDOWS = ("all", "today", "1h", "24h", "7d", "30d", "week", "month")
-    SORTS = ("cost", "saved", "hit", "requests", "input", "read", "output", "last", "name")
+    # s cycles through the columns on screen; --sort may name any (observed, time)
+    SORTS = ("cost", "saved", "hit", "requests", "input", "read", "write", "miss", "output",
+             "last", "name")
 
     def __init__(self, group_by=("model",), window="all", sort="cost", descending=True):
         self.group_by = tuple(group_by) or ("model",)
         self.window = window
-        self.sort = sort if sort in self.SORTS else "cost"
+        self.sort = sort if sort in SORT_COLUMNS or sort in ("name", "time") else "cost"
         self.descending = descending
         self.filter = ""
         self.stack = []          # drill-down: [(group_by, key)], then a session id
@@ -9425,7 +9427,8 @@ def _table_lines(frame, view, width, rows_room, ellipsis):
 
 # the header of the column each sort orders by (name: the first label)
 _SORT_HEADERS = {"cost": "COST", "saved": "SAVED", "hit": "HIT%", "requests": "REQ",
-                 "input": "INPUT", "read": "READ", "output": "OUT", "last": "LAST"}
+                 "input": "INPUT", "read": "READ", "write": "WRITE", "miss": "MISS",
+                 "output": "OUT", "last": "LAST"}
 
 
 def mark_sort_column(header_cells, view, unicode_ok=True):
@@ -9436,7 +9439,7 @@ def mark_sort_column(header_cells, view, unicode_ok=True):
     wanted = _SORT_HEADERS.get(view.sort)
     for index, (text, column) in enumerate(header_cells):
         name = text.strip()
-        if (name == wanted or (view.sort == "name" and index == 0)) and text != name:
+        if (name == wanted or (view.sort in ("name", "time") and index == 0)) and text != name:
             marked = (arrow + name if text.startswith(" ") else name + arrow)
             header_cells[index] = (marked.rjust(len(text)) if text.startswith(" ")
                                    else marked.ljust(len(text)), column)

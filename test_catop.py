@@ -3085,6 +3085,31 @@ class KeyTests(unittest.TestCase):
         self.assertNotIn("\u25bcCOST", header)
         self.assertEqual(len(header.split()), len(header.replace("\u25b2", " ").split()))
 
+    def test_every_sort_of_the_flag_holds_in_the_live_view(self):
+        """--sort write (or miss, observed, time) started the live view sorted by cost,
+        and s never reached the WRITE and MISS columns."""
+        model = live_model(recent_requests())
+        for sort in ("write", "miss", "observed", "time"):
+            self.assertEqual(catop.View(sort=sort).sort, sort)
+        app = catop.LiveApp(model, catop.View(sort="write"), dict(RenderScreenTests.META),
+                            clock=lambda: NOW)
+        app.tick()
+
+        def order_and_header():
+            lines = ["".join(text for text, _ in line) for line in app.screen(120, 30)]
+            header = [line for line in lines if "COST" in line and "REQ" in line][0]
+            return [key for key, _ in app.frame.rows], lines[0], header
+        rows, title, header = order_and_header()   # writes: Sonnet 8,000, GPT-4o none
+        self.assertEqual(rows, [("claude-sonnet-4-5",), ("gpt-4o",)])
+        self.assertIn("sort write \u25bc", title)   # (WRITE's cell has no room for the mark)
+        app.press("s")                             # misses: GPT-4o 300,000, Sonnet 80
+        rows, title, header = order_and_header()
+        self.assertEqual(app.view.sort, "miss")
+        self.assertEqual(rows, [("gpt-4o",), ("claude-sonnet-4-5",)])
+        self.assertIn("sort miss \u25bc", title)
+        self.assertIn("\u25bcMISS", header)
+        self.assertNotIn("\u25bcCOST", header)
+
     def test_group_window_sort_filter_pause_help_quit(self):
         app, clock = self.app()
         view = app.view
