@@ -6486,7 +6486,15 @@ class ConsistencyMatrixTests(IsolatedEnv):
                      "--duration, history": self.snapshot(*agents, "--history", history,
                                                           "--once", "--duration", "0.2",
                                                           "--interval", "0.1")}
-            shutil.rmtree(home)
+            moved = os.path.join(self.tmp, "moved")  # each folder keeps its own rows (it
+            # showed none where its path sorts after the first: the rows kept the first)
+            os.rename(home, moved)
+            os.environ.update(agent_variables(moved))
+            paths["history, the folders moved"] = self.snapshot(*agents, "--history", history)
+            paths["--duration, history, the folders moved"] = self.snapshot(
+                *agents, "--history", history, "--once", "--duration", "0.2", "--interval",
+                "0.1")
+            shutil.rmtree(moved)   # then both folders' rows are stored: each counts once
             paths["history, the logs deleted"] = self.snapshot("--history", history)
         self.assertGreater(reference["totals"]["requests"], 10)
         sessions = {g["key"]["session"]: g["requests"] for g in reference["groups"]}
