@@ -5137,10 +5137,12 @@ class FileState(object):
 
     head is the (length, hash) of the file's first bytes: a file truncated in place
     and refilled past its old size (copy-truncate rotation) has the same inode and is
-    not smaller, but it does not start the same."""
+    not smaller, but it does not start the same.  tail is the (offset, hash) of the
+    last bytes read: a file replaced by one holding what was read, and more (written
+    whole to a temporary file and renamed over the log), starts and ends the same."""
 
     __slots__ = ("path", "device", "inode", "size", "mtime", "lines", "context", "restarts",
-                 "head")
+                 "head", "tail")
 
     def __init__(self, path, offset=0):
         self.path = path
@@ -5150,7 +5152,7 @@ class FileState(object):
         self.lines = LineReader(offset)
         self.context = FileContext(path)
         self.restarts = 0   # times the file was replaced or truncated under us
-        self.head = None
+        self.head = self.tail = None
 
     @property
     def offset(self):
@@ -5162,7 +5164,37 @@ class FileState(object):
             self.restarts += 1
         self.lines = LineReader()
         self.context = FileContext(self.path)
-        self.head = None
+        self.head = self.tail = None
+
+    def note_tail(self):
+        """Takes the fingerprint of the last bytes read, where reading moved on."""
+        if self.offset and (self.tail is None or self.tail[0] != self.offset):
+            try:
+                self.tail = file_tail(self.path, self.offset)
+            except OSError:
+                self.tail = None
+
+
+def file_tail(path, offset):
+    """(offset, hash) of the FILE_HEAD_BYTES bytes of a file before offset."""
+    start = max(0, offset - FILE_HEAD_BYTES)
+    with open_regular(path) as handle:
+        handle.seek(start)
+        return offset, head_of(handle.read(offset - start))[1]
+
+
+def holds_what_was_read(state, info):
+    """Whether the file now at state's path begins with the bytes read so far: the
+    same first and last bytes read (a log rewritten whole with more lines, not a new
+    log: its lines were counted already)."""
+    if state.head is None or state.tail is None or state.tail[0] != state.offset or \
+            info.st_size < state.offset:
+        return False
+    try:
+        return (file_head(state.path, state.head[0]) == state.head and
+                file_tail(state.path, state.offset) == state.tail)
+    except OSError:
+        return False
 
 
 def file_head(path, length):
@@ -5184,6 +5216,9 @@ def check_file_identity(state, info, from_start=False):
     if not moved and state.head is not None and info.st_size >= state.lines.offset and \
             (info.st_size, info.st_mtime) != (state.size, state.mtime):
         moved = file_head(state.path, state.head[0]) != state.head
+    if moved and state.device is not None and holds_what_was_read(state, info):
+        state.device, state.inode = info.st_dev, info.st_ino   # grown, not started over
+        moved = False
     if moved or info.st_size < state.lines.offset:
         state.reset()
         state.device, state.inode = info.st_dev, info.st_ino
@@ -5210,6 +5245,7 @@ def read_new_blocks(state, final=True, block_bytes=READ_BLOCK_BYTES):
                 data = reader.feed_block(data)
                 if data:
                     yield data
+    state.note_tail()
     if final:
         tail = reader.tail()
         if tail:
@@ -7337,7 +7373,8 @@ _HISTORY_TABLES = (
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
     "CREATE INDEX IF NOT EXISTS requests_roots ON requests (source, root)",
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
-    " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT)",
+    " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT,"
+    " tail TEXT)",
     "CREATE TABLE IF NOT EXISTS compactions (session TEXT, ts REAL, PRIMARY KEY (session, ts))",
 )
 # Of two rows of one key the larger is kept (a streamed response), of equal ones the
@@ -7476,6 +7513,8 @@ class History(object):
                 # its database is read whole at every run, so its rows come back
                 db.execute("DELETE FROM requests WHERE source = 'agent:opencode'")
             self._add_columns(db)
+            if "tail" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
+                db.execute("ALTER TABLE files ADD COLUMN tail TEXT")   # (nothing read again)
             db.execute("PRAGMA user_version = %d" % HISTORY_SCHEMA)
             db.execute("COMMIT")
         except BaseException:
@@ -7533,28 +7572,25 @@ class History(object):
         """A FileState restored from the last run, or a fresh one."""
         if self._files is None:  # one query for all: a folder holds hundreds of files
             self._files = {row[0]: row[1:] for row in self.db.execute(
-                "SELECT path, device, inode, size, offset, generation, context, mtime, head"
-                " FROM files")}
+                "SELECT path, device, inode, size, offset, generation, context, mtime, head,"
+                " tail FROM files")}
         row = self._files.get(path)
         if row is None:
             return FileState(path)
-        device, inode, size, offset, restarts, context, mtime, head = row
+        device, inode, size, offset, restarts, context, mtime, head, tail = row
         state = FileState(path, offset if type(offset) is int and offset >= 0 else 0)
         state.device, state.inode, state.size, state.restarts = device, inode, size, restarts
         state.mtime = mtime
-        length, _, digest = (head or "").partition(":")
-        if length.isdigit() and digest.isdigit():
-            state.head = (int(length), int(digest))
-        if True:
-            try:
-                saved = json.loads(context or "{}")
-            except ValueError:
-                saved = {}
-            for name in _CONTEXT_FIELDS:
-                if name in saved:
-                    value = saved[name]
-                    setattr(state.context, name,
-                            tuple(value) if name == "previous_total" and value else value)
+        state.head, state.tail = stored_pair(head), stored_pair(tail)
+        try:
+            saved = json.loads(context or "{}")
+        except ValueError:
+            saved = {}
+        for name in _CONTEXT_FIELDS:
+            if name in saved:
+                value = saved[name]
+                setattr(state.context, name,
+                        tuple(value) if name == "previous_total" and value else value)
         return state
 
     def save(self, rows, states=(), compactions=(), drop=()):
@@ -7570,10 +7606,12 @@ class History(object):
             db.executemany("INSERT INTO requests (%s) VALUES (%s) ON CONFLICT (key, root) DO UPDATE SET"
                            " %s WHERE %s" % (columns, ", ".join("?" * len(_HISTORY_COLUMNS)),
                                              updates, _HISTORY_KEEPS_NEW), rows)
-            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            for state in states:
+                state.note_tail()
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 (s.path, s.device, s.inode, s.size, s.mtime, s.offset,
                  s.restarts, json.dumps({n: getattr(s.context, n) for n in _CONTEXT_FIELDS}),
-                 "%d:%d" % s.head if s.head else None)
+                 "%d:%d" % s.head if s.head else None, "%d:%d" % s.tail if s.tail else None)
                 for s in states])
             db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
                            [c for c in compactions if c[1] is not None])
@@ -7746,6 +7784,12 @@ def _scope_condition(scope, values):
             under.append("substr(file, 1, ?) = ?")
         alternatives.append("(source = ? AND (%s))" % (" OR ".join(under) or "0"))
     return "(%s)" % (" OR ".join(alternatives) or "0")
+
+
+def stored_pair(text):
+    """A fingerprint (two whole numbers) as the history stores it; None if damaged."""
+    first, _, second = (text or "").partition(":")
+    return (int(first), int(second)) if first.isdigit() and second.isdigit() else None
 
 
 def _path_within(path, folder):
@@ -8469,6 +8513,7 @@ def file_state_dict(state):
     return {"device": state.device, "inode": state.inode, "size": state.size,
             "mtime": state.mtime, "offset": state.offset, "restarts": state.restarts,
             "head": list(state.head) if state.head else None,
+            "tail": list(state.tail) if state.tail else None,
             "context": {name: getattr(state.context, name) for name in _CONTEXT_FIELDS}}
 
 
@@ -8477,6 +8522,7 @@ def file_state_from(path, row):
     state.device, state.inode, state.size = row["device"], row["inode"], int(row["size"])
     state.mtime, state.restarts = row["mtime"], int(row["restarts"])
     state.head = tuple(row["head"]) if row["head"] else None
+    state.tail = tuple(row["tail"]) if row.get("tail") else None
     for name, value in row["context"].items():
         if name in _CONTEXT_FIELDS:
             setattr(state.context, name, tuple(value) if name == "previous_total" and value

@@ -3258,6 +3258,30 @@ class TailTests(unittest.TestCase):
         self.assertEqual(sum(r.miss for r in source.requests),
                          sum(range(100, 150)) + sum(range(1000, 1100)))
 
+    def test_a_log_rewritten_whole_with_more_lines_is_read_on(self):
+        """Written whole to a temporary file and renamed over the log, with its lines and
+        more: the lines it held counted again (a new inode read from the start)."""
+        for count in (2, 50):   # under and over the fingerprints' kilobyte
+            with self.subTest(lines=count):
+                source = catop.LiveFileSource(self.path)
+                lines = [self.line(100 + n) + "\n" for n in range(count)]
+                with open(self.path, "w") as handle:
+                    handle.write("".join(lines))
+                source.poll()
+                with open(self.path + ".tmp", "w") as handle:
+                    handle.write("".join(lines + [self.line(7) + "\n", self.line(8) + "\n"]))
+                os.replace(self.path + ".tmp", self.path)
+                self.assertTrue(source.poll())
+                self.assertEqual([r.miss for r in source.requests],
+                                 list(range(100, 100 + count)) + [7, 8])
+                with open(self.path + ".tmp", "w") as handle:   # another log: from its start
+                    handle.write(self.line(9) + "\n")
+                os.replace(self.path + ".tmp", self.path)
+                source.poll()
+                self.assertEqual(sum(r.miss for r in source.requests),
+                                 sum(range(100, 100 + count)) + 7 + 8 + 9)
+                self.assertEqual(source.state.restarts, 1)
+
     def test_new_agent_files_appear(self):
         clock = [1000.0]
         root = os.path.join(self.tmp, "codex")
@@ -6643,6 +6667,25 @@ class HistoryTests(IsolatedEnv):
         with open(path, "w") as handle:
             handle.write(self.line(5))
         self.assertEqual(self.report("--file", path)["totals"]["input_tokens"], 1362)
+
+    def test_a_log_rewritten_whole_with_more_lines_counts_each_once(self):
+        """A log renamed over by a copy holding its lines and more (a tool writing it
+        whole): its lines were stored twice (2 requests became 5)."""
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write(self.line(100) + self.line(200))
+        self.assertEqual(self.report("--file", path)["totals"]["input_tokens"], 300)
+        with open(path + ".tmp", "w") as handle:
+            handle.write(self.line(100) + self.line(200) + self.line(5))
+        os.replace(path + ".tmp", path)
+        for argv in (("--no-history",), (), ()):
+            totals = self.report("--file", path, *argv)["totals"]
+            self.assertEqual((totals["requests"], totals["input_tokens"]), (3, 305))
+        with open(path + ".tmp", "w") as handle:    # a log of other lines: kept with them
+            handle.write(self.line(7))
+        os.replace(path + ".tmp", path)
+        totals = self.report("--file", path)["totals"]
+        self.assertEqual((totals["requests"], totals["input_tokens"]), (4, 312))
 
     def test_copy_truncate_and_long_lines_give_what_no_history_gives(self):
         path = os.path.join(self.tmp, "log.jsonl")
