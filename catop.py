@@ -7376,6 +7376,10 @@ _HISTORY_TABLES = (
     " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT,"
     " tail TEXT)",
     "CREATE TABLE IF NOT EXISTS compactions (session TEXT, ts REAL, PRIMARY KEY (session, ts))",
+    # what a request log held before it started over (its rows' key prefix), for the
+    # file that may hold it now (renamed or copied away by a rotation)
+    "CREATE TABLE IF NOT EXISTS replaced (prefix TEXT PRIMARY KEY, source TEXT, device INTEGER,"
+    " inode INTEGER, offset INTEGER, head TEXT, tail TEXT, context TEXT)",
 )
 # Of two rows of one key the larger is kept (a streamed response), of equal ones the
 # one from the file of smaller rank, then path (a resumed session's copy): the same
@@ -7582,15 +7586,7 @@ class History(object):
         state.device, state.inode, state.size, state.restarts = device, inode, size, restarts
         state.mtime = mtime
         state.head, state.tail = stored_pair(head), stored_pair(tail)
-        try:
-            saved = json.loads(context or "{}")
-        except ValueError:
-            saved = {}
-        for name in _CONTEXT_FIELDS:
-            if name in saved:
-                value = saved[name]
-                setattr(state.context, name,
-                        tuple(value) if name == "previous_total" and value else value)
+        restore_context(state.context, context)
         return state
 
     def save(self, rows, states=(), compactions=(), drop=()):
@@ -7610,7 +7606,7 @@ class History(object):
                 state.note_tail()
             db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 (s.path, s.device, s.inode, s.size, s.mtime, s.offset,
-                 s.restarts, json.dumps({n: getattr(s.context, n) for n in _CONTEXT_FIELDS}),
+                 s.restarts, context_json(s.context),
                  "%d:%d" % s.head if s.head else None, "%d:%d" % s.tail if s.tail else None)
                 for s in states])
             db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
@@ -7621,6 +7617,76 @@ class History(object):
         except BaseException:
             self._roll_back(db)
             raise
+
+    def note_replaced(self, label, prefix, device, inode, offset, head, tail, context):
+        """Keeps what a request log held before it started over, for adopt_rotated."""
+        if offset and head and tail:
+            self.db.execute("INSERT OR REPLACE INTO replaced VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (prefix, label, device, inode, offset, "%d:%d" % head,
+                             "%d:%d" % tail, context_json(context)))
+
+    def adopt_rotated(self, state, label, info):
+        """A request log read for the first time that holds what another one held, and
+        holds no longer (renamed away by a rotation, or copied away and truncated),
+        takes over its stored lines and reads on from where they end: a folder of
+        rotated logs counts each line once, where its copy under the old name and its
+        reading from the new file counted it twice."""
+        heads = {}
+        for held in self._held_before(label):
+            prefix, path, identity, offset, head, tail, context = held
+            head, tail = stored_pair(head), stored_pair(tail)
+            if head is None or tail is None or tail[0] != offset or info.st_size < offset:
+                continue
+            try:
+                if head[0] not in heads:
+                    heads[head[0]] = file_head(state.path, head[0])
+                if heads[head[0]] != head or file_tail(state.path, offset) != tail or \
+                        (path is not None and still_holds(path, identity, head, tail)):
+                    continue
+            except OSError:
+                return
+            if path is not None:   # its keys' prefix, as it was read
+                held = FileState(path)
+                held.inode, held.restarts = identity[1], prefix
+                prefix = log_key_prefix(held)
+            state.device, state.inode = info.st_dev, info.st_ino
+            state.lines, state.head, state.tail = LineReader(offset), head, tail
+            restore_context(state.context, context)
+            self._take_over(prefix, log_key_prefix(state), label, path)
+            return
+
+    def _held_before(self, label):
+        """(key prefix, None, (device, inode), offset, head, tail, context) of the
+        generations other request logs replaced, then (restarts, path, ...) of the
+        files as they were last read (path: one still to be read again)."""
+        found = [(prefix, None, (device, inode), offset, head, tail, context)
+                 for prefix, device, inode, offset, head, tail, context in self.db.execute(
+                     "SELECT prefix, device, inode, offset, head, tail, context FROM replaced"
+                     " WHERE source != ?", (label,))]
+        for path, row in sorted((self._files or {}).items()):
+            device, inode, _, offset, restarts, context, _, head, tail = row
+            if "file:" + path != label and device is not None and offset:
+                found.append((restarts, path, (device, inode), offset, head, tail, context))
+        return found
+
+    def _take_over(self, prefix, mine, label, path):
+        """Gives the stored lines under key prefix to the log label (keys under mine); a
+        log they were taken from as last read is read afresh when read again."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("UPDATE requests SET source = ?, key = ? || substr(key, ?)"
+                            " WHERE key >= ? AND key < ?",
+                            (label, mine, len(prefix) + 1, prefix, upper))
+            self.db.execute("DELETE FROM replaced WHERE prefix = ?", (prefix,))
+            if path is not None:
+                self.db.execute("UPDATE files SET device = NULL, offset = 0 WHERE path = ?",
+                                (path,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self._roll_back(self.db)
+            raise
+        self._files = None
 
     def requests(self, since=None, until=None, scope=None):
         """Stored requests in time order (without time first: only with no bounds);
@@ -7990,9 +8056,14 @@ def ingest_request_file(history, path, stats):
     file is read by byte ranges across the cores, each process storing its own."""
     state = history.file_state(path)
     info = os.stat(path)
+    before = (log_key_prefix(state), state.device, state.inode, state.offset, state.head,
+              state.tail, state.context) if state.device is not None else None
     check_file_identity(state, info)
-    job = ("f:%s:%d:%d:" % (os.path.realpath(path), state.inode, state.restarts),
-           "file:" + path, path)
+    if before is not None and log_key_prefix(state) != before[0]:
+        history.note_replaced("file:" + path, *before)
+    if state.offset == 0 and info.st_size:   # read from its start: perhaps a rotated log
+        history.adopt_rotated(state, "file:" + path, info)
+    job = (log_key_prefix(state), "file:" + path, path)
     workers = worker_count()
     if info.st_size - state.offset >= PARALLEL_MIN_BYTES and workers > 1:
         points = split_points(path, info.st_size, workers, start=state.offset)
@@ -8014,6 +8085,44 @@ def ingest_request_file(history, path, stats):
             history.save([], [state])
             return
     ingest_range(history, job, (state.offset, None), stats, state)
+
+
+def still_holds(path, identity, head, tail):
+    """Whether a log's path still holds the bytes it was read with (its file, or a
+    copy with them and more): then a file holding them too is a copy, and counts on
+    its own, as without the history."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    held = FileState(path, tail[0])
+    held.head, held.tail = head, tail
+    if (info.st_dev, info.st_ino) == identity and info.st_size >= tail[0]:
+        return file_head(path, head[0]) == head
+    return holds_what_was_read(held, info)
+
+
+def context_json(context):
+    return json.dumps({name: getattr(context, name) for name in _CONTEXT_FIELDS})
+
+
+def restore_context(context, text):
+    """A FileContext's fields from the JSON the history keeps them in."""
+    try:
+        saved = json.loads(text or "{}")
+    except ValueError:
+        saved = {}
+    for name in _CONTEXT_FIELDS:
+        if name in saved:
+            value = saved[name]
+            setattr(context, name, tuple(value) if name == "previous_total" and value
+                    else value)
+
+
+def log_key_prefix(state):
+    """The start of the history keys of a request log's lines: the file (its real path,
+    inode and restarts); each key ends with the line's offset."""
+    return "f:%s:%s:%d:" % (os.path.realpath(state.path), state.inode, state.restarts)
 
 
 def _ingest_range_worker(task):

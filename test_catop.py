@@ -6687,6 +6687,49 @@ class HistoryTests(IsolatedEnv):
         totals = self.report("--file", path)["totals"]
         self.assertEqual((totals["requests"], totals["input_tokens"]), (4, 312))
 
+    def test_a_folder_of_rotated_logs_counts_each_line_once(self):
+        """A log rotated (renamed, or copied and truncated) beside a new one: the history
+        kept the old lines under the old name and read them again from the rotated
+        file (2 requests counted 4 times over two rotations).  The rotated file now
+        takes its lines over; a copy of a log still holding them counts on its own,
+        as without the history."""
+        logs = os.path.join(self.tmp, "logs")
+        os.makedirs(logs)
+        app, first, second = (os.path.join(logs, name) for name in
+                              ("app.jsonl", "app-1.jsonl", "app-2.jsonl"))
+
+        def write(path, *tokens):
+            with open(path, "w") as handle:
+                handle.write("".join(self.line(n) for n in tokens))
+
+        def seen(*argv):
+            totals = self.report(*(argv or ("--file", logs)))["totals"]
+            return totals["requests"], totals["input_tokens"]
+        write(app, 100, 200)
+        self.assertEqual(seen(), (2, 300))
+        os.rename(app, first)                          # rotated by renaming
+        write(app, 5)
+        self.assertEqual(seen("--file", logs, "--no-history"), (3, 305))
+        self.assertEqual(seen(), (3, 305))
+        self.assertEqual((seen("--file", app), seen("--file", first)), ((1, 5), (2, 300)))
+        os.rename(first, second)                       # and again, the old name read first
+        os.rename(app, first)
+        write(app, 7)
+        self.assertEqual(seen("--file", app, "--file", first, "--file", second), (4, 312))
+        self.assertEqual((seen(), seen(), seen("--history", self.store)), ((4, 312),) * 3)
+        os.remove(second)                              # pruned: the history keeps it
+        self.assertEqual((seen("--file", logs, "--no-history"), seen()), ((2, 12), (2, 12)))
+        self.assertEqual(self.report()["totals"]["input_tokens"], 312)
+        with open(app) as handle:                      # copied away, truncated, refilled
+            kept = handle.read()
+        with open(os.path.join(logs, "app-3.jsonl"), "w") as handle:
+            handle.write(kept)
+        write(app, 9, 11)
+        self.assertEqual((seen("--file", logs, "--no-history"), seen()), ((4, 32), (4, 32)))
+        with open(os.path.join(logs, "backup.jsonl"), "w") as handle:
+            handle.write(self.line(9) + self.line(11))  # a copy of a log that still holds
+        self.assertEqual((seen("--file", logs, "--no-history"), seen()), ((6, 52), (6, 52)))
+
     def test_copy_truncate_and_long_lines_give_what_no_history_gives(self):
         path = os.path.join(self.tmp, "log.jsonl")
         with open(path, "w") as handle:
