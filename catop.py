@@ -6445,14 +6445,22 @@ class LiveSource(object):
 
 class LiveFileSource(LiveSource):
     """A request-log file, tailed: only appended bytes are read; a partial last line
-    waits for its newline; a truncated or replaced file is read again from the start."""
+    waits for its newline; a truncated or replaced file is read again from the start.
 
-    def __init__(self, path):
+    What a file held before it started over is kept (those requests happened), as a
+    Held part: when another log tailed beside it (peers) turns out to be that file,
+    renamed or copied away by a rotation, it takes those requests over and reads on
+    from where they end, as the history does (History.adopt_rotated)."""
+
+    def __init__(self, path, peers=None):
         self.path = path
         self.state = FileState(path)
         self.stats = SourceStats("file:%s" % path)
         self.requests = []
         self.generation = 0      # grows when the requests so far are thrown away
+        self.held = []           # [Held] of what the file held before each start over
+        self.peers = peers if peers is not None else []
+        self.peers.append(self)
 
     def resume(self, history):
         ingest_request_file(history, self.path, SourceStats(""))
@@ -6460,7 +6468,8 @@ class LiveFileSource(LiveSource):
         return "file:" + self.path
 
     def forget_history(self):
-        self.__init__(self.path)
+        self.peers.remove(self)
+        self.__init__(self.path, self.peers)
 
     def store(self, history):
         ingest_request_file(history, self.path, SourceStats(""))
@@ -6471,6 +6480,7 @@ class LiveFileSource(LiveSource):
     def poll(self, rediscover=False):
         fresh, stats = [], SourceStats(self.stats.name)
         try:
+            self._check_identity()
             for block in read_new_blocks(self.state, final=False):
                 scan_request_lines(block.split(b"\n"), stats, fresh.append)
         except OSError as error:
@@ -6487,8 +6497,75 @@ class LiveFileSource(LiveSource):
         self.requests.extend(fresh)
         return bool(fresh) or recovered or any(stats.skipped.values())
 
+    def _check_identity(self):
+        """check_file_identity, keeping what the file held as a Held part when it starts
+        over, and taking over a peer's part that the file now read from its start is."""
+        state = self.state
+        before = self._current_part()
+        info = os.stat(self.path)
+        check_file_identity(state, info, from_start=True)
+        if before is not None and state.restarts != before.restarts:
+            self.held.append(before)
+        if state.offset == 0 and info.st_size:
+            self._adopt(info)
+
+    def _current_part(self):
+        state, start = self.state, sum(part.count for part in self.held)
+        if state.device is None or not state.offset:
+            return None
+        return Held((state.device, state.inode), state.offset, state.head, state.tail,
+                    context_json(state.context), len(self.requests) - start, state.restarts)
+
+    def _adopt(self, info):
+        heads = {}
+        for peer in self.peers:
+            if peer is self:
+                continue
+            current = peer._current_part()
+            for part in peer.held + ([current] if current is not None else []):
+                if not holds_from_start(self.path, info, part.offset, part.head, part.tail,
+                                        heads) or (part is current and still_holds(
+                                            peer.path, part.identity, part.head, part.tail)):
+                    continue
+                self.requests.extend(peer._give_away(part, part is current))
+                self.stats.records += part.count
+                state = self.state
+                state.device, state.inode = info.st_dev, info.st_ino
+                state.lines, state.head, state.tail = LineReader(part.offset), part.head, part.tail
+                restore_context(state.context, part.context)
+                return
+
+    def _give_away(self, part, current):
+        """The requests of one of its parts, taken out (the peer's view is rebuilt); its
+        file, when that was its current part, is read afresh from its start."""
+        start = 0
+        for held in self.held:
+            if held is part:
+                break
+            start += held.count
+        taken = self.requests[start:start + part.count]
+        del self.requests[start:start + part.count]
+        if current:
+            self.state = FileState(self.path)
+        else:
+            self.held.remove(part)
+        self.stats.records -= part.count
+        self.generation += 1
+        return taken
+
     def compaction_times(self):
         return ()
+
+
+class Held(object):
+    """What a tailed log held before it started over: its file's identity, how far it
+    was read (offset, first and last bytes), its context, its requests' count."""
+
+    __slots__ = ("identity", "offset", "head", "tail", "context", "count", "restarts")
+
+    def __init__(self, identity, offset, head, tail, context, count, restarts):
+        self.identity, self.offset, self.head, self.tail = identity, offset, head, tail
+        self.context, self.count, self.restarts = context, count, restarts
 
 
 class LiveStreamSource(LiveSource):
@@ -7599,9 +7676,10 @@ class History(object):
         updates = ", ".join("%s = excluded.%s" % (c, c) for c in _HISTORY_COLUMNS[1:])
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO requests (%s) VALUES (%s) ON CONFLICT (key, root) DO UPDATE SET"
-                           " %s WHERE %s" % (columns, ", ".join("?" * len(_HISTORY_COLUMNS)),
-                                             updates, _HISTORY_KEEPS_NEW), rows)
+            db.executemany("INSERT INTO requests (%s) VALUES (%s) ON CONFLICT (key, root) DO"
+                           " UPDATE SET %s WHERE %s" % (
+                               columns, ", ".join("?" * len(_HISTORY_COLUMNS)), updates,
+                               _HISTORY_KEEPS_NEW), rows)
             for state in states:
                 state.note_tail()
             db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
@@ -7635,13 +7713,9 @@ class History(object):
         for held in self._held_before(label):
             prefix, path, identity, offset, head, tail, context = held
             head, tail = stored_pair(head), stored_pair(tail)
-            if head is None or tail is None or tail[0] != offset or info.st_size < offset:
-                continue
             try:
-                if head[0] not in heads:
-                    heads[head[0]] = file_head(state.path, head[0])
-                if heads[head[0]] != head or file_tail(state.path, offset) != tail or \
-                        (path is not None and still_holds(path, identity, head, tail)):
+                if not holds_from_start(state.path, info, offset, head, tail, heads) or (
+                        path is not None and still_holds(path, identity, head, tail)):
                     continue
             except OSError:
                 return
@@ -8085,6 +8159,17 @@ def ingest_request_file(history, path, stats):
             history.save([], [state])
             return
     ingest_range(history, job, (state.offset, None), stats, state)
+
+
+def holds_from_start(path, info, offset, head, tail, heads):
+    """Whether the file at path (info: its stat) begins with the bytes a log was read
+    with up to offset: its first bytes (head) and its last ones (tail).  heads caches
+    this file's first bytes by length.  Raises OSError."""
+    if head is None or tail is None or tail[0] != offset or info.st_size < offset:
+        return False
+    if head[0] not in heads:
+        heads[head[0]] = file_head(path, head[0])
+    return heads[head[0]] == head and file_tail(path, offset) == tail
 
 
 def still_holds(path, identity, head, tail):
@@ -11208,7 +11293,7 @@ def wants_live(args):
 
 
 def live_sources(args, now, keys_from_tty=True):
-    sources = []
+    sources, files = [], []
     for path in args.file:
         if path == "-" and not keys_from_tty:
             sources.append(LiveStreamSource(os.dup(0)))
@@ -11219,7 +11304,7 @@ def live_sources(args, now, keys_from_tty=True):
             os.close(tty)
             sources.append(LiveStreamSource(data))
         else:
-            sources.append(LiveFileSource(path))
+            sources.append(LiveFileSource(path, files))
     if args.demo:
         sources.append(LiveDemoSource(args.seed))
     if args.litellm_url:

@@ -3282,6 +3282,42 @@ class TailTests(unittest.TestCase):
                                  sum(range(100, 100 + count)) + 7 + 8 + 9)
                 self.assertEqual(source.state.restarts, 1)
 
+    def test_a_log_rotated_onto_another_tailed_log_counts_once(self):
+        """app.jsonl and app-1.jsonl tailed, then rotated (app-1 renamed to app-2, app to
+        app-1, a new app): app-1 read app's old lines again from its start while app
+        kept them (6 requests where the three logs hold 4)."""
+        app, first = self.path, os.path.join(self.tmp, "live-1.jsonl")
+        for order in ((app, first), (first, app)):    # polled in either order
+            with self.subTest(first=os.path.basename(order[0])):
+                for path in (app, first, first + ".2"):
+                    if os.path.exists(path):
+                        os.remove(path)
+                with open(app, "w") as handle:
+                    handle.write(self.line(100) + "\n" + self.line(200) + "\n")
+                with open(first, "w") as handle:
+                    handle.write(self.line(1000) + "\n")
+                peers = []
+                sources = {path: catop.LiveFileSource(path, peers) for path in order}
+                model = catop.LiveModel(list(sources.values()), PRICES)
+                model.poll()
+                os.rename(first, first + ".2")
+                os.rename(app, first)
+                with open(app, "w") as handle:
+                    handle.write(self.line(5) + "\n")
+                model.poll()
+                model.poll()
+                self.assertEqual(sorted(r.miss for r in sources[first].requests),
+                                 [100, 200, 1000])
+                self.assertEqual([r.miss for r in sources[app].requests], [5])
+                self.assertEqual((sources[app].stats.records, sources[first].stats.records), (1, 3))
+                timeline = model.timeline.untimed + model.timeline.timed
+                self.assertEqual(sum(entry.req.miss for entry in timeline), 1305)
+                with open(first, "a") as handle:      # read on from where app stopped
+                    handle.write(self.line(7) + "\n")
+                model.poll()
+                self.assertEqual(sorted(r.miss for r in sources[first].requests),
+                                 [7, 100, 200, 1000])
+
     def test_new_agent_files_appear(self):
         clock = [1000.0]
         root = os.path.join(self.tmp, "codex")
