@@ -7882,6 +7882,8 @@ class History(object):
         try:
             count = self.db.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
             self.db.execute("DELETE FROM compactions WHERE ts < ?", (cutoff,))
+            self.db.execute("DELETE FROM replaced WHERE NOT EXISTS (SELECT 1 FROM requests"
+                            " WHERE substr(key, 1, length(prefix)) = prefix)")
             self.db.execute("COMMIT")
         except BaseException:
             self._roll_back(self.db)

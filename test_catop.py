@@ -6766,6 +6766,20 @@ class HistoryTests(IsolatedEnv):
             handle.write(self.line(9) + self.line(11))  # a copy of a log that still holds
         self.assertEqual((seen("--file", logs, "--no-history"), seen()), ((6, 52), (6, 52)))
 
+        def replaced():
+            db = sqlite3.connect(self.store)
+            try:
+                return db.execute("SELECT count(*) FROM replaced").fetchone()[0]
+            finally:
+                db.close()
+        self.assertEqual(replaced(), 0)            # each one taken over
+        write(app + ".tmp", 13)                    # replaced by another log: kept with it
+        os.replace(app + ".tmp", app)
+        self.assertEqual(seen("--file", app), (3, 33))
+        self.assertEqual(replaced(), 1)
+        self.assertEqual(self.run_main("--prune-history", "30")[0], 0)   # (all from March)
+        self.assertEqual(replaced(), 0)
+
     def test_copy_truncate_and_long_lines_give_what_no_history_gives(self):
         path = os.path.join(self.tmp, "log.jsonl")
         with open(path, "w") as handle:
