@@ -7723,6 +7723,8 @@ class History(object):
                 held = FileState(path)
                 held.inode, held.restarts = identity[1], prefix
                 prefix = log_key_prefix(held)
+                if not self._holds_prefix(prefix):
+                    continue       # read as an agent's file, or no request in it
             state.device, state.inode = info.st_dev, info.st_ino
             state.lines, state.head, state.tail = LineReader(offset), head, tail
             restore_context(state.context, context)
@@ -7743,15 +7745,18 @@ class History(object):
                 found.append((restarts, path, (device, inode), offset, head, tail, context))
         return found
 
+    def _holds_prefix(self, prefix):
+        return self.db.execute("SELECT 1 FROM requests WHERE key >= ? AND key < ? LIMIT 1",
+                               (prefix, _prefix_end(prefix))).fetchone() is not None
+
     def _take_over(self, prefix, mine, label, path):
         """Gives the stored lines under key prefix to the log label (keys under mine); a
         log they were taken from as last read is read afresh when read again."""
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("UPDATE requests SET source = ?, key = ? || substr(key, ?)"
                             " WHERE key >= ? AND key < ?",
-                            (label, mine, len(prefix) + 1, prefix, upper))
+                            (label, mine, len(prefix) + 1, prefix, _prefix_end(prefix)))
             self.db.execute("DELETE FROM replaced WHERE prefix = ?", (prefix,))
             if path is not None:
                 self.db.execute("UPDATE files SET device = NULL, offset = 0 WHERE path = ?",
@@ -8161,6 +8166,11 @@ def ingest_request_file(history, path, stats):
             history.save([], [state])
             return
     ingest_range(history, job, (state.offset, None), stats, state)
+
+
+def _prefix_end(prefix):
+    """The least text after every text starting with prefix (which ends with ":")."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def holds_from_start(path, info, offset, head, tail, heads):

@@ -6780,6 +6780,21 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(self.run_main("--prune-history", "30")[0], 0)   # (all from March)
         self.assertEqual(replaced(), 0)
 
+    def test_a_copy_of_an_agents_file_read_as_a_request_log_is_read_whole(self):
+        """Its first and last bytes are those the agent's reading stored, and its file
+        is gone: still it takes over nothing (no request log held it) and is read."""
+        root = self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
+        self.report("--agent", "claude-code")
+        shop = os.path.join(root, "projects", "-home-dev-shop")
+        original = os.path.join(shop, sorted(name for name in os.listdir(shop)
+                                             if name.endswith(".jsonl"))[0])
+        copy = os.path.join(self.tmp, "copy.jsonl")
+        shutil.copy(original, copy)
+        os.remove(original)
+        fresh = self.report("--file", copy, "--no-history")["totals"]
+        self.assertEqual(self.report("--file", copy)["totals"], fresh)
+        self.assertEqual(fresh["requests"], 7)
+
     def test_copy_truncate_and_long_lines_give_what_no_history_gives(self):
         path = os.path.join(self.tmp, "log.jsonl")
         with open(path, "w") as handle:
