@@ -5591,6 +5591,7 @@ class AgentSource(object):
                 continue
             if content in kept:
                 del self.keyed[key]
+                self.ties.pop(key, None)   # (a copy in two databases: settle_ties keeps none)
                 self.copies.add(key)
                 self.stats.skip("duplicate")
                 self._drop_compaction(req.session, req.ts)
@@ -6465,7 +6466,7 @@ class LiveFileSource(LiveSource):
     def resume(self, history):
         ingest_request_file(history, self.path, SourceStats(""))
         seed_file_source(self, history)
-        return "file:" + self.path
+        return log_label(self.path)
 
     def forget_history(self):
         self.peers.remove(self)
@@ -7430,7 +7431,7 @@ def _break_order(item):
 # history: every request kept in SQLite, so a report outlives the agents' log
 # pruning and a warm start reads only what changed
 
-HISTORY_SCHEMA = 6
+HISTORY_SCHEMA = 7
 _HISTORY_COLUMNS = ("key", "source", "ts", "agent", "provider", "model", "project", "session",
                     "miss", "read", "w5", "w1", "output", "reasoning", "observed", "sidechain",
                     "size", "msg", "file", "rank", "thread", "diagnosis", "tier", "searches",
@@ -7449,6 +7450,11 @@ _HISTORY_TABLES = (
     _REQUESTS_TABLE,
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
     "CREATE INDEX IF NOT EXISTS requests_roots ON requests (source, root)",
+    # a row schema 6 found in no folder of its agent's (or stored with no file) gives
+    # way to the row of a folder read since from the same file (or any, for no file)
+    "CREATE TRIGGER IF NOT EXISTS requests_read_again AFTER INSERT ON requests"
+    " WHEN NEW.root != '' BEGIN DELETE FROM requests WHERE key = NEW.key AND root = ''"
+    " AND source = NEW.source AND (file IS NULL OR file = NEW.file); END",
     "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, device INTEGER, inode INTEGER,"
     " size INTEGER, mtime REAL, offset INTEGER, generation INTEGER, context TEXT, head TEXT,"
     " tail TEXT)",
@@ -7469,12 +7475,6 @@ _ROW_BEFORE = (
     "COALESCE({new}.file, '') < COALESCE({old}.file, '') OR ("
     "COALESCE({new}.file, '') = COALESCE({old}.file, '') AND {new}.root {tie} {old}.root)))))")
 _HISTORY_KEEPS_NEW = _ROW_BEFORE.format(new="excluded", old="requests", tie="<=")
-# A row schema 6 found in no folder of its agent's (or stored with no file) gives way to
-# the row of a folder read since from the same file (or from any file, for no file).
-_DROP_READ_AGAIN = (
-    "DELETE FROM requests WHERE source = ? AND root = '' AND"
-    " EXISTS (SELECT 1 FROM requests AS copy WHERE copy.key = requests.key AND"
-    " copy.root != '' AND (requests.file IS NULL OR copy.file = requests.file))")
 _CONTEXT_FIELDS = ("session", "project", "model", "start_ts", "first_ts", "fork",
                    "parent_session",
                    "previous_total", "sidechain")
@@ -7588,6 +7588,11 @@ class History(object):
             if 0 < version < 6:
                 self._add_columns(db)
                 self._key_by_root(db)
+                # each folder's files read again once from their start, to store what
+                # they hold with them (a folder read after another stored nothing)
+                db.execute("UPDATE files SET offset = 0, context = NULL, device = NULL")
+            if 0 < version < 7:
+                self._name_logs_absolutely(db)
             for statement in _HISTORY_TABLES:
                 db.execute(statement)
             if 0 < version < 5:   # OpenCode's keys are its messages' contents since 5:
@@ -7625,6 +7630,19 @@ class History(object):
                 db.execute("UPDATE requests SET root = ? WHERE source = ? AND root = '' AND"
                            " substr(file, 1, ?) = ?", (root, "agent:" + name, len(prefix),
                                                        prefix))
+
+    @staticmethod
+    def _name_logs_absolutely(db):
+        """Schema 7 names a request log by its absolute path (log_label): a row stored
+        under a relative name takes the real path its key holds."""
+        def absolute(label, key):
+            if not label.startswith("file:") or os.path.isabs(label[5:]) or \
+                    not key.startswith("f:") or key.count(":") < 4:
+                return label
+            return "file:" + key[2:].rsplit(":", 3)[0]
+        db.create_function("catop_absolute", 2, absolute)
+        db.execute("UPDATE requests SET source = catop_absolute(source, key)"
+                   " WHERE source LIKE 'file:%'")
 
     @staticmethod
     def _add_columns(db):
@@ -7668,8 +7686,8 @@ class History(object):
 
     def save(self, rows, states=(), compactions=(), drop=()):
         """Stores rows (keeping the larger of two for one key: Claude Code's streamed
-        lines), file states and compactions, and drops the rows of the keys in drop
-        (a response now counted under other keys), in one transaction."""
+        lines), file states and compactions, and drops the rows of the (key, folder)
+        pairs in drop (a response now counted under other keys), in one transaction."""
         db = self.db
         self._files = None
         columns = ", ".join(_HISTORY_COLUMNS)
@@ -7689,8 +7707,7 @@ class History(object):
                 for s in states])
             db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
                            [c for c in compactions if c[1] is not None])
-            db.executemany("DELETE FROM requests WHERE key = ?", [(key,) for key in drop])
-            db.executemany(_DROP_READ_AGAIN, [("agent:" + name,) for name in AGENT_TABLE])
+            db.executemany("DELETE FROM requests WHERE key = ? AND root IN (?, '')", drop)
             db.execute("COMMIT")
         except BaseException:
             self._roll_back(db)
@@ -7741,7 +7758,7 @@ class History(object):
                      " WHERE source != ?", (label,))]
         for path, row in sorted((self._files or {}).items()):
             device, inode, _, offset, restarts, context, _, head, tail = row
-            if "file:" + path != label and device is not None and offset:
+            if log_label(path) != label and device is not None and offset:
                 found.append((restarts, path, (device, inode), offset, head, tail, context))
         return found
 
@@ -7842,7 +7859,8 @@ class History(object):
             return "1"
         values.extend(copied)
         inner = "1" if scope is None else _scope_condition(scope, values)
-        return ("(source NOT IN (%s) OR NOT EXISTS (SELECT 1 FROM requests AS copy WHERE"
+        return ("(source NOT IN (%s) OR NOT EXISTS (SELECT 1 FROM requests AS copy"
+                " INDEXED BY sqlite_autoindex_requests_1 WHERE"   # by key: a seek a row
                 " copy.key = requests.key AND copy.root != requests.root AND"
                 " copy.source = requests.source AND %s AND (%s)))" % (
                     ", ".join("?" * len(copied)), inner,
@@ -7992,13 +8010,27 @@ def _field_key(req):
 
 def ingest_agent(history, name):
     """Reads what is new in an agent's logs (from where the last run stopped) into the
-    history; returns the SourceStats of this reading."""
+    history, each of its folders apart: a folder keeps its own rows (_REQUESTS_TABLE),
+    and a response two folders hold is stored with each; returns the SourceStats of
+    this reading."""
+    roots = agent_roots(name)
+    folders = {}
+    for path in agent_files(name):
+        folders.setdefault(root_of(path, roots), []).append(path)
+    stats = SourceStats("agent:" + name)
+    for root in sorted(folders, key=lambda root: roots.index(root) if root in roots else -1):
+        part = _ingest_agent_folder(history, name, root, folders[root])
+        stats.merge(part)
+        stats.error = stats.error or part.error
+    return stats
+
+
+def _ingest_agent_folder(history, name, root, paths):
     source = AgentSource(name)
     spec = source.spec
-    paths = agent_files(name)
     before = {}
     if spec.copies_renamed:   # a fork's copy of what only the history holds now: a copy
-        source.seeded = {key: req for key, req in stored_agent_rows(history, spec)
+        source.seeded = {key: req for key, req in stored_agent_rows(history, spec, root)
                          if key is not None}
     if not spec.whole:
         for path in paths:
@@ -8009,7 +8041,6 @@ def ingest_agent(history, name):
     source.settle_ties()
     label = "agent:" + name
     counted = [0]
-    roots = agent_roots(name)
 
     def rows():  # streamed into executemany: the rows never all sit in memory at once
         for key, req in source.keyed.items():
@@ -8019,12 +8050,11 @@ def ingest_agent(history, name):
             rank = source.file_rank(req.origin)[0] if req.origin is not None else None
             message = "%016x" % key_message_part(key) if type(key) is int else None
             yield history_row(label, spec.history_key(key), req, _line_size(key, req),
-                              message, rank, root_of(req.origin, roots))
+                              message, rank, root)
         for path_requests in source.loose.values():
             for req in path_requests:
                 counted[0] += 1
-                yield history_row(label, "%s:%s" % (name, _field_key(req)), req,
-                                  root=root_of(req.origin, roots))
+                yield history_row(label, "%s:%s" % (name, _field_key(req)), req, root=root)
     changed = [state for state in source.states.values()
                if before.get(state.path) != (state.device, state.inode,
                                              state.offset, state.restarts,
@@ -8035,15 +8065,17 @@ def ingest_agent(history, name):
         except OSError:
             state.mtime = None
     history.save(rows(), changed if not spec.whole else (), source.compaction_times,
-                 [spec.history_key(key) for key in source.superseded | source.copies])
+                 [(spec.history_key(key), root) for key in source.superseded | source.copies])
     source.stats.records = counted[0]
     return source.stats
 
 
-def stored_agent_rows(history, spec):
+def stored_agent_rows(history, spec, root=None):
     """(dedup key or None, Request) of what the history holds of one agent, read
-    from its folders of now (history_scope: CLAUDE_CONFIG_DIR=B shows nothing of A)."""
-    for text, req in history.rows("agent:" + spec.name, folders=agent_roots(spec.name)):
+    from its folders of now (history_scope: CLAUDE_CONFIG_DIR=B shows nothing of A),
+    or from the one folder root."""
+    folders = [root] if root else agent_roots(spec.name)
+    for text, req in history.rows("agent:" + spec.name, folders=folders):
         yield spec.key_from_history(text), req
 
 
@@ -8068,8 +8100,8 @@ def seed_agent_source(live, history):
 
 def seed_file_source(live, history):
     """A live request-log source resumed from the history."""
-    live.state = history.file_state(live.path)
-    live.requests = [req for _, req in history.rows("file:" + live.path)]
+    live.state = history.file_state(os.path.abspath(live.path))
+    live.requests = [req for _, req in history.rows(log_label(live.path))]
     live.stats.records = len(live.requests)
 
 
@@ -8131,20 +8163,27 @@ def ingest_stream(history, stream, stats):
     history.save(rows)
 
 
+def log_label(path):
+    """The history's name for a request log: its absolute path, however it was named
+    (logs/app.jsonl from one folder, /srv/logs/app.jsonl in cron: one log)."""
+    return "file:" + os.path.abspath(path)
+
+
 def ingest_request_file(history, path, stats):
     """Reads what is new in a request log into the history: a key a line (the file, its
     identity and the line's offset), so the same log read twice counts once.  A big
     file is read by byte ranges across the cores, each process storing its own."""
+    path, label = os.path.abspath(path), log_label(path)
     state = history.file_state(path)
     info = os.stat(path)
     before = (log_key_prefix(state), state.device, state.inode, state.offset, state.head,
               state.tail, state.context) if state.device is not None else None
     check_file_identity(state, info)
     if before is not None and log_key_prefix(state) != before[0]:
-        history.note_replaced("file:" + path, *before)
+        history.note_replaced(label, *before)
     if state.offset == 0 and info.st_size:   # read from its start: perhaps a rotated log
-        history.adopt_rotated(state, "file:" + path, info)
-    job = (log_key_prefix(state), "file:" + path, path)
+        history.adopt_rotated(state, label, info)
+    job = (log_key_prefix(state), label, path)
     workers = worker_count()
     if info.st_size - state.offset >= PARALLEL_MIN_BYTES and workers > 1:
         points = split_points(path, info.st_size, workers, start=state.offset)
@@ -11053,7 +11092,7 @@ def collect_sources(args, aggregate, now, history=None):
                 streamed.append(spool)
             elif history is not None:
                 ingest_request_file(history, path, stats)
-                stored.append(stats.name)
+                stored.append(log_label(path))
             else:
                 scan_request_file(path, aggregate, stats)
                 streamed.append(path)

@@ -3523,7 +3523,7 @@ class BreakTests(unittest.TestCase):
         self.assertAlmostEqual(item.cost, 4000 * (2.5e-06 - 1.25e-06))
 
 
-class WhatIfTests(unittest.TestCase):
+class WhatIfTests(IsolatedEnv):
 
     def effects(self, requests, now=NOW + 10000):
         effects = catop.CacheEffects(PRICES, lambda req: (req.agent,))
@@ -3591,9 +3591,7 @@ class WhatIfTests(unittest.TestCase):
         self.assertEqual(pending.wasted[("a",)][0], 2000)
 
     def test_json_and_table_and_gate(self):
-        folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, folder)
-        path = os.path.join(folder, "s.jsonl")
+        path = os.path.join(self.tmp, "s.jsonl")   # (its history in the test's own home)
         m = "claude-sonnet-4-5"
         with open(path, "w") as handle:
             for req in chain((0, m, 5, 10000, 2000, 0), (400, m, 5, 0, 12500, 0),
@@ -7131,6 +7129,39 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(self.totals_of("--agent", "claude-code"), plus)
         os.environ["CLAUDE_CONFIG_DIR"] = a
         self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+        db = sqlite3.connect(self.store)      # the copies are found by key, a seek a row
+        values = []
+        condition = catop.History._one_copy_condition(
+            mock.Mock(_roots=lambda: {"agent:claude-code": [a, copy]}),
+            {"agent:claude-code": [a, copy]}, values)
+        plan = " ".join(row[-1] for row in db.execute(
+            "EXPLAIN QUERY PLAN SELECT key FROM requests WHERE " + condition, values))
+        db.close()
+        self.assertIn("copy USING INDEX sqlite_autoindex_requests_1 (key=?)", plan)
+
+    def test_folders_read_together_then_one_alone(self):
+        """CLAUDE_CONFIG_DIR=A,B (B a copy) stored each response once, under A: B alone
+        then showed 0 (its files were read).  Each folder's reading stores its own."""
+        a = self.copy_agent_examples("claude")
+        b = os.path.join(self.tmp, "copy")
+        shutil.copytree(a, b)
+        for folders in ("%s,%s" % (a, b), b, a, "%s,%s" % (b, a)):
+            os.environ["CLAUDE_CONFIG_DIR"] = folders
+            for extra in ((), ("--duration", "0.1")):
+                self.assertEqual(self.totals_of("--agent", "claude-code", *extra),
+                                 (6, 0.126286), (folders, extra))
+
+    def test_a_kilo_folder_read_beside_its_copy_counts_its_forks_once(self):
+        """KILO_DATA_DIR=A,B (B a copy): a fork's renamed copies, tied across the two
+        databases, came back after they were dropped (9 requests, $0.152766, without
+        the history, where A alone gives 7 and $0.101241)."""
+        a = self.copy_agent_examples("kilo")
+        b = os.path.join(self.tmp, "copy")
+        shutil.copytree(a, b)
+        os.environ["KILO_DATA_DIR"] = "%s,%s" % (a, b)
+        for extra in (("--no-history",), ("--no-history", "--duration", "0.1"), (),
+                      ("--duration", "0.1")):
+            self.assertEqual(self.totals_of("--agent", "kilo", *extra), (7, 0.101241), extra)
 
     def test_migration_to_schema_six_gives_each_row_its_folder(self):
         """A schema 5 store (a key a request, whatever its folder) is made again with
@@ -7138,6 +7169,11 @@ class HistoryTests(IsolatedEnv):
         a = self.copy_agent_examples("claude", "CLAUDE_CONFIG_DIR")
         expected = (6, 0.126286)
         self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+        copy = os.path.join(self.tmp, "copy")   # read too: schema 5 kept A's rows alone,
+        shutil.copytree(a, copy)                # and the copy's files as read (it showed 0)
+        os.environ["CLAUDE_CONFIG_DIR"] = copy
+        self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
+        os.environ["CLAUDE_CONFIG_DIR"] = a
         db = sqlite3.connect(self.store)
         columns = ", ".join(catop._HISTORY_COLUMNS[:-1])
         db.execute("CREATE TABLE r5 (key TEXT PRIMARY KEY, source TEXT NOT NULL, ts REAL,"
@@ -7146,7 +7182,8 @@ class HistoryTests(IsolatedEnv):
                    " reasoning INTEGER, observed REAL, sidechain INTEGER, size INTEGER,"
                    " msg TEXT, file TEXT, rank REAL, thread TEXT, diagnosis TEXT, tier TEXT,"
                    " searches INTEGER)")
-        db.execute("INSERT INTO r5 SELECT %s FROM requests" % columns)
+        db.execute("INSERT OR IGNORE INTO r5 SELECT %s FROM requests ORDER BY root"
+                   % columns)      # a key a row: the copy's (below) under the first folder
         db.execute("DROP TABLE requests")
         db.execute("ALTER TABLE r5 RENAME TO requests")
         db.execute("PRAGMA user_version = 5")
@@ -7154,10 +7191,12 @@ class HistoryTests(IsolatedEnv):
         db.close()
         self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
         db = sqlite3.connect(self.store)
-        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 6)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], catop.HISTORY_SCHEMA)
         self.assertEqual(list(db.execute("SELECT root, count(*) FROM requests GROUP BY root")),
                          [(a, 7)])
         db.close()
+        os.environ["CLAUDE_CONFIG_DIR"] = copy   # every file read again once
+        self.assertEqual(self.totals_of("--agent", "claude-code"), expected)
         b = os.path.join(self.tmp, "moved")
         os.rename(a, b)
         os.environ["CLAUDE_CONFIG_DIR"] = b
