@@ -6778,6 +6778,20 @@ class HistoryTests(IsolatedEnv):
         self.assertEqual(self.run_main("--prune-history", "30")[0], 0)   # (all from March)
         self.assertEqual(replaced(), 0)
 
+    def test_a_log_named_two_ways_is_one_log(self):
+        """logs/app.jsonl from its folder's parent, then /abs/logs/app.jsonl (cron), then
+        logs/app.jsonl again: the third showed 0 (the rows had gone to the other name)."""
+        os.makedirs(os.path.join(self.tmp, "logs"))
+        path = os.path.join(self.tmp, "logs", "app.jsonl")
+        with open(path, "w") as handle:
+            handle.write(self.line(100) + self.line(200))
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.tmp)
+        for name in ("logs/app.jsonl", path, "logs/app.jsonl", "./logs/../logs/app.jsonl"):
+            totals = self.report("--file", name)["totals"]
+            self.assertEqual((totals["requests"], totals["input_tokens"]), (2, 300), name)
+        self.assertEqual(self.report()["totals"]["input_tokens"], 300)
+
     def test_a_copy_of_an_agents_file_read_as_a_request_log_is_read_whole(self):
         """Its first and last bytes are those the agent's reading stored, and its file
         is gone: still it takes over nothing (no request log held it) and is read."""
