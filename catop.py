@@ -5217,8 +5217,7 @@ def check_file_identity(state, info, from_start=False):
             (info.st_size, info.st_mtime) != (state.size, state.mtime):
         moved = file_head(state.path, state.head[0]) != state.head
     if moved and state.device is not None and holds_what_was_read(state, info):
-        state.device, state.inode = info.st_dev, info.st_ino   # grown, not started over
-        moved = False
+        moved = False   # grown, not started over: the identity its lines are keyed by stays
     if moved or info.st_size < state.lines.offset:
         state.reset()
         state.device, state.inode = info.st_dev, info.st_ino
@@ -6507,8 +6506,8 @@ class LiveFileSource(LiveSource):
         check_file_identity(state, info, from_start=True)
         if before is not None and state.restarts != before.restarts:
             self.held.append(before)
-        if state.offset == 0 and info.st_size:
-            self._adopt(info)
+            if state.offset == 0 and info.st_size:   # (at the first reading, no peer can
+                self._adopt(info)                    # have started over yet)
 
     def _current_part(self):
         state, start = self.state, sum(part.count for part in self.held)
@@ -6522,7 +6521,10 @@ class LiveFileSource(LiveSource):
         for peer in self.peers:
             if peer is self:
                 continue
-            current = peer._current_part()
+            state = peer.state
+            current = (peer._current_part() if state.device is not None and state.offset and
+                       holds_from_start(self.path, info, state.offset, state.head,
+                                        state.tail, heads) else None)
             for part in peer.held + ([current] if current is not None else []):
                 if not holds_from_start(self.path, info, part.offset, part.head, part.tail,
                                         heads) or (part is current and still_holds(
@@ -7549,6 +7551,7 @@ class History(object):
         self.sqlite3 = sqlite3
         self.path = path
         self._files = None       # path -> stored read state, loaded on first use
+        self._held = None        # what request logs held before: see _predecessors
         report = report or warn
         make_private_folder(os.path.dirname(os.path.abspath(path)))
         with _file_lock(path + ".lock"):  # one process at a time creates or migrates
@@ -7633,11 +7636,11 @@ class History(object):
 
     @staticmethod
     def _name_logs_absolutely(db):
-        """Schema 7 names a request log by its absolute path (log_label): a row stored
-        under a relative name takes the real path its key holds."""
+        """Schema 7 names a request log by its real path (log_label): a stored row takes
+        the real path its key holds."""
         def absolute(label, key):
-            if not label.startswith("file:") or os.path.isabs(label[5:]) or \
-                    not key.startswith("f:") or key.count(":") < 4:
+            if not label.startswith("file:") or not key.startswith("f:") or \
+                    key.count(":") < 4:
                 return label
             return "file:" + key[2:].rsplit(":", 3)[0]
         db.create_function("catop_absolute", 2, absolute)
@@ -7719,48 +7722,69 @@ class History(object):
             self.db.execute("INSERT OR REPLACE INTO replaced VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (prefix, label, device, inode, offset, "%d:%d" % head,
                              "%d:%d" % tail, context_json(context)))
+            self._held = None
 
     def adopt_rotated(self, state, label, info):
-        """A request log read for the first time that holds what another one held, and
+        """A request log read from its start that holds what another one held, and
         holds no longer (renamed away by a rotation, or copied away and truncated),
         takes over its stored lines and reads on from where they end: a folder of
         rotated logs counts each line once, where its copy under the old name and its
-        reading from the new file counted it twice."""
-        heads = {}
-        for held in self._held_before(label):
-            prefix, path, identity, offset, head, tail, context = held
-            head, tail = stored_pair(head), stored_pair(tail)
-            try:
-                if not holds_from_start(state.path, info, offset, head, tail, heads) or (
-                        path is not None and still_holds(path, identity, head, tail)):
-                    continue
-            except OSError:
-                return
-            if path is not None:   # its keys' prefix, as it was read
-                held = FileState(path)
-                held.inode, held.restarts = identity[1], prefix
-                prefix = log_key_prefix(held)
-                if not self._holds_prefix(prefix):
-                    continue       # read as an agent's file, or no request in it
-            state.device, state.inode = info.st_dev, info.st_ino
-            state.lines, state.head, state.tail = LineReader(offset), head, tail
-            restore_context(state.context, context)
-            self._take_over(prefix, log_key_prefix(state), label, path)
+        reading from the new file counted it twice.  Of several, the longest."""
+        try:
+            with open_regular(state.path) as handle:
+                first = handle.read(FILE_HEAD_BYTES)
+        except OSError:
             return
+        best = None
+        for length, by_head in self._predecessors().items():
+            if len(first) < length:
+                continue
+            for held in by_head.get(head_of(first[:length]), ()):
+                prefix, path, identity, offset, head, tail, context = held
+                if (best is not None and offset <= best[3]) or (
+                        path is not None and log_label(path) == label):
+                    continue
+                try:
+                    if not holds_from_start(state.path, info, offset, head, tail, {}) or (
+                            path is not None and still_holds(path, identity, head, tail)):
+                        continue
+                except OSError:
+                    continue
+                if path is not None:   # its keys' prefix, as it was read
+                    keyed = FileState(path)
+                    keyed.inode, keyed.restarts = identity[1], prefix
+                    prefix = log_key_prefix(keyed)
+                if self._holds_prefix(prefix):   # (not an agent's file, nor one of no request)
+                    best = (prefix, path, identity, offset, head, tail, context)
+        if best is None:
+            return
+        prefix, path, _, offset, head, tail, context = best
+        state.device, state.inode = info.st_dev, info.st_ino
+        state.lines, state.head, state.tail = LineReader(offset), head, tail
+        restore_context(state.context, context)
+        self._take_over(prefix, log_key_prefix(state), label, path)
 
-    def _held_before(self, label):
-        """(key prefix, None, (device, inode), offset, head, tail, context) of the
-        generations other request logs replaced, then (restarts, path, ...) of the
-        files as they were last read (path: one still to be read again)."""
-        found = [(prefix, None, (device, inode), offset, head, tail, context)
-                 for prefix, device, inode, offset, head, tail, context in self.db.execute(
-                     "SELECT prefix, device, inode, offset, head, tail, context FROM replaced"
-                     " WHERE source != ?", (label,))]
-        for path, row in sorted((self._files or {}).items()):
-            device, inode, _, offset, restarts, context, _, head, tail = row
-            if log_label(path) != label and device is not None and offset:
-                found.append((restarts, path, (device, inode), offset, head, tail, context))
-        return found
+    def _predecessors(self):
+        """{head length: {head: [(key prefix, None, (device, inode), offset, head, tail,
+        context)]}} of the generations request logs replaced, and the same with
+        (restarts, path, ...) of the files as last read (one still to be read again):
+        worked out once a run (note_replaced and _take_over start it over)."""
+        if self._held is None:
+            found = [(prefix, None, (device, inode), offset, head, tail, context)
+                     for prefix, device, inode, offset, head, tail, context in self.db.execute(
+                         "SELECT prefix, device, inode, offset, head, tail, context FROM"
+                         " replaced")]
+            for path, row in (self._files or {}).items():
+                device, inode, _, offset, restarts, context, _, head, tail = row
+                if device is not None and offset:
+                    found.append((restarts, path, (device, inode), offset, head, tail, context))
+            self._held = {}
+            for held in found:
+                head, tail = stored_pair(held[4]), stored_pair(held[5])
+                if head is not None and tail is not None and type(held[3]) is int:
+                    self._held.setdefault(head[0], {}).setdefault(head, []).append(
+                        held[:4] + (head, tail, held[6]))
+        return self._held
 
     def _holds_prefix(self, prefix):
         return self.db.execute("SELECT 1 FROM requests WHERE key >= ? AND key < ? LIMIT 1",
@@ -7782,7 +7806,7 @@ class History(object):
         except BaseException:
             self._roll_back(self.db)
             raise
-        self._files = None
+        self._files = self._held = None
 
     def requests(self, since=None, until=None, scope=None):
         """Stored requests in time order (without time first: only with no bounds);
@@ -8100,7 +8124,7 @@ def seed_agent_source(live, history):
 
 def seed_file_source(live, history):
     """A live request-log source resumed from the history."""
-    live.state = history.file_state(os.path.abspath(live.path))
+    live.state = history.file_state(os.path.realpath(live.path))
     live.requests = [req for _, req in history.rows(log_label(live.path))]
     live.stats.records = len(live.requests)
 
@@ -8164,23 +8188,24 @@ def ingest_stream(history, stream, stats):
 
 
 def log_label(path):
-    """The history's name for a request log: its absolute path, however it was named
-    (logs/app.jsonl from one folder, /srv/logs/app.jsonl in cron: one log)."""
-    return "file:" + os.path.abspath(path)
+    """The history's name for a request log: its real path, however it was named
+    (logs/app.jsonl from one folder, /srv/logs/app.jsonl in cron, current.jsonl a link
+    to it: one log; a link pointed at another file names that one)."""
+    return "file:" + os.path.realpath(path)
 
 
 def ingest_request_file(history, path, stats):
     """Reads what is new in a request log into the history: a key a line (the file, its
     identity and the line's offset), so the same log read twice counts once.  A big
     file is read by byte ranges across the cores, each process storing its own."""
-    path, label = os.path.abspath(path), log_label(path)
+    path, label = os.path.realpath(path), log_label(path)
     state = history.file_state(path)
     info = os.stat(path)
     before = (log_key_prefix(state), state.device, state.inode, state.offset, state.head,
-              state.tail, state.context) if state.device is not None else None
+              state.tail, state.context, state.restarts) if state.device is not None else None
     check_file_identity(state, info)
-    if before is not None and log_key_prefix(state) != before[0]:
-        history.note_replaced(label, *before)
+    if before is not None and state.restarts != before[-1]:   # started over
+        history.note_replaced(label, *before[:-1])
     if state.offset == 0 and info.st_size:   # read from its start: perhaps a rotated log
         history.adopt_rotated(state, label, info)
     job = (log_key_prefix(state), label, path)
@@ -8234,7 +8259,10 @@ def still_holds(path, identity, head, tail):
     held = FileState(path, tail[0])
     held.head, held.tail = head, tail
     if (info.st_dev, info.st_ino) == identity and info.st_size >= tail[0]:
-        return file_head(path, head[0]) == head
+        try:
+            return file_head(path, head[0]) == head
+        except OSError:
+            return False
     return holds_what_was_read(held, info)
 
 

@@ -6792,6 +6792,41 @@ class HistoryTests(IsolatedEnv):
             self.assertEqual((totals["requests"], totals["input_tokens"]), (2, 300), name)
         self.assertEqual(self.report()["totals"]["input_tokens"], 300)
 
+    def test_a_rewritten_log_and_a_linked_log_keep_their_lines(self):
+        """Review cases: a log rewritten whole, then copied, handed its lines to the copy
+        (4 requests for 6); a link pointed at a new file handed the old file's lines
+        away (its folder showed 1 for 3)."""
+        logs = os.path.join(self.tmp, "logs")
+        os.makedirs(logs)
+        app = os.path.join(logs, "app.jsonl")
+
+        def seen(*names):
+            totals = self.report(*[part for name in names for part in ("--file", name)])
+            return totals["totals"]["requests"], totals["totals"]["input_tokens"]
+        with open(app, "w") as handle:
+            handle.write(self.line(1) + self.line(2))
+        self.assertEqual(seen(app), (2, 3))
+        with open(app + ".tmp", "w") as handle:
+            handle.write(self.line(1) + self.line(2) + self.line(3))
+        os.replace(app + ".tmp", app)
+        self.assertEqual(seen(app), (3, 6))
+        shutil.copy(app, os.path.join(logs, "app-copy.jsonl"))
+        self.assertEqual((seen(logs), seen(app)), ((6, 12), (3, 6)))
+        linked = os.path.join(self.tmp, "linked")
+        os.makedirs(linked)
+        old, new, current = (os.path.join(linked, name) for name in
+                             ("app-1130.jsonl", "app-1201.jsonl", "current.jsonl"))
+        with open(old, "w") as handle:
+            handle.write(self.line(10) + self.line(20))
+        with open(new, "w") as handle:
+            handle.write(self.line(40))
+        os.symlink(old, current)
+        self.assertEqual(seen(current), (2, 30))
+        os.remove(current)
+        os.symlink(new, current)            # the link names the other file now
+        self.assertEqual(seen(current), (1, 40))
+        self.assertEqual((seen(old), seen(new), seen(old, current)), ((2, 30), (1, 40), (3, 70)))
+
     def test_a_copy_of_an_agents_file_read_as_a_request_log_is_read_whole(self):
         """Its first and last bytes are those the agent's reading stored, and its file
         is gone: still it takes over nothing (no request log held it) and is read."""
