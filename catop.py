@@ -6505,7 +6505,13 @@ class LiveFileSource(LiveSource):
         info = os.stat(self.path)
         check_file_identity(state, info, from_start=True)
         if before is not None and state.restarts != before.restarts:
-            self.held.append(before)
+            if self._copied_by_peer(before):
+                start = len(self.requests) - before.count
+                del self.requests[start:]       # a peer counted them: once, as on a reading
+                self.stats.records -= before.count
+                self.generation += 1
+            else:
+                self.held.append(before)
             if state.offset == 0 and info.st_size:   # (at the first reading, no peer can
                 self._adopt(info)                    # have started over yet)
 
@@ -6537,6 +6543,24 @@ class LiveFileSource(LiveSource):
                 state.lines, state.head, state.tail = LineReader(part.offset), part.head, part.tail
                 restore_context(state.context, part.context)
                 return
+
+    def _copied_by_peer(self, part):
+        """Whether a peer has read a file that begins with part (a copy of this log,
+        counted on its own while both held the lines)."""
+        if part.head is None or part.tail is None:
+            return False
+        for peer in self.peers:
+            state = peer.state
+            if peer is self or state.device is None or state.offset < part.offset or \
+                    state.head != part.head:
+                continue
+            try:
+                if holds_from_start(peer.path, os.stat(peer.path), part.offset, part.head,
+                                    part.tail, {}):
+                    return True
+            except OSError:
+                continue
+        return False
 
     def _give_away(self, part, current):
         """The requests of one of its parts, taken out (the peer's view is rebuilt); its
@@ -7717,7 +7741,14 @@ class History(object):
             raise
 
     def note_replaced(self, label, prefix, device, inode, offset, head, tail, context):
-        """Keeps what a request log held before it started over, for adopt_rotated."""
+        """Keeps what a request log held before it started over, for adopt_rotated; or
+        forgets it, when another log read already holds it (a copy counted on its own
+        while both held the lines: copy-truncate read between the copy and the
+        truncation, or a backup), as a reading without the history counts it once."""
+        if offset and head and tail and self._copied_elsewhere(label, offset, head, tail):
+            self.db.execute("DELETE FROM requests WHERE key >= ? AND key < ?",
+                            (prefix, _prefix_end(prefix)))
+            return
         if offset and head and tail:
             self.db.execute("INSERT OR REPLACE INTO replaced VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (prefix, label, device, inode, offset, "%d:%d" % head,
@@ -7785,6 +7816,24 @@ class History(object):
                     self._held.setdefault(head[0], {}).setdefault(head, []).append(
                         held[:4] + (head, tail, held[6]))
         return self._held
+
+    def _copied_elsewhere(self, label, offset, head, tail):
+        """Whether another request log, read that far at least, begins with these bytes
+        and has requests stored."""
+        for held in self._predecessors().get(head[0], {}).get(head, ()):
+            restarts, path, identity, read = held[:4]
+            if path is None or read < offset or log_label(path) == label:
+                continue
+            try:
+                if not holds_from_start(path, os.stat(path), offset, head, tail, {}):
+                    continue
+            except OSError:
+                continue
+            keyed = FileState(path)
+            keyed.inode, keyed.restarts = identity[1], restarts
+            if self._holds_prefix(log_key_prefix(keyed)):
+                return True
+        return False
 
     def _holds_prefix(self, prefix):
         return self.db.execute("SELECT 1 FROM requests WHERE key >= ? AND key < ? LIMIT 1",

@@ -3318,6 +3318,25 @@ class TailTests(unittest.TestCase):
                 self.assertEqual(sorted(r.miss for r in sources[first].requests),
                                  [7, 100, 200, 1000])
 
+    def test_a_copy_tailed_before_its_log_was_truncated_counts_once(self):
+        app, copy = self.path, os.path.join(self.tmp, "live-1.jsonl")
+        with open(app, "w") as handle:
+            handle.write(self.line(1) + "\n" + self.line(2) + "\n")
+        open(copy, "w").close()
+        peers = []
+        sources = [catop.LiveFileSource(path, peers) for path in (app, copy)]
+        model = catop.LiveModel(sources, PRICES)
+        model.poll()
+        shutil.copy(app, copy)
+        model.poll()                          # both hold the lines: both count them
+        self.assertEqual(len(sources[0].requests) + len(sources[1].requests), 4)
+        with open(app, "w") as handle:
+            handle.write(self.line(100) + "\n")
+        model.poll()
+        self.assertEqual(([r.miss for r in sources[0].requests],
+                          [r.miss for r in sources[1].requests]), ([100], [1, 2]))
+        self.assertEqual(len(model.timeline.untimed + model.timeline.timed), 3)
+
     def test_new_agent_files_appear(self):
         clock = [1000.0]
         root = os.path.join(self.tmp, "codex")
@@ -6771,9 +6790,14 @@ class HistoryTests(IsolatedEnv):
             finally:
                 db.close()
         self.assertEqual(replaced(), 0)            # each one taken over
-        write(app + ".tmp", 13)                    # replaced by another log: kept with it
+        write(app + ".tmp", 13)                    # replaced by another log: its lines are
+        os.replace(app + ".tmp", app)              # the backup's (counted there, once)
+        self.assertEqual((seen("--file", app), seen("--file", app, "--no-history")),
+                         ((1, 13), (1, 13)))
+        self.assertEqual((seen(), seen("--file", logs, "--no-history")), ((5, 45), (5, 45)))
+        write(app + ".tmp", 17)                    # and again: 13 is kept with it
         os.replace(app + ".tmp", app)
-        self.assertEqual(seen("--file", app), (3, 33))
+        self.assertEqual(seen("--file", app), (2, 30))
         self.assertEqual(replaced(), 1)
         self.assertEqual(self.run_main("--prune-history", "30")[0], 0)   # (all from March)
         self.assertEqual(replaced(), 0)
@@ -6826,6 +6850,25 @@ class HistoryTests(IsolatedEnv):
         os.symlink(new, current)            # the link names the other file now
         self.assertEqual(seen(current), (1, 40))
         self.assertEqual((seen(old), seen(new), seen(old, current)), ((2, 30), (1, 40), (3, 70)))
+
+    def test_a_copy_read_before_its_log_was_truncated_counts_once(self):
+        """copytruncate read between the copy and the truncation: the copy counted on its
+        own (both held the lines), then the log kept them too (5 requests for 3)."""
+        logs = os.path.join(self.tmp, "logs")
+        os.makedirs(logs)
+        app, copy = os.path.join(logs, "app.jsonl"), os.path.join(logs, "app-1.jsonl")
+        with open(app, "w") as handle:
+            handle.write(self.line(1) + self.line(2))
+
+        def seen(*extra):
+            totals = self.report("--file", logs, *extra)["totals"]
+            return totals["requests"], totals["input_tokens"]
+        self.assertEqual(seen(), (2, 3))
+        shutil.copy(app, copy)
+        self.assertEqual((seen(), seen("--no-history")), ((4, 6), (4, 6)))
+        with open(app, "w") as handle:
+            handle.write(self.line(100))
+        self.assertEqual((seen(), seen("--no-history"), seen()), ((3, 103),) * 3)
 
     def test_a_copy_of_an_agents_file_read_as_a_request_log_is_read_whole(self):
         """Its first and last bytes are those the agent's reading stored, and its file
