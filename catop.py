@@ -6501,10 +6501,11 @@ class LiveFileSource(LiveSource):
         """check_file_identity, keeping what the file held as a Held part when it starts
         over, and taking over a peer's part that the file now read from its start is."""
         state = self.state
-        before = self._current_part()
+        read = self._read_so_far()   # (its Held made only when the file starts over)
         info = os.stat(self.path)
         check_file_identity(state, info, from_start=True)
-        if before is not None and state.restarts != before.restarts:
+        before = self._part(read) if state.restarts != read[-1] else None
+        if before is not None:
             if self._copied_by_peer(before):
                 start = len(self.requests) - before.count
                 del self.requests[start:]       # a peer counted them: once, as on a reading
@@ -6515,12 +6516,22 @@ class LiveFileSource(LiveSource):
             if state.offset == 0 and info.st_size:   # (at the first reading, no peer can
                 self._adopt(info)                    # have started over yet)
 
+    def _read_so_far(self):
+        state = self.state   # (its context object itself: reset() makes a new one)
+        return (state.device, state.inode, state.offset, state.head, state.tail,
+                state.context, len(self.requests) - sum(part.count for part in self.held),
+                state.restarts)
+
     def _current_part(self):
-        state, start = self.state, sum(part.count for part in self.held)
-        if state.device is None or not state.offset:
+        return self._part(self._read_so_far())
+
+    @staticmethod
+    def _part(read):
+        """The Held part of what _read_so_far saw; None when nothing was read."""
+        device, inode, offset, head, tail, context, count, restarts = read
+        if device is None or not offset:
             return None
-        return Held((state.device, state.inode), state.offset, state.head, state.tail,
-                    context_json(state.context), len(self.requests) - start, state.restarts)
+        return Held((device, inode), offset, head, tail, context_json(context), count, restarts)
 
     def _adopt(self, info):
         heads = {}
@@ -7619,7 +7630,7 @@ class History(object):
                 # they hold with them (a folder read after another stored nothing)
                 db.execute("UPDATE files SET offset = 0, context = NULL, device = NULL")
             if 0 < version < 7:
-                self._name_logs_absolutely(db)
+                self._name_logs_by_real_path(db)
             for statement in _HISTORY_TABLES:
                 db.execute(statement)
             if 0 < version < 5:   # OpenCode's keys are its messages' contents since 5:
@@ -7659,16 +7670,14 @@ class History(object):
                                                        prefix))
 
     @staticmethod
-    def _name_logs_absolutely(db):
+    def _name_logs_by_real_path(db):
         """Schema 7 names a request log by its real path (log_label): a stored row takes
         the real path its key holds."""
-        def absolute(label, key):
-            if not label.startswith("file:") or not key.startswith("f:") or \
-                    key.count(":") < 4:
-                return label
-            return "file:" + key[2:].rsplit(":", 3)[0]
-        db.create_function("catop_absolute", 2, absolute)
-        db.execute("UPDATE requests SET source = catop_absolute(source, key)"
+        def real(label, key):
+            path = log_path_of_key(key) if label.startswith("file:") else None
+            return label if path is None else "file:" + path
+        db.create_function("catop_real_label", 2, real)
+        db.execute("UPDATE requests SET source = catop_real_label(source, key)"
                    " WHERE source LIKE 'file:%'")
 
     @staticmethod
@@ -7730,7 +7739,7 @@ class History(object):
             db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 (s.path, s.device, s.inode, s.size, s.mtime, s.offset,
                  s.restarts, context_json(s.context),
-                 "%d:%d" % s.head if s.head else None, "%d:%d" % s.tail if s.tail else None)
+                 pair_text(s.head), pair_text(s.tail))
                 for s in states])
             db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
                            [c for c in compactions if c[1] is not None])
@@ -7751,8 +7760,8 @@ class History(object):
             return
         if offset and head and tail:
             self.db.execute("INSERT OR REPLACE INTO replaced VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (prefix, label, device, inode, offset, "%d:%d" % head,
-                             "%d:%d" % tail, context_json(context)))
+                            (prefix, label, device, inode, offset, pair_text(head),
+                             pair_text(tail), context_json(context)))
             self._held = None
 
     def adopt_rotated(self, state, label, info):
@@ -7782,9 +7791,7 @@ class History(object):
                 except OSError:
                     continue
                 if path is not None:   # its keys' prefix, as it was read
-                    keyed = FileState(path)
-                    keyed.inode, keyed.restarts = identity[1], prefix
-                    prefix = log_key_prefix(keyed)
+                    prefix = log_key_prefix(path, identity[1], prefix)
                 if self._holds_prefix(prefix):   # (not an agent's file, nor one of no request)
                     best = (prefix, path, identity, offset, head, tail, context)
         if best is None:
@@ -7793,7 +7800,8 @@ class History(object):
         state.device, state.inode = info.st_dev, info.st_ino
         state.lines, state.head, state.tail = LineReader(offset), head, tail
         restore_context(state.context, context)
-        self._take_over(prefix, log_key_prefix(state), label, path)
+        self._take_over(prefix, log_key_prefix(state.path, state.inode, state.restarts),
+                        label, path)
 
     def _predecessors(self):
         """{head length: {head: [(key prefix, None, (device, inode), offset, head, tail,
@@ -7829,9 +7837,7 @@ class History(object):
                     continue
             except OSError:
                 continue
-            keyed = FileState(path)
-            keyed.inode, keyed.restarts = identity[1], restarts
-            if self._holds_prefix(log_key_prefix(keyed)):
+            if self._holds_prefix(log_key_prefix(path, identity[1], restarts)):
                 return True
         return False
 
@@ -8022,6 +8028,11 @@ def _scope_condition(scope, values):
             under.append("substr(file, 1, ?) = ?")
         alternatives.append("(source = ? AND (%s))" % (" OR ".join(under) or "0"))
     return "(%s)" % (" OR ".join(alternatives) or "0")
+
+
+def pair_text(pair):
+    """A fingerprint as the history stores it (stored_pair reads it back)."""
+    return "%d:%d" % pair if pair else None
 
 
 def stored_pair(text):
@@ -8250,14 +8261,15 @@ def ingest_request_file(history, path, stats):
     path, label = os.path.realpath(path), log_label(path)
     state = history.file_state(path)
     info = os.stat(path)
-    before = (log_key_prefix(state), state.device, state.inode, state.offset, state.head,
-              state.tail, state.context, state.restarts) if state.device is not None else None
+    before = (log_key_prefix(path, state.inode, state.restarts), state.device, state.inode,
+              state.offset, state.head, state.tail, state.context,
+              state.restarts) if state.device is not None else None
     check_file_identity(state, info)
     if before is not None and state.restarts != before[-1]:   # started over
         history.note_replaced(label, *before[:-1])
     if state.offset == 0 and info.st_size:   # read from its start: perhaps a rotated log
         history.adopt_rotated(state, label, info)
-    job = (log_key_prefix(state), label, path)
+    job = (log_key_prefix(path, state.inode, state.restarts), label, path)
     workers = worker_count()
     if info.st_size - state.offset >= PARALLEL_MIN_BYTES and workers > 1:
         points = split_points(path, info.st_size, workers, start=state.offset)
@@ -8315,16 +8327,22 @@ def still_holds(path, identity, head, tail):
     return holds_what_was_read(held, info)
 
 
+def context_dict(context):
+    """A FileContext's fields as JSON values (the history and the status line keep them)."""
+    return {name: getattr(context, name) for name in _CONTEXT_FIELDS}
+
+
 def context_json(context):
-    return json.dumps({name: getattr(context, name) for name in _CONTEXT_FIELDS})
+    return json.dumps(context_dict(context))
 
 
-def restore_context(context, text):
-    """A FileContext's fields from the JSON the history keeps them in."""
-    try:
-        saved = json.loads(text or "{}")
-    except ValueError:
-        saved = {}
+def restore_context(context, saved):
+    """A FileContext's fields from context_dict's values, or its JSON text."""
+    if not isinstance(saved, dict):
+        try:
+            saved = json.loads(saved or "{}")
+        except ValueError:
+            saved = {}
     for name in _CONTEXT_FIELDS:
         if name in saved:
             value = saved[name]
@@ -8332,10 +8350,16 @@ def restore_context(context, text):
                     else value)
 
 
-def log_key_prefix(state):
+def log_key_prefix(path, inode, restarts):
     """The start of the history keys of a request log's lines: the file (its real path,
     inode and restarts); each key ends with the line's offset."""
-    return "f:%s:%s:%d:" % (os.path.realpath(state.path), state.inode, state.restarts)
+    return "f:%s:%s:%d:" % (os.path.realpath(path), inode, restarts)
+
+
+def log_path_of_key(key):
+    """The real path a request log's history key holds (log_key_prefix), or None."""
+    return key[2:].rsplit(":", 3)[0] if key.startswith("f:") and key.count(":") >= 4 \
+        else None
 
 
 def _ingest_range_worker(task):
@@ -8836,7 +8860,7 @@ def file_state_dict(state):
             "mtime": state.mtime, "offset": state.offset, "restarts": state.restarts,
             "head": list(state.head) if state.head else None,
             "tail": list(state.tail) if state.tail else None,
-            "context": {name: getattr(state.context, name) for name in _CONTEXT_FIELDS}}
+            "context": context_dict(state.context)}
 
 
 def file_state_from(path, row):
@@ -8845,10 +8869,7 @@ def file_state_from(path, row):
     state.mtime, state.restarts = row["mtime"], int(row["restarts"])
     state.head = tuple(row["head"]) if row["head"] else None
     state.tail = tuple(row["tail"]) if row.get("tail") else None
-    for name, value in row["context"].items():
-        if name in _CONTEXT_FIELDS:
-            setattr(state.context, name, tuple(value) if name == "previous_total" and value
-                    else value)
+    restore_context(state.context, row["context"])
     return state
 
 
