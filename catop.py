@@ -200,7 +200,8 @@ class Tally(object):
     def count(self, req):
         """Sums req's tokens, not its cost (a price class sets that once: price_classes)."""
         self.requests += 1
-        self.searches += req.searches
+        if req.searches:
+            self.searches += req.searches
         self.miss += req.miss
         self.cache_read += req.cache_read
         self.cache_write_5m += req.cache_write_5m
@@ -211,11 +212,14 @@ class Tally(object):
             self.observed_cost += req.observed_cost
             self.observed_requests += 1
         ts = req.ts
-        if ts is not None:
-            if self.first_ts is None or ts < self.first_ts:
-                self.first_ts = ts
-            if self.last_ts is None or ts > self.last_ts:
+        if ts is not None:   # first_ts <= last_ts: a time after the last is not the first
+            last = self.last_ts
+            if last is None:
+                self.first_ts = self.last_ts = ts
+            elif ts > last:
                 self.last_ts = ts
+            elif ts < self.first_ts:
+                self.first_ts = ts
 
     def __reduce__(self):
         return (_tally_from, (_TALLY_FIELDS(self),))
@@ -1351,7 +1355,8 @@ def compile_shape(wanted, record_keys, usage_keys, usage_is_attributes=False):
                  "regional_host": regional_host, "REGIONAL_HOSTS": REGIONAL_HOSTS,
                  "server_searches": server_searches,
                  "ttl_is_a_choice": ttl_is_a_choice, "nested_ttl_split": nested_ttl_split,
-                 "bedrock_ttl_split": bedrock_ttl_split, "EMPTY": {}}
+                 "bedrock_ttl_split": bedrock_ttl_split, "EMPTY": {},
+                 "new_request": object.__new__}
     exec(compile(source, "<catop shape>", "exec"), namespace)
     if "iterations" not in usage_keys:
         return namespace["shape"]
@@ -1546,26 +1551,38 @@ def _attribution_source(plan, advice_project=False, searches=False, api_base=Fal
                           "if c or c is None and ttl_is_a_choice(provider):"]
                          + ["    " + line for line in project_lines[1:]])
 
-    def text_of(name):  # _text, its common case (a name seen before) inline
-        return "shared_get(%s) or text(%s)" % (name, name) if searched[name] else "''"
+    def text_of(name):  # _text, its common cases (none, a name seen before) inline
+        return ("('' if %s is None else shared_get(%s) or text(%s))" % (name, name, name)
+                if searched[name] else "''")
 
     return lines + [
         "model = %s" % text_of("model"),
         "provider = %s(infer_provider(model) if model else '')" % (
-            text_of("provider") + " or " if searched["provider"] else "")] + project_lines + [
-        "return " +
-        "Request(%s, %s, provider, model, %s, %s, miss, read, w5, w1, out, rsn, %s,"
-        " False, '', diag, %s, %s)" % (
-            "parse_timestamp(when)" if searched["when"] else "None", text_of("agent"),
-            text_of("project"), text_of("session"),
+            text_of("provider") + " or " if searched["provider"] else "")] + project_lines + \
+        _request_source({
+            "ts": "parse_timestamp(when)" if searched["when"] else "None",
+            "agent": text_of("agent"), "provider": "provider", "model": "model",
+            "project": text_of("project"), "session": text_of("session"), "miss": "miss",
+            "cache_read": "read", "cache_write_5m": "w5", "cache_write_1h": "w1",
+            "output": "out", "reasoning": "rsn", "diagnosis": "diag",
             # as_money, its common case (a float in range) inline
-            "cost if type(cost) is float and -1e9 <= cost <= 1e9 else "
+            "observed_cost": "cost if type(cost) is float and -1e9 <= cost <= 1e9 else "
             "None if cost is None else as_money(cost)" if searched["cost"] else "None",
-            "'' if %s else dimensions_of(%s)" % (
+            "tier": "'' if %s else dimensions_of(%s)" % (
                 " and ".join("%s is None" % n for n in DIMENSIONS if searched[n]),
                 ", ".join(n if searched[n] else "None" for n in DIMENSIONS))
             if any(searched[n] for n in DIMENSIONS) else "''",
-            "server_searches(usage)" if searches else "0")]
+            "searches": "server_searches(usage)" if searches else "0"})
+
+
+def _request_source(values):
+    """Lines returning the Request of values ({field: source}; a field not in it takes
+    Request's default), its slots set one by one: a call of Request(), which runs its
+    __init__ from C, costs the compiled shape more than the rest of its return."""
+    defaults = dict(zip(Request.__slots__, Request.__init__.__defaults__))
+    return ["r = new_request(Request)"] + [
+        "r.%s = %s" % (field, values[field] if field in values else repr(defaults[field]))
+        for field in Request.__slots__] + ["return r"]
 
 
 # ------------------------------------------------------------ agent parsers
@@ -4742,9 +4759,7 @@ def expand_file_args(paths):
         if path == "-":
             candidates = ["-"]
         elif os.path.isdir(path):
-            candidates = sorted(os.path.join(path, name) for name in os.listdir(path)
-                                if name.endswith(".jsonl") and
-                                os.path.isfile(os.path.join(path, name)))
+            candidates = folder_logs(path)
             if not candidates:
                 raise SourceError("no .jsonl log in the folder %s" % clean(path))
         elif os.path.isfile(path):
@@ -4760,6 +4775,12 @@ def expand_file_args(paths):
                 seen.add(identity)
                 files.append(candidate)
     return files
+
+
+def folder_logs(folder):
+    """The request logs of a folder named by --file: its *.jsonl files, sorted."""
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if name.endswith(".jsonl") and os.path.isfile(os.path.join(folder, name)))
 
 
 # agent sources: where each agent keeps its logs, and how they are read
@@ -6452,8 +6473,9 @@ class LiveFileSource(LiveSource):
     renamed or copied away by a rotation, it takes those requests over and reads on
     from where they end, as the history does (History.adopt_rotated)."""
 
-    def __init__(self, path, peers=None):
+    def __init__(self, path, peers=None, found_later=False):
         self.path = path
+        self.found_later = found_later   # by a FolderWatch: maybe a peer's rotated copy
         self.state = FileState(path)
         self.stats = SourceStats("file:%s" % path)
         self.requests = []
@@ -6469,7 +6491,7 @@ class LiveFileSource(LiveSource):
 
     def forget_history(self):
         self.peers.remove(self)
-        self.__init__(self.path, self.peers)
+        self.__init__(self.path, self.peers, self.found_later)
 
     def store(self, history):
         ingest_request_file(history, self.path, SourceStats(""))
@@ -6513,8 +6535,11 @@ class LiveFileSource(LiveSource):
                 self.generation += 1
             else:
                 self.held.append(before)
-            if state.offset == 0 and info.st_size:   # (at the first reading, no peer can
-                self._adopt(info)                    # have started over yet)
+        # a log found in a watched folder later may be a peer's rotated copy: looked for
+        # at its first reading (at the start, no peer can have started over yet)
+        if (before is not None or self.found_later and read[0] is None) and \
+                state.offset == 0 and info.st_size:
+            self._adopt(info)
 
     def _read_so_far(self):
         state = self.state   # (its context object itself: reset() makes a new one)
@@ -6645,11 +6670,51 @@ class LiveStreamSource(LiveSource):
             scan_request_lines([self.reader.tail()], self.stats, self.requests.append)
 
 
+DISCOVERY_INTERVAL_S = 5.0   # how often a watched folder is looked at for new logs
+
+
+class FolderWatch(object):
+    """The folders --file names, looked at again while their logs are tailed: a log
+    that appears in one later (the next day's file, a rotated copy) is tailed from its
+    start beside the others, as a --once run over the folder reads it then.  A rotated
+    copy is a peer of its log: it takes over what the log held (LiveFileSource._adopt),
+    never counts it twice."""
+
+    def __init__(self, folders, sources, clock=time.time):
+        self.folders = list(folders)
+        self.clock = clock
+        self.looked_at = clock()
+        files = [source for source in sources if isinstance(source, LiveFileSource)]
+        self.peers = files[0].peers if files else []
+        self.known = {os.path.realpath(source.path) for source in files}
+        self.seen = {source.path for source in files}   # (a name seen costs no realpath)
+
+    def new_sources(self, rediscover=False):
+        """LiveFileSources of the logs not tailed yet (looked for every few seconds)."""
+        now = self.clock()
+        if not self.folders or not rediscover and now - self.looked_at < DISCOVERY_INTERVAL_S:
+            return []
+        self.looked_at = now
+        found = []
+        for folder in self.folders:
+            try:
+                paths = folder_logs(folder)
+            except OSError:
+                continue   # gone for now: the sources of its logs say they are unreadable
+            for path in paths:
+                if path in self.seen:
+                    continue
+                self.seen.add(path)
+                real = os.path.realpath(path)
+                if real not in self.known:
+                    self.known.add(real)
+                    found.append(LiveFileSource(path, self.peers, found_later=True))
+        return found
+
+
 class LiveAgentSource(LiveSource):
     """One agent's folders: known files polled every tick, new files looked for
     every few seconds."""
-
-    DISCOVERY_INTERVAL_S = 5.0
 
     def __init__(self, name, clock=time.time):
         self.source = AgentSource(name)
@@ -6691,7 +6756,7 @@ class LiveAgentSource(LiveSource):
     def poll(self, rediscover=False):
         now = self.clock()
         if self.paths is None or rediscover or now - self.discovered_at >= \
-                self.DISCOVERY_INTERVAL_S:
+                DISCOVERY_INTERVAL_S:
             self.paths = agent_files(self.source.agent)
             self.discovered_at = now
         self.source.scan(final=False, parallel=self.version < 0, paths=self.paths)
@@ -7357,8 +7422,9 @@ class LiveModel(object):
     agent folder, a request older than its session's last) pairs everything again.
     Breaks come from the CacheEffects every snapshot uses: one engine."""
 
-    def __init__(self, sources, prices, clock=time.time):
-        self.sources = sources
+    def __init__(self, sources, prices, clock=time.time, watch=None):
+        self.sources = sources   # grows when watch (a FolderWatch) finds a new log
+        self.watch = watch
         self.prices = prices
         self.clock = clock       # the view's: rolling figures look back an hour from it
         self.timeline = Timeline([])
@@ -7372,6 +7438,8 @@ class LiveModel(object):
     def poll(self, rediscover=False):
         """Reads what is new everywhere; True when the model changed."""
         fresh, rebuild = [], False
+        if self.watch is not None:   # (a source new here makes the model rebuild)
+            self.sources.extend(self.watch.new_sources(rediscover))
         for index, source in enumerate(self.sources):
             if not source.poll(rediscover):
                 continue
@@ -11358,6 +11426,7 @@ def run(args):
               args.litellm_url) and os.path.isfile(litellm_log_path()):
         args.file.append(litellm_log_path())  # with no source: the proxy log if it is there
         args.scan_agents = True
+    args.folders = [path for path in args.file if path != "-" and os.path.isdir(path)]
     args.file = expand_file_args(args.file)
     if args.prune_history or args.export_history:
         return maintain_history(args, now)
@@ -11388,7 +11457,7 @@ def run_watch(args, prices, since, until):
             sources = resume_from_history(args, sources)
     if not sources:
         raise CatopError(no_data_message())
-    model = LiveModel(sources, prices)
+    model = LiveModel(sources, prices, watch=FolderWatch(args.folders, sources))
     lock = threading_lock()
     if args.metrics_listen:
         serve_metrics(parse_listen_address(args.metrics_listen),
@@ -11625,7 +11694,7 @@ def run_live(args, prices, since, until):
             sources = resume_from_history(args, sources)
     if not sources:
         raise CatopError(no_data_message())
-    model = LiveModel(sources, prices)
+    model = LiveModel(sources, prices, watch=FolderWatch(args.folders, sources))
     view = View(args.group_by or ("model",), args.window, args.sort or "cost",
                 not args.ascending)
     view.bounds = (since, until) if (args.since or args.until) else (None, None)

@@ -1271,6 +1271,17 @@ class AggregationTests(unittest.TestCase):
                 catop.Request(ts=None, model="claude-sonnet-4-5", project="a", session="s1",
                               miss=10, cache_write_1h=90, output=1)]
 
+    def test_a_tally_spans_its_first_and_last_request_in_any_order(self):
+        tally = catop.Tally()
+        for ts, searches in ((5.0, 0), (3.0, 2), (None, 0), (9.0, 0), (4.0, 1), (1.0, 0),
+                             (9.5, 0), (9.5, 0)):
+            tally.count(catop.Request(ts=ts, searches=searches, miss=1))
+        self.assertEqual((tally.first_ts, tally.last_ts, tally.requests, tally.searches,
+                          tally.miss), (1.0, 9.5, 8, 3, 8))
+        untimed = catop.Tally()
+        untimed.count(catop.Request(ts=None))
+        self.assertEqual((untimed.first_ts, untimed.last_ts), (None, None))
+
     def test_window_bounds_inclusive_exclusive_and_untimed(self):
         agg = catop.Aggregate(PRICES, (), since=1000.0, until=2000.0)
         for req in self.requests():
@@ -3351,7 +3362,7 @@ class TailTests(unittest.TestCase):
             shutil.copy(os.path.join(AGENT_EXAMPLES, "codex", "archived_sessions",
                                      "rollout-2025-09-05T14-00-00-codex-old.jsonl"), new)
             self.assertFalse(source.poll())          # not looked for yet
-            clock[0] += catop.LiveAgentSource.DISCOVERY_INTERVAL_S
+            clock[0] += catop.DISCOVERY_INTERVAL_S
             self.assertTrue(source.poll())
             self.assertEqual(len(source.requests), 8)
 
@@ -6372,6 +6383,74 @@ class LiveHistoryTests(IsolatedEnv):
                          (live.requests, live.miss + live.cache_read + live.cache_write_5m +
                           live.cache_write_1h))
         self.assertEqual(stored["requests"], 6 + 2)
+
+
+class FolderWatchTests(IsolatedEnv):
+    """A folder named by --file is watched while its logs are tailed (live view and
+    --once --duration): a log that appears in it later is read, a rotated copy once."""
+
+    def line(self, tokens):
+        return json.dumps({"model": "gpt-4o", "timestamp": NOW, "session_id": "s%d" % tokens,
+                           "usage": {"prompt_tokens": tokens, "completion_tokens": 1}}) + "\n"
+
+    def test_new_logs_and_a_rotated_copy_are_read_as_once_reads_the_folder(self):
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        app = os.path.join(folder, "app.jsonl")
+        with open(app, "w") as handle:
+            handle.write(self.line(100) + self.line(200))
+        args = catop.build_parser().parse_args(["--file", folder, "--offline", "--no-history"])
+        args.folders = [folder]
+        args.file = catop.expand_file_args(args.file)
+        clock = [1000.0]
+        sources = catop.live_sources(args, NOW)
+        model = catop.LiveModel(sources, PRICES, watch=catop.FolderWatch(
+            args.folders, sources, clock=lambda: clock[0]))
+        model.poll()
+        os.rename(app, os.path.join(folder, "app-1.jsonl"))     # rotated: renamed away,
+        with open(app, "w") as handle:                         # a new log in its place
+            handle.write(self.line(5))
+        with open(os.path.join(folder, "other.jsonl"), "w") as handle:   # a new log
+            handle.write(self.line(1000))
+        with open(os.path.join(folder, "notes.txt"), "w") as handle:     # not a log
+            handle.write(self.line(7))
+
+        def misses():
+            return sorted(entry.req.miss for entry in model.timeline.timed)
+        model.poll()                     # not looked at again yet: app's lines kept
+        self.assertEqual(misses(), [5, 100, 200])
+        clock[0] += catop.DISCOVERY_INTERVAL_S
+        model.poll()
+        self.assertEqual(misses(), [5, 100, 200, 1000])
+        self.assertEqual(sorted(os.path.basename(source.path) for source in model.sources),
+                         ["app-1.jsonl", "app.jsonl", "other.jsonl"])
+        by_name = {os.path.basename(source.path): source for source in model.sources}
+        self.assertEqual(sorted(r.miss for r in by_name["app-1.jsonl"].requests), [100, 200])
+        with open(os.path.join(folder, "late.jsonl"), "w") as handle:
+            handle.write(self.line(30000))
+        model.poll(rediscover=True)      # the r key: looked at now
+        self.assertEqual(misses(), [5, 100, 200, 1000, 30000])
+        once = self.run_json("--file", folder, "--once")["totals"]
+        live = catop.aggregate_model(model, (), None, None, None, NOW).totals
+        self.assertEqual((once["requests"], once["input_tokens"]), (5, 31305))
+        self.assertEqual((live.requests, live.input), (5, 31305))
+
+    def test_a_watched_folder_that_goes_away_keeps_what_was_read(self):
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "app.jsonl"), "w") as handle:
+            handle.write(self.line(100))
+        args = catop.build_parser().parse_args(["--file", folder, "--offline"])
+        sources = catop.live_sources(args, NOW) if False else [
+            catop.LiveFileSource(os.path.join(folder, "app.jsonl"), [])]
+        watch = catop.FolderWatch([folder], sources)
+        model = catop.LiveModel(sources, PRICES, watch=watch)
+        model.poll()
+        shutil.rmtree(folder)
+        model.poll(rediscover=True)
+        self.assertEqual([entry.req.miss for entry in model.timeline.timed], [100])
+        self.assertEqual(len(model.sources), 1)
+        self.assertIn("unreadable", model.sources[0].stats.error)
 
 
 class LayoutTests(unittest.TestCase):
