@@ -7793,7 +7793,6 @@ class History(object):
         lines), file states and compactions, and drops the rows of the (key, folder)
         pairs in drop (a response now counted under other keys), in one transaction."""
         db = self.db
-        self._files = None
         columns = ", ".join(_HISTORY_COLUMNS)
         updates = ", ".join("%s = excluded.%s" % (c, c) for c in _HISTORY_COLUMNS[1:])
         db.execute("BEGIN IMMEDIATE")
@@ -7804,18 +7803,24 @@ class History(object):
                                _HISTORY_KEEPS_NEW), rows)
             for state in states:
                 state.note_tail()
-            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                (s.path, s.device, s.inode, s.size, s.mtime, s.offset,
-                 s.restarts, context_json(s.context),
-                 pair_text(s.head), pair_text(s.tail))
-                for s in states])
+            files = [(s.path, s.device, s.inode, s.size, s.mtime, s.offset, s.restarts,
+                      context_json(s.context), pair_text(s.head), pair_text(s.tail))
+                     for s in states]
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           files)
             db.executemany("INSERT OR IGNORE INTO compactions VALUES (?, ?)",
                            [c for c in compactions if c[1] is not None])
             db.executemany("DELETE FROM requests WHERE key = ? AND root IN (?, '')", drop)
             db.execute("COMMIT")
         except BaseException:
+            self._files = None
             self._roll_back(db)
             raise
+        if self._files is not None:   # kept as file_state reads them: a folder of logs
+            for path, device, inode, size, mtime, offset, restarts, context, head, tail \
+                    in files:         # saved one by one is not read back whole each time
+                self._files[path] = (device, inode, size, offset, restarts, context, mtime,
+                                     head, tail)
 
     def note_replaced(self, label, prefix, device, inode, offset, head, tail, context):
         """Keeps what a request log held before it started over, for adopt_rotated; or
@@ -7975,8 +7980,7 @@ class History(object):
             where = _scope_condition(scope, values)
         else:
             scope = None
-            values.extend(exclude)
-            where = "source NOT IN (%s)" % ", ".join("?" * len(values))
+            where = "source NOT IN (%s)" % _sql_texts(exclude)
         query += " WHERE %s AND %s" % (where, self._one_copy_condition(scope, values, exclude))
         for row in self.db.execute(query, values):
             yield row[0], Request(*row[1:15], thread=row[15] or "",
@@ -8082,13 +8086,15 @@ _STORED_TIME = "CASE WHEN ts > 0 AND ts <= %r THEN ts END" % TS_MAX
 
 
 def _scope_condition(scope, values):
-    """SQL for 'the row is in scope' (see History.requests), its values appended."""
-    alternatives = []
+    """SQL for 'the row is in scope' (see History.requests), its values appended.  The
+    labels read whole are one IN list of literals: a report of thousands of logs passes
+    neither SQLite's expression depth (1,000) nor its count of values (999 before 3.32)."""
+    whole = sorted(label for label, folders in scope.items() if folders is None)
+    alternatives = ["source IN (%s)" % _sql_texts(whole)] if whole else []
     for label, folders in sorted(scope.items()):
-        values.append(label)
         if folders is None:
-            alternatives.append("source = ?")
             continue
+        values.append(label)
         under = []
         for folder in folders:
             prefix = os.path.join(folder, "")
@@ -8096,6 +8102,11 @@ def _scope_condition(scope, values):
             under.append("substr(file, 1, ?) = ?")
         alternatives.append("(source = ? AND (%s))" % (" OR ".join(under) or "0"))
     return "(%s)" % (" OR ".join(alternatives) or "0")
+
+
+def _sql_texts(texts):
+    """texts as a list of SQL string literals (a quote doubled)."""
+    return ", ".join("'%s'" % text.replace("'", "''") for text in texts)
 
 
 def pair_text(pair):
@@ -11475,6 +11486,11 @@ def run_watch(args, prices, since, until):
         model.finish()
         if not args.no_history:
             HistoryWriter(args, sources).store_once()
+        for name in dict.fromkeys(args.agent):   # still nowhere: what --once says then
+            if not agent_present(name) and not any(
+                    isinstance(source, LiveAgentSource) and source.source.agent == name
+                    and source.requests for source in model.sources):
+                raise SourceError(missing_agent_message(name))
         aggregate, _ = one_session(args, lambda exact: (aggregate_model(
             model, args.group_by, since, until, args.session, now,
             None if args.session else budget_tracker(args, now), exact), None))

@@ -4560,6 +4560,17 @@ class MetricsServerTests(IsolatedEnv):
         with self.assertRaises(catop.UsageError):
             catop.parse_listen_address("host:http")
 
+    def test_once_duration_says_a_named_agent_was_never_found_as_once_does(self):
+        os.environ["CODEX_HOME"] = os.path.join(self.tmp, "no-codex")
+        for extra in ((), ("--duration", "0.1", "--interval", "0.05")):
+            code, out, err = self.run_main("--agent", "codex", "--once", "--offline", *extra)
+            self.assertEqual((code, out), (catop.EXIT_ERROR, ""))
+            self.assertIn("no codex logs found in %s" % os.environ["CODEX_HOME"], err)
+        self.copy_agent_examples("codex", "CODEX_HOME")
+        doc = self.run_json("--agent", "codex", "--once", "--duration", "0.1")
+        self.assertEqual(doc["totals"]["requests"], self.run_json(
+            "--agent", "codex", "--once")["totals"]["requests"])
+
     def test_once_duration_watches_a_growing_file(self):
         path = os.path.join(self.tmp, "grow.jsonl")
         line = json.dumps({"model": "gpt-4o", "usage": {"prompt_tokens": 100}}) + "\n"
@@ -6774,6 +6785,27 @@ class HistoryTests(IsolatedEnv):
     def line(self, tokens, ts=None):
         return json.dumps({"model": "gpt-4o", "timestamp": ts or NOW,
                            "usage": {"prompt_tokens": tokens, "completion_tokens": 1}}) + "\n"
+
+    def test_a_folder_of_over_a_thousand_logs_is_reported_from_the_history(self):
+        """1,100 logs: the scope of the history's query was an OR a log (SQLite refuses
+        an expression over 1,000 deep) with a value each, thrice (999 values at most
+        before SQLite 3.32): the report fell back to the logs, with a warning."""
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        for number in range(1100):
+            name = "it's-%04d.jsonl" % number if number == 7 else "%04d.jsonl" % number
+            with open(os.path.join(folder, name), "w") as handle:
+                handle.write(self.line(100 + number))
+        for run in range(2):
+            code, out, err = self.run_main("--file", folder, "--format", "json", "--offline")
+            self.assertEqual((code, err), (0, ""))
+            doc = json.loads(out)
+            self.assertEqual((doc["totals"]["requests"], doc["totals"]["input_tokens"]),
+                             (1100, 100 * 1100 + 1099 * 1100 // 2))
+            self.assertEqual(sum(source["records"] for source in doc["sources"]
+                                 if source["name"].startswith("file:")), 1100 if not run else 0)
+        one = self.report("--file", os.path.join(folder, "it's-0007.jsonl"))["totals"]
+        self.assertEqual((one["requests"], one["input_tokens"]), (1, 107))
 
     def test_reingestion_appends_truncation_and_rotation(self):
         path = os.path.join(self.tmp, "log.jsonl")
