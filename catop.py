@@ -470,9 +470,10 @@ def parse_timestamp(value):
             # Logs repeat the same minute thousands of times: its epoch is cached
             base = _MINUTE_CACHE.get(value[:16])
             if base is not None:
-                seconds = value[17:-1]
-                if seconds[:2].isdecimal() and (len(seconds) == 2 or seconds[2] == "."
-                                                and seconds[3:].isdecimal()):
+                seconds = value[17:-1]   # SS or SS.F+ (other digits: _parse_iso decides)
+                rest = seconds.strip("0123456789")
+                if not rest and len(seconds) == 2 or rest == "." and len(seconds) > 3 \
+                        and seconds[2] == ".":
                     return base + float(seconds)
         text = value.strip()
         if not text:

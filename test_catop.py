@@ -298,7 +298,11 @@ class UsageShapeTests(unittest.TestCase):
         for text, expected in (("2026-03-10T08:00:nanZ", None), ("2026-03-10T08:00:1e9Z", None),
                                ("2026-03-10T08:00:-5Z", None), ("2026-03-10T08:00:07.Z", None),
                                ("2026-03-10T08:00:07,5Z", 1773129607.5),
-                               ("2026-03-10T08:00:07.123456789Z", 1773129607.123456789)):
+                               ("2026-03-10T08:00:07.123456789Z", 1773129607.123456789),
+                               ("2026-03-10T08:00:7.5Z", None), ("2026-03-10T08:00:075Z", None),
+                               ("2026-03-10T08:00:07.5.1Z", None), ("2026-03-10T08:00:.75Z", None),
+                               ("2026-03-10T08:00:0_7Z", None), ("2026-03-10T08:00:5.Z", None),
+                               ("2026-03-10T08:00:\u0660\u0667.5Z", 1773129607.5)):
             with self.subTest(text=text):
                 self.assertEqual(catop.parse_timestamp(text), expected)
         # the first sight of a minute (parsed in full) and the later ones (cached) agree
