@@ -6457,6 +6457,11 @@ class LiveSource(object):
         """Brings the history up to date with this source (nothing for sources the
         history does not keep)."""
 
+    def settle(self):
+        """Called once every source has been polled: True when, in the light of what the
+        others read, this one let go of requests (its generation then grows)."""
+        return False
+
     def finish(self):
         """Reads what is still pending (a last line without its newline), as a
         snapshot reads it: called once, when watching ends (--once --duration)."""
@@ -6501,7 +6506,7 @@ class LiveFileSource(LiveSource):
         scan_request_lines([self.state.lines.tail()], self.stats, self.requests.append)
 
     def poll(self, rediscover=False):
-        fresh, stats = [], SourceStats(self.stats.name)
+        fresh, stats, generation = [], SourceStats(self.stats.name), self.generation
         try:
             self._check_identity()
             for block in read_new_blocks(self.state, final=False):
@@ -6518,7 +6523,9 @@ class LiveFileSource(LiveSource):
         # those requests happened, and the history keeps them too (its keys count restarts).
         self.stats.merge(stats)
         self.requests.extend(fresh)
-        return bool(fresh) or recovered or any(stats.skipped.values())
+        # (a part a peer counted, let go of when the file started over: a change too)
+        return bool(fresh) or recovered or any(stats.skipped.values()) or \
+            self.generation != generation
 
     def _check_identity(self):
         """check_file_identity, keeping what the file held as a Held part when it starts
@@ -6583,7 +6590,8 @@ class LiveFileSource(LiveSource):
 
     def _copied_by_peer(self, part):
         """Whether a peer has read a file that begins with part (a copy of this log,
-        counted on its own while both held the lines)."""
+        counted on its own while both held the lines).  A peer is read again only once
+        it has read more, or another file, since it was last found not to."""
         if part.head is None or part.tail is None:
             return False
         for peer in self.peers:
@@ -6591,13 +6599,35 @@ class LiveFileSource(LiveSource):
             if peer is self or state.device is None or state.offset < part.offset or \
                     state.head != part.head:
                 continue
+            mark = (state.device, state.inode, state.offset)
+            if part.checked.get(peer) == mark:
+                continue
             try:
                 if holds_from_start(peer.path, os.stat(peer.path), part.offset, part.head,
                                     part.tail, {}):
                     return True
             except OSError:
                 continue
+            part.checked[peer] = mark
         return False
+
+    def settle(self):
+        """Lets go of what it held before it started over that a peer has read since (a
+        copy read to its end only after this log was truncated, or polled after it):
+        the peer counts those requests, once, as a reading of the files does now."""
+        copied = [part for part in self.held if self._copied_by_peer(part)]
+        for part in copied:
+            start = 0
+            for held in self.held:
+                if held is part:
+                    break
+                start += held.count
+            del self.requests[start:start + part.count]
+            self.stats.records -= part.count
+            self.held.remove(part)
+        if copied:
+            self.generation += 1
+        return bool(copied)
 
     def _give_away(self, part, current):
         """The requests of one of its parts, taken out (the peer's view is rebuilt); its
@@ -6625,11 +6655,13 @@ class Held(object):
     """What a tailed log held before it started over: its file's identity, how far it
     was read (offset, first and last bytes), its context, its requests' count."""
 
-    __slots__ = ("identity", "offset", "head", "tail", "context", "count", "restarts")
+    __slots__ = ("identity", "offset", "head", "tail", "context", "count", "restarts",
+                 "checked")
 
     def __init__(self, identity, offset, head, tail, context, count, restarts):
         self.identity, self.offset, self.head, self.tail = identity, offset, head, tail
         self.context, self.count, self.restarts = context, count, restarts
+        self.checked = {}   # peer -> its read state when it was found not to hold this
 
 
 class LiveStreamSource(LiveSource):
@@ -6679,16 +6711,17 @@ class FolderWatch(object):
     that appears in one later (the next day's file, a rotated copy) is tailed from its
     start beside the others, as a --once run over the folder reads it then.  A rotated
     copy is a peer of its log: it takes over what the log held (LiveFileSource._adopt),
-    never counts it twice."""
+    never counts it twice.  A name for a file a source tails now (a link to it) is
+    not tailed again, as --once reads one file once, and is looked at again each time:
+    the link may be pointed elsewhere."""
 
     def __init__(self, folders, sources, clock=time.time):
         self.folders = list(folders)
         self.clock = clock
         self.looked_at = clock()
         files = [source for source in sources if isinstance(source, LiveFileSource)]
-        self.peers = files[0].peers if files else []
-        self.known = {os.path.realpath(source.path) for source in files}
-        self.seen = {source.path for source in files}   # (a name seen costs no realpath)
+        self.peers = files[0].peers if files else []   # every tailed log, found ones too
+        self.tailed = {source.path for source in files}
 
     def new_sources(self, rediscover=False):
         """LiveFileSources of the logs not tailed yet (looked for every few seconds)."""
@@ -6696,20 +6729,22 @@ class FolderWatch(object):
         if not self.folders or not rediscover and now - self.looked_at < DISCOVERY_INTERVAL_S:
             return []
         self.looked_at = now
-        found = []
+        names = []
         for folder in self.folders:
             try:
-                paths = folder_logs(folder)
+                names += [path for path in folder_logs(folder) if path not in self.tailed]
             except OSError:
                 continue   # gone for now: the sources of its logs say they are unreadable
-            for path in paths:
-                if path in self.seen:
-                    continue
-                self.seen.add(path)
-                real = os.path.realpath(path)
-                if real not in self.known:
-                    self.known.add(real)
-                    found.append(LiveFileSource(path, self.peers, found_later=True))
+        if not names:
+            return []
+        current = {os.path.realpath(peer.path) for peer in self.peers}   # where links lead now
+        found = []
+        for path in names:
+            real = os.path.realpath(path)
+            if real not in current:
+                current.add(real)
+                self.tailed.add(path)
+                found.append(LiveFileSource(path, self.peers, found_later=True))
         return found
 
 
@@ -7450,6 +7485,9 @@ class LiveModel(object):
             else:
                 fresh.extend(source.requests[taken:])
                 self.seen[index] = (generation, len(source.requests))
+        for source in self.sources:   # (not any(): each settles)
+            if source.settle():
+                rebuild = True
         if rebuild or self.version == 0:  # the first poll builds what sources hold already
             self.rebuild()
             return True
@@ -8263,9 +8301,19 @@ def seed_agent_source(live, history):
 
 
 def seed_file_source(live, history):
-    """A live request-log source resumed from the history."""
-    live.state = history.file_state(os.path.realpath(live.path))
-    live.requests = [req for _, req in history.rows(log_label(live.path))]
+    """A live request-log source resumed from the history: the stored requests of its
+    file as last read (its current part), after those of the files it was before
+    (its earlier generations: held, never a copy's or a rotated log's to take)."""
+    real = os.path.realpath(live.path)
+    state = live.state = history.file_state(real)
+    state.path = live.path   # read by its name, as polled: a link may be re-pointed
+    current = log_key_prefix(real, state.inode, state.restarts) \
+        if state.device is not None else None
+    now, before = [], []
+    for key, req in history.rows(log_label(live.path)):
+        (now if current is not None and key.startswith(current) else before).append(req)
+    live.requests = before + now
+    live.held = [Held(None, 0, None, None, None, len(before), None)] if before else []
     live.stats.records = len(live.requests)
 
 
@@ -11476,9 +11524,9 @@ def run_watch(args, prices, since, until):
                       metrics_renderer(model, args.group_by, prices, lock))
     deadline = time.time() + args.duration
     while True:
-        with lock:
-            model.poll()
         left = deadline - time.time()
+        with lock:   # the last look finds the files that came since the one before
+            model.poll(rediscover=left <= 0)
         if left <= 0:
             break
         time.sleep(min(args.interval, left))
@@ -11486,7 +11534,10 @@ def run_watch(args, prices, since, until):
     with lock:
         model.finish()
         if not args.no_history:
-            HistoryWriter(args, sources).store_once()
+            writer = HistoryWriter(args, sources)
+            writer.store_once()
+            if writer.error is not None:
+                warn("the history could not keep what was read (%s)" % clean(writer.error))
         for name in dict.fromkeys(args.agent):   # still nowhere: what --once says then
             if not agent_present(name) and not any(
                     isinstance(source, LiveAgentSource) and source.source.agent == name
@@ -11667,8 +11718,11 @@ class HistoryWriter(object):
             return
         try:
             with gc_paused():
-                for source in self.sources:
-                    source.store(history)
+                for source in list(self.sources):   # (a FolderWatch may add one meanwhile)
+                    try:
+                        source.store(history)
+                    except OSError:   # a log gone or unreadable now: its source says so,
+                        continue      # what it held was stored, the others still are
             self.stores += 1
         except Exception as error:
             self.error = error

@@ -6450,6 +6450,149 @@ class FolderWatchTests(IsolatedEnv):
         self.assertEqual((once["requests"], once["input_tokens"]), (5, 31305))
         self.assertEqual((live.requests, live.input), (5, 31305))
 
+    def write(self, path, *tokens, mode="w"):
+        with open(path, mode) as handle:
+            handle.write("".join(self.line(count) for count in tokens))
+
+    def watched(self, folder, history=False):
+        """(model, clock) of the live view of folder, as run_live makes it."""
+        argv = ["--file", folder, "--offline"] + ([] if history else ["--no-history"])
+        args = catop.build_parser().parse_args(argv)
+        args.folders = [folder]
+        args.file = catop.expand_file_args(args.file)
+        sources = catop.live_sources(args, NOW)
+        if history:
+            sources = catop.resume_from_history(args, sources)
+        clock = [1000.0]
+        model = catop.LiveModel(sources, PRICES, watch=catop.FolderWatch(
+            args.folders, sources, clock=lambda: clock[0]))
+        model.poll()
+        return model, clock
+
+    def looked_at_again(self, model, clock):
+        clock[0] += catop.DISCOVERY_INTERVAL_S
+        model.poll()
+        model.poll()
+
+    def assert_as_once(self, model, folder, want, *once_argv):
+        live = catop.aggregate_model(model, (), None, None, None, NOW).totals
+        once = self.run_json("--file", folder, "--once", *once_argv)["totals"] if not \
+            once_argv else self.report_with_history(folder)
+        self.assertEqual(((live.requests, live.input),
+                          (once["requests"], once["input_tokens"])), (want, want))
+
+    def report_with_history(self, folder):
+        code, out, err = self.run_main("--file", folder, "--once", "--format", "json",
+                                       "--offline")
+        self.assertEqual(code, 0, err)
+        return json.loads(out)["totals"]
+
+    def test_a_link_to_the_current_log_pointed_at_the_next_days_counts_each_once(self):
+        """current.jsonl -> day1.jsonl, then -> day2.jsonl: day2 was tailed twice, under
+        both its names (6 requests for 4); with the history on, the link's source kept
+        reading day1 again (its state read the old target), more at every poll."""
+        for history in (False, True):
+            with self.subTest(history=history):
+                folder = os.path.join(self.tmp, "logs-%s" % history)
+                os.makedirs(folder)
+                self.write(os.path.join(folder, "day1.jsonl"), 1, 2)
+                os.symlink("day1.jsonl", os.path.join(folder, "current.jsonl"))
+                if history:
+                    self.report_with_history(folder)
+                model, clock = self.watched(folder, history)
+                self.write(os.path.join(folder, "day2.jsonl"), 4)
+                os.remove(os.path.join(folder, "current.jsonl"))
+                os.symlink("day2.jsonl", os.path.join(folder, "current.jsonl"))
+                model.poll()
+                self.write(os.path.join(folder, "day2.jsonl"), 16, mode="a")
+                self.looked_at_again(model, clock)
+                self.looked_at_again(model, clock)
+                self.assert_as_once(model, folder, (4, 23), *(("history",) if history else ()))
+
+    def test_a_link_replaced_by_a_log_is_read(self):
+        """A name skipped as a link to a tailed log was never looked at again."""
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        self.write(os.path.join(folder, "app.jsonl"), 1)
+        os.symlink("app.jsonl", os.path.join(folder, "link.jsonl"))
+        model, clock = self.watched(folder)
+        self.looked_at_again(model, clock)
+        os.remove(os.path.join(folder, "link.jsonl"))
+        self.write(os.path.join(folder, "link.jsonl"), 64)
+        self.looked_at_again(model, clock)
+        self.assert_as_once(model, folder, (2, 65))
+
+    def test_a_copy_read_to_its_end_after_its_log_was_truncated_counts_once(self):
+        """copytruncate, the copy found half written (or empty) and the log truncated
+        before the copy was read to its end: the log kept its lines and the copy read
+        them again (6 requests for 3, with a copy there from the start 7 for 4)."""
+        for early, name in ((False, "app-1.jsonl"), (True, "b-copy.jsonl")):
+            with self.subTest(copy_there_at_the_start=early):
+                folder = os.path.join(self.tmp, "logs-%s" % early)
+                os.makedirs(folder)
+                app, copy = os.path.join(folder, "a.jsonl"), os.path.join(folder, name)
+                self.write(app, 1, 2, 8)
+                if early:
+                    self.write(copy, 1)
+                model, clock = self.watched(folder)
+                if not early:
+                    self.write(copy, 1)
+                    self.looked_at_again(model, clock)
+                shutil.copyfile(app, copy)
+                open(app, "w").close()
+                model.poll()
+                self.assert_as_once(model, folder, (3, 11))
+                self.write(app, 16)
+                model.poll()
+                self.assert_as_once(model, folder, (4, 27))
+
+    def test_a_log_started_over_resumed_from_the_history_keeps_its_earlier_lines(self):
+        """The history holds two generations of app.jsonl; tailed, then copytruncated:
+        the watch dropped both generations' lines for the copy's (2 where 4)."""
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        app = os.path.join(folder, "app.jsonl")
+        self.write(app, 1, 2)
+        self.report_with_history(folder)
+        self.write(app, 4, 32)                 # truncated and refilled between two runs
+        self.assertEqual(self.report_with_history(folder)["requests"], 4)
+        model, clock = self.watched(folder, history=True)
+        shutil.copyfile(app, os.path.join(folder, "app-1.jsonl"))
+        self.looked_at_again(model, clock)
+        open(app, "w").close()
+        model.poll()
+        live = catop.aggregate_model(model, (), None, None, None, NOW).totals
+        self.assertEqual((live.requests, live.input), (4, 39))
+        self.assertEqual(self.report_with_history(folder)["requests"], 4)
+
+    def test_a_log_gone_does_not_keep_the_others_from_the_history(self):
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        self.write(os.path.join(folder, "a.jsonl"), 1)
+        self.write(os.path.join(folder, "b.jsonl"), 2)
+        args = catop.build_parser().parse_args(["--file", folder, "--offline"])
+        args.file = catop.expand_file_args(args.file)
+        sources = catop.resume_from_history(args, catop.live_sources(args, NOW))
+        os.remove(os.path.join(folder, "a.jsonl"))
+        self.write(os.path.join(folder, "b.jsonl"), 8, mode="a")
+        writer = catop.HistoryWriter(args, sources)
+        writer.store_once()
+        self.assertIsNone(writer.error)
+        code, out, err = self.run_main("--format", "json", "--offline")   # all it holds
+        totals = json.loads(out)["totals"]
+        self.assertEqual((totals["requests"], totals["input_tokens"]), (3, 11))
+
+    def test_once_duration_looks_at_the_folder_once_more_at_its_end(self):
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        self.write(os.path.join(folder, "app.jsonl"), 1)
+        import threading
+        timer = threading.Timer(0.2, self.write, (os.path.join(folder, "late.jsonl"), 64))
+        timer.start()
+        self.addCleanup(timer.cancel)
+        doc = self.run_json("--file", folder, "--once", "--duration", "0.6", "--interval", "0.1")
+        self.assertEqual((doc["totals"]["requests"], doc["totals"]["input_tokens"]), (2, 65))
+
     def test_a_watched_folder_that_goes_away_keeps_what_was_read(self):
         folder = os.path.join(self.tmp, "logs")
         os.makedirs(folder)
