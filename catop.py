@@ -6491,6 +6491,8 @@ class LiveFileSource(LiveSource):
         self.peers.append(self)
 
     def resume(self, history):
+        if not history_can_name(self.path):
+            return None   # tailed without the history (collect_sources says so)
         ingest_request_file(history, self.path, SourceStats(""))
         seed_file_source(self, history)
         return log_label(self.path)
@@ -6500,7 +6502,8 @@ class LiveFileSource(LiveSource):
         self.__init__(self.path, self.peers, self.found_later)
 
     def store(self, history):
-        ingest_request_file(history, self.path, SourceStats(""))
+        if history_can_name(self.path):
+            ingest_request_file(history, self.path, SourceStats(""))
 
     def finish(self):
         scan_request_lines([self.state.lines.tail()], self.stats, self.requests.append)
@@ -8534,6 +8537,16 @@ def ingest_range(history, job, byte_range, stats, state=None):
 
 
 # prices: the only code that touches the network
+
+def history_can_name(path):
+    """Whether the history can store a log of this name: SQLite's text is UTF-8, and
+    a name that is not (a byte Python carries as a lone surrogate) cannot be."""
+    try:
+        os.path.realpath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def warn(message):
     sys.stderr.write("catop: warning: %s\n" % clean(message))
@@ -11316,10 +11329,13 @@ def collect_sources(args, aggregate, now, history=None):
                 scan_request_stream(StreamReader(sys.stdin.buffer, deadline, spool), stats,
                                     aggregate.add, wanted=aggregate.wanted_attributes())
                 streamed.append(spool)
-            elif history is not None:
+            elif history is not None and history_can_name(path):
                 ingest_request_file(history, path, stats)
                 stored.append(log_label(path))
             else:
+                if history is not None:
+                    warn("%s is read without the history, which names files in UTF-8 "
+                         "only" % os.fsencode(path).decode("utf-8", "backslashreplace"))
                 scan_request_file(path, aggregate, stats)
                 streamed.append(path)
         except OSError as error:

@@ -6933,6 +6933,36 @@ class HistoryTests(IsolatedEnv):
         return json.dumps({"model": "gpt-4o", "timestamp": ts or NOW,
                            "usage": {"prompt_tokens": tokens, "completion_tokens": 1}}) + "\n"
 
+    def test_a_log_whose_name_is_not_utf8_is_read_beside_the_history(self):
+        """A byte that is not UTF-8 in a log's name: the history cannot store the name
+        (an internal error, the run lost); the log is read without it, said once."""
+        try:
+            folder = os.fsdecode(os.path.join(os.fsencode(self.tmp), b"logs-\xff"))
+            os.makedirs(folder)
+            odd = os.path.join(folder, os.fsdecode(b"a\xfe.jsonl"))
+            with open(odd, "w") as handle:
+                handle.write(self.line(100))
+        except (OSError, UnicodeError):
+            self.skipTest("this file system refuses names that are not UTF-8")
+        plain = os.path.join(self.tmp, "plain.jsonl")
+        with open(plain, "w") as handle:
+            handle.write(self.line(7))
+        for _ in range(2):
+            code, out, err = self.run_main("--file", folder, "--file", plain, "--format",
+                                           "json", "--offline")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(err.count("is read without the history"), 1)
+            self.assertIn("logs-\\xff", err)
+            totals = json.loads(out)["totals"]
+            self.assertEqual((totals["requests"], totals["input_tokens"]), (2, 107))
+        args = catop.build_parser().parse_args(["--file", folder, "--offline"])
+        args.file = catop.expand_file_args(args.file)
+        sources = catop.resume_from_history(args, catop.live_sources(args, NOW))
+        model = catop.LiveModel(sources, PRICES)
+        model.poll()
+        catop.HistoryWriter(args, sources).store_once()
+        self.assertEqual([entry.req.miss for entry in model.timeline.timed], [100])
+
     def test_a_folder_of_over_a_thousand_logs_is_reported_from_the_history(self):
         """1,100 logs: the scope of the history's query was an OR a log (SQLite refuses
         an expression over 1,000 deep) with a value each, thrice (999 values at most
