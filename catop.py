@@ -6457,9 +6457,15 @@ class LiveSource(object):
         """Brings the history up to date with this source (nothing for sources the
         history does not keep)."""
 
-    def settle(self):
-        """Called once every source has been polled: True when, in the light of what the
-        others read, this one let go of requests (its generation then grows)."""
+    def read_head(self):
+        """The (length, hash) of the first bytes this source has read of its file, for
+        settle; None when it reads no file."""
+        return None
+
+    def settle(self, readers):
+        """Called once every source has been polled, with {read_head(): [sources]}: True
+        when, in the light of what the others read, this one let go of requests (its
+        generation then grows)."""
         return False
 
     def finish(self):
@@ -6591,13 +6597,13 @@ class LiveFileSource(LiveSource):
                 restore_context(state.context, part.context)
                 return
 
-    def _copied_by_peer(self, part):
-        """Whether a peer has read a file that begins with part (a copy of this log,
-        counted on its own while both held the lines).  A peer is read again only once
-        it has read more, or another file, since it was last found not to."""
+    def _copied_by_peer(self, part, peers=None):
+        """Whether a peer (of peers, else of all) has read a file that begins with part (a
+        copy of this log, counted on its own while both held the lines).  A peer is read
+        again only once it has read more, or another file, since it was last found not to."""
         if part.head is None or part.tail is None:
             return False
-        for peer in self.peers:
+        for peer in self.peers if peers is None else peers:
             state = peer.state
             if peer is self or state.device is None or state.offset < part.offset or \
                     state.head != part.head:
@@ -6614,11 +6620,16 @@ class LiveFileSource(LiveSource):
             part.checked[peer] = mark
         return False
 
-    def settle(self):
+    def read_head(self):
+        return self.state.head if self.state.device is not None else None
+
+    def settle(self, readers):
         """Lets go of what it held before it started over that a peer has read since (a
         copy read to its end only after this log was truncated, or polled after it):
-        the peer counts those requests, once, as a reading of the files does now."""
-        copied = [part for part in self.held if self._copied_by_peer(part)]
+        the peer counts those requests, once, as a reading of the files does now.
+        readers: {first bytes read: [sources]}, so a part costs a look-up, not a walk."""
+        copied = [part for part in self.held if part.head is not None and self._copied_by_peer(
+            part, [peer for peer in readers.get(part.head, ()) if peer.peers is self.peers])]
         for part in copied:
             start = 0
             for held in self.held:
@@ -6725,6 +6736,15 @@ class FolderWatch(object):
         files = [source for source in sources if isinstance(source, LiveFileSource)]
         self.peers = files[0].peers if files else []   # every tailed log, found ones too
         self.tailed = {source.path for source in files}
+        self.real_paths = {}   # path -> its real path, of a name that is not a link
+
+    def _real_path(self, path):
+        if os.path.islink(path):
+            return os.path.realpath(path)
+        real = self.real_paths.get(path)
+        if real is None:
+            real = self.real_paths[path] = os.path.realpath(path)
+        return real
 
     def new_sources(self, rediscover=False):
         """LiveFileSources of the logs not tailed yet (looked for every few seconds)."""
@@ -6740,7 +6760,7 @@ class FolderWatch(object):
                 continue   # gone for now: the sources of its logs say they are unreadable
         if not names:
             return []
-        current = {os.path.realpath(peer.path) for peer in self.peers}   # where links lead now
+        current = {self._real_path(peer.path) for peer in self.peers}   # links: where now
         found = []
         for path in names:
             real = os.path.realpath(path)
@@ -7488,8 +7508,13 @@ class LiveModel(object):
             else:
                 fresh.extend(source.requests[taken:])
                 self.seen[index] = (generation, len(source.requests))
+        readers = {}
+        for source in self.sources:
+            head = source.read_head()
+            if head is not None:
+                readers.setdefault(head, []).append(source)
         for source in self.sources:   # (not any(): each settles)
-            if source.settle():
+            if source.settle(readers):
                 rebuild = True
         if rebuild or self.version == 0:  # the first poll builds what sources hold already
             self.rebuild()
@@ -7696,6 +7721,7 @@ class History(object):
         self.sqlite3 = sqlite3
         self.path = path
         self._files = None       # path -> stored read state, loaded on first use
+        self._replaced = None    # {head length: {head: [replaced generations]}} (forget_copied)
         self._held = None        # what request logs held before: see _predecessors
         report = report or warn
         make_private_folder(os.path.dirname(os.path.abspath(path)))
@@ -7877,7 +7903,7 @@ class History(object):
             self.db.execute("INSERT OR REPLACE INTO replaced VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (prefix, label, device, inode, offset, pair_text(head),
                              pair_text(tail), context_json(context)))
-            self._held = None
+            self._held = self._replaced = None
 
     def adopt_rotated(self, state, label, info):
         """A request log read from its start that holds what another one held, and
@@ -7956,6 +7982,61 @@ class History(object):
                 return True
         return False
 
+    def replaced_part(self, prefix, count):
+        """The Held part of a replaced generation (keys under prefix, count requests) as
+        the replaced table keeps it; one no peer can match when it keeps none."""
+        row = self.db.execute("SELECT device, inode, offset, head, tail, context FROM replaced"
+                              " WHERE prefix = ?", (prefix,)).fetchone()
+        head, tail = (stored_pair(row[3]), stored_pair(row[4])) if row else (None, None)
+        if row is None or head is None or tail is None or type(row[2]) is not int:
+            return Held(None, 0, None, None, None, count, None)
+        restarts = prefix[:-1].rsplit(":", 1)[1]
+        return Held((row[0], row[1]), row[2], head, tail, row[5], count,
+                    int(restarts) if restarts.isdigit() else None)
+
+    def forget_copied(self, path, state):
+        """Forgets the stored lines of other logs' replaced generations that the log at
+        path, as read now, holds from its start: a copy read to its end only after its
+        log started over.  The copy's own lines count them, once, as the live view's
+        LiveFileSource.settle lets go of them."""
+        if self._replaced is None:
+            self._replaced = {}
+            for row in self.db.execute("SELECT prefix, offset, head, tail FROM replaced"):
+                head, tail = stored_pair(row[2]), stored_pair(row[3])
+                if head is not None and tail is not None and type(row[1]) is int:
+                    self._replaced.setdefault(head[0], {}).setdefault(head, []).append(
+                        (row[0], row[1], head, tail))
+        if not self._replaced or state.device is None or not state.offset:
+            return
+        try:
+            info = os.stat(path)
+            with open_regular(path) as handle:
+                first = handle.read(FILE_HEAD_BYTES)
+        except OSError:
+            return
+        copied = []
+        for length, by_head in self._replaced.items():
+            for prefix, offset, head, tail in by_head.get(head_of(first[:length]), ()) \
+                    if len(first) >= length else ():
+                try:
+                    if offset <= state.offset and log_path_of_key(prefix) != path and \
+                            holds_from_start(path, info, offset, head, tail, {}):
+                        copied.append(prefix)
+                except OSError:
+                    continue
+        if copied:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for prefix in copied:
+                    self.db.execute("DELETE FROM requests WHERE key >= ? AND key < ?",
+                                    (prefix, _prefix_end(prefix)))
+                    self.db.execute("DELETE FROM replaced WHERE prefix = ?", (prefix,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._roll_back(self.db)
+                raise
+            self._held = self._replaced = None
+
     def _holds_prefix(self, prefix):
         return self.db.execute("SELECT 1 FROM requests WHERE key >= ? AND key < ? LIMIT 1",
                                (prefix, _prefix_end(prefix))).fetchone() is not None
@@ -7976,7 +8057,7 @@ class History(object):
         except BaseException:
             self._roll_back(self.db)
             raise
-        self._files = self._held = None
+        self._files = self._held = self._replaced = None
 
     def requests(self, since=None, until=None, scope=None):
         """Stored requests in time order (without time first: only with no bounds);
@@ -8312,11 +8393,17 @@ def seed_file_source(live, history):
     state.path = live.path   # read by its name, as polled: a link may be re-pointed
     current = log_key_prefix(real, state.inode, state.restarts) \
         if state.device is not None else None
-    now, before = [], []
+    now, before = [], {}
     for key, req in history.rows(log_label(live.path)):
-        (now if current is not None and key.startswith(current) else before).append(req)
-    live.requests = before + now
-    live.held = [Held(None, 0, None, None, None, len(before), None)] if before else []
+        if current is not None and key.startswith(current):
+            now.append(req)
+        else:   # by generation: its key up to the line's offset
+            before.setdefault(key[:key.rindex(":") + 1], []).append(req)
+    live.requests, live.held = [], []
+    for prefix, requests in before.items():
+        live.requests += requests
+        live.held.append(history.replaced_part(prefix, len(requests)))
+    live.requests += now
     live.stats.records = len(live.requests)
 
 
@@ -8420,8 +8507,10 @@ def ingest_request_file(history, path, stats):
                 stats.merge(part_stats)
             state.lines = LineReader(results[-1][1])  # the last range's end
             history.save([], [state])
+            history.forget_copied(path, state)
             return
     ingest_range(history, job, (state.offset, None), stats, state)
+    history.forget_copied(path, state)
 
 
 def _prefix_end(prefix):

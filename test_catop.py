@@ -6565,6 +6565,32 @@ class FolderWatchTests(IsolatedEnv):
         self.assertEqual((live.requests, live.input), (4, 39))
         self.assertEqual(self.report_with_history(folder)["requests"], 4)
 
+    def test_a_log_that_grows_to_hold_a_truncated_logs_lines_counts_them_once(self):
+        """other.jsonl began as app.jsonl does, app was truncated, and other grew to hold
+        all app held (a copy written slowly): the history kept app's lines beside the
+        copy's (4 for 2); the live view, which lets go of them, said 2: now both do."""
+        folder = os.path.join(self.tmp, "logs")
+        os.makedirs(folder)
+        app, other = os.path.join(folder, "app.jsonl"), os.path.join(folder, "other.jsonl")
+        self.write(app, 1, 2)
+        self.write(other, 1)
+        self.assertEqual(self.report_with_history(folder)["requests"], 3)
+        open(app, "w").close()
+        stored = self.report_with_history(folder)   # app's lines happened: still counted
+        self.assertEqual((stored["requests"], stored["input_tokens"]), (3, 4))
+        model, clock = self.watched(folder, history=True)
+        self.write(other, 2, mode="a")
+        model.poll()
+        self.write(other, 64, mode="a")
+        model.poll()
+        catop.HistoryWriter(catop.build_parser().parse_args(
+            ["--file", folder, "--offline"]), model.sources).store_once()
+        live = catop.aggregate_model(model, (), None, None, None, NOW).totals
+        stored = self.report_with_history(folder)
+        self.assertEqual(((live.requests, live.input),
+                          (stored["requests"], stored["input_tokens"])), ((3, 67), (3, 67)))
+        self.assertEqual(self.run_json("--file", folder, "--once")["totals"]["requests"], 3)
+
     def test_a_log_gone_does_not_keep_the_others_from_the_history(self):
         folder = os.path.join(self.tmp, "logs")
         os.makedirs(folder)
@@ -6590,7 +6616,7 @@ class FolderWatchTests(IsolatedEnv):
         timer = threading.Timer(0.2, self.write, (os.path.join(folder, "late.jsonl"), 64))
         timer.start()
         self.addCleanup(timer.cancel)
-        doc = self.run_json("--file", folder, "--once", "--duration", "0.6", "--interval", "0.1")
+        doc = self.run_json("--file", folder, "--once", "--duration", "1.2", "--interval", "0.1")
         self.assertEqual((doc["totals"]["requests"], doc["totals"]["input_tokens"]), (2, 65))
 
     def test_a_watched_folder_that_goes_away_keeps_what_was_read(self):
