@@ -6608,7 +6608,7 @@ class LiveFileSource(LiveSource):
             if peer is self or state.device is None or state.offset < part.offset or \
                     state.head != part.head:
                 continue
-            mark = (state.device, state.inode, state.offset)
+            mark = (state.device, state.inode, state.offset, state.restarts)
             if part.checked.get(peer) == mark:
                 continue
             try:
