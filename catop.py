@@ -6544,14 +6544,8 @@ class LiveFileSource(LiveSource):
         info = os.stat(self.path)
         check_file_identity(state, info, from_start=True)
         before = self._part(read) if state.restarts != read[-1] else None
-        if before is not None:
-            if self._copied_by_peer(before):
-                start = len(self.requests) - before.count
-                del self.requests[start:]       # a peer counted them: once, as on a reading
-                self.stats.records -= before.count
-                self.generation += 1
-            else:
-                self.held.append(before)
+        if before is not None:   # (settle lets go of it if a peer has read it too)
+            self.held.append(before)
         # a log found in a watched folder later may be a peer's rotated copy: looked for
         # at its first reading (at the start, no peer can have started over yet)
         if (before is not None or self.found_later and read[0] is None) and \
@@ -6597,13 +6591,13 @@ class LiveFileSource(LiveSource):
                 restore_context(state.context, part.context)
                 return
 
-    def _copied_by_peer(self, part, peers=None):
-        """Whether a peer (of peers, else of all) has read a file that begins with part (a
-        copy of this log, counted on its own while both held the lines).  A peer is read
-        again only once it has read more, or another file, since it was last found not to."""
+    def _copied_by_peer(self, part, peers):
+        """Whether one of peers has read a file that begins with part (a copy of this
+        log, counted on its own while both held the lines).  A peer is read again only
+        once it has read more, or another file, since it was last found not to."""
         if part.head is None or part.tail is None:
             return False
-        for peer in self.peers if peers is None else peers:
+        for peer in peers:
             state = peer.state
             if peer is self or state.device is None or state.offset < part.offset or \
                     state.head != part.head:
@@ -6631,16 +6625,7 @@ class LiveFileSource(LiveSource):
         copied = [part for part in self.held if part.head is not None and self._copied_by_peer(
             part, [peer for peer in readers.get(part.head, ()) if peer.peers is self.peers])]
         for part in copied:
-            start = 0
-            for held in self.held:
-                if held is part:
-                    break
-                start += held.count
-            del self.requests[start:start + part.count]
-            self.stats.records -= part.count
-            self.held.remove(part)
-        if copied:
-            self.generation += 1
+            self._give_away(part, False)
         return bool(copied)
 
     def _give_away(self, part, current):
@@ -7721,7 +7706,6 @@ class History(object):
         self.sqlite3 = sqlite3
         self.path = path
         self._files = None       # path -> stored read state, loaded on first use
-        self._replaced = None    # {head length: {head: [replaced generations]}} (forget_copied)
         self._held = None        # what request logs held before: see _predecessors
         report = report or warn
         make_private_folder(os.path.dirname(os.path.abspath(path)))
@@ -7903,7 +7887,7 @@ class History(object):
             self.db.execute("INSERT OR REPLACE INTO replaced VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (prefix, label, device, inode, offset, pair_text(head),
                              pair_text(tail), context_json(context)))
-            self._held = self._replaced = None
+            self._held = None
 
     def adopt_rotated(self, state, label, info):
         """A request log read from its start that holds what another one held, and
@@ -7911,30 +7895,22 @@ class History(object):
         takes over its stored lines and reads on from where they end: a folder of
         rotated logs counts each line once, where its copy under the old name and its
         reading from the new file counted it twice.  Of several, the longest."""
-        try:
-            with open_regular(state.path) as handle:
-                first = handle.read(FILE_HEAD_BYTES)
-        except OSError:
-            return
         best = None
-        for length, by_head in self._predecessors().items():
-            if len(first) < length:
+        for held in self._starting_like(state.path):
+            prefix, path, identity, offset, head, tail, context = held
+            if (best is not None and offset <= best[3]) or (
+                    path is not None and log_label(path) == label):
                 continue
-            for held in by_head.get(head_of(first[:length]), ()):
-                prefix, path, identity, offset, head, tail, context = held
-                if (best is not None and offset <= best[3]) or (
-                        path is not None and log_label(path) == label):
+            try:
+                if not holds_from_start(state.path, info, offset, head, tail, {}) or (
+                        path is not None and still_holds(path, identity, head, tail)):
                     continue
-                try:
-                    if not holds_from_start(state.path, info, offset, head, tail, {}) or (
-                            path is not None and still_holds(path, identity, head, tail)):
-                        continue
-                except OSError:
-                    continue
-                if path is not None:   # its keys' prefix, as it was read
-                    prefix = log_key_prefix(path, identity[1], prefix)
-                if self._holds_prefix(prefix):   # (not an agent's file, nor one of no request)
-                    best = (prefix, path, identity, offset, head, tail, context)
+            except OSError:
+                continue
+            if path is not None:   # its keys' prefix, as it was read
+                prefix = log_key_prefix(path, identity[1], prefix)
+            if self._holds_prefix(prefix):   # (not an agent's file, nor one of no request)
+                best = (prefix, path, identity, offset, head, tail, context)
         if best is None:
             return
         prefix, path, _, offset, head, tail, context = best
@@ -7943,6 +7919,17 @@ class History(object):
         restore_context(state.context, context)
         self._take_over(prefix, log_key_prefix(state.path, state.inode, state.restarts),
                         label, path)
+
+    def _starting_like(self, path):
+        """The _predecessors entries whose first bytes the file at path begins with."""
+        try:
+            with open_regular(path) as handle:
+                first = handle.read(FILE_HEAD_BYTES)
+        except OSError:
+            return
+        for length, by_head in self._predecessors().items():
+            if len(first) >= length:
+                yield from by_head.get(head_of(first[:length]), ())
 
     def _predecessors(self):
         """{head length: {head: [(key prefix, None, (device, inode), offset, head, tail,
@@ -7999,31 +7986,15 @@ class History(object):
         path, as read now, holds from its start: a copy read to its end only after its
         log started over.  The copy's own lines count them, once, as the live view's
         LiveFileSource.settle lets go of them."""
-        if self._replaced is None:
-            self._replaced = {}
-            for row in self.db.execute("SELECT prefix, offset, head, tail FROM replaced"):
-                head, tail = stored_pair(row[2]), stored_pair(row[3])
-                if head is not None and tail is not None and type(row[1]) is int:
-                    self._replaced.setdefault(head[0], {}).setdefault(head, []).append(
-                        (row[0], row[1], head, tail))
-        if not self._replaced or state.device is None or not state.offset:
-            return
-        try:
-            info = os.stat(path)
-            with open_regular(path) as handle:
-                first = handle.read(FILE_HEAD_BYTES)
-        except OSError:
-            return
         copied = []
-        for length, by_head in self._replaced.items():
-            for prefix, offset, head, tail in by_head.get(head_of(first[:length]), ()) \
-                    if len(first) >= length else ():
-                try:
-                    if offset <= state.offset and log_path_of_key(prefix) != path and \
-                            holds_from_start(path, info, offset, head, tail, {}):
-                        copied.append(prefix)
-                except OSError:
-                    continue
+        for prefix, log, _, offset, head, tail, _ in self._starting_like(path):
+            if log is not None or offset > state.offset or log_path_of_key(prefix) == path:
+                continue   # (a log as last read, not a generation it replaced)
+            try:
+                if holds_from_start(path, os.stat(path), offset, head, tail, {}):
+                    copied.append(prefix)
+            except OSError:
+                continue
         if copied:
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -8035,7 +8006,7 @@ class History(object):
             except BaseException:
                 self._roll_back(self.db)
                 raise
-            self._held = self._replaced = None
+            self._held = None
 
     def _holds_prefix(self, prefix):
         return self.db.execute("SELECT 1 FROM requests WHERE key >= ? AND key < ? LIMIT 1",
@@ -8057,7 +8028,7 @@ class History(object):
         except BaseException:
             self._roll_back(self.db)
             raise
-        self._files = self._held = self._replaced = None
+        self._files = self._held = None
 
     def requests(self, since=None, until=None, scope=None):
         """Stored requests in time order (without time first: only with no bounds);
@@ -8509,8 +8480,10 @@ def ingest_request_file(history, path, stats):
             history.save([], [state])
             history.forget_copied(path, state)
             return
-    ingest_range(history, job, (state.offset, None), stats, state)
-    history.forget_copied(path, state)
+    start = state.offset
+    ingest_range(history, job, (start, None), stats, state)
+    if state.offset > start:   # (holding more, it may hold a replaced generation now)
+        history.forget_copied(path, state)
 
 
 def _prefix_end(prefix):
