@@ -4591,9 +4591,6 @@ def split_points(path, size, parts, start=0):
     return points
 
 
-_WORKER_CONTEXT = {}
-
-
 def worker_result(result):
     """A worker's result, carrying home on its SourceStats the numbers the worker
     refused (counted there by take_home; each task starts its count afresh)."""
@@ -4619,10 +4616,10 @@ def take_home(result):
     return result
 
 
-def _scan_range_worker(job):
+def _scan_range_worker(aggregate, job):
     REFUSED_VALUES.clear()    # what the parent counted before the fork is its own
     path, start, end = job
-    return worker_result(scan_range(_WORKER_CONTEXT["aggregate"], path, start, end))
+    return worker_result(scan_range(aggregate, path, start, end))
 
 
 def scan_range(template, path, start, end):
@@ -4674,14 +4671,125 @@ def worker_count():
         return os.cpu_count() or 1
 
 
-def fork_pool(processes):
-    """A process pool that inherits this process's memory, or None where there is none."""
-    import multiprocessing
-    try:
-        context = multiprocessing.get_context("fork")
-        return context.Pool(processes)
-    except (ValueError, OSError, ImportError):
+def fork_jobs(function, jobs, processes):
+    """ForkedJobs doing function(job) for each job in up to `processes` copies of this
+    process, or None where this system cannot fork (the caller then reads alone)."""
+    if not jobs or not hasattr(os, "fork"):
         return None
+    try:
+        return ForkedJobs(function, jobs, processes)
+    except OSError:    # no more processes allowed, or no pipe: read here instead
+        return None
+
+
+class ForkedJobs(object):
+    """Jobs done by forked copies of this process; their results, back in job order.
+
+    A copy inherits this process's memory (the aggregate it views, the compiled
+    shapes), so a job is never pickled, only its result: down a pipe that a thread
+    here empties as it fills, so no copy waits on this process while it reads its
+    own share.  (multiprocessing's Pool did this for about 60 ms more a run: its
+    import, its queues and its three threads.)  Each copy takes every n-th job."""
+
+    def __init__(self, function, jobs, processes):
+        import pickle
+        import queue
+        import threading
+        self.count, self.loads = len(jobs), pickle.loads
+        self.shares = max(1, min(processes, len(jobs)))
+        self.children, self.inboxes = [], []
+        sys.stdout.flush()   # else a copy's buffers hold this process's pending output
+        sys.stderr.flush()
+        pipes = []
+        try:
+            for index in range(self.shares):
+                read_end, write_end = os.pipe()
+                pipes.append(read_end)
+                pid = os.fork()
+                if pid == 0:   # (with no read end open: a copy never outlives this process)
+                    for end in pipes:
+                        os.close(end)
+                    _serve_jobs(function, jobs[index::self.shares], write_end, pickle)
+                os.close(write_end)
+                self.children.append(pid)
+        except BaseException:
+            self.close()
+            for read_end in pipes:
+                os.close(read_end)
+            raise
+        for read_end in pipes:   # (only now: a copy forked beside a thread may deadlock)
+            inbox = queue.SimpleQueue()
+            self.inboxes.append(inbox)
+            threading.Thread(target=_collect_results, name="catop-results", daemon=True,
+                             args=(read_end, inbox)).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def results(self):
+        """Each job's result in the order of the jobs, as it comes; a job's exception
+        is raised here."""
+        for index in range(self.count):
+            payload = self.inboxes[index % self.shares].get()
+            if payload is None:
+                raise CatopError("a worker process ended before its work was done")
+            done, value = self.loads(payload)
+            if not done:
+                raise value
+            yield value
+
+    def close(self):
+        """Ends the copies (whether or not they are done) and waits for them."""
+        import signal
+        for pid in self.children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+        self.children = []
+
+
+def _serve_jobs(function, share, write_end, pickle):
+    """A forked copy's whole life: each job's (done, result or exception), pickled,
+    framed by its length, down the pipe; then out, never back to the caller's code."""
+    try:
+        with os.fdopen(write_end, "wb") as pipe:
+            for job in share:
+                try:
+                    reply = (True, function(job))
+                except BaseException as error:   # raised again by results()
+                    reply = (False, error)
+                try:
+                    data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+                except Exception as error:
+                    reply = (False, CatopError("a worker's result cannot be sent: %s" % error))
+                    data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+                pipe.write(struct.pack("<Q", len(data)))
+                pipe.write(data)
+                pipe.flush()
+                if not reply[0]:
+                    break
+        sys.stderr.flush()
+    finally:
+        os._exit(0)
+
+
+def _collect_results(read_end, inbox):
+    """Puts each framed result the pipe brings into inbox; None once the pipe ends."""
+    with os.fdopen(read_end, "rb") as pipe:
+        while True:
+            header = pipe.read(8)
+            if len(header) < 8:
+                break
+            size, = struct.unpack("<Q", header)
+            payload = pipe.read(size)
+            if len(payload) < size:
+                break
+            inbox.put(payload)
+    inbox.put(None)
 
 
 def scan_request_file(path, aggregate, stats):
@@ -4693,18 +4801,14 @@ def scan_request_file(path, aggregate, stats):
         points = split_points(path, size, workers)
         jobs = [(path, points[i], points[i + 1]) for i in range(len(points) - 1)]
         learn_shapes(path, aggregate.wanted_attributes())
-        _WORKER_CONTEXT.update(aggregate=aggregate)
-        pool = fork_pool(len(jobs) - 1) if len(jobs) > 1 else None
-        if pool is not None:
+        forked = fork_jobs(lambda job: _scan_range_worker(aggregate, job), jobs[1:],
+                           len(jobs) - 1)
+        if forked is not None:
             # this process reads the first range itself: one process fewer in memory
-            try:
-                later = pool.map_async(_scan_range_worker, jobs[1:])
+            with forked:
                 parts = scan_first_range(aggregate, *jobs[0])
                 if parts is not None:
-                    parts += later.get()
-            finally:
-                pool.terminate()
-                _WORKER_CONTEXT.clear()
+                    parts += forked.results()
             if parts is not None and not sessions_go_back(
                     aggregate.effects, [part.effects for part, _ in parts]):
                 while parts:  # each part let go once merged
@@ -5434,13 +5538,12 @@ class AgentSource(object):
         """New files read by worker processes one at a time, merged here as they come
         back (no worker holds more than a few files' requests), while this process
         reads every other file itself: one process fewer in memory."""
-        pool = fork_pool(workers - 1)
-        if pool is None:
-            return
         mine, theirs = paths[::2], paths[1::2]
-        try:
-            later = pool.imap(_scan_file_worker, [(self.agent, path) for path in theirs],
-                              chunksize=4)
+        forked = fork_jobs(_scan_file_worker, [(self.agent, path) for path in theirs],
+                           workers - 1)
+        if forked is None:
+            return
+        with forked:
             for path in mine:
                 state = FileState(path)
                 try:
@@ -5451,10 +5554,8 @@ class AgentSource(object):
                 self.states[path] = state
                 self.stats.merge(stats)
                 self._take(results, path)
-            for part in later:
+            for part in forked.results():
                 self.merge(take_home(part))
-        finally:
-            pool.terminate()
 
     def merge(self, other):
         """Takes in what a worker read from other files of the same agent."""
@@ -8464,16 +8565,12 @@ def ingest_request_file(history, path, stats):
         points = split_points(path, info.st_size, workers, start=state.offset)
         ranges = list(zip(points, points[1:]))
         learn_shapes(path, ALL_ATTRIBUTES, state.offset)
-        _WORKER_CONTEXT.update(history_path=history.path)
-        pool = fork_pool(len(ranges) - 1) if len(ranges) > 1 else None
-        if pool is not None:
-            try:
-                later = pool.map_async(_ingest_range_worker, [(job, r) for r in ranges[1:]])
+        forked = fork_jobs(lambda part: _ingest_range_worker(history.path, job, part),
+                           ranges[1:], len(ranges) - 1)
+        if forked is not None:
+            with forked:
                 ingest_range(history, job, ranges[0], stats)
-                results = later.get()
-            finally:
-                pool.terminate()
-                _WORKER_CONTEXT.clear()
+                results = list(forked.results())
             for part_stats, _ in map(take_home, results):
                 stats.merge(part_stats)
             state.lines = LineReader(results[-1][1])  # the last range's end
@@ -8555,10 +8652,9 @@ def log_path_of_key(key):
         else None
 
 
-def _ingest_range_worker(task):
-    job, byte_range = task
+def _ingest_range_worker(history_path, job, byte_range):
     REFUSED_VALUES.clear()
-    history = History(_WORKER_CONTEXT["history_path"])
+    history = History(history_path)
     try:
         stats = SourceStats("")
         reached = ingest_range(history, job, byte_range, stats)
@@ -11551,6 +11647,7 @@ def run(args):
     JOBS_LIMIT[0] = args.jobs
     if AS_SCRIPT[0] and worth_running_as_module(args):
         run_as_module()
+    release_compiler_memory()   # (not before: a process replaced by the module gains nothing)
     REFUSED_VALUES.clear()
     try:
         since, until = resolve_window(args.window, args.since, args.until, now)
@@ -12296,8 +12393,6 @@ def release_compiler_memory():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.statusline:
-        release_compiler_memory()
     if (args.install or args.write or args.force) and not args.statusline:
         parser.error("--install, --write and --force go with --statusline")
     if (args.write and not args.install) or (args.force and not args.write):

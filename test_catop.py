@@ -14,6 +14,7 @@ import pickle
 import random
 import re
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -6678,6 +6679,97 @@ class LayoutTests(unittest.TestCase):
                         and order.index(defined[sub.id]) > mine:
                     upward.append("%s -> %s" % (node.name, sub.id))
         self.assertEqual(upward, [])
+
+
+@unittest.skipUnless(hasattr(os, "fork"), "no fork on this system")
+class ForkedJobsTests(unittest.TestCase):
+    """The worker processes: forked copies whose results come back in job order."""
+
+    def test_results_come_back_in_job_order_from_each_copy(self):
+        with catop.ForkedJobs(lambda n: (n * n, os.getpid()), list(range(7)), 3) as forked:
+            results = list(forked.results())
+        self.assertEqual([square for square, _ in results], [0, 1, 4, 9, 16, 25, 36])
+        pids = [pid for _, pid in results]
+        self.assertEqual(len(set(pids)), 3)       # every third job in the same copy
+        self.assertEqual(pids[0::3], [pids[0]] * 3)
+        self.assertNotIn(os.getpid(), pids)
+
+    def test_a_jobs_exception_is_raised_here_after_the_results_before_it(self):
+        def job(n):
+            if n == 2:
+                raise ValueError("job 2 went wrong")
+            return n
+        got = []
+        with catop.ForkedJobs(job, [0, 1, 2, 3], 2) as forked:
+            with self.assertRaisesRegex(ValueError, "job 2 went wrong"):
+                for result in forked.results():
+                    got.append(result)
+        self.assertEqual(got, [0, 1])
+
+    def test_a_copy_that_dies_is_an_error_here_not_a_wait_for_ever(self):
+        with catop.ForkedJobs(lambda n: os._exit(3), [0], 1) as forked:
+            with self.assertRaisesRegex(catop.CatopError, "ended before its work was done"):
+                list(forked.results())
+
+    def test_a_result_that_cannot_be_pickled_is_an_error(self):
+        with catop.ForkedJobs(lambda n: (lambda: n), [0], 1) as forked:
+            with self.assertRaisesRegex(catop.CatopError, "cannot be sent"):
+                list(forked.results())
+
+    def test_a_copy_never_waits_for_this_process_to_read(self):
+        """Big results, nothing read here yet: the copy still finishes (a thread here
+        empties its pipe), and every byte arrives."""
+        forked = catop.ForkedJobs(lambda n: bytes([n]) * (3 << 20), [1, 2, 3], 1)
+        try:
+            pid = forked.children[0]
+            for _ in range(1000):
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                time.sleep(0.01)
+            self.assertEqual(done, pid)
+            self.assertEqual([(len(r), r[:1]) for r in forked.results()],
+                             [(3 << 20, b"\x01"), (3 << 20, b"\x02"), (3 << 20, b"\x03")])
+        finally:
+            forked.close()
+
+    @unittest.skipUnless(os.path.isdir("/proc/self"), "reads /proc")
+    def test_a_copy_never_outlives_this_process(self):
+        """Killed before it read the results, this process leaves no copy behind,
+        blocked for ever on a pipe no one reads."""
+        with tempfile.TemporaryDirectory() as folder:
+            named = os.path.join(folder, "child")
+            script = ("import os, signal, sys, time; sys.path.insert(0, %r); import catop\n"
+                      "def job(n):\n    time.sleep(0.3)\n    return b'x' * (8 << 20)\n"
+                      "forked = catop.ForkedJobs(job, [0], 1)\n"
+                      "open(%r, 'w').write(str(forked.children[0]))\n"
+                      "os.kill(os.getpid(), signal.SIGKILL)\n" % (HERE, named))
+            subprocess.run([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60)
+            with open(named) as handle:
+                child = int(handle.read())
+        try:
+            for _ in range(500):
+                try:
+                    with open("/proc/%d/stat" % child) as handle:
+                        alive = handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+                except OSError:
+                    alive = False
+                if not alive:
+                    break
+                time.sleep(0.02)
+            self.assertFalse(alive)
+        finally:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+
+    def test_every_copy_is_reaped(self):
+        with catop.ForkedJobs(lambda n: n, [0, 1], 2) as forked:
+            pids = list(forked.children)
+            self.assertEqual(list(forked.results()), [0, 1])
+        for pid in pids:
+            with self.assertRaises(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 class ConsistencyMatrixTests(IsolatedEnv):
