@@ -6619,7 +6619,7 @@ class LiveFileSource(LiveSource):
         fresh, stats, generation = [], SourceStats(self.stats.name), self.generation
         try:
             self._check_identity()
-            for block in read_new_blocks(self.state, final=False):
+            for block in () if self._read_by_peer() else read_new_blocks(self.state, False):
                 scan_request_lines(block.split(b"\n"), stats, fresh.append)
         except OSError as error:
             changed = self.stats.error is None
@@ -6652,6 +6652,21 @@ class LiveFileSource(LiveSource):
         if (before is not None or self.found_later and read[0] is None) and \
                 state.offset == 0 and info.st_size:
             self._adopt(info)
+
+    def _read_by_peer(self):
+        """Whether this name is a link to a file a peer tails, under its own name (or as
+        an earlier link): read there, once.  (A link pointed at a log tailed already;
+        what it read before stays held, for that file's own name to take over.)"""
+        if not os.path.islink(self.path):
+            return False
+        identity, earlier = (self.state.device, self.state.inode), True
+        for peer in self.peers:
+            if peer is self:
+                earlier = False
+            elif (peer.state.device, peer.state.inode) == identity and \
+                    peer.stats.error is None and (earlier or not os.path.islink(peer.path)):
+                return True
+        return False
 
     def _read_so_far(self):
         state = self.state   # (its context object itself: reset() makes a new one)
@@ -8245,7 +8260,10 @@ class History(object):
         return found
 
     def prune(self, days, now):
-        """Deletes requests older than days; returns how many."""
+        """Deletes requests older than days; returns how many.  What the logs still on
+        disk hold of them is read again at the next run, from their start, under the
+        same keys: a report over a log says what it holds, history or not (its file
+        state alone would keep those lines unread for ever); what is gone is let go."""
         cutoff = now - days * 86400
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -8253,6 +8271,8 @@ class History(object):
             self.db.execute("DELETE FROM compactions WHERE ts < ?", (cutoff,))
             self.db.execute("DELETE FROM replaced WHERE NOT EXISTS (SELECT 1 FROM requests"
                             " WHERE substr(key, 1, length(prefix)) = prefix)")
+            if count:
+                self.db.execute("UPDATE files SET offset = 0, context = NULL, device = NULL")
             self.db.execute("COMMIT")
         except BaseException:
             self._roll_back(self.db)
@@ -9286,16 +9306,48 @@ def live_trend(model, now, cache):
     return cache["trend"]
 
 
-def live_cache_state(model, now, cache, with_gaps):
-    """(warm sessions, gap histograms or {}) of a live model: the entries warm at its
-    last change (those expired since are dropped when drawn), the gaps only for the
-    breaks panel; both worked out again only when the model changes."""
+def live_cache_state(model, now, cache, panel=False, start=None, until=None):
+    """(warm sessions, breaks, gap histograms or {}) of a live model: the entries warm
+    at its last change (those expired since are dropped when drawn); for the breaks
+    panel, the breaks and gaps of the window alone, as a snapshot of it counts them;
+    each worked out again only when the model (or the window's first request) changes."""
     if cache.get("warm_key") != model.version:
-        cache["warm_key"], cache["warm"], cache["gaps"] = (
-            model.version, warm_sessions(model.effects, now), None)
-    if with_gaps and cache["gaps"] is None:
-        cache["gaps"] = gap_histograms(model.effects)
-    return cache["warm"], cache["gaps"] or {}
+        cache["warm_key"], cache["warm"] = model.version, warm_sessions(model.effects, now)
+    if not panel:
+        return cache["warm"], model.breaks, {}
+    times = model.timeline.times
+    key = (model.version, None if start is None else bisect.bisect_left(times, start), until)
+    if cache.get("panel_key") != key:
+        effects = model.effects if start is None and until is None else \
+            windowed_effects(model, start, until)
+        cache["panel_key"], cache["breaks"], cache["gaps"] = key, sorted(
+            effects.breaks, key=_break_order), gap_histograms(effects)
+    return cache["warm"], cache["breaks"], cache["gaps"]
+
+
+def windowed_effects(model, start, until):
+    """The cache effects of a live model's requests in [start, until), as a snapshot
+    of that window has them: what a request leaves its chain depends on that request
+    alone, so each chain's last request before the window is paired first (counting
+    nothing), then the window's requests, counted."""
+    timeline = model.timeline
+    first = 0 if start is None else bisect.bisect_left(timeline.times, start)
+    end = len(timeline.times) if until is None else bisect.bisect_left(timeline.times, until)
+    inside = timeline.timed[first:end]
+    wanted = {chain_of(entry.req) for entry in inside if entry.req.session}
+    before = {}
+    for entry in reversed(timeline.timed[:first]):
+        if len(before) == len(wanted):
+            break
+        chain = chain_of(entry.req) if entry.req.session else None
+        if chain in wanted and chain not in before:
+            before[chain] = entry.req
+    effects = CacheEffects(model.prices, _NO_GROUP, model.compactions())
+    for req in sorted(before.values(), key=lambda req: req.ts):
+        effects.add(req, False)
+    for entry in inside:
+        effects.add(entry.req)
+    return effects
 
 
 def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None):
@@ -9331,11 +9383,11 @@ def build_frame(model, view, now, alert_burn=5.0, cache=None, budget_limits=None
             frame.totals.merge(tally)
     frame.rates = rolling_rates(model.buckets, now)
     frame.spark = hit_series(model.buckets, now)
-    frame.breaks = model.breaks
     frame.alerts = live_alerts(model.buckets, now, model.breaks, table["unpriced"],
                                model.stats(), alert_burn)
     frame.budgets = live_budgets(model, budget_limits, now, cache)
-    frame.warm, frame.gaps = live_cache_state(model, now, cache, view.breaks_panel)
+    frame.warm, frame.breaks, frame.gaps = live_cache_state(
+        model, now, cache, view.breaks_panel, start, until)
     if view.trends_panel:
         frame.trend = live_trend(model, now, cache)
     frame.alerts[:0] = ["%s budget spent: %s of %s" % (period, fmt_usd(spent, 2),
@@ -10917,13 +10969,15 @@ def curses_styles(use_colour):
     mono = {"": curses.A_NORMAL, "title": curses.A_BOLD, "ok": curses.A_NORMAL,
             "warn": curses.A_BOLD, "bad": curses.A_BOLD | curses.A_UNDERLINE,
             "dim": curses.A_DIM, "select": curses.A_REVERSE}
-    if not use_colour or not curses.has_colors():
+    if not curses.has_colors():
         return mono
     try:
         curses.start_color()
-        curses.use_default_colors()
-        background = -1
+        curses.use_default_colors()   # also without colour: curses.wrapper started
+        background = -1               # colour, and its pair 0 is white on black
     except curses.error:
+        return mono
+    if not use_colour:
         return mono
     styles = dict(mono)
     for number, (name, colour, extra) in enumerate((
@@ -11538,6 +11592,16 @@ def collect_sources(args, aggregate, now, history=None):
     return sources
 
 
+def keeps_history(args):
+    """Whether a run keeps a history: not --no-history, and it reads something the
+    history keeps (a request log, standard input only with --history named, an
+    agent) or no source at all (the report is then the history's).  A demo or
+    LiteLLM's spend logs alone leave it untouched."""
+    logs = [path for path in args.file if path != "-" or args.history]
+    return not args.no_history and bool(logs or args.agent or args.scan_agents or
+                                        names_no_source(args))
+
+
 def names_no_source(args):
     """Whether a snapshot is given no source (it then scans every agent, and reports
     all the history holds)."""
@@ -11562,8 +11626,9 @@ def report_history(history, aggregate, labels):
 
 
 def open_history(args):
-    """The History, or None: --no-history, the live view, or a Python without sqlite3."""
-    if args.no_history:
+    """The History, or None: --no-history, a run that reads nothing it keeps, or a
+    Python without sqlite3."""
+    if not keeps_history(args):
         return None
     try:
         import sqlite3
@@ -11708,7 +11773,7 @@ def run_watch(args, prices, since, until):
     now = time.time()
     with lock:
         model.finish()
-        if not args.no_history:
+        if keeps_history(args):
             writer = HistoryWriter(args, sources)
             writer.store_once()
             if writer.error is not None:
@@ -11954,7 +12019,7 @@ def run_live(args, prices, since, until):
         serve_metrics(parse_listen_address(args.metrics_listen),
                       metrics_renderer(model, args.group_by, prices, app.lock))
     use_colour = not args.no_color and "NO_COLOR" not in os.environ
-    writer = None if args.no_history else HistoryWriter(args, sources).start()
+    writer = HistoryWriter(args, sources).start() if keeps_history(args) else None
     try:
         return run_curses(app, use_colour, unicode_ok)
     except curses.error as error:

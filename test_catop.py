@@ -3223,6 +3223,22 @@ class DrawTests(unittest.TestCase):
         self.assertEqual(window.writes, [(0, 0, "0123456789", 1), (1, 0, "ab", 0),
                                          (1, 2, "cd[2J", 2), (2, 0, "xxxxxxxxx", 0)])
 
+    def test_no_colour_keeps_the_terminals_own_colours(self):
+        """NO_COLOR painted every cell white on black (curses.wrapper starts colour,
+        and only the colour path asked for the terminal's default colours)."""
+        import curses
+        for use_colour, pairs in ((False, 0), (True, 5)):
+            with mock.patch.object(curses, "has_colors", return_value=True), \
+                    mock.patch.object(curses, "start_color"), \
+                    mock.patch.object(curses, "use_default_colors") as defaults, \
+                    mock.patch.object(curses, "init_pair") as init_pair, \
+                    mock.patch.object(curses, "color_pair", side_effect=lambda n: n << 8):
+                styles = catop.curses_styles(use_colour)
+            self.assertEqual(defaults.call_count, 1)
+            self.assertEqual(init_pair.call_count, pairs)
+            self.assertEqual(styles["bad"], curses.A_BOLD | (
+                curses.A_UNDERLINE if not use_colour else 4 << 8))
+
 
 class TailTests(unittest.TestCase):
 
@@ -6510,6 +6526,30 @@ class FolderWatchTests(IsolatedEnv):
                 self.looked_at_again(model, clock)
                 self.assert_as_once(model, folder, (4, 23), *(("history",) if history else ()))
 
+    def test_a_link_pointed_at_a_log_tailed_under_its_own_name_counts_it_once(self):
+        """cur.jsonl -> day1.jsonl (the link is the name tailed: it sorts first), then
+        -> day2.jsonl, tailed already: the link read day2 from its start beside it (6
+        requests for 4); now day2 is read under its own name, and day1 takes over what
+        the link had read of it."""
+        for history in (False, True):
+            with self.subTest(history=history):
+                folder = os.path.join(self.tmp, "logs-%s" % history)
+                os.makedirs(folder)
+                self.write(os.path.join(folder, "day1.jsonl"), 1, 2)
+                self.write(os.path.join(folder, "day2.jsonl"), 4)
+                os.symlink("day1.jsonl", os.path.join(folder, "cur.jsonl"))
+                if history:
+                    self.report_with_history(folder)
+                model, clock = self.watched(folder, history)
+                os.remove(os.path.join(folder, "cur.jsonl"))
+                os.symlink("day2.jsonl", os.path.join(folder, "cur.jsonl"))
+                model.poll()
+                self.write(os.path.join(folder, "day2.jsonl"), 8, mode="a")
+                self.looked_at_again(model, clock)
+                self.write(os.path.join(folder, "day1.jsonl"), 16, mode="a")
+                self.looked_at_again(model, clock)
+                self.assert_as_once(model, folder, (5, 31), *(("history",) if history else ()))
+
     def test_a_link_replaced_by_a_log_is_read(self):
         """A name skipped as a link to a tailed log was never looked at again."""
         folder = os.path.join(self.tmp, "logs")
@@ -6777,6 +6817,36 @@ class ConsistencyMatrixTests(IsolatedEnv):
     same totals, groups, breaks, what-if and wasted writes."""
 
     COMPARED = ("totals", "groups", "breaks", "break_summary", "what_if", "wasted_writes")
+
+    def test_the_breaks_panel_counts_the_window_as_a_snapshot_of_it_does(self):
+        """The live view's b panel listed every break and gap whatever the window (21
+        breaks in a 1h window where --once --window 1h found 17)."""
+        now, m = time.time(), "claude-sonnet-4-5-20250929"
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:   # (seconds ago, session, read, write)
+            for ago, session, read, write in (
+                    (7000, "s1", 0, 10000), (6900, "s1", 10000, 0), (6000, "s1", 0, 10000),
+                    (3000, "s1", 10000, 0), (1800, "s1", 0, 10000), (1700, "s1", 10000, 0),
+                    (3700, "s2", 0, 8000), (3500, "s2", 0, 8000), (100, "s2", 8000, 0)):
+                handle.write(json.dumps({
+                    "timestamp": now - ago, "model": m, "session_id": session,
+                    "usage": {"input_tokens": 50, "cache_read_input_tokens": read,
+                              "cache_creation_input_tokens": write,
+                              "output_tokens": 10}}) + "\n")
+        once = self.run_json("--file", path, "--once", "--window", "1h")
+        args = catop.build_parser().parse_args(["--file", path, "--offline", "--no-history"])
+        model = catop.LiveModel(catop.live_sources(args, now), PRICES, clock=lambda: now)
+        model.poll()
+        for window, breaks, gaps in (("1h", [3500, 1800], [0, 2, 3, 0]),
+                                     ("all", [6000, 3500, 1800], [0, 3, 4, 0])):
+            view = catop.View(("model",), window, "cost", True)
+            view.breaks_panel = True
+            frame = catop.build_frame(model, view, now)
+            self.assertEqual([round(now - b.ts) for b in frame.breaks], breaks, window)
+            self.assertEqual(catop.gap_total(frame.gaps)[:4], gaps, window)
+        self.assertEqual(sorted(b["ts"] for b in once["breaks"]),
+                         [catop.iso_utc(now - 3500), catop.iso_utc(now - 1800)])
+        self.assertEqual([once["gaps"][name] for name in catop.GAP_BIN_NAMES], [0, 2, 3, 0])
 
     def request_log(self):
         """Three sessions, one of them with a late request (its time between two that
@@ -7779,6 +7849,49 @@ class HistoryTests(IsolatedEnv):
                                      os.path.join(blocker, "h.sqlite3"))
         self.assertEqual(code, 1)
         self.assertIn("cannot use the history", err)
+
+    def test_a_demo_or_standard_input_leaves_the_history_alone(self):
+        """--demo (--once, --once --duration) and --stdin without --history named read
+        nothing the history keeps: they created it (and its lock) all the same."""
+        state = os.path.join(self.tmp, "state")
+        for argv, stdin in ((("--demo", "--once"), None),
+                            (("--demo", "--once", "--duration", "0.2"), None),
+                            (("--stdin", "--once"), self.line(5))):
+            with self.subTest(argv=argv):
+                with mock.patch.object(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+                        (stdin or "").encode()))):
+                    code, out, err = self.run_main(*argv + ("--offline", "--format", "json"))
+                self.assertEqual(code, 0, err)
+                self.assertGreater(json.loads(out)["totals"]["requests"], 0)
+                self.assertFalse(os.path.exists(state), os.listdir(state) if
+                                 os.path.exists(state) else None)
+        log = os.path.join(self.tmp, "log.jsonl")
+        with open(log, "w") as handle:
+            handle.write(self.line(5))
+        self.assertEqual(self.run_main("--file", log, "--once", "--offline")[0], 0)
+        self.assertTrue(os.path.exists(os.path.join(state, "catop", "history.sqlite3")))
+
+    def test_a_pruned_log_still_on_disk_still_reports_what_it_holds(self):
+        """--prune-history, then the same report: its file state said the log was read
+        to its end, so its old lines were never read again (0 requests where --no-history
+        said 2, and a --max-cost gate passed)."""
+        path = os.path.join(self.tmp, "log.jsonl")
+        with open(path, "w") as handle:
+            handle.write(self.line(100, NOW - 40 * 86400) + self.line(7, NOW - 35 * 86400))
+        gate = ("--file", path, "--once", "--offline", "--max-cost", "0")
+        self.assertEqual(self.run_main(*gate)[0], catop.EXIT_GATE)
+        self.assertEqual(self.run_main("--prune-history", "30")[0], 0)
+        code, out, _ = self.run_main("--export-history", "jsonl")
+        self.assertEqual(out, "")                                  # pruned, as asked
+        self.assertEqual(self.run_main(*gate)[0], catop.EXIT_GATE)
+        totals = self.report("--file", path)["totals"]
+        self.assertEqual((totals["requests"], totals["input_tokens"]), (2, 107))
+        code, out, _ = self.run_main("--export-history", "jsonl")
+        self.assertEqual(sorted(json.loads(l)["miss_tokens"] for l in out.splitlines()),
+                         [7, 100])                               # read again: no copy
+        os.remove(path)
+        self.assertEqual(self.run_main("--prune-history", "30")[0], 0)
+        self.assertEqual(self.run_main("--export-history", "jsonl")[1], "")   # let go of
 
     def test_prune_export_stdin_and_no_sqlite(self):
         path = os.path.join(self.tmp, "log.jsonl")
