@@ -4662,7 +4662,12 @@ JOBS_LIMIT = [None]
 
 
 def worker_count():
-    """Processes to read with: --jobs, else the cores this process may run on."""
+    """Processes to read with: --jobs, else the cores this process may run on; one on
+    a thread other than the main one (the live view's history writer): a process
+    forked there may inherit a lock another thread holds, and wait for it for ever."""
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.current_thread() is not threading.main_thread():
+        return 1
     if JOBS_LIMIT[0] is not None:
         return JOBS_LIMIT[0]
     try:
@@ -4682,6 +4687,10 @@ def fork_jobs(function, jobs, processes):
         return None
 
 
+class WorkerTraceback(Exception):
+    """Where a job failed in its worker process (the cause of the error raised here)."""
+
+
 class ForkedJobs(object):
     """Jobs done by forked copies of this process; their results, back in job order.
 
@@ -4689,39 +4698,50 @@ class ForkedJobs(object):
     shapes), so a job is never pickled, only its result: down a pipe that a thread
     here empties as it fills, so no copy waits on this process while it reads its
     own share.  (multiprocessing's Pool did this for about 60 ms more a run: its
-    import, its queues and its three threads.)  Each copy takes every n-th job."""
+    import, its queues and its three threads.)  Each copy takes every n-th job, and
+    ends when this process does (a lifeline pipe it alone writes to)."""
 
     def __init__(self, function, jobs, processes):
         import pickle
         import queue
+        import signal
         import threading
         self.count, self.loads = len(jobs), pickle.loads
         self.shares = max(1, min(processes, len(jobs)))
-        self.children, self.inboxes = [], []
+        self.children, self.inboxes, self.threads = [], [], []
         sys.stdout.flush()   # else a copy's buffers hold this process's pending output
         sys.stderr.flush()
-        pipes = []
+        lifeline, self.lifeline = os.pipe()
+        unowned = [lifeline]   # closed here if the start fails; a thread closes its pipe
         try:
             for index in range(self.shares):
                 read_end, write_end = os.pipe()
-                pipes.append(read_end)
-                pid = os.fork()
-                if pid == 0:   # (with no read end open: a copy never outlives this process)
-                    for end in pipes:
-                        os.close(end)
-                    _serve_jobs(function, jobs[index::self.shares], write_end, pickle)
-                os.close(write_end)
+                unowned.append(read_end)
+                # no Ctrl-C may send a copy back into the caller's code before it serves
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                try:
+                    pid = _fork()
+                    if pid == 0:
+                        _serve_jobs(function, jobs[index::self.shares], write_end,
+                                    unowned[1:] + [self.lifeline], lifeline, mask, pickle)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                    os.close(write_end)
                 self.children.append(pid)
+            os.close(unowned.pop(0))
+            while unowned:   # (only now: a copy forked beside a thread may deadlock)
+                inbox = queue.SimpleQueue()
+                thread = threading.Thread(target=_collect_results, name="catop-results",
+                                          daemon=True, args=(unowned[0], inbox))
+                thread.start()
+                unowned.pop(0)
+                self.inboxes.append(inbox)
+                self.threads.append(thread)
         except BaseException:
             self.close()
-            for read_end in pipes:
-                os.close(read_end)
+            for end in unowned:
+                os.close(end)
             raise
-        for read_end in pipes:   # (only now: a copy forked beside a thread may deadlock)
-            inbox = queue.SimpleQueue()
-            self.inboxes.append(inbox)
-            threading.Thread(target=_collect_results, name="catop-results", daemon=True,
-                             args=(read_end, inbox)).start()
 
     def __enter__(self):
         return self
@@ -4731,41 +4751,77 @@ class ForkedJobs(object):
 
     def results(self):
         """Each job's result in the order of the jobs, as it comes; a job's exception
-        is raised here."""
+        is raised here, from the worker's traceback."""
         for index in range(self.count):
             payload = self.inboxes[index % self.shares].get()
             if payload is None:
-                raise CatopError("a worker process ended before its work was done")
-            done, value = self.loads(payload)
+                raise CatopError("a worker process ended before its work was done (%s)"
+                                 % self._ending(index % self.shares))
+            done, value, trace = self.loads(payload)
             if not done:
-                raise value
+                raise value from WorkerTraceback(trace)
             yield value
 
+    def _ending(self, share):
+        """How a copy ended: its exit status, or the signal that killed it."""
+        pid, self.children[share] = self.children[share], None
+        try:
+            status = os.waitpid(pid, 0)[1]
+        except (OSError, TypeError):
+            return "its status unknown"
+        if os.WIFSIGNALED(status):
+            return "killed by signal %d" % os.WTERMSIG(status)   # 9: out of memory?
+        return "exit status %d" % os.WEXITSTATUS(status)
+
     def close(self):
-        """Ends the copies (whether or not they are done) and waits for them."""
+        """Ends the copies (whether or not they are done), waits for them and for the
+        threads that read their pipes."""
         import signal
-        for pid in self.children:
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
+        children, self.children = [pid for pid in self.children if pid], []
+        for pid in children:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
+        for pid in children:
             with contextlib.suppress(OSError):
                 os.waitpid(pid, 0)
-        self.children = []
+        for thread in self.threads:
+            thread.join(5.0)
+        self.threads = []
 
 
-def _serve_jobs(function, share, write_end, pickle):
-    """A forked copy's whole life: each job's (done, result or exception), pickled,
-    framed by its length, down the pipe; then out, never back to the caller's code."""
+def _fork():
+    import warnings
+    with warnings.catch_warnings():   # Python 3.12+ warns of forking beside a thread (a
+        warnings.simplefilter("ignore", DeprecationWarning)   # server's): a copy runs
+        return os.fork()                                      # none of that thread's code
+
+
+def _serve_jobs(function, share, write_end, inherited, lifeline, mask, pickle):
+    """A forked copy's whole life: each job's (done, result or exception, traceback),
+    pickled, framed by its length, down the pipe; then out, never back to the
+    caller's code (and out at once when the process that forked it ends)."""
     try:
+        import signal
+        import threading
+        for end in inherited:   # the other pipes' read ends, the lifeline's write end
+            os.close(end)
+        threading.Thread(target=_exit_when_orphaned, args=(lifeline,), daemon=True).start()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         with os.fdopen(write_end, "wb") as pipe:
             for job in share:
                 try:
-                    reply = (True, function(job))
+                    reply = (True, function(job), None)
                 except BaseException as error:   # raised again by results()
-                    reply = (False, error)
+                    import traceback
+                    reply = (False, error, traceback.format_exc())
                 try:
                     data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
                 except Exception as error:
-                    reply = (False, CatopError("a worker's result cannot be sent: %s" % error))
+                    reply = (False, CatopError("a worker's result cannot be sent: %s" % error),
+                             None)
                     data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
                 pipe.write(struct.pack("<Q", len(data)))
                 pipe.write(data)
@@ -4775,6 +4831,12 @@ def _serve_jobs(function, share, write_end, pickle):
         sys.stderr.flush()
     finally:
         os._exit(0)
+
+
+def _exit_when_orphaned(lifeline):
+    """A copy's watch on the process that forked it: the lifeline ends when it does."""
+    os.read(lifeline, 1)
+    os._exit(1)
 
 
 def _collect_results(read_end, inbox):
@@ -9533,7 +9595,7 @@ def display_width(text):
 
 
 def fit(text, width, ellipsis="~"):
-    """Text cut to width terminal columns (no wrapping, ever)."""
+    """Text cut to width terminal columns (no wrapping, ever), never inside a number."""
     if width <= 0:
         return ""
     if width <= len(ellipsis):
@@ -9541,16 +9603,34 @@ def fit(text, width, ellipsis="~"):
     if text.isascii():
         if len(text) <= width:
             return text
-        return text[:width - len(ellipsis)] + ellipsis
+        return text[:whole_number_cut(text, width - len(ellipsis))] + ellipsis
     if display_width(text) <= width:
         return text
-    room, kept, used = width - len(ellipsis), [], 0
+    room, kept, used = width - len(ellipsis), 0, 0
     for char in text:
         used += char_width(char)
         if used > room:
             break
-        kept.append(char)
-    return "".join(kept) + ellipsis
+        kept += 1
+    return text[:whole_number_cut(text, kept)] + ellipsis
+
+
+_NUMBER_CHARS = frozenset("0123456789,.:$%+-()kMGTxhms")   # 1.2M, 01:53, 5m, 2.0x
+
+
+def whole_number_cut(text, cut):
+    """cut, or the start of the number it would split: a number cut short reads as
+    another number (read 124,115,42 for 124,115,427)."""
+    start, end = cut, cut
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    word = text[start:end]
+    if start < cut < end and all(char in _NUMBER_CHARS for char in word) and \
+            any(char.isdigit() for char in word):
+        return start
+    return cut
 
 
 def pad(text, width):

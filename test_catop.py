@@ -6747,9 +6747,45 @@ class ForkedJobsTests(unittest.TestCase):
         self.assertEqual(got, [0, 1])
 
     def test_a_copy_that_dies_is_an_error_here_not_a_wait_for_ever(self):
-        with catop.ForkedJobs(lambda n: os._exit(3), [0], 1) as forked:
-            with self.assertRaisesRegex(catop.CatopError, "ended before its work was done"):
+        for job, how in ((lambda n: os._exit(3), "exit status 3"),
+                         (lambda n: os.kill(os.getpid(), signal.SIGKILL), "killed by signal 9")):
+            with catop.ForkedJobs(job, [0], 1) as forked:
+                with self.assertRaisesRegex(catop.CatopError,
+                                            r"ended before its work was done \(%s\)" % how):
+                    list(forked.results())
+
+    def test_a_jobs_error_carries_the_workers_traceback(self):
+        def failing_job(n):
+            raise KeyError(n)
+        with catop.ForkedJobs(failing_job, [5], 1) as forked:
+            with self.assertRaises(KeyError) as raised:
                 list(forked.results())
+        self.assertIsInstance(raised.exception.__cause__, catop.WorkerTraceback)
+        self.assertIn("in failing_job", str(raised.exception.__cause__))
+
+    def test_a_fork_refused_leaves_no_process_nor_descriptor(self):
+        forks, real = [], catop._fork
+
+        def second_refused():
+            if forks:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+            forks.append(real())
+            return forks[-1]
+        before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+        with mock.patch.object(catop, "_fork", second_refused):
+            self.assertIsNone(catop.fork_jobs(lambda n: n, [0, 1], 2))
+        with self.assertRaises(ChildProcessError):   # the first copy: ended and reaped
+            os.waitpid(forks[0], os.WNOHANG)
+        if before is not None:
+            self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
+    def test_no_worker_is_forked_from_a_thread_other_than_the_main_one(self):
+        import threading
+        counts = []
+        thread = threading.Thread(target=lambda: counts.append(catop.worker_count()))
+        thread.start()
+        thread.join()
+        self.assertEqual(counts, [1])
 
     def test_a_result_that_cannot_be_pickled_is_an_error(self):
         with catop.ForkedJobs(lambda n: (lambda: n), [0], 1) as forked:
@@ -6775,12 +6811,12 @@ class ForkedJobsTests(unittest.TestCase):
 
     @unittest.skipUnless(os.path.isdir("/proc/self"), "reads /proc")
     def test_a_copy_never_outlives_this_process(self):
-        """Killed before it read the results, this process leaves no copy behind,
-        blocked for ever on a pipe no one reads."""
+        """Killed while its copy works, this process leaves no copy behind, working on
+        for nothing (then blocked for ever on a pipe no one reads)."""
         with tempfile.TemporaryDirectory() as folder:
             named = os.path.join(folder, "child")
             script = ("import os, signal, sys, time; sys.path.insert(0, %r); import catop\n"
-                      "def job(n):\n    time.sleep(0.3)\n    return b'x' * (8 << 20)\n"
+                      "def job(n):\n    time.sleep(60)\n    return b'x' * (8 << 20)\n"
                       "forked = catop.ForkedJobs(job, [0], 1)\n"
                       "open(%r, 'w').write(str(forked.children[0]))\n"
                       "os.kill(os.getpid(), signal.SIGKILL)\n" % (HERE, named))
