@@ -2161,6 +2161,20 @@ TOTAL                6   230k  8,000  53.6k  6,850  78.8%  $0.3015   $0.5099
                                          report.aggregate.totals)
         self.assertEqual("\n".join(lines) + "\n", self.GOLDEN_80)
 
+    def test_text_is_never_cut_inside_a_number(self):
+        """A narrow summary read 'read 124,115,42~' for 124,115,427: another number."""
+        line = "input     133,151,191 = read 124,115,427"
+        self.assertEqual(catop.fit(line, 32, "~"), "input     133,151,191 = read ~")
+        self.assertEqual(catop.fit(line, 22, "~"), "input     133,151,191~")   # whole: kept
+        self.assertEqual(catop.fit("cost $15.89 saved $39.12", 10, "~"), "cost ~")
+        self.assertEqual(catop.fit("read 1.2M  write 300k", 8, "~"), "read ~")
+        self.assertEqual(catop.fit("catop  01:53:04  window", 12, "~"), "catop  ~")
+        self.assertEqual(catop.fit("\u2713 read 1,234,567", 12, "\u2026"), "\u2713 read \u2026")
+        # words are cut as before, numbers in them too: only a number alone is kept whole
+        self.assertEqual(catop.fit("claude-sonnet-4-5-20250929", 16, "~"), "claude-sonnet-4~")
+        self.assertEqual(catop.fit("gpt-4.1-mini", 7, "~"), "gpt-4.~")
+        self.assertEqual(catop.fit("12345678", 5, "~"), "~")
+
     def test_wide_characters_keep_the_columns_aligned(self):
         self.assertEqual(catop.display_width("\u6a21\u578b\U0001f680e\u0301"), 7)
         self.assertEqual(catop.fit("\u7528\u6237\u9879\u76ee", 5), "\u7528\u6237~")
