@@ -361,6 +361,8 @@ def csv_cell(value):
     starting with = + - @ tab or CR gets a leading quote (OWASP's CSV injection advice)."""
     if value is None:
         return ""
+    if type(value) is bool:
+        return "true" if value else "false"   # as in JSON, not Python's True
     if not isinstance(value, str):
         return value
     text = clean(value)
@@ -4194,7 +4196,7 @@ class View(object):
     """What the live view shows: grouping, window, sort, filter and drill-down path."""
 
     GROUPINGS = ("model", "project", "agent", "provider", "session", "day", "week", "month")
-    WINDOWS = ("all", "today", "1h", "24h", "7d", "30d", "week", "month")
+    WINDOWS = ("all", "today", "1h", "24h", "7d", "30d", "week", "month", "90d")
     # s cycles through the columns on screen; --sort may name any (observed, time)
     SORTS = ("cost", "saved", "hit", "requests", "input", "read", "write", "miss", "output",
              "last", "name")
@@ -11635,15 +11637,14 @@ def collect_sources(args, aggregate, now, history=None):
         sources.append(stats)
     if aggregate.effects.late:
         read_again_in_time_order(streamed, aggregate)
-    if args.demo:
-        stats = SourceStats("demo (seed %d)" % args.seed)
-        requests, compactions = demo_traffic(args.seed, now)
-        for session, ts in compactions:
+    if args.demo:   # what the live view shows when it starts, --once --duration after
+        demo = LiveDemoSource(args.seed, clock=lambda: now)
+        demo.poll()
+        for session, ts in demo.compaction_times():
             aggregate.effects.compactions.setdefault(session, []).append(ts)
-        for req in requests:
-            stats.records += 1
+        for req in demo.requests:
             aggregate.add(req)
-        sources.append(stats)
+        sources.append(demo.stats)
     if args.litellm_url:
         source = LiteLLMSpendSource(args.litellm_url, aggregate.since, aggregate.until)
         source.fetch(aggregate.since)

@@ -433,7 +433,8 @@ class UsageShapeTests(unittest.TestCase):
     def test_csv_cells_never_start_a_formula(self):
         cases = [("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"), ("+1", "'+1"), ("-1", "'-1"),
                  ("@SUM(A1)", "'@SUM(A1)"), ("\t=1+1", "'=1+1"), ("\r=1", "'=1"),
-                 ("\x00=1", "'=1"), ("gpt-4o", "gpt-4o"), (3, 3), (-0.5, -0.5), (None, "")]
+                 ("\x00=1", "'=1"), ("gpt-4o", "gpt-4o"), (3, 3), (-0.5, -0.5), (None, ""),
+                 (True, "true"), (False, "false")]   # (a subagent's flag read "True")
         for value, cell in cases:
             with self.subTest(value=value):
                 self.assertEqual(catop.csv_cell(value), cell)
@@ -2774,6 +2775,22 @@ class CliTests(IsolatedEnv):
         self.assertEqual(code, 0)
         self.assertIn("claude-sonnet-4-5", out)
 
+    def test_the_demo_is_the_same_traffic_on_every_path(self):
+        """--demo --once showed six hours (1,373 requests, $53.62) where the live view
+        and --once --duration showed the two hours before now (524, $15.89)."""
+        now = 1773158400.0
+        model = catop.LiveModel([catop.LiveDemoSource(3, clock=lambda: now)], PRICES,
+                                clock=lambda: now)
+        model.poll()
+        live = catop.aggregate_model(model, (), None, None, None, now)
+        with mock.patch.object(catop.time, "time", return_value=now):
+            once = self.run_json("--demo", "--seed", "3", "--once")
+        self.assertGreater(live.totals.requests, 100)
+        self.assertEqual((once["totals"]["requests"], once["totals"]["cost_usd"],
+                          len(once["breaks"])),
+                         (live.totals.requests, round(live.totals.cost, 9),
+                          len(live.effects.breaks)))
+
     def hostile_bytes(self):
         with open(example("hostile.jsonl"), "rb") as handle:
             return handle.read()
@@ -3006,6 +3023,15 @@ class KeyTests(unittest.TestCase):
         app.tick()
         app.screen(120, 30)
         return app, clock
+
+    def test_w_cycles_through_every_window_the_flag_takes(self):
+        """90d, a --window, was never reached by w."""
+        app, _ = self.app()
+        seen = []
+        for _ in range(len(catop.WINDOWS)):
+            app.press("w")
+            seen.append(app.view.window)
+        self.assertEqual(sorted(seen), sorted(catop.WINDOWS))
 
     def test_drill_down_and_back(self):
         app, _ = self.app()
