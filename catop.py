@@ -4705,9 +4705,6 @@ class ForkedJobs(object):
 
     def __init__(self, function, jobs, processes):
         import pickle
-        import queue
-        import signal
-        import threading
         self.count, self.loads = len(jobs), pickle.loads
         self.shares = max(1, min(processes, len(jobs)))
         self.children, self.inboxes, self.threads = [], [], []
@@ -4717,33 +4714,46 @@ class ForkedJobs(object):
         unowned = [lifeline]   # closed here if the start fails; a thread closes its pipe
         try:
             for index in range(self.shares):
-                read_end, write_end = os.pipe()
-                unowned.append(read_end)
-                # no Ctrl-C may send a copy back into the caller's code before it serves
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-                try:
-                    pid = _fork()
-                    if pid == 0:
-                        _serve_jobs(function, jobs[index::self.shares], write_end,
-                                    unowned[1:] + [self.lifeline], lifeline, mask, pickle)
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                    os.close(write_end)
-                self.children.append(pid)
+                self.children.append(self._fork_copy(
+                    function, jobs[index::self.shares], unowned, pickle))
             os.close(unowned.pop(0))
             while unowned:   # (only now: a copy forked beside a thread may deadlock)
-                inbox = queue.SimpleQueue()
-                thread = threading.Thread(target=_collect_results, name="catop-results",
-                                          daemon=True, args=(unowned[0], inbox))
-                thread.start()
-                unowned.pop(0)
-                self.inboxes.append(inbox)
-                self.threads.append(thread)
+                self._collect(unowned)
         except BaseException:
             self.close()
             for end in unowned:
                 os.close(end)
             raise
+
+    def _fork_copy(self, function, share, unowned, pickle):
+        """Forks the copy that does share; returns its pid (the copy never returns).
+        unowned: the lifeline's read end, then the pipes' read ends; this one's added."""
+        import signal
+        read_end, write_end = os.pipe()
+        unowned.append(read_end)
+        # no Ctrl-C may send a copy back into the caller's code before it serves
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            pid = _fork()
+            if pid == 0:
+                _serve_jobs(function, share, write_end, unowned[1:] + [self.lifeline],
+                            unowned[0], mask, pickle)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(write_end)
+        return pid
+
+    def _collect(self, unowned):
+        """A thread that empties the first of the unowned pipes, which it then owns."""
+        import queue
+        import threading
+        inbox = queue.SimpleQueue()
+        thread = threading.Thread(target=_collect_results, name="catop-results",
+                                  daemon=True, args=(unowned[0], inbox))
+        thread.start()
+        unowned.pop(0)
+        self.inboxes.append(inbox)
+        self.threads.append(thread)
 
     def __enter__(self):
         return self
