@@ -10239,8 +10239,9 @@ def _summary_line(totals, width, ellipsis, filtered=""):
 def _table_lines(frame, view, width, rows_room, ellipsis):
     """The table (or timeline, breaks, help) and the index of the selected row."""
     if view.help:
-        lines = help_text()
-        return [[(line, "")] for line in lines[view.help_top:]][:rows_room]
+        lines = [part for line in help_text()[view.help_top:] for part in
+                 wrapped(line, width)]
+        return [fit_segments([(line, "")], width, ellipsis) for line in lines][:rows_room]
     if view.trends_panel:
         return _trends_lines(frame, width, rows_room, ellipsis)
     if view.breaks_panel:
@@ -10465,6 +10466,16 @@ def fmt_gap(seconds):
     return "%.1fh" % (seconds / 3600)
 
 
+def wrapped(line, width):
+    """A help line in lines of at most width columns, cut between words; a key's
+    text goes on under itself (after the 17 columns of its key)."""
+    if display_width(line) <= width:
+        return [line]
+    import textwrap
+    indent = " " * 17 if line.startswith("  ") and width > 40 else ""
+    return textwrap.wrap(line, width, subsequent_indent=indent) or [line]
+
+
 def help_text():
     """The help screen's lines; the groupings and windows are those g and w cycle."""
     return (
@@ -10502,12 +10513,17 @@ def _key_line(view, unicode_ok, width, ellipsis):
                          ",".join(display_key(f, v) for f, v in zip(*level)))
     up_down, enter, back = ("\u2191\u2193", "\u23ce", "\u232b") if unicode_ok else \
         ("up/dn", "Enter", "Bksp")
-    hints = "q quit  ? help  %s move  %s drill  %s back  g group  w window  s sort  / filter  " \
-            "p pause  b breaks  t trends  r rescan" % (up_down, enter, back)
     segments = []
     if path or view.filter:
         segments.append((clean(path.strip()) + ("  /%s" % view.filter if view.filter else "") +
                          "   ", "title"))
+    room = width - sum(display_width(text) for text, _ in segments)
+    for hints in ("q quit  ? help  %s move  %s drill  %s back  g group  w window  s sort  / "
+                  "filter  p pause  b breaks  t trends  r rescan", "q quit  ? help  %s move  %s "
+                  "drill  %s back  g w s / p b t r", "q quit  ? help  %s %s %s  g w s / p b t r"):
+        hints %= (up_down, enter, back)
+        if display_width(hints) <= room:
+            break   # (every key named, in fewer words as the line narrows)
     segments.append((hints, "dim"))
     return fit_segments(segments, width, ellipsis)
 
@@ -12146,8 +12162,9 @@ def one_session(args, build):
         raise CatopError("no requests of session %s in this window" % clean(args.session))
     if len(matched) > 1:
         if args.session not in matched:
-            raise UsageError("session prefix %r matches %d sessions: %s" % (
-                args.session, len(matched), ", ".join(clean(s) for s in matched[:5])))
+            raise UsageError("session prefix %r matches %d sessions: %s%s" % (
+                args.session, len(matched), ", ".join(clean(s) for s in matched[:5]),
+                " and %d more" % (len(matched) - 5) if len(matched) > 5 else ""))
         aggregate, sources = build(True)
     return aggregate, sources
 

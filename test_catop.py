@@ -2751,6 +2751,11 @@ class CliTests(IsolatedEnv):
         code, _, err = self.run_main("--agent", "codex", "--offline", "--session", "codex-s")
         self.assertEqual(code, 2)
         self.assertIn("matches 2 sessions", err)
+        code, _, err = self.run_main("--demo", "--once", "--offline", "--no-history",
+                                     "--session", "claude-code")   # six: five, then the count
+        self.assertEqual(code, 2)
+        self.assertRegex(err, r"matches 6 sessions: (claude-code-[0-9a-f]{4}, ){4}"
+                              r"claude-code-[0-9a-f]{4} and 1 more \(catop --help")
 
     def test_window_flags_on_dated_examples(self):
         doc = self.run_json("--file", example("openai-chat.jsonl"), "--since",
@@ -3118,6 +3123,19 @@ class KeyTests(unittest.TestCase):
         self.assertFalse(app.view.help)
         app.press("r")
         self.assertTrue([line for line in self.screen_text(app) if line.startswith("rescanned: ")])
+
+    def test_help_and_keys_at_80_columns_lose_no_word_and_no_key(self):
+        """The help was cut mid-word with no mark (`... / flip the`, `wri`), and the
+        key line lost `b breaks t trends r rescan`."""
+        app, _ = self.app()
+        lines = self.screen_text(app, 80, 24)
+        self.assertTrue(lines[-1].endswith(" g w s / p b t r"), lines[-1])
+        app.press("?")
+        text = self.screen_text(app, 80, 60)
+        self.assertTrue(all(len(line) <= 80 for line in text))
+        words = " ".join(" ".join(catop.help_text()).split())
+        shown = " ".join(" ".join(line for line in text if line.strip()).split())
+        self.assertIn(words[:1500], shown)   # every word, in order, none cut
 
     def test_an_80_by_24_screen_keeps_the_saving_and_the_hit_rates(self):
         app, _ = self.app()
