@@ -10208,7 +10208,9 @@ def _header_lines(frame, view, meta, width, ellipsis, unicode_ok=True):
     if view.paused:
         title.insert(1, ("  PAUSED", "warn"))
     sources = "sources  " + "  ".join(
-        "%s %s" % (clean(s.name), fmt_int(s.records)) + (" [!]" if s.error else "")
+        "%s %s" % (clean(s.name), fmt_int(s.records)) + (
+            " (%s malformed skipped)" % fmt_int(s.skipped["malformed"])
+            if s.skipped.get("malformed") else "") + (" [!]" if s.error else "")
         for s in meta["sources"])
     return fit_segments(title, width, ellipsis), fit_segments([(sources, "dim")], width, ellipsis)
 

@@ -2902,6 +2902,17 @@ class RenderScreenTests(unittest.TestCase):
         model = live_model(requests if requests is not None else recent_requests())
         return catop.build_frame(model, view, NOW), model
 
+    def test_the_sources_line_counts_the_malformed_lines_skipped(self):
+        """It said `file:bad.jsonl 1` where the snapshot said `(skipped 2 malformed)`."""
+        stats = catop.SourceStats("file:bad.jsonl")
+        stats.records, stats.skipped["malformed"], stats.skipped["duplicate"] = 1, 2, 5
+        clean_one = catop.SourceStats("agent:codex")
+        meta = dict(self.META, sources=[stats, clean_one])
+        frame, _ = self.frame(catop.View())
+        lines = ["".join(text for text, _ in line)
+                 for line in catop.render_screen(frame, catop.View(), meta, 120, 30)]
+        self.assertIn("sources  file:bad.jsonl 1 (2 malformed skipped)  agent:codex 0", lines)
+
     def test_every_size_fits(self):
         for width in (20, 80, 200):
             for height in (6, 24, 60):
