@@ -9384,19 +9384,44 @@ def live_cache_state(model, now, cache, panel=False, start=None, until=None):
     """(warm sessions, breaks, gap histograms or {}) of a live model: the entries warm
     at its last change (those expired since are dropped when drawn); for the breaks
     panel, the breaks and gaps of the window alone, as a snapshot of it counts them;
-    each worked out again only when the model (or the window's first request) changes."""
+    each worked out again only when the model (or the window's first request) changes,
+    requests appended after the window's own only paired on."""
     if cache.get("warm_key") != model.version:
         cache["warm_key"], cache["warm"] = model.version, warm_sessions(model.effects, now)
     if not panel:
         return cache["warm"], model.breaks, {}
-    times = model.timeline.times
-    key = (model.version, None if start is None else bisect.bisect_left(times, start), until)
-    if cache.get("panel_key") != key:
-        effects = model.effects if start is None and until is None else \
-            windowed_effects(model, start, until)
-        cache["panel_key"], cache["breaks"], cache["gaps"] = key, sorted(
-            effects.breaks, key=_break_order), gap_histograms(effects)
+    if start is None and until is None:
+        effects = model.effects
+    else:
+        key = (bisect.bisect_left(model.timeline.times, start) if start is not None else 0,
+               until)
+        effects = cache.get("window_effects")
+        if cache.get("window_key") == (model.version - 1,) + key and \
+                _pairs_on(effects, model.appended, until):
+            for entry in model.appended:
+                effects.add(entry.req)
+        elif cache.get("window_key") != (model.version,) + key:
+            effects = windowed_effects(model, start, until)
+        cache["window_key"], cache["window_effects"] = (model.version,) + key, effects
+    if cache.get("panel_of") is not effects or cache.get("panel_version") != model.version:
+        cache["panel_of"], cache["panel_version"] = effects, model.version
+        cache["breaks"] = sorted(effects.breaks, key=_break_order)
+        cache["gaps"] = gap_histograms(effects)
     return cache["warm"], cache["breaks"], cache["gaps"]
+
+
+def _pairs_on(effects, appended, until):
+    """Whether requests appended to a live model can be paired on after a window's
+    effects: none of them before its chain's last there (a late one: pair afresh)."""
+    if appended is None or effects is None or until is not None:
+        return False
+    for entry in appended:
+        req = entry.req
+        if req.session and req.ts is not None:
+            last = effects.last_time(chain_of(req))
+            if last is not None and req.ts < last:
+                return False
+    return True
 
 
 def windowed_effects(model, start, until):
@@ -9407,19 +9432,14 @@ def windowed_effects(model, start, until):
     timeline = model.timeline
     first = 0 if start is None else bisect.bisect_left(timeline.times, start)
     end = len(timeline.times) if until is None else bisect.bisect_left(timeline.times, until)
-    inside = timeline.timed[first:end]
-    wanted = {chain_of(entry.req) for entry in inside if entry.req.session}
     before = {}
-    for entry in reversed(timeline.timed[:first]):
-        if len(before) == len(wanted):
-            break
-        chain = chain_of(entry.req) if entry.req.session else None
-        if chain in wanted and chain not in before:
-            before[chain] = entry.req
+    for entry in timeline.timed[:first]:   # (every chain's: requests appended later pair on)
+        if entry.req.session:
+            before[chain_of(entry.req)] = entry.req
     effects = CacheEffects(model.prices, _NO_GROUP, model.compactions())
     for req in sorted(before.values(), key=lambda req: req.ts):
         effects.add(req, False)
-    for entry in inside:
+    for entry in timeline.timed[first:end]:
         effects.add(entry.req)
     return effects
 

@@ -6952,6 +6952,29 @@ class ConsistencyMatrixTests(IsolatedEnv):
         self.assertEqual(sorted(b["ts"] for b in once["breaks"]),
                          [catop.iso_utc(now - 3500), catop.iso_utc(now - 1800)])
         self.assertEqual([once["gaps"][name] for name in catop.GAP_BIN_NAMES], [0, 2, 3, 0])
+        # requests appended are paired on (a new session, a break, one late in s1)
+        view = catop.View(("model",), "1h", "cost", True)
+        view.breaks_panel, cache = True, {}
+        catop.build_frame(model, view, now, cache=cache)
+        for lines in ([(60, "s2", 0, 8000), (50, "s3", 0, 9000), (40, "s3", 9000, 0)],
+                      [(20, "s3", 0, 9000)], [(1750, "s1", 0, 12000)]):
+            with open(path, "a") as handle:
+                for ago, session, read, write in lines:
+                    handle.write(json.dumps({
+                        "timestamp": now - ago, "model": m, "session_id": session,
+                        "usage": {"input_tokens": 50, "cache_read_input_tokens": read,
+                                  "cache_creation_input_tokens": write,
+                                  "output_tokens": 10}}) + "\n")
+            model.poll()
+            kept = catop.build_frame(model, view, now, cache=cache)
+            fresh = catop.build_frame(model, view, now)
+            once = self.run_json("--file", path, "--once", "--window", "1h")
+            self.assertEqual(([round(now - b.ts) for b in kept.breaks], kept.gaps),
+                             ([round(now - b.ts) for b in fresh.breaks], fresh.gaps))
+            self.assertEqual((len(kept.breaks), catop.gap_total(kept.gaps)[:4]),
+                             (len(once["breaks"]), [once["gaps"][name] for name in
+                                                    catop.GAP_BIN_NAMES]))
+        self.assertEqual([round(now - b.ts) for b in kept.breaks], [3500, 1800, 1750, 60, 20])
 
     def request_log(self):
         """Three sessions, one of them with a late request (its time between two that
