@@ -4805,10 +4805,12 @@ class ForkedJobs(object):
 
 
 def _fork():
+    """os.fork() without Python 3.12's warning of a fork beside another thread (a
+    server's, with --metrics-listen): a copy runs none of that thread's code."""
     import warnings
-    with warnings.catch_warnings():   # Python 3.12+ warns of forking beside a thread (a
-        warnings.simplefilter("ignore", DeprecationWarning)   # server's): a copy runs
-        return os.fork()                                      # none of that thread's code
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
 
 
 def _serve_jobs(function, share, write_end, inherited, lifeline, mask, pickle):
