@@ -6721,6 +6721,10 @@ class LiveFileSource(LiveSource):
         info = os.stat(self.path)
         check_file_identity(state, info, from_start=True)
         before = self._part(read) if state.restarts != read[-1] else None
+        if before is not None and read[:2] != (state.device, state.inode) and \
+                os.path.islink(self.path):
+            self._let_go_of_current(before)   # a link pointed elsewhere names that file
+            before = None                     # now, as --once and the history read it
         if before is not None:   # (settle lets go of it if a peer has read it too)
             self.held.append(before)
         # a log found in a watched folder later may be a peer's rotated copy: looked for
@@ -6743,6 +6747,13 @@ class LiveFileSource(LiveSource):
                     peer.stats.error is None and (earlier or not os.path.islink(peer.path)):
                 return True
         return False
+
+    def _let_go_of_current(self, part):
+        """Drops the requests of the part read last (a name that no longer names it)."""
+        if part.count:
+            del self.requests[len(self.requests) - part.count:]
+        self.stats.records -= part.count
+        self.generation += 1
 
     def _read_so_far(self):
         state = self.state   # (its context object itself: reset() makes a new one)

@@ -6619,6 +6619,39 @@ class FolderWatchTests(IsolatedEnv):
                 self.looked_at_again(model, clock)
                 self.assert_as_once(model, folder, (5, 31), *(("history",) if history else ()))
 
+    def test_a_link_named_itself_and_pointed_elsewhere_counts_its_new_file(self):
+        """--file cur.jsonl, then cur.jsonl pointed at another log: the live view went on
+        counting the old one's lines (5 requests where --once said 2, with the history
+        or without; a live view resumed from the history said 2 too)."""
+        for history in (False, True):
+            with self.subTest(history=history):
+                folder = os.path.join(self.tmp, "logs-%s" % history)
+                os.makedirs(folder)
+                link = os.path.join(folder, "cur.jsonl")
+                self.write(os.path.join(folder, "a.jsonl"), 1, 2, 4)
+                self.write(os.path.join(folder, "b.jsonl"), 8, 16)
+                os.symlink("a.jsonl", link)
+                argv = ["--file", link, "--offline"] + ([] if history else ["--no-history"])
+                args = catop.build_parser().parse_args(argv)
+                args.folders, args.file = [], catop.expand_file_args(args.file)
+                sources = catop.live_sources(args, NOW)
+                if history:
+                    sources = catop.resume_from_history(args, sources)
+                model = catop.LiveModel(sources, PRICES)
+                model.poll()
+                os.remove(link)
+                os.symlink("b.jsonl", link)
+                model.poll()
+                live = catop.aggregate_model(model, (), None, None, None, NOW).totals
+                once = self.run_json("--file", link, "--once")["totals"]
+                code, out, err = self.run_main("--file", link, "--once", "--format", "json",
+                                               "--offline")
+                self.assertEqual(code, 0, err)
+                stored = json.loads(out)["totals"]
+                self.assertEqual([(t.requests, t.input) if hasattr(t, "input") else
+                                  (t["requests"], t["input_tokens"]) for t in
+                                  (live, once, stored)], [(2, 24)] * 3)
+
     def test_a_link_replaced_by_a_log_is_read(self):
         """A name skipped as a link to a tailed log was never looked at again."""
         folder = os.path.join(self.tmp, "logs")
