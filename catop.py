@@ -6750,10 +6750,7 @@ class LiveFileSource(LiveSource):
 
     def _let_go_of_current(self, part):
         """Drops the requests of the part read last (a name that no longer names it)."""
-        if part.count:
-            del self.requests[len(self.requests) - part.count:]
-        self.stats.records -= part.count
-        self.generation += 1
+        self._take_out(len(self.requests) - part.count, part.count)
 
     def _read_so_far(self):
         state = self.state   # (its context object itself: reset() makes a new one)
@@ -6839,13 +6836,18 @@ class LiveFileSource(LiveSource):
             if held is part:
                 break
             start += held.count
-        taken = self.requests[start:start + part.count]
-        del self.requests[start:start + part.count]
+        taken = self._take_out(start, part.count)
         if current:
             self.state = FileState(self.path)
         else:
             self.held.remove(part)
-        self.stats.records -= part.count
+        return taken
+
+    def _take_out(self, start, count):
+        """The count requests from start, taken out of what it counts."""
+        taken = self.requests[start:start + count]
+        del self.requests[start:start + count]
+        self.stats.records -= count
         self.generation += 1
         return taken
 
@@ -7824,6 +7826,9 @@ _HISTORY_TABLES = (
     "CREATE TABLE IF NOT EXISTS replaced (prefix TEXT PRIMARY KEY, source TEXT, device INTEGER,"
     " inode INTEGER, offset INTEGER, head TEXT, tail TEXT, context TEXT)",
 )
+# Every file read again once from its start, under the same keys: its identity is
+# forgotten, not its restarts (FileState.reset counts none for an unknown identity).
+_READ_EVERY_FILE_AGAIN = "UPDATE files SET offset = 0, context = NULL, device = NULL"
 # Of two rows of one key the larger is kept (a streamed response), of equal ones the
 # one from the file of smaller rank, then path (a resumed session's copy): the same
 # choice AgentSource makes, so the history never depends on the order of the runs.
@@ -7951,7 +7956,7 @@ class History(object):
                 self._key_by_root(db)
                 # each folder's files read again once from their start, to store what
                 # they hold with them (a folder read after another stored nothing)
-                db.execute("UPDATE files SET offset = 0, context = NULL, device = NULL")
+                db.execute(_READ_EVERY_FILE_AGAIN)
             if 0 < version < 7:
                 self._name_logs_by_real_path(db)
             for statement in _HISTORY_TABLES:
@@ -8021,7 +8026,7 @@ class History(object):
                 db.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, kind))
                 added = True
         if added:
-            db.execute("UPDATE files SET offset = 0, context = NULL, device = NULL")
+            db.execute(_READ_EVERY_FILE_AGAIN)
 
     def close(self):
         self.db.close()
@@ -8359,7 +8364,7 @@ class History(object):
             self.db.execute("DELETE FROM replaced WHERE NOT EXISTS (SELECT 1 FROM requests"
                             " WHERE substr(key, 1, length(prefix)) = prefix)")
             if count:
-                self.db.execute("UPDATE files SET offset = 0, context = NULL, device = NULL")
+                self.db.execute(_READ_EVERY_FILE_AGAIN)
             self.db.execute("COMMIT")
         except BaseException:
             self._roll_back(self.db)
